@@ -1,0 +1,5 @@
+import sys
+
+from sslkd.cli import main
+
+sys.exit(main())

@@ -1,0 +1,162 @@
+"""``sslkd`` command line: pretrain, eval, demo, info."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+
+from sslkd import __version__
+
+
+def _add_eval_args(p: argparse.ArgumentParser) -> None:
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--checkpoint", help="checkpoint file or run folder")
+    src.add_argument("--random-init", action="store_true", help="evaluate a randomly initialised backbone")
+    p.add_argument("--weights", default="teacher", choices=["teacher", "student"])
+    p.add_argument("--dataset", required=True, help="dataset name (see `sslkd info`)")
+    p.add_argument("--root", default=None, help="dataset folder")
+    p.add_argument("--img-size", type=int, default=None, help="resize images (default: the checkpoint's)")
+    p.add_argument("--backbone", default="vit_tiny", help="with --random-init")
+    p.add_argument("--patch-size", type=int, default=4, help="with --random-init")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true", help="print one JSON line instead of a table")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sslkd", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"sslkd {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("pretrain", help="self-supervised pretraining from a YAML config")
+    p.add_argument("--config", required=True, help="YAML file (see configs/)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key, e.g. --set train.epochs=10 (repeatable)")
+    p.add_argument("--resume", default="auto", help="auto (default: newest valid checkpoint in "
+                   "output_dir), a checkpoint path, or none")
+    p.add_argument("--no-progress", action="store_true")
+
+    ev = sub.add_parser("eval", help="evaluate a frozen backbone")
+    evs = ev.add_subparsers(dest="protocol", required=True)
+    knn = evs.add_parser("knn", help="weighted kNN (k=20, T=0.07, cosine)")
+    _add_eval_args(knn)
+    knn.add_argument("--k", type=int, default=20)
+    knn.add_argument("--temperature", type=float, default=0.07)
+    lin = evs.add_parser("linear", help="linear probe on frozen features")
+    _add_eval_args(lin)
+    lin.add_argument("--epochs", type=int, default=100)
+    lin.add_argument("--lr", type=float, default=0.1)
+
+    demo = sub.add_parser("demo", help="pretrain DINO on the embedded digits data and compare kNN")
+    demo.add_argument("--output-dir", default="runs/demo")
+    demo.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    demo.add_argument("--no-progress", action="store_true")
+
+    sub.add_parser("info", help="versions, device, threads, datasets, methods")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from sslkd.config import ConfigError
+    from sslkd.data import DatasetError
+    from sslkd.train import TrainingError
+    from sslkd.train.checkpoint import CheckpointError
+
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "pretrain":
+            return _pretrain(args)
+        if args.command == "eval":
+            return _eval(args)
+        if args.command == "demo":
+            from sslkd.demo import run_demo
+            run_demo(args.output_dir, args.overrides, progress=not args.no_progress)
+            return 0
+        return _info()
+    except ConfigError as e:
+        print(f"sslkd: config error: {e}", file=sys.stderr)
+        return 2
+    except (DatasetError, CheckpointError, TrainingError, ValueError) as e:
+        print(f"sslkd: error: {e}", file=sys.stderr)
+        return 1
+
+
+def _pretrain(args) -> int:
+    from sslkd.config import load_config
+    from sslkd.train import Trainer
+
+    cfg = load_config(args.config, args.overrides)
+    trainer = Trainer(cfg, progress=not args.no_progress)
+    summary = trainer.fit(resume=None if args.resume == "none" else args.resume)
+    print(json.dumps({k: v for k, v in summary.items() if not isinstance(v, dict)}))
+    return 130 if summary["status"] == "interrupted" else 0
+
+
+def _eval(args) -> int:
+    import torch
+
+    from sslkd.data import get_dataset
+    from sslkd.eval import extract_features, knn_classify, linear_probe
+    from sslkd.models import build_backbone
+    from sslkd.pretrained import load_pretrained
+    from sslkd.train.engine import resolve_device
+
+    device = resolve_device(args.device)
+    train = get_dataset(args.dataset, "train", root=args.root, img_size=args.img_size)
+    test = get_dataset(args.dataset, "test", root=args.root, img_size=args.img_size)
+    if args.checkpoint:
+        pre = load_pretrained(args.checkpoint, args.weights)
+        if pre.num_channels != train.num_channels:
+            raise ValueError(f"{pre.path} was trained on {pre.num_channels}-channel images but "
+                             f"{args.dataset} has {train.num_channels} channels")
+        backbone, mean, std, size, source = pre.backbone, pre.mean, pre.std, pre.img_size, str(pre.path)
+        if pre.backbone.is_vit is False and train.img_size != size:
+            size = train.img_size  # CNNs take any size; keep the data's
+    else:
+        torch.manual_seed(args.seed)
+        size = train.img_size
+        backbone = build_backbone(args.backbone, size, args.patch_size, train.num_channels)
+        mean, std, source = train.mean, train.std, f"random init ({args.backbone})"
+    backbone.to(device)
+    kw = dict(mean=mean, std=std, device=device, batch_size=args.batch_size, size=size)
+    ftr, ltr = extract_features(backbone, train, **kw)
+    fte, lte = extract_features(backbone, test, **kw)
+    if args.protocol == "knn":
+        res = knn_classify(ftr, ltr, fte, lte, args.k, args.temperature, train.num_classes)
+        proto = f"kNN k={args.k} T={args.temperature}"
+    else:
+        res = linear_probe(ftr, ltr, fte, lte, train.num_classes, args.epochs, args.lr, seed=args.seed)
+        proto = f"linear probe {args.epochs} epochs"
+    if args.json:
+        print(json.dumps({"protocol": args.protocol, "source": source, "dataset": args.dataset, **res}))
+    else:
+        print(f"{proto} on {args.dataset} ({len(train)} train / {len(test)} test), {source}")
+        print(f"top-1 {res['top1']:.2f}%  top-5 {res['top5']:.2f}%")
+    return 0
+
+
+def _info() -> int:
+    import timm
+    import torch
+    import torchvision
+
+    from sslkd.data import DATASETS
+    from sslkd.methods import METHODS
+    from sslkd.models import BACKBONES
+
+    cuda = torch.cuda.is_available()
+    print(f"sslkd {__version__}  python {platform.python_version()}  {platform.machine()}")
+    print(f"torch {torch.__version__}  torchvision {torchvision.__version__}  timm {timm.__version__}")
+    print(f"device: {'cuda: ' + torch.cuda.get_device_name(0) if cuda else 'cpu'}  "
+          f"threads: {torch.get_num_threads()}  bf16 on cpu: yes")
+    print(f"methods: {', '.join(METHODS)}")
+    print(f"backbones: {', '.join(BACKBONES)}")
+    print(f"datasets: {', '.join(DATASETS)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,291 @@
+"""Typed experiment configuration: dataclasses loaded from YAML, with ``key=value`` overrides.
+
+A config file mirrors :class:`Config`. Unknown keys, wrong types and impossible values raise
+:class:`ConfigError` naming the key (and the closest valid keys) before any work starts.
+The ``method`` section is typed by the method it names (``method.name``), see
+:mod:`sslkd.methods`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be run; the message names the offending key."""
+
+
+@dataclass
+class DataConfig:
+    name: str = "digits"
+    root: str | None = None
+    download: bool = False
+    img_size: int | None = None  # resize images to this size; None keeps the dataset's size
+    subset_fraction: float = 1.0
+    num_workers: int = 0
+    on_corrupt: str = "fail"  # "fail" or "skip" a corrupt image file
+
+
+@dataclass
+class AugConfig:
+    global_crops_size: int | None = None  # None: the image size
+    global_crops_scale: tuple[float, float] = (0.4, 1.0)
+    local_crops_number: int = 0
+    local_crops_size: int | None = None  # None: about 3/7 of the image size (96/224 in DINO)
+    local_crops_scale: tuple[float, float] = (0.05, 0.4)
+    flip_p: float = 0.5
+    color_jitter_p: float = 0.8
+    brightness: float = 0.4
+    contrast: float = 0.4
+    saturation: float = 0.2
+    hue: float = 0.1
+    grayscale_p: float = 0.2
+    blur_p: tuple[float, float, float] = (1.0, 0.1, 0.5)  # global 1, global 2, locals
+    solarize_p: float = 0.2  # second global crop only, as in DINO/BYOL
+
+
+@dataclass
+class ModelConfig:
+    backbone: str = "vit_tiny"
+    patch_size: int = 4
+    drop_path_rate: float = 0.1
+    small_stem: bool = True  # CNNs: 3x3 stride-1 stem without max-pool, for small images
+    depth: int | None = None  # ViT depth override (None: the architecture's own)
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 100
+    batch_size: int = 64
+    accum_steps: int = 1
+    base_lr: float = 5e-4  # scaled by batch_size * accum_steps / 256
+    min_lr: float = 1e-6
+    warmup_epochs: int = 10
+    weight_decay: float = 0.04
+    weight_decay_end: float = 0.4
+    momentum_teacher: float = 0.996
+    momentum_teacher_end: float = 1.0
+    clip_grad: float = 3.0  # 0 disables
+    clip_mode: str = "norm"  # "norm": global norm; "per_param": per tensor, as iBOT's code
+    freeze_last_layer: int = 1  # epochs during which the head's last layer is not updated
+    precision: str = "fp32"  # fp32 | bf16 | fp16
+    ckpt_every_steps: int = 0  # 0: at the end of every epoch only
+    keep_last: int = 3
+    log_every: int = 10
+    max_steps: int | None = None  # stop early (tests, smoke runs); schedules still span epochs
+
+
+@dataclass
+class EvalConfig:
+    knn_every: int = 0  # epochs; 0 disables kNN during pretraining
+    knn_k: int = 20
+    knn_t: float = 0.07
+    knn_max_train: int | None = None  # cap the kNN bank during pretraining (speed)
+
+
+@dataclass
+class Config:
+    name: str = "run"
+    output_dir: str = "runs/run"
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    data: DataConfig = field(default_factory=DataConfig)
+    aug: AugConfig = field(default_factory=AugConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    method: Any = None  # a method's own dataclass, chosen by method.name
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def validate(self) -> None:
+        """Reject impossible values before any work; the message names the key."""
+        checks = [
+            ("train.batch_size", self.train.batch_size > 0, "must be positive"),
+            ("train.epochs", self.train.epochs > 0, "must be positive"),
+            ("train.accum_steps", self.train.accum_steps > 0, "must be positive"),
+            ("train.base_lr", self.train.base_lr > 0, "must be positive"),
+            ("train.precision", self.train.precision in ("fp32", "bf16", "fp16"), "must be fp32, bf16 or fp16"),
+            ("train.clip_mode", self.train.clip_mode in ("norm", "per_param"), "must be norm or per_param"),
+            ("train.keep_last", self.train.keep_last >= 1, "must be at least 1"),
+            ("train.log_every", self.train.log_every >= 1, "must be at least 1"),
+            ("data.subset_fraction", 0 < self.data.subset_fraction <= 1, "must be in (0, 1]"),
+            ("data.on_corrupt", self.data.on_corrupt in ("fail", "skip"), "must be fail or skip"),
+            ("data.num_workers", self.data.num_workers >= 0, "must be >= 0"),
+            ("aug.local_crops_number", self.aug.local_crops_number >= 0, "must be >= 0"),
+            ("model.patch_size", self.model.patch_size > 0, "must be positive"),
+            ("eval.knn_k", self.eval.knn_k > 0, "must be positive"),
+        ]
+        for key, ok, why in checks:
+            if not ok:
+                raise ConfigError(f"{key}: {why} (got {_get(self, key)!r})")
+        if self.model.backbone.startswith("vit"):
+            for key in ("data.img_size", "aug.global_crops_size", "aug.local_crops_size"):
+                size = _get(self, key)
+                if size is not None and size % self.model.patch_size:
+                    raise ConfigError(
+                        f"{key}={size} is not divisible by model.patch_size={self.model.patch_size}"
+                    )
+        if self.method is not None and hasattr(self.method, "validate"):
+            self.method.validate()
+
+
+def _get(obj: Any, dotted: str) -> Any:
+    for part in dotted.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp).replace("typing.", ""))
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check ``value`` against the annotation ``tp`` (converting YAML lists to tuples)."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(f"{key}: expected {_type_name(tp)}, got {value!r}")
+    if origin in (tuple, list):
+        args = typing.get_args(tp)
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            if len(value) != len(args):
+                raise ConfigError(f"{key}: expected {len(args)} values, got {len(value)}")
+            return tuple(_coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+        inner = args[0] if args else Any
+        out = [_coerce(v, inner, f"{key}[{i}]") for i, v in enumerate(value)]
+        return tuple(out) if origin is tuple else out
+    if origin is dict or tp is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping, got {value!r}")
+        return dict(value)
+    if tp is Any:
+        return value
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true/false, got {value!r}")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {value!r}")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}")
+        return value
+    if dataclasses.is_dataclass(tp):
+        return from_dict(tp, value, key)
+    raise ConfigError(f"{key}: unsupported type {tp}")
+
+
+def from_dict(cls: type, data: Any, prefix: str = "") -> Any:
+    """Build dataclass ``cls`` from a mapping, rejecting unknown keys with suggestions."""
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix or 'config'}: expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        full = f"{prefix}.{key}" if prefix else str(key)
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=3, cutoff=0.5)
+            hint = f"; did you mean {', '.join(close)}?" if close else ""
+            raise ConfigError(f"unknown config key '{full}'{hint} (valid: {', '.join(names)})")
+        if cls is Config and key == "method":
+            kwargs[key] = _method_from_dict(value)
+        else:
+            kwargs[key] = _coerce(value, hints[key], full)
+    return cls(**kwargs)
+
+
+def _method_from_dict(data: Any) -> Any:
+    from sslkd.methods import method_config_class  # late: methods import models/losses
+
+    if not isinstance(data, dict) or "name" not in data:
+        raise ConfigError("method: expected a mapping with a 'name' key (e.g. name: dino)")
+    cls = method_config_class(data["name"])
+    return from_dict(cls, data, "method")
+
+
+def to_dict(cfg: Any) -> dict:
+    """Plain-python view of a config (lists for tuples), safe to store in YAML or checkpoints."""
+
+    def conv(v: Any) -> Any:
+        if dataclasses.is_dataclass(v):
+            return {f.name: conv(getattr(v, f.name)) for f in dataclasses.fields(v)}
+        if isinstance(v, (list, tuple)):
+            return [conv(x) for x in v]
+        return v
+
+    return conv(cfg)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``a.b=value`` -> (["a", "b"], value parsed as YAML)."""
+    if "=" not in text:
+        raise ConfigError(f"override '{text}' is not of the form key=value")
+    key, raw = text.split("=", 1)
+    return key.strip().split("."), yaml.safe_load(raw) if raw.strip() else None
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """Apply ``key=value`` overrides to a raw config mapping (validated later by :func:`from_dict`)."""
+    for text in overrides:
+        path, value = parse_override(text)
+        node = data
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override '{text}': '{part}' is not a section")
+        node[path[-1]] = value
+    return data
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
+                base: dict | None = None) -> Config:
+    """Load a YAML config (or ``base``), apply overrides, type-check and validate it."""
+    data: dict = dict(base or {})
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        loaded = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: expected a mapping at the top level")
+        data = _merge(data, loaded)
+    data = apply_overrides(data, list(overrides or []))
+    data.setdefault("method", {"name": "dino"})
+    cfg = from_dict(Config, data)
+    cfg.validate()
+    return cfg
+
+
+def _merge(a: dict, b: dict) -> dict:
+    out = dict(a)
+    for k, v in b.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out

@@ -1,0 +1,115 @@
+"""DINO/iBOT multi-crop augmentation on torchvision.transforms.v2, sized for small images too.
+
+Two global crops (blur p=1.0 / 0.1, solarize p=0.2 on the second) and N local crops (blur p=0.5),
+each with flip, colour jitter (p=0.8) and grayscale (p=0.2), as in DINO and iBOT. Blur kernels and
+sigmas scale with the crop size (DINO's 23-pixel kernel is for 224 pixels). Grayscale images get
+brightness/contrast jitter only.
+
+Every crop set is drawn from a generator seeded by ``(run seed, epoch, position)`` (see
+:class:`SeededEpochSampler`), so augmentations do not depend on the number of workers and a
+resumed run sees exactly the views the uninterrupted run would have seen.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import torch
+from torch.utils.data import Dataset, Sampler
+from torchvision.transforms import InterpolationMode, v2
+
+
+def _blur(size: int, p: float) -> v2.Transform:
+    k = max(3, int(round(0.1 * size)) | 1)  # odd, ~10% of the crop (23 px at 224)
+    sigma = (0.1, max(0.2, 2.0 * size / 224))
+    return v2.RandomApply([v2.GaussianBlur(k, sigma=sigma)], p=p)
+
+
+class MultiCropTransform:
+    """uint8 ``[C, H, W]`` -> list of float crops (globals first, then locals), normalised."""
+
+    def __init__(self, img_size: int, channels: int, mean: Sequence[float], std: Sequence[float],
+                 global_size: int | None = None, global_scale: tuple[float, float] = (0.4, 1.0),
+                 local_number: int = 0, local_size: int | None = None,
+                 local_scale: tuple[float, float] = (0.05, 0.4), flip_p: float = 0.5,
+                 color_jitter_p: float = 0.8, brightness: float = 0.4, contrast: float = 0.4,
+                 saturation: float = 0.2, hue: float = 0.1, grayscale_p: float = 0.2,
+                 blur_p: tuple[float, float, float] = (1.0, 0.1, 0.5), solarize_p: float = 0.2) -> None:
+        self.global_size = global_size or img_size
+        self.local_size = local_size or max(4, int(round(img_size * 96 / 224)))
+        self.local_number = local_number
+        if channels == 3:
+            jitter = v2.ColorJitter(brightness, contrast, saturation, hue)
+            colour = [v2.RandomApply([jitter], p=color_jitter_p), v2.RandomGrayscale(p=grayscale_p)]
+        else:
+            colour = [v2.RandomApply([v2.ColorJitter(brightness, contrast)], p=color_jitter_p)]
+        finish = [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))]
+
+        def crop(size: int, scale: tuple[float, float]) -> list[v2.Transform]:
+            return [v2.RandomResizedCrop(size, scale=scale, interpolation=InterpolationMode.BICUBIC,
+                                         antialias=True), v2.RandomHorizontalFlip(flip_p)]
+
+        self.global1 = v2.Compose(crop(self.global_size, global_scale) + colour
+                                  + [_blur(self.global_size, blur_p[0])] + finish)
+        self.global2 = v2.Compose(crop(self.global_size, global_scale) + colour
+                                  + [_blur(self.global_size, blur_p[1]), v2.RandomSolarize(128, p=solarize_p)]
+                                  + finish)
+        self.local = v2.Compose(crop(self.local_size, local_scale) + colour
+                                + [_blur(self.local_size, blur_p[2])] + finish)
+
+    @classmethod
+    def from_config(cls, aug, img_size: int, channels: int, mean, std) -> "MultiCropTransform":
+        return cls(img_size, channels, mean, std, aug.global_crops_size, tuple(aug.global_crops_scale),
+                   aug.local_crops_number, aug.local_crops_size, tuple(aug.local_crops_scale), aug.flip_p,
+                   aug.color_jitter_p, aug.brightness, aug.contrast, aug.saturation, aug.hue,
+                   aug.grayscale_p, tuple(aug.blur_p), aug.solarize_p)
+
+    def __call__(self, img: torch.Tensor) -> list[torch.Tensor]:
+        crops = [self.global1(img), self.global2(img)]
+        crops += [self.local(img) for _ in range(self.local_number)]
+        return crops
+
+
+class MultiCropDataset(Dataset):
+    """Wraps a uint8 dataset; item ``(index, seed)`` -> ``(crops, label)`` drawn with that seed."""
+
+    def __init__(self, base: Dataset, transform: MultiCropTransform) -> None:
+        self.base, self.transform = base, transform
+
+    def __len__(self) -> int:
+        return len(self.base)  # type: ignore[arg-type]
+
+    def __getitem__(self, item: tuple[int, int]) -> tuple[list[torch.Tensor], int]:
+        index, seed = item
+        img, label = self.base[index]
+        # v2 transforms draw from torch's global generator: fork it so that the draw depends only
+        # on the seed (not on worker count or the model's dropout draws) and leaves it untouched.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            crops = self.transform(img)
+        return crops, label
+
+
+class SeededEpochSampler(Sampler[tuple[int, int]]):
+    """Yields ``(index, seed)`` for one epoch: a permutation and per-sample augmentation seeds
+    that are pure functions of ``(seed, epoch)``. ``start`` skips the first samples (resume);
+    ``rank``/``world_size`` shard the permutation for distributed runs."""
+
+    def __init__(self, num_samples: int, seed: int, epoch: int, start: int = 0,
+                 rank: int = 0, world_size: int = 1) -> None:
+        self.num_samples, self.seed, self.epoch = num_samples, seed, epoch
+        self.start, self.rank, self.world_size = start, rank, world_size
+
+    def _draw(self) -> tuple[torch.Tensor, torch.Tensor]:
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        perm = torch.randperm(self.num_samples, generator=g)
+        seeds = torch.randint(0, 2**62, (self.num_samples,), generator=g)
+        return perm[self.rank::self.world_size], seeds[self.rank::self.world_size]
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        perm, seeds = self._draw()
+        for i in range(self.start, len(perm)):
+            yield int(perm[i]), int(seeds[i])
+
+    def __len__(self) -> int:
+        return max(0, len(range(self.rank, self.num_samples, self.world_size)) - self.start)

@@ -1,0 +1,102 @@
+"""In-memory uint8 image datasets: the common currency of every loader in :mod:`sslkd.data`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import Dataset
+
+
+class DatasetError(RuntimeError):
+    """A dataset that cannot be read; the message names the path and what was expected."""
+
+
+@dataclass
+class ImageArrayDataset(Dataset):
+    """Images as a uint8 array ``[N, H, W, C]`` with integer labels ``[N]``.
+
+    Items are ``(image uint8 [C, H, W] tensor, label int)``. Holding decoded uint8 pixels in
+    memory is what small-image SSL wants: 50k CIFAR images are 150 MB and decoding is paid once.
+    """
+
+    images: np.ndarray
+    labels: np.ndarray
+    classes: list[str]
+    name: str = "dataset"
+    mean: tuple[float, ...] = field(default=())
+    std: tuple[float, ...] = field(default=())
+    skipped: int = 0  # corrupt files skipped while loading (on_corrupt="skip")
+
+    def __post_init__(self) -> None:
+        if self.images.dtype != np.uint8 or self.images.ndim != 4:
+            raise DatasetError(f"{self.name}: expected uint8 images [N, H, W, C], got "
+                               f"{self.images.dtype} {self.images.shape}")
+        if len(self.images) != len(self.labels):
+            raise DatasetError(f"{self.name}: {len(self.images)} images but {len(self.labels)} labels")
+        if len(self.images) == 0:
+            raise DatasetError(f"{self.name}: no images")
+        self.labels = np.asarray(self.labels, dtype=np.int64)
+        if not self.mean:
+            self.mean, self.std = channel_stats(self.images)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        img = torch.from_numpy(self.images[index]).permute(2, 0, 1)
+        return img, int(self.labels[index])
+
+    @property
+    def num_channels(self) -> int:
+        return int(self.images.shape[3])
+
+    @property
+    def img_size(self) -> int:
+        return int(self.images.shape[1])
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """All images as one uint8 ``[N, C, H, W]`` tensor (a view, no copy) and labels."""
+        return torch.from_numpy(self.images).permute(0, 3, 1, 2), torch.from_numpy(self.labels)
+
+
+def channel_stats(images: np.ndarray, max_images: int = 10000) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Per-channel mean/std in [0, 1] of (at most ``max_images`` evenly spaced) images."""
+    step = max(1, len(images) // max_images)
+    x = images[::step].astype(np.float64) / 255.0
+    mean = x.mean(axis=(0, 1, 2))
+    std = x.std(axis=(0, 1, 2)).clip(min=1e-3)
+    return tuple(round(float(m), 4) for m in mean), tuple(round(float(s), 4) for s in std)
+
+
+def resize_images(images: np.ndarray, size: int) -> np.ndarray:
+    """Resize uint8 ``[N, H, W, C]`` to ``size x size`` (bilinear, antialiased), in chunks."""
+    if images.shape[1] == size and images.shape[2] == size:
+        return images
+    out = np.empty((len(images), size, size, images.shape[3]), dtype=np.uint8)
+    for i in range(0, len(images), 4096):
+        x = torch.from_numpy(images[i:i + 4096]).permute(0, 3, 1, 2).float()
+        y = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+        out[i:i + 4096] = y.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    return out
+
+
+def balanced_subset(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """Sorted indices of a class-balanced random ``fraction`` of the samples (at least 1 per class)."""
+    if not 0 < fraction <= 1:
+        raise ValueError(f"subset_fraction must be in (0, 1], got {fraction}")
+    if fraction == 1:
+        return np.arange(len(labels))
+    rng = np.random.default_rng(seed)
+    keep = []
+    for c in np.unique(labels):
+        idx = np.flatnonzero(labels == c)
+        n = max(1, int(round(len(idx) * fraction)))
+        keep.append(rng.choice(idx, size=n, replace=False))
+    return np.sort(np.concatenate(keep))

@@ -1,0 +1,85 @@
+"""Datasets by name: ``get_dataset(name, split, root, ...)`` -> :class:`ImageArrayDataset`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from sslkd.data.base import DatasetError, ImageArrayDataset, balanced_subset, resize_images
+
+
+def _cifar(name: str) -> Callable[..., ImageArrayDataset]:
+    def load(split, root, download=False, **_):
+        from sslkd.data.cifar import load_cifar
+        return load_cifar(name, split, root, download)
+    return load
+
+
+def _fashion(split, root, download=False, **_):
+    from sslkd.data.idx import load_fashion_mnist
+    return load_fashion_mnist(split, root, download)
+
+
+def _imagefolder(split, root, img_size=None, on_corrupt="fail", **kw):
+    from sslkd.data.imagefolder import load_imagefolder
+    if root is None:
+        raise DatasetError("imagefolder: pass --root DIR (a root/<class>/<image> tree)")
+    return load_imagefolder(root, split, img_size=img_size, on_corrupt=on_corrupt,
+                            channels=kw.get("channels"))
+
+
+def _imagenet32(split, root, subset_fraction=1.0, seed=0, **_):
+    from sslkd.data.imagenet32 import load_imagenet32
+    return load_imagenet32(split, root, subset_fraction, seed)
+
+
+def _digits(split, root=None, img_size=None, **_):
+    from sslkd.data.toy import load_digits
+    return load_digits(split, img_size or 16)
+
+
+def _synthetic(split, root=None, img_size=None, seed=0, **kw):
+    from sslkd.data.toy import make_synthetic
+    return make_synthetic(split, kw.get("num_samples"), kw.get("num_classes", 10), img_size or 32,
+                          kw.get("channels", 3), seed)
+
+
+DATASETS: dict[str, Callable[..., ImageArrayDataset]] = {
+    "cifar10": _cifar("cifar10"),
+    "cifar100": _cifar("cifar100"),
+    "fashion-mnist": _fashion,
+    "imagefolder": _imagefolder,
+    "imagenet32": _imagenet32,
+    "digits": _digits,
+    "synthetic": _synthetic,
+}
+# loaders that resize or subsample by themselves
+_SELF_RESIZING = {"imagefolder", "digits", "synthetic"}
+_SELF_SUBSETTING = {"imagenet32"}
+
+
+def get_dataset(name: str, split: str = "train", root: str | Path | None = None, download: bool = False,
+                img_size: int | None = None, subset_fraction: float = 1.0, seed: int = 0,
+                on_corrupt: str = "fail", **kwargs: Any) -> ImageArrayDataset:
+    """Load dataset ``name`` (see :data:`DATASETS`) as uint8 images and integer labels.
+
+    ``img_size`` resizes every image; ``subset_fraction`` keeps a class-balanced seeded fraction.
+    Errors (missing root, wrong checksum, truncated file, empty folder) raise
+    :class:`DatasetError` naming the path; nothing falls back to another dataset.
+    """
+    if name not in DATASETS:
+        raise DatasetError(f"unknown dataset '{name}'; available: {', '.join(DATASETS)}")
+    if split not in ("train", "test"):
+        raise DatasetError(f"split must be 'train' or 'test', got '{split}'")
+    ds = DATASETS[name](split, root, download=download, img_size=img_size, seed=seed,
+                        subset_fraction=subset_fraction, on_corrupt=on_corrupt, **kwargs)
+    if img_size is not None and name not in _SELF_RESIZING and ds.img_size != img_size:
+        ds = ImageArrayDataset(resize_images(ds.images, img_size), ds.labels, ds.classes, ds.name,
+                               ds.mean, ds.std, ds.skipped)
+    if subset_fraction < 1 and name not in _SELF_SUBSETTING:
+        keep = balanced_subset(ds.labels, subset_fraction, seed)
+        ds = ImageArrayDataset(np.ascontiguousarray(ds.images[keep]), ds.labels[keep], ds.classes,
+                               ds.name, ds.mean, ds.std, ds.skipped)
+    return ds

@@ -1,0 +1,5 @@
+"""Losses as plain ``nn.Module``s, usable outside sslkd."""
+
+from sslkd.losses.dino import DINOLoss
+
+__all__ = ["DINOLoss"]

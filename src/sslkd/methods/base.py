@@ -1,0 +1,76 @@
+"""What every method is: a module that builds its networks and turns a batch into named losses.
+
+The training engine (:mod:`sslkd.train`) only calls the hooks below; it knows nothing of
+teachers, centres or heads.
+"""
+
+from __future__ import annotations
+
+import abc
+import copy
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from sslkd.models import Backbone
+
+
+@dataclass
+class StepInfo:
+    """Where training is: ``epoch`` is fractional (step / steps_per_epoch)."""
+
+    step: int
+    epoch: float
+    total_steps: int
+    epochs: int
+
+
+class Method(nn.Module, abc.ABC):
+    """Base class. Subclasses set ``student`` (trained) and usually ``teacher`` (EMA copy)."""
+
+    def __init__(self, cfg, in_chans: int, img_size: int) -> None:
+        super().__init__()
+        self.cfg, self.in_chans, self.img_size = cfg, in_chans, img_size
+
+    @abc.abstractmethod
+    def forward(self, views: list[torch.Tensor], info: StepInfo) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """``views``: list of ``[B, C, H, W]`` crops (globals first). Returns ``(losses, metrics)``:
+        ``losses["loss"]`` is the total to back-propagate, other entries its named terms;
+        ``metrics`` are detached diagnostics (entropy, feature std, agreement)."""
+
+    def on_optimizer_step(self, momentum: float) -> None:
+        """Once per optimiser step (not per micro-batch): EMA teacher, centres."""
+
+    def trainable_parameters(self) -> list[tuple[str, nn.Parameter]]:
+        return [(n, p) for n, p in self.named_parameters() if p.requires_grad]
+
+    def last_layer_parameters(self) -> list[nn.Parameter]:
+        """Parameters frozen during the first ``train.freeze_last_layer`` epochs."""
+        return [p for n, p in self.named_parameters() if "last_layer" in n and p.requires_grad]
+
+    @abc.abstractmethod
+    def eval_backbone(self, which: str = "teacher") -> Backbone:
+        """The backbone evaluated by kNN/linear probes (``teacher`` or ``student``)."""
+
+
+def ema_teacher(student: nn.Module) -> nn.Module:
+    """A frozen deep copy of ``student`` (drop-path off) to be updated by :func:`ema_update`."""
+    teacher = copy.deepcopy(student)
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    for m in teacher.modules():  # the teacher sees whole networks: no stochastic depth
+        if hasattr(m, "drop_prob"):
+            m.drop_prob = 0.0
+    return teacher
+
+
+@torch.no_grad()
+def ema_update(teacher: nn.Module, student: nn.Module, momentum: float) -> None:
+    """``θ_t <- m θ_t + (1 - m) θ_s`` for every parameter, with fused foreach ops; buffers copied."""
+    t_params = list(teacher.parameters())
+    s_params = [p.detach() for p in student.parameters()]
+    torch._foreach_mul_(t_params, momentum)
+    torch._foreach_add_(t_params, s_params, alpha=1 - momentum)
+    for tb, sb in zip(teacher.buffers(), student.buffers()):
+        tb.copy_(sb)

@@ -1,0 +1,119 @@
+"""DINO (Caron et al., 2021): a student matches its EMA teacher's centred, sharpened outputs
+across multi-crop views."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from sslkd.losses import DINOLoss
+from sslkd.methods.base import Method, StepInfo, ema_teacher, ema_update
+from sslkd.models import Backbone, DINOHead, build_backbone
+
+
+@dataclass
+class DINOConfig:
+    name: str = "dino"
+    out_dim: int = 4096
+    hidden_dim: int = 2048
+    bottleneck_dim: int = 256
+    use_bn_in_head: bool = False
+    norm_last_layer: bool = True
+    student_temp: float = 0.1
+    teacher_temp: float = 0.04
+    warmup_teacher_temp: float = 0.04
+    warmup_teacher_temp_epochs: int = 0
+    center_momentum: float = 0.9
+
+    def validate(self) -> None:
+        from sslkd.config import ConfigError
+        for key in ("out_dim", "hidden_dim", "bottleneck_dim"):
+            if getattr(self, key) <= 0:
+                raise ConfigError(f"method.{key}: must be positive (got {getattr(self, key)})")
+        for key in ("student_temp", "teacher_temp", "warmup_teacher_temp"):
+            if getattr(self, key) <= 0:
+                raise ConfigError(f"method.{key}: must be positive (got {getattr(self, key)})")
+
+
+def teacher_temperature(mcfg, epoch: float) -> float:
+    """Linear warmup from ``warmup_teacher_temp`` to ``teacher_temp`` over the warmup epochs."""
+    if mcfg.warmup_teacher_temp_epochs <= 0 or epoch >= mcfg.warmup_teacher_temp_epochs:
+        return mcfg.teacher_temp
+    frac = int(epoch) / mcfg.warmup_teacher_temp_epochs  # per epoch, as DINO's schedule
+    return mcfg.warmup_teacher_temp + frac * (mcfg.teacher_temp - mcfg.warmup_teacher_temp)
+
+
+class Encoder(nn.Module):
+    """Backbone + projection head; ``forward`` gives ``(cls features, head outputs)``."""
+
+    def __init__(self, backbone: Backbone, head: nn.Module) -> None:
+        super().__init__()
+        self.backbone, self.head = backbone, head
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        cls, _ = self.backbone.forward_features(x)
+        return cls, self.head(cls)
+
+
+def forward_views(net: Encoder, views: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run views grouped by resolution (one forward per size); outputs in view order, [V, B, ...]."""
+    feats, outs, i = [], [], 0
+    while i < len(views):
+        j = i
+        while j < len(views) and views[j].shape[-2:] == views[i].shape[-2:]:
+            j += 1
+        f, o = net(torch.cat(views[i:j]))
+        feats.append(f.reshape(j - i, -1, f.shape[-1]))
+        outs.append(o.reshape(j - i, -1, o.shape[-1]))
+        i = j
+    return torch.cat(feats), torch.cat(outs)
+
+
+@torch.no_grad()
+def collapse_metrics(teacher_probs: torch.Tensor, student_feats: torch.Tensor,
+                     student_out: torch.Tensor, teacher_out: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Entropy of the teacher's distribution, per-dimension std of L2-normalised student
+    features (collapse -> 0; healthy ~ 1/sqrt(D)), teacher/student argmax agreement on the
+    global views."""
+    ent = -(teacher_probs * teacher_probs.clamp_min(1e-12).log()).sum(-1).mean()
+    z = torch.nn.functional.normalize(student_feats.float().flatten(0, -2), dim=-1)
+    agree = (student_out[: teacher_out.shape[0]].argmax(-1) == teacher_out.argmax(-1)).float().mean()
+    return {"teacher_entropy": ent, "feature_std": z.std(0).mean(), "agreement": agree}
+
+
+class DINO(Method):
+    config_class = DINOConfig
+
+    def __init__(self, cfg, in_chans: int, img_size: int) -> None:
+        super().__init__(cfg, in_chans, img_size)
+        m, mc = cfg.method, cfg.model
+        backbone = build_backbone(mc.backbone, img_size, mc.patch_size, in_chans, mc.drop_path_rate,
+                                  mc.small_stem, mc.depth)
+        head = DINOHead(backbone.embed_dim, m.out_dim, m.hidden_dim, m.bottleneck_dim,
+                        use_bn=m.use_bn_in_head, norm_last_layer=m.norm_last_layer)
+        self.student = Encoder(backbone, head)
+        self.teacher = ema_teacher(self.student)
+        self.loss_fn = DINOLoss(m.out_dim, m.student_temp, m.center_momentum)
+
+    def forward(self, views, info: StepInfo):
+        n_global = 2
+        with torch.no_grad():
+            _, t_out = forward_views(self.teacher, views[:n_global])
+        s_feats, s_out = forward_views(self.student, views)
+        temp = teacher_temperature(self.cfg.method, info.epoch)
+        loss = self.loss_fn(s_out, t_out, temp)
+        metrics = collapse_metrics(self.loss_fn.teacher_probs(t_out, temp), s_feats[:n_global], s_out, t_out)
+        metrics["teacher_temp"] = torch.tensor(temp)
+        return {"loss": loss, "dino": loss.detach()}, metrics
+
+    def on_optimizer_step(self, momentum: float) -> None:
+        ema_update(self.teacher, self.student, momentum)
+        self.loss_fn.update_center()
+
+    def eval_backbone(self, which: str = "teacher") -> Backbone:
+        return (self.teacher if which == "teacher" else self.student).backbone
+
+    def trainable_parameters(self):
+        return [(f"student.{n}", p) for n, p in self.student.named_parameters() if p.requires_grad]

@@ -1,0 +1,48 @@
+"""Projection heads."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class WeightNormLinear(nn.Module):
+    """Bias-free ``y = x (g * v / ||v||)^T`` with rows of ``v`` normalised; ``g`` frozen at 1 when
+    ``fixed_norm`` (DINO's ``norm_last_layer=True``)."""
+
+    def __init__(self, in_dim: int, out_dim: int, fixed_norm: bool = True) -> None:
+        super().__init__()
+        self.weight_v = nn.Parameter(torch.empty(out_dim, in_dim))
+        nn.init.trunc_normal_(self.weight_v, std=0.02)
+        self.weight_g = nn.Parameter(torch.ones(out_dim, 1), requires_grad=not fixed_norm)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight_g * F.normalize(self.weight_v, dim=1))
+
+
+class DINOHead(nn.Module):
+    """DINO/iBOT projection head: ``nlayers``-layer MLP (GELU) to a bottleneck, L2-normalise, then a
+    weight-normalised linear layer to ``out_dim`` prototypes. ``forward(x [B, in_dim]) -> [B, out_dim]``
+    (any leading dims)."""
+
+    def __init__(self, in_dim: int, out_dim: int = 65536, hidden_dim: int = 2048, bottleneck_dim: int = 256,
+                 nlayers: int = 3, use_bn: bool = False, norm_last_layer: bool = True) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        dims = [in_dim] + [hidden_dim] * (nlayers - 1)
+        for a, b in zip(dims[:-1], dims[1:]):
+            layers += [nn.Linear(a, b)] + ([nn.BatchNorm1d(b)] if use_bn else []) + [nn.GELU()]
+        layers.append(nn.Linear(dims[-1], bottleneck_dim))
+        self.mlp = nn.Sequential(*layers)
+        for m in self.mlp.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.trunc_normal_(m.weight, std=0.02)
+                nn.init.zeros_(m.bias)
+        self.last_layer = WeightNormLinear(bottleneck_dim, out_dim, fixed_norm=norm_last_layer)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape[:-1]
+        x = self.mlp(x.reshape(-1, x.shape[-1]))
+        x = F.normalize(x, dim=-1, eps=1e-6)
+        return self.last_layer(x).reshape(*shape, -1)

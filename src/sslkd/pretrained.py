@@ -1,0 +1,49 @@
+"""Backbones out of sslkd checkpoints (or freshly initialised), ready for evaluation."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from sslkd.config import Config, from_dict
+from sslkd.methods import build_method
+from sslkd.models import Backbone
+from sslkd.train import checkpoint as ckpt
+
+
+@dataclass
+class Pretrained:
+    backbone: Backbone
+    config: Config
+    num_channels: int
+    img_size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    step: int
+    path: Path | None
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint file, or a run folder (its newest checkpoint)."""
+    path = Path(path)
+    if path.is_dir():
+        found = ckpt.list_checkpoints(path)
+        if not found:
+            raise ckpt.CheckpointError(f"no checkpoint-<step>.pt in {path}")
+        return found[0]
+    return path
+
+
+def load_pretrained(path: str | Path, which: str = "teacher") -> Pretrained:
+    """The ``teacher`` (EMA) or ``student`` backbone of an ``sslkd pretrain`` checkpoint."""
+    path = resolve_checkpoint(path)
+    state = ckpt.load(path)
+    cfg = from_dict(Config, state["config"])
+    data = state["data"]
+    img_size = cfg.aug.global_crops_size or data["img_size"]
+    method = build_method(cfg, data["num_channels"], img_size)
+    method.load_state_dict(state["method"])
+    if which not in ("teacher", "student"):
+        raise ValueError(f"weights must be 'teacher' or 'student', got '{which}'")
+    return Pretrained(method.eval_backbone(which).eval(), cfg, data["num_channels"], img_size,
+                      tuple(data["mean"]), tuple(data["std"]), int(state["step"]), path)

@@ -1,0 +1,82 @@
+"""Checkpoints: written atomically (temp file, fsync, rename), the last K kept, loaded with
+``weights_only=True`` so that a checkpoint cannot run code."""
+
+from __future__ import annotations
+
+import errno
+import os
+import re
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+
+_NAME = re.compile(r"^checkpoint-(\d+)\.pt$")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be written or read."""
+
+
+def save_atomic(obj: Any, path: str | Path) -> Path:
+    """Write ``obj`` to ``path`` so that ``path`` is either the old file or the complete new one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        if e.errno == errno.ENOSPC:
+            raise CheckpointError(f"disk full while writing {path}; free space and resume "
+                                  f"(the previous checkpoints are intact)") from e
+        raise CheckpointError(f"cannot write checkpoint {path}: {e}") from e
+    return path
+
+
+def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
+    """Load a checkpoint without unpickling arbitrary objects."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        obj = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:
+        raise CheckpointError(f"{path}: unreadable or corrupt checkpoint ({type(e).__name__}: {e})") from e
+    if not isinstance(obj, dict) or "format" not in obj:
+        raise CheckpointError(f"{path}: not an sslkd checkpoint")
+    return obj
+
+
+def list_checkpoints(folder: str | Path) -> list[Path]:
+    """``checkpoint-<step>.pt`` files in ``folder``, newest (highest step) first."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    found = [(int(m.group(1)), p) for p in folder.iterdir() if (m := _NAME.match(p.name))]
+    return [p for _, p in sorted(found, reverse=True)]
+
+
+def prune(folder: str | Path, keep_last: int) -> None:
+    for old in list_checkpoints(folder)[keep_last:]:
+        old.unlink(missing_ok=True)
+
+
+def find_resumable(folder: str | Path) -> tuple[Path, dict] | None:
+    """Newest checkpoint in ``folder`` that loads; a corrupt newer one is skipped with a warning."""
+    for path in list_checkpoints(folder):
+        try:
+            return path, load(path)
+        except CheckpointError as e:
+            warnings.warn(f"skipping {e}; falling back to the previous checkpoint")
+    return None

@@ -1,0 +1,333 @@
+"""The method-agnostic training engine.
+
+AdamW with ``lr = base_lr * batch / 256``, linear warmup + cosine decay, cosine weight decay,
+cosine EMA momentum, gradient clipping (global norm, or per tensor as iBOT's code does), the head's
+last layer frozen for the first epoch(s), bf16 autocast, gradient accumulation (EMA and centres
+step once per optimiser step), checkpoints that make a resumed run continue bit for bit, JSONL +
+TensorBoard metrics, a progress bar, kNN monitoring, and a clean stop on SIGINT/SIGTERM.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from sslkd.config import Config, to_dict
+from sslkd.data import ImageArrayDataset, get_dataset
+from sslkd.data.augment import MultiCropDataset, MultiCropTransform, SeededEpochSampler
+from sslkd.eval import extract_features, knn_classify
+from sslkd.methods import Method, StepInfo, build_method
+from sslkd.train import checkpoint as ckpt
+from sslkd.train.schedules import cosine_schedule
+
+FORMAT = 1
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (non-finite loss, ...); the message says where."""
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise TrainingError(f"device '{name}' requested but CUDA is not available on this machine")
+    return torch.device(name)
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """bf16 where supported; a CUDA GPU without bf16 falls back to fp16 (with a loss scaler)."""
+    if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        warnings.warn("this GPU has no bf16: using fp16 autocast with a gradient scaler")
+        return torch.float16
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+
+
+def load_datasets(cfg: Config) -> tuple[ImageArrayDataset, ImageArrayDataset | None]:
+    d = cfg.data
+    kw = dict(root=d.root, download=d.download, img_size=d.img_size, seed=cfg.seed, on_corrupt=d.on_corrupt)
+    train = get_dataset(d.name, "train", subset_fraction=d.subset_fraction, **kw)
+    test = get_dataset(d.name, "test", **kw) if cfg.eval.knn_every else None
+    return train, test
+
+
+class Trainer:
+    """Pretrain ``cfg.method`` on ``cfg.data``; ``fit()`` runs (or resumes) to the end."""
+
+    def __init__(self, cfg: Config, train_set: ImageArrayDataset | None = None,
+                 test_set: ImageArrayDataset | None = None, progress: bool = True) -> None:
+        self.cfg = cfg
+        self.device = resolve_device(cfg.device)
+        if train_set is None:
+            train_set, test_set = load_datasets(cfg)
+        self.train_set, self.test_set = train_set, test_set
+        self.out = Path(cfg.output_dir)
+        self.progress = progress
+        t = cfg.train
+        if t.batch_size % t.accum_steps:
+            raise TrainingError(f"train.batch_size={t.batch_size} is not divisible by "
+                                f"train.accum_steps={t.accum_steps}")
+        self.steps_per_epoch = len(train_set) // t.batch_size
+        if self.steps_per_epoch == 0:
+            raise TrainingError(f"train.batch_size={t.batch_size} exceeds the {len(train_set)} training images")
+        self.total_steps = t.epochs * self.steps_per_epoch
+
+        torch.manual_seed(cfg.seed)
+        img_size = cfg.aug.global_crops_size or train_set.img_size
+        self.method: Method = build_method(cfg, train_set.num_channels, img_size).to(self.device)
+        self.transform = MultiCropTransform.from_config(cfg.aug, train_set.img_size, train_set.num_channels,
+                                                        train_set.mean, train_set.std)
+        params = self.method.trainable_parameters()
+        decay = [p for n, p in params if p.ndim > 1 and not n.endswith("weight_g")]
+        no_decay = [p for n, p in params if not (p.ndim > 1 and not n.endswith("weight_g"))]
+        fused = self.device.type == "cuda"
+        self.optimizer = torch.optim.AdamW([{"params": decay}, {"params": no_decay, "weight_decay": 0.0}],
+                                           lr=0.0, fused=fused)
+        lr = t.base_lr * t.batch_size / 256
+        warm = t.warmup_epochs * self.steps_per_epoch
+        self.lr = cosine_schedule(lr, t.min_lr, self.total_steps, warm)
+        self.wd = cosine_schedule(t.weight_decay, t.weight_decay_end, self.total_steps)
+        self.momentum = cosine_schedule(t.momentum_teacher, t.momentum_teacher_end, self.total_steps)
+        self.dtype = autocast_dtype(t.precision, self.device)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
+        self.step = 0
+        self._stop_signal: int | None = None
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict[str, Any]:
+        state = {"format": FORMAT, "step": self.step, "config": to_dict(self.cfg),
+                 "method": self.method.state_dict(), "optimizer": self.optimizer.state_dict(),
+                 "scaler": self.scaler.state_dict(), "rng_cpu": torch.get_rng_state(),
+                 "data": {"num_channels": self.train_set.num_channels, "img_size": self.train_set.img_size,
+                          "mean": list(self.train_set.mean), "std": list(self.train_set.std),
+                          "dataset": self.cfg.data.name}}
+        if torch.cuda.is_available() and self.device.type == "cuda":
+            state["rng_cuda"] = torch.cuda.get_rng_state(self.device)
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.method.load_state_dict(state["method"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])
+        torch.set_rng_state(state["rng_cpu"])
+        if "rng_cuda" in state and self.device.type == "cuda":
+            torch.cuda.set_rng_state(state["rng_cuda"], self.device)
+        self.step = int(state["step"])
+
+    def save(self) -> Path:
+        path = ckpt.save_atomic(self.state_dict(), self.out / f"checkpoint-{self.step}.pt")
+        ckpt.prune(self.out, self.cfg.train.keep_last)
+        return path
+
+    def resume(self, spec: str | None) -> Path | None:
+        """``spec``: a checkpoint path, ``auto`` (newest valid in the output folder) or None."""
+        if not spec:
+            return None
+        if spec == "auto":
+            found = ckpt.find_resumable(self.out)
+            if found is None:
+                return None
+            path, state = found
+        else:
+            path, state = Path(spec), ckpt.load(spec)
+        self.load_state_dict(state)
+        return path
+
+    # ------------------------------------------------------------------ training
+    def _loader(self, epoch: int, start: int) -> DataLoader:
+        t = self.cfg.train
+        sampler = SeededEpochSampler(len(self.train_set), self.cfg.seed, epoch, start)
+        nw = self.cfg.data.num_workers
+        return DataLoader(MultiCropDataset(self.train_set, self.transform), batch_size=t.batch_size // t.accum_steps,
+                          sampler=sampler, drop_last=True, num_workers=nw, pin_memory=self.device.type == "cuda",
+                          persistent_workers=False, prefetch_factor=4 if nw else None,
+                          # own generator: creating a loader must not consume the global RNG
+                          # (a resumed run creates one mid-epoch)
+                          generator=torch.Generator().manual_seed(self.cfg.seed + epoch))
+
+    def _set_hparams(self, step: int) -> None:
+        for i, group in enumerate(self.optimizer.param_groups):
+            group["lr"] = float(self.lr[step])
+            if i == 0:
+                group["weight_decay"] = float(self.wd[step])
+
+    def _clip(self) -> None:
+        t = self.cfg.train
+        if t.clip_grad <= 0:
+            return
+        params = [p for _, p in self.method.trainable_parameters() if p.grad is not None]
+        if t.clip_mode == "norm":
+            torch.nn.utils.clip_grad_norm_(params, t.clip_grad, foreach=True)
+        else:  # iBOT/DINO reference: each tensor clipped to norm clip_grad on its own
+            for p in params:
+                torch.nn.utils.clip_grad_norm_([p], t.clip_grad)
+
+    def train_step(self, micro_batches: list[list[torch.Tensor]]) -> tuple[dict, dict]:
+        """One optimiser step over ``accum_steps`` micro-batches of views. Returns summed
+        (averaged) detached losses and metrics."""
+        t = self.cfg.train
+        info = StepInfo(self.step, self.step / self.steps_per_epoch, self.total_steps, t.epochs)
+        self._set_hparams(self.step)
+        losses_sum: dict[str, torch.Tensor] = {}
+        metrics_sum: dict[str, torch.Tensor] = {}
+        for views in micro_batches:
+            views = [v.to(self.device, non_blocking=True) for v in views]
+            with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None):
+                losses, metrics = self.method(views, info)
+            self.scaler.scale(losses["loss"] / len(micro_batches)).backward()
+            for k, v in losses.items():
+                losses_sum[k] = losses_sum.get(k, 0) + v.detach().float() / len(micro_batches)
+            for k, v in metrics.items():
+                metrics_sum[k] = metrics_sum.get(k, 0) + v.detach().float() / len(micro_batches)
+        if info.epoch < t.freeze_last_layer:
+            for p in self.method.last_layer_parameters():
+                p.grad = None
+        self.scaler.unscale_(self.optimizer)
+        self._clip()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.method.on_optimizer_step(float(self.momentum[self.step]))
+        self.step += 1
+        return losses_sum, metrics_sum
+
+    def _check_finite(self, losses: dict[str, torch.Tensor], step: int) -> None:
+        for name, value in losses.items():
+            if not math.isfinite(float(value)):
+                raise TrainingError(f"non-finite loss term '{name}' = {float(value)} at step {step}; "
+                                    f"the last good checkpoint in {self.out} is kept")
+
+    def knn(self) -> dict[str, float]:
+        e = self.cfg.eval
+        if self.test_set is None:
+            self.test_set = get_dataset(self.cfg.data.name, "test", root=self.cfg.data.root,
+                                        img_size=self.cfg.data.img_size, seed=self.cfg.seed)
+        bb = self.method.eval_backbone("teacher")
+        size = self.cfg.aug.global_crops_size
+        kw = dict(mean=self.train_set.mean, std=self.train_set.std, device=self.device, size=size)
+        ftr, ltr = extract_features(bb, self.train_set, max_samples=e.knn_max_train, **kw)
+        fte, lte = extract_features(bb, self.test_set, **kw)
+        return knn_classify(ftr, ltr, fte, lte, e.knn_k, e.knn_t, self.train_set.num_classes)
+
+    def _handle_signal(self, signum, frame) -> None:  # noqa: ARG002
+        self._stop_signal = signum
+
+    def fit(self, resume: str | None = None) -> dict[str, Any]:
+        """Train to ``train.epochs`` (or ``train.max_steps``). Returns a summary dict with
+        ``status`` in {"finished", "interrupted", "max_steps"}."""
+        cfg, t = self.cfg, self.cfg.train
+        self.out.mkdir(parents=True, exist_ok=True)
+        (self.out / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+        resumed = self.resume(resume)
+        log = open(self.out / "metrics.jsonl", "a")
+        tb = _tensorboard(self.out)
+        old_handlers = {s: signal.signal(s, self._handle_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        end = self.total_steps if t.max_steps is None else min(self.total_steps, t.max_steps)
+        bar = tqdm(total=end, initial=self.step, disable=not self.progress, unit="step", dynamic_ncols=True,
+                   desc=f"{cfg.method.name} {cfg.model.backbone}")
+        if resumed:
+            bar.write(f"resumed from {resumed} at step {self.step}")
+        status, last = "finished", {}
+        pending: list[tuple[int, dict, dict]] = []
+        tic, seen = time.perf_counter(), 0
+        try:
+            self.method.train()
+            while self.step < end and status == "finished":
+                epoch, start = divmod(self.step, self.steps_per_epoch)
+                micro: list[list[torch.Tensor]] = []
+                for views, _ in self._loader(epoch, start * t.batch_size):
+                    micro.append(views)
+                    if len(micro) < t.accum_steps:
+                        continue
+                    losses, metrics = self.train_step(micro)
+                    micro = []
+                    seen += t.batch_size
+                    pending.append((self.step - 1, losses, metrics))
+                    bar.update(1)
+                    if self.step % t.log_every == 0 or self.step == end:
+                        rate = seen / max(time.perf_counter() - tic, 1e-9)
+                        last = self._flush(pending, log, tb, rate)
+                        bar.set_postfix(loss=f"{last['loss']:.4f}", img_s=f"{rate:.0f}")
+                        tic, seen = time.perf_counter(), 0
+                    if t.ckpt_every_steps and self.step % t.ckpt_every_steps == 0:
+                        self._flush(pending, log, tb, None)
+                        self.save()
+                    if self._stop_signal is not None:
+                        status = "interrupted"
+                        break
+                    if self.step >= end:
+                        break
+                if status == "finished" and self.step % self.steps_per_epoch == 0:
+                    self._end_of_epoch(self.step // self.steps_per_epoch, log, tb, last)
+            if status == "interrupted":
+                self._flush(pending, log, tb, None)
+                path = self.save()
+                bar.write(f"interrupted at step {self.step}: wrote {path}; resume with --resume auto")
+            elif self.step >= end:
+                self._flush(pending, log, tb, None)
+                if t.max_steps is not None and end < self.total_steps:
+                    status = "max_steps"
+                if not ckpt.list_checkpoints(self.out) or ckpt.list_checkpoints(self.out)[0].name != f"checkpoint-{self.step}.pt":
+                    self.save()
+        finally:
+            bar.close()
+            log.close()
+            if tb is not None:
+                tb.close()
+            for s, h in old_handlers.items():
+                signal.signal(s, h)
+        return {"status": status, "step": self.step, **last}
+
+    def _end_of_epoch(self, epoch: int, log, tb, last: dict) -> None:
+        e = self.cfg.eval
+        if e.knn_every and (epoch % e.knn_every == 0 or epoch == self.cfg.train.epochs):
+            res = self.knn()
+            last.update({"knn_top1": res["top1"], "knn_top5": res["top5"]})
+            rec = {"step": self.step, "epoch": epoch, "knn_top1": res["top1"], "knn_top5": res["top5"]}
+            log.write(json.dumps(rec) + "\n")
+            log.flush()
+            if tb is not None:
+                tb.add_scalar("eval/knn_top1", res["top1"], self.step)
+            self.method.train()
+        if not self.cfg.train.ckpt_every_steps or self.step % self.cfg.train.ckpt_every_steps:
+            self.save()
+
+    def _flush(self, pending: list, log, tb, rate: float | None) -> dict:
+        """Write one JSONL record per pending step (one host sync for all of them); returns the
+        last record (with ``img_per_s`` when ``rate`` is given), also sent to TensorBoard."""
+        last: dict[str, Any] = {}
+        for step, losses, metrics in pending:
+            self._check_finite(losses, step)
+            rec = {"step": step + 1, "epoch": round((step + 1) / self.steps_per_epoch, 4),
+                   "lr": float(self.lr[step]), "wd": float(self.wd[step]), "momentum": float(self.momentum[step])}
+            rec.update({k: float(v) for k, v in losses.items()})
+            rec.update({k: float(v) for k, v in metrics.items()})
+            if rate is not None and step == pending[-1][0]:
+                rec["img_per_s"] = rate
+            log.write(json.dumps(rec) + "\n")
+            last = rec
+        log.flush()
+        if last and tb is not None:
+            for k, v in last.items():
+                if k not in ("step", "epoch"):
+                    tb.add_scalar(f"train/{k}", v, last["step"])
+        pending.clear()
+        return last
+
+
+def _tensorboard(out: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # tensorboard is a dependency, but keep training if it is broken
+        return None
+    return SummaryWriter(str(out / "tb"))
