@@ -8,6 +8,7 @@ The ``method`` section is typed by the method it names (``method.name``), see
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import types
@@ -188,6 +189,11 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             raise ConfigError(f"{key}: expected an integer, got {value!r}")
         return value
     if tp is float:
+        if isinstance(value, str):  # YAML 1.1 reads 5e-4 (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key}: expected a number, got {value!r}")
         return float(value)
@@ -268,7 +274,7 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
                 base: dict | None = None) -> Config:
     """Load a YAML config (or ``base``), apply overrides, type-check and validate it."""
-    data: dict = dict(base or {})
+    data: dict = copy.deepcopy(base or {})
     if path is not None:
         path = Path(path)
         if not path.is_file():
@@ -278,7 +284,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
             raise ConfigError(f"{path}: expected a mapping at the top level")
         data = _merge(data, loaded)
     data = apply_overrides(data, list(overrides or []))
-    data.setdefault("method", {"name": "dino"})
+    method = data.setdefault("method", {})
+    if isinstance(method, dict):
+        method.setdefault("name", "dino")  # the default method
     cfg = from_dict(Config, data)
     cfg.validate()
     return cfg

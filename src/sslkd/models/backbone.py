@@ -79,10 +79,14 @@ class ViTBackbone(Backbone):
 class CNNBackbone(Backbone):
     is_vit = False
 
-    def __init__(self, net: nn.Module) -> None:
+    def __init__(self, net: nn.Module, in_chans: int) -> None:
         super().__init__()
         self.net = net
-        self.embed_dim = net.feature_info[-1]["num_chs"]
+        # what forward_features really returns (timm's EfficientNet adds its 1x1 conv head there)
+        with torch.no_grad():
+            was = net.training
+            self.embed_dim = net.eval().forward_features(torch.zeros(1, in_chans, 32, 32)).shape[1]
+            net.train(was)
 
     def forward_features(self, x: torch.Tensor, mask: torch.Tensor | None = None
                          ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -110,7 +114,7 @@ def build_backbone(name: str, img_size: int = 32, patch_size: int = 4, in_chans:
                                 global_pool="", drop_path_rate=drop_path_rate, **kwargs)
         if small_stem:
             _small_stem(net, name)
-        return CNNBackbone(net)
+        return CNNBackbone(net, in_chans)
     raise ValueError(f"unknown backbone '{name}'; available: {', '.join(BACKBONES)}")
 
 

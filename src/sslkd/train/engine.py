@@ -307,7 +307,7 @@ class Trainer:
         last record (with ``img_per_s`` when ``rate`` is given), also sent to TensorBoard."""
         last: dict[str, Any] = {}
         for step, losses, metrics in pending:
-            self._check_finite(losses, step)
+            self._check_finite(losses, step + 1)
             rec = {"step": step + 1, "epoch": round((step + 1) / self.steps_per_epoch, 4),
                    "lr": float(self.lr[step]), "wd": float(self.wd[step]), "momentum": float(self.momentum[step])}
             rec.update({k: float(v) for k, v in losses.items()})

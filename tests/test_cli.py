@@ -1,0 +1,61 @@
+import json
+import subprocess
+import sys
+
+import pytest
+
+from sslkd.cli import main
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "sslkd", *args], capture_output=True, text=True, timeout=300)
+
+
+def test_unknown_config_key_exits_2_with_suggestion(tmp_path, capsys):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("train:\n  batch_sise: 8\n")
+    assert main(["pretrain", "--config", str(cfg)]) == 2
+    err = capsys.readouterr().err
+    assert "train.batch_sise" in err and "batch_size" in err and "Traceback" not in err
+
+
+def test_missing_config_and_dataset_are_sentences(tmp_path, capsys):
+    assert main(["pretrain", "--config", str(tmp_path / "nope.yaml")]) == 2
+    assert "nope.yaml" in capsys.readouterr().err
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"data:\n  name: imagefolder\n  root: {tmp_path / 'no_images'}\n")
+    assert main(["pretrain", "--config", str(cfg)]) == 1
+    assert "no_images" in capsys.readouterr().err
+    assert main(["eval", "knn", "--checkpoint", str(tmp_path / "x.pt"), "--dataset", "digits"]) == 1
+    assert "x.pt" in capsys.readouterr().err
+
+
+def test_pretrain_then_eval_from_the_command_line(tmp_path):
+    out = tmp_path / "run"
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(
+        "data: {name: digits, img_size: 16}\n"
+        "model: {backbone: vit_tiny, patch_size: 4, depth: 1}\n"
+        "method: {name: dino, out_dim: 64, hidden_dim: 64, bottleneck_dim: 32}\n"
+        f"train: {{epochs: 1, batch_size: 64, max_steps: 2}}\noutput_dir: {out}\ndevice: cpu\n")
+    r = run_cli("pretrain", "--config", str(cfg), "--no-progress")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout.strip().splitlines()[-1])["step"] == 2
+    assert (out / "checkpoint-2.pt").is_file() and (out / "metrics.jsonl").is_file()
+    assert any((out / "tb").iterdir())
+    r = run_cli("eval", "knn", "--checkpoint", str(out), "--dataset", "digits", "--json")
+    assert r.returncode == 0, r.stderr
+    res = json.loads(r.stdout)
+    assert 0 < res["top1"] <= res["top5"] <= 100
+    r = run_cli("eval", "linear", "--random-init", "--dataset", "digits", "--backbone", "vit_tiny",
+                "--epochs", "5")
+    assert r.returncode == 0 and "top-1" in r.stdout
+    # a checkpoint for 1-channel images evaluated on 3-channel data is refused
+    r = run_cli("eval", "knn", "--checkpoint", str(out), "--dataset", "synthetic")
+    assert r.returncode == 1 and "channels" in r.stderr
+
+
+def test_info_lists_registry(capsys):
+    assert main(["info"]) == 0
+    out = capsys.readouterr().out
+    assert "dino" in out and "vit_tiny" in out and "fashion-mnist" in out

@@ -1,0 +1,47 @@
+import pytest
+
+from sslkd.config import Config, ConfigError, load_config, to_dict
+from sslkd.methods import DINOConfig
+
+
+def test_defaults_and_override_types(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("train:\n  epochs: 3\naug:\n  global_crops_scale: [0.3, 1.0]\nmethod:\n  name: dino\n  out_dim: 128\n")
+    cfg = load_config(path, ["train.batch_size=16", "method.teacher_temp=0.05", "data.root=/x"])
+    assert cfg.train.epochs == 3 and cfg.train.batch_size == 16
+    assert cfg.aug.global_crops_scale == (0.3, 1.0)
+    assert isinstance(cfg.method, DINOConfig) and cfg.method.out_dim == 128 and cfg.method.teacher_temp == 0.05
+    assert cfg.data.root == "/x"
+    # round trip through plain dicts (what checkpoints store)
+    assert to_dict(load_config(None, base=to_dict(cfg))) == to_dict(cfg)
+
+
+def test_unknown_key_names_closest():
+    with pytest.raises(ConfigError, match=r"unknown config key 'train.epoch'.*did you mean epochs"):
+        load_config(None, ["train.epoch=3"])
+    with pytest.raises(ConfigError, match=r"method.out_dims.*out_dim"):
+        load_config(None, ["method.out_dims=3"])
+    with pytest.raises(ConfigError, match="unknown method 'dinox'"):
+        load_config(None, ["method.name=dinox"])
+
+
+@pytest.mark.parametrize("override, key", [
+    ("train.batch_size=-4", "train.batch_size"),
+    ("train.batch_size=abc", "train.batch_size"),
+    ("train.epochs=1.5", "train.epochs"),
+    ("train.precision=fp8", "train.precision"),
+    ("data.img_size=30", "data.img_size"),  # not divisible by patch 4
+    ("aug.global_crops_scale=[0.1]", "aug.global_crops_scale"),
+    ("method.teacher_temp=0", "method.teacher_temp"),
+])
+def test_impossible_values_name_the_key(override, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        load_config(None, [override])
+
+
+def test_every_shipped_config_loads():
+    from pathlib import Path
+    configs = sorted((Path(__file__).parent.parent / "configs").rglob("*.yaml"))
+    assert configs
+    for path in configs:
+        assert isinstance(load_config(path), Config)

@@ -1,0 +1,22 @@
+import math
+
+import numpy as np
+
+from sslkd.train.schedules import cosine_schedule
+
+
+def test_cosine_with_warmup():
+    s = cosine_schedule(1.0, 0.1, total_steps=20, warmup_steps=5, warmup_start=0.0)
+    assert len(s) == 20
+    np.testing.assert_allclose(s[:5], [0, 0.2, 0.4, 0.6, 0.8])
+    assert s[5] == 1.0
+    for i in range(5, 20):
+        t = (i - 5) / 15
+        assert math.isclose(s[i], 0.1 + 0.45 * (1 + math.cos(math.pi * t)))
+    assert np.all(np.diff(s[5:]) < 0)
+
+
+def test_momentum_schedule_goes_to_one():
+    m = cosine_schedule(0.996, 1.0, 100)
+    assert m[0] == 0.996 and m[-1] < 1.0 and 1 - m[-1] < 1e-5
+    assert np.all(np.diff(m) >= 0)

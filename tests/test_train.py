@@ -1,0 +1,150 @@
+import json
+import os
+import signal
+import threading
+
+import pytest
+import torch
+
+from sslkd.config import load_config
+from sslkd.data import get_dataset
+from sslkd.methods import build_method
+from sslkd.train import Trainer, TrainingError
+from sslkd.train import checkpoint as ckpt
+
+TINY = {
+    "device": "cpu",
+    "data": {"name": "synthetic", "img_size": 16},
+    "aug": {"local_crops_number": 2, "local_crops_size": 8},
+    "model": {"backbone": "vit_tiny", "patch_size": 4, "depth": 1, "drop_path_rate": 0.1},
+    "method": {"name": "dino", "out_dim": 64, "hidden_dim": 64, "bottleneck_dim": 32},
+    "train": {"epochs": 2, "batch_size": 16, "warmup_epochs": 1, "log_every": 2, "freeze_last_layer": 0},
+}
+
+
+@pytest.fixture(scope="module")
+def data():
+    return get_dataset("synthetic", "train", img_size=16, num_samples=64)
+
+
+def losses_of(out_dir):
+    return [json.loads(line) for line in open(out_dir / "metrics.jsonl") if "loss" in line]
+
+
+def test_resume_continues_bit_for_bit(tmp_path, data):
+    full_cfg = load_config(None, [f"output_dir={tmp_path / 'full'}"], base=TINY)
+    Trainer(full_cfg, data, progress=False).fit()
+    full = losses_of(tmp_path / "full")
+    assert len(full) == 8
+
+    part_cfg = load_config(None, [f"output_dir={tmp_path / 'part'}", "train.max_steps=3"], base=TINY)
+    assert Trainer(part_cfg, data, progress=False).fit()["status"] == "max_steps"
+    resumed_cfg = load_config(None, [f"output_dir={tmp_path / 'part'}"], base=TINY)
+    trainer = Trainer(resumed_cfg, data, progress=False)
+    assert trainer.fit(resume="auto")["status"] == "finished"
+    part = losses_of(tmp_path / "part")
+    assert [r["step"] for r in part] == list(range(1, 9))
+    for a, b in zip(full, part):
+        assert a["loss"] == b["loss"] and a["teacher_entropy"] == b["teacher_entropy"], (a, b)
+    final = ckpt.load(ckpt.list_checkpoints(tmp_path / "full")[0])
+    again = ckpt.load(ckpt.list_checkpoints(tmp_path / "part")[0])
+    for k, v in final["method"].items():
+        assert torch.equal(v, again["method"][k]), k
+
+
+def test_accumulation_steps_ema_and_centre_once_per_optimiser_step(tmp_path, data):
+    cfg = load_config(None, [f"output_dir={tmp_path}", "train.accum_steps=2"], base=TINY)
+    tr = Trainer(cfg, data, progress=False)
+    calls = []
+    orig = tr.method.on_optimizer_step
+    tr.method.on_optimizer_step = lambda m: (calls.append(m), orig(m))
+    batch = next(iter(tr._loader(0, 0)))[0]
+    c0 = tr.method.loss_fn.center.clone()
+    tr.train_step([batch, batch])
+    assert len(calls) == 1 and tr.step == 1
+    assert not torch.equal(tr.method.loss_fn.center, c0)
+    # same data twice with accumulation == the batch once without: same centre, same teacher
+    cfg1 = load_config(None, [f"output_dir={tmp_path}/b"], base=TINY)
+    tr1 = Trainer(cfg1, data, progress=False)
+    tr1.train_step([batch])
+    torch.testing.assert_close(tr1.method.loss_fn.center, tr.method.loss_fn.center)
+
+
+def test_checkpoints_atomic_pruned_and_corrupt_newest_skipped(tmp_path, data):
+    cfg = load_config(None, [f"output_dir={tmp_path}", "train.ckpt_every_steps=1", "train.keep_last=2"], base=TINY)
+    Trainer(cfg, data, progress=False).fit()
+    found = ckpt.list_checkpoints(tmp_path)
+    assert [p.name for p in found] == ["checkpoint-8.pt", "checkpoint-7.pt"]
+    assert not [p for p in tmp_path.iterdir() if ".tmp" in p.name]
+    found[0].write_bytes(found[0].read_bytes()[:1000])  # truncated newest
+    with pytest.warns(UserWarning, match="checkpoint-8.pt"):
+        path, state = ckpt.find_resumable(tmp_path)
+    assert path.name == "checkpoint-7.pt" and state["step"] == 7
+
+
+def test_checkpoint_refuses_pickled_code(tmp_path):
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("echo pwned",))
+    torch.save({"format": 1, "x": Evil()}, tmp_path / "evil.pt")
+    with pytest.raises(ckpt.CheckpointError, match="evil.pt"):
+        ckpt.load(tmp_path / "evil.pt")
+
+
+def test_sigterm_writes_checkpoint_and_resumes(tmp_path, data):
+    cfg = load_config(None, [f"output_dir={tmp_path}"], base=TINY)
+    tr = Trainer(cfg, data, progress=False)
+    orig = tr.train_step
+
+    def step_then_signal(micro):
+        out = orig(micro)
+        if tr.step == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return out
+    tr.train_step = step_then_signal
+    assert threading.current_thread() is threading.main_thread()
+    summary = tr.fit()
+    assert summary["status"] == "interrupted" and summary["step"] == 2
+    assert ckpt.list_checkpoints(tmp_path)[0].name == "checkpoint-2.pt"
+    tr2 = Trainer(cfg, data, progress=False)
+    assert tr2.fit(resume="auto")["step"] == 8
+
+
+def test_non_finite_loss_names_step_and_term(tmp_path, data):
+    cfg = load_config(None, [f"output_dir={tmp_path}", "train.log_every=1"], base=TINY)
+    tr = Trainer(cfg, data, progress=False)
+    with torch.no_grad():
+        tr.method.student.head.mlp[0].weight.fill_(float("nan"))
+    with pytest.raises(TrainingError, match="'loss'.*step 1"):
+        tr.fit()
+
+
+def test_last_layer_frozen_during_first_epoch(tmp_path, data):
+    cfg = load_config(None, [f"output_dir={tmp_path}", "train.freeze_last_layer=1", "train.warmup_epochs=0",
+                             "method.norm_last_layer=false"], base=TINY)
+    tr = Trainer(cfg, data, progress=False)
+    last = tr.method.student.head.last_layer.weight_v.clone()
+    first = tr.method.student.head.mlp[0].weight.clone()
+    batch = next(iter(tr._loader(0, 0)))[0]
+    tr.train_step([batch])
+    assert torch.equal(tr.method.student.head.last_layer.weight_v, last)
+    assert not torch.equal(tr.method.student.head.mlp[0].weight, first)
+    tr.step = tr.steps_per_epoch  # second epoch: trained
+    tr.train_step([batch])
+    assert not torch.equal(tr.method.student.head.last_layer.weight_v, last)
+
+
+def test_per_param_clipping_bounds_each_tensor(tmp_path, data):
+    cfg = load_config(None, [f"output_dir={tmp_path}", "train.clip_mode=per_param", "train.clip_grad=1e-3"],
+                      base=TINY)
+    tr = Trainer(cfg, data, progress=False)
+    seen = []
+    orig = tr.optimizer.step
+
+    def record(*a, **k):
+        seen.extend(p.grad.norm().item() for g in tr.optimizer.param_groups for p in g["params"]
+                    if p.grad is not None)
+        return orig(*a, **k)
+    tr.optimizer.step = record
+    tr.train_step([next(iter(tr._loader(0, 0)))[0]])
+    assert seen and max(seen) <= 1e-3 * 1.0001 and sum(n > 0.9e-3 for n in seen) > 1
