@@ -1,5 +1,6 @@
 """Losses as plain ``nn.Module``s, usable outside sslkd."""
 
 from sslkd.losses.dino import DINOLoss
+from sslkd.losses.rkd import RKDAngleLoss, RKDDistanceLoss
 
-__all__ = ["DINOLoss"]
+__all__ = ["DINOLoss", "RKDAngleLoss", "RKDDistanceLoss"]
