@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
-from torch import nn
+
+from sslkd.losses.center import CenteredTeacherLoss
 
 
-class DINOLoss(nn.Module):
+class DINOLoss(CenteredTeacherLoss):
     r"""Multi-crop cross-entropy between a centred, sharpened teacher and the student.
 
     .. math::
@@ -27,14 +27,7 @@ class DINOLoss(nn.Module):
     """
 
     def __init__(self, out_dim: int, student_temp: float = 0.1, center_momentum: float = 0.9) -> None:
-        super().__init__()
-        self.student_temp = student_temp
-        self.center_momentum = center_momentum
-        self.register_buffer("center", torch.zeros(1, out_dim))
-        self._pending: list[torch.Tensor] = []
-
-    def teacher_probs(self, teacher: torch.Tensor, teacher_temp: float) -> torch.Tensor:
-        return F.softmax((teacher.float() - self.center) / teacher_temp, dim=-1)
+        super().__init__(out_dim, student_temp, center_momentum)
 
     def forward(self, student: torch.Tensor, teacher: torch.Tensor, teacher_temp: float) -> torch.Tensor:
         if student.ndim != 3 or teacher.ndim != 3 or student.shape[1:] != teacher.shape[1:]:
@@ -42,22 +35,9 @@ class DINOLoss(nn.Module):
                              f"{tuple(student.shape)} and {tuple(teacher.shape)}")
         log_p_s = F.log_softmax(student.float() / self.student_temp, dim=-1)
         p_t = self.teacher_probs(teacher.detach(), teacher_temp)
-        self._pending.append(teacher.detach().float().mean(dim=(0, 1)))
+        self.record(teacher)
         # sum_{t != s} <p_t, -log p_s> via one matmul over views: [V_t, V_s] matrix of batch sums
         ce = -torch.einsum("tbk,sbk->ts", p_t, log_p_s) / student.shape[1]
         vt, vs = teacher.shape[0], student.shape[0]
         keep = ~torch.eye(vt, vs, dtype=torch.bool, device=ce.device)
         return ce[keep].mean()
-
-    @torch.no_grad()
-    def update_center(self) -> None:
-        """Apply the EMA with the mean teacher output of the batches seen since the last call
-        (all-reduced across processes when distributed)."""
-        if not self._pending:
-            return
-        batch_center = torch.stack(self._pending).mean(0, keepdim=True)
-        self._pending.clear()
-        if dist.is_available() and dist.is_initialized():
-            dist.all_reduce(batch_center)
-            batch_center /= dist.get_world_size()
-        self.center.mul_(self.center_momentum).add_(batch_center, alpha=1 - self.center_momentum)

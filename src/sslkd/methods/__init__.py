@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from sslkd.methods.base import Method, StepInfo
 from sslkd.methods.dino import DINO, DINOConfig
+from sslkd.methods.ibot import IBOT, IBOTConfig
 
-METHODS: dict[str, type[Method]] = {"dino": DINO}
+METHODS: dict[str, type[Method]] = {"dino": DINO, "ibot": IBOT}
 
 
 def method_config_class(name: str) -> type:
@@ -20,4 +21,4 @@ def build_method(cfg, in_chans: int, img_size: int) -> Method:
     return METHODS[cfg.method.name](cfg, in_chans, img_size)
 
 
-__all__ = ["DINO", "DINOConfig", "METHODS", "Method", "StepInfo", "build_method", "method_config_class"]
+__all__ = ["DINO", "DINOConfig", "IBOT", "IBOTConfig", "METHODS", "Method", "StepInfo", "build_method", "method_config_class"]

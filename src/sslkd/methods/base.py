@@ -43,15 +43,16 @@ class Method(nn.Module, abc.ABC):
         """Once per optimiser step (not per micro-batch): EMA teacher, centres."""
 
     def trainable_parameters(self) -> list[tuple[str, nn.Parameter]]:
-        return [(n, p) for n, p in self.named_parameters() if p.requires_grad]
+        """What the optimiser updates: the student's parameters."""
+        return [(f"student.{n}", p) for n, p in self.student.named_parameters() if p.requires_grad]
 
     def last_layer_parameters(self) -> list[nn.Parameter]:
         """Parameters frozen during the first ``train.freeze_last_layer`` epochs."""
         return [p for n, p in self.named_parameters() if "last_layer" in n and p.requires_grad]
 
-    @abc.abstractmethod
     def eval_backbone(self, which: str = "teacher") -> Backbone:
         """The backbone evaluated by kNN/linear probes (``teacher`` or ``student``)."""
+        return (self.teacher if which == "teacher" else self.student).backbone
 
 
 def ema_teacher(student: nn.Module) -> nn.Module:

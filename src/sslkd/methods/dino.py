@@ -111,9 +111,3 @@ class DINO(Method):
     def on_optimizer_step(self, momentum: float) -> None:
         ema_update(self.teacher, self.student, momentum)
         self.loss_fn.update_center()
-
-    def eval_backbone(self, which: str = "teacher") -> Backbone:
-        return (self.teacher if which == "teacher" else self.student).backbone
-
-    def trainable_parameters(self):
-        return [(f"student.{n}", p) for n, p in self.student.named_parameters() if p.requires_grad]

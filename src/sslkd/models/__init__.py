@@ -1,7 +1,7 @@
 """Backbones (one interface over timm) and projection heads."""
 
 from sslkd.models.backbone import BACKBONES, Backbone, CNNBackbone, ViTBackbone, build_backbone
-from sslkd.models.heads import DINOHead, WeightNormLinear
+from sslkd.models.heads import DINOHead, IBOTHead, WeightNormLinear
 
-__all__ = ["BACKBONES", "Backbone", "CNNBackbone", "DINOHead", "ViTBackbone", "WeightNormLinear",
+__all__ = ["BACKBONES", "Backbone", "CNNBackbone", "DINOHead", "IBOTHead", "ViTBackbone", "WeightNormLinear",
            "build_backbone"]

@@ -46,3 +46,27 @@ class DINOHead(nn.Module):
         x = self.mlp(x.reshape(-1, x.shape[-1]))
         x = F.normalize(x, dim=-1, eps=1e-6)
         return self.last_layer(x).reshape(*shape, -1)
+
+
+class IBOTHead(DINOHead):
+    """DINO head whose MLP is shared by the CLS and the patch tokens; the patch tokens get their
+    own weight-normalised last layer when ``shared_head`` is False or ``patch_out_dim`` differs
+    (iBOT's ``last_layer2``). ``bottleneck(x)`` is the L2-normalised MLP output."""
+
+    def __init__(self, in_dim: int, out_dim: int = 8192, patch_out_dim: int | None = None,
+                 shared_head: bool = True, **kwargs) -> None:
+        super().__init__(in_dim, out_dim, **kwargs)
+        patch_out_dim = patch_out_dim or out_dim
+        self.patch_last_layer = None
+        if not shared_head or patch_out_dim != out_dim:
+            bottleneck = self.last_layer.weight_v.shape[1]
+            self.patch_last_layer = WeightNormLinear(bottleneck, patch_out_dim,
+                                                     fixed_norm=not self.last_layer.weight_g.requires_grad)
+
+    def bottleneck(self, x: torch.Tensor) -> torch.Tensor:
+        shape = x.shape[:-1]
+        z = F.normalize(self.mlp(x.reshape(-1, x.shape[-1])), dim=-1, eps=1e-6)
+        return z.reshape(*shape, -1)
+
+    def project_patches(self, z: torch.Tensor) -> torch.Tensor:
+        return (self.patch_last_layer or self.last_layer)(z)

@@ -1,0 +1,213 @@
+"""iBOT (Zhou et al., 2022) and its masked relational distillation variant.
+
+iBOT: a ViT student sees the two global crops with block-wise masked patches (replaced by a
+learned mask token) plus unmasked local crops; its EMA teacher sees the global crops unmasked.
+``L = lambda1 * L_cls + lambda2 * L_patch``: DINO's multi-crop loss on the CLS outputs and the
+cross-entropy between teacher and student patch outputs at masked positions, each with its own
+centre and teacher-temperature warmup.
+
+Masked relational distillation (``distill.mode`` = ``rkd-d``, ``rkd-a`` or ``rkd-da``) replaces
+(``distill.combine: replace``) or complements (``add``, weighted by ``distill.weight``) those
+instance-to-instance terms with RKD on structures:
+
+- CLS level: relations over the images of the batch, for each (teacher global view, different
+  student view) pair, as DINO pairs views;
+- patch level: relations over the patch tokens of each image, teacher unmasked view against
+  the student's masked view of the same crop (masked image modelling on structures).
+
+``distill.features`` chooses what enters the relations: ``head`` (the projection head's
+outputs, as in the paper) or ``bottleneck`` (the head's L2-normalised bottleneck).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from sslkd.data.masking import MaskGenerator
+from sslkd.losses import DINOLoss, IBOTPatchLoss, RKDAngleLoss, RKDDistanceLoss
+from sslkd.methods.base import Method, StepInfo, ema_teacher, ema_update
+from sslkd.methods.dino import collapse_metrics
+from sslkd.models import IBOTHead, ViTBackbone, build_backbone
+
+MODES = ("kd", "rkd-d", "rkd-a", "rkd-da")
+
+
+@dataclass
+class DistillConfig:
+    mode: str = "kd"  # kd | rkd-d | rkd-a | rkd-da
+    combine: str = "replace"  # replace: RKD instead of KD; add: KD + weight * RKD
+    weight: float = 1.0
+    levels: str = "both"  # cls | patch | both: where RKD applies
+    loss: str = "ce"  # ce (the paper's) | huber (RKD's)
+    delta: float = 1.0
+    student_temp: float = 0.1
+    teacher_temp: float = 0.04
+    features: str = "head"  # head | bottleneck
+    angle_chunk: int = 32
+
+
+@dataclass
+class IBOTConfig:
+    name: str = "ibot"
+    out_dim: int = 8192
+    patch_out_dim: int | None = None  # None: out_dim
+    shared_head: bool = True
+    hidden_dim: int = 2048
+    bottleneck_dim: int = 256
+    use_bn_in_head: bool = False
+    norm_last_layer: bool = True
+    student_temp: float = 0.1
+    teacher_temp: float = 0.04
+    warmup_teacher_temp: float = 0.04
+    teacher_patch_temp: float = 0.07
+    warmup_teacher_patch_temp: float = 0.04
+    warmup_teacher_temp_epochs: int = 0
+    center_momentum: float = 0.9
+    center_momentum2: float = 0.9
+    lambda1: float = 1.0
+    lambda2: float = 1.0
+    mask_mode: str = "block"  # block | random
+    mask_ratio: tuple[float, float] = (0.1, 0.5)
+    mask_prob: float = 0.5
+    mask_min_aspect: float = 0.3
+    distill: DistillConfig = field(default_factory=DistillConfig)
+
+    def validate(self) -> None:
+        from sslkd.config import ConfigError
+        d = self.distill
+        for key, value, allowed in (("distill.mode", d.mode, MODES), ("distill.combine", d.combine, ("replace", "add")),
+                                    ("distill.levels", d.levels, ("cls", "patch", "both")),
+                                    ("distill.loss", d.loss, ("ce", "huber")),
+                                    ("distill.features", d.features, ("head", "bottleneck")),
+                                    ("mask_mode", self.mask_mode, ("block", "random"))):
+            if value not in allowed:
+                raise ConfigError(f"method.{key}: '{value}' is not one of {', '.join(allowed)}")
+        lo, hi = self.mask_ratio
+        if not 0 <= lo <= hi < 1:
+            raise ConfigError(f"method.mask_ratio: need 0 <= low <= high < 1, got {self.mask_ratio}")
+        if not 0 <= self.mask_prob <= 1:
+            raise ConfigError(f"method.mask_prob: must be in [0, 1], got {self.mask_prob}")
+
+
+def warmup_temp(start: float, end: float, warm_epochs: int, epoch: float) -> float:
+    """Linear per-epoch warmup ``start -> end`` over ``warm_epochs``, then ``end``."""
+    if warm_epochs <= 0 or epoch >= warm_epochs:
+        return end
+    return start + int(epoch) / warm_epochs * (end - start)
+
+
+class IBOTEncoder(nn.Module):
+    def __init__(self, backbone: ViTBackbone, head: IBOTHead) -> None:
+        super().__init__()
+        self.backbone, self.head = backbone, head
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, patches: bool = True) -> dict:
+        cls, tokens = self.backbone.forward_features(x, mask)
+        out = {"feat": cls}
+        if patches:
+            z = self.head.bottleneck(torch.cat([cls[:, None], tokens], 1))
+            out.update(cls_z=z[:, 0], patch_z=z[:, 1:], cls_out=self.head.last_layer(z[:, 0]),
+                       patch_out=self.head.project_patches(z[:, 1:]))
+        else:
+            z = self.head.bottleneck(cls)
+            out.update(cls_z=z, cls_out=self.head.last_layer(z))
+        return out
+
+
+class IBOT(Method):
+    config_class = IBOTConfig
+
+    def __init__(self, cfg, in_chans: int, img_size: int) -> None:
+        super().__init__(cfg, in_chans, img_size)
+        m, mc = cfg.method, cfg.model
+        backbone = build_backbone(mc.backbone, img_size, mc.patch_size, in_chans, mc.drop_path_rate,
+                                  mc.small_stem, mc.depth)
+        if not isinstance(backbone, ViTBackbone):
+            raise ValueError(f"iBOT masks patches and needs a ViT backbone, got '{mc.backbone}'")
+        head = IBOTHead(backbone.embed_dim, m.out_dim, m.patch_out_dim, m.shared_head, hidden_dim=m.hidden_dim,
+                        bottleneck_dim=m.bottleneck_dim, use_bn=m.use_bn_in_head, norm_last_layer=m.norm_last_layer)
+        self.student = IBOTEncoder(backbone, head)
+        self.teacher = ema_teacher(self.student)
+        self.cls_loss = DINOLoss(m.out_dim, m.student_temp, m.center_momentum)
+        self.patch_loss = IBOTPatchLoss(m.patch_out_dim or m.out_dim, m.student_temp, m.center_momentum2)
+        self.masker = MaskGenerator(tuple(m.mask_ratio), m.mask_prob, m.mask_mode, m.mask_min_aspect)
+        d = m.distill
+        kw = dict(loss=d.loss, delta=d.delta, student_temp=d.student_temp, teacher_temp=d.teacher_temp)
+        self.rkd = nn.ModuleList()
+        if d.mode in ("rkd-d", "rkd-da"):
+            self.rkd.append(RKDDistanceLoss(**kw))
+        if d.mode in ("rkd-a", "rkd-da"):
+            self.rkd.append(RKDAngleLoss(chunk_size=d.angle_chunk, **kw))
+
+    def masks(self, n: int, h: int, w: int, step: int, device) -> torch.Tensor:
+        """Masks for step ``step``: a pure function of (seed, step), so runs resume exactly."""
+        g = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + step)
+        return self.masker(n, h, w, g).to(device)
+
+    def _relational(self, s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return sum(fn(s, t) for fn in self.rkd)
+
+    def forward(self, views, info: StepInfo):
+        m, d = self.cfg.method, self.cfg.method.distill
+        n_global, batch = 2, views[0].shape[0]
+        p = self.student.backbone.patch_size
+        h, w = views[0].shape[-2] // p, views[0].shape[-1] // p
+        masks = self.masks(n_global * batch, h, w, info.step, views[0].device)
+        with torch.no_grad():
+            t = self.teacher(torch.cat(views[:n_global]))
+        s = self.student(torch.cat(views[:n_global]), mask=masks)
+        s_cls_out, s_cls_z, s_feat = [s["cls_out"]], [s["cls_z"]], [s["feat"]]
+        if len(views) > n_global:  # local crops: same size, one forward, CLS only
+            loc = self.student(torch.cat(views[n_global:]), patches=False)
+            s_cls_out.append(loc["cls_out"])
+            s_cls_z.append(loc["cls_z"])
+            s_feat.append(loc["feat"])
+
+        def by_view(x: torch.Tensor) -> torch.Tensor:
+            return x.reshape(-1, batch, *x.shape[1:])
+
+        s_cls_out = by_view(torch.cat(s_cls_out))
+        t_cls_out = by_view(t["cls_out"])
+        s_patch, t_patch = by_view(s["patch_out"]), by_view(t["patch_out"])
+        vmask = masks.reshape(n_global, batch, h * w)
+        temp = warmup_temp(m.warmup_teacher_temp, m.teacher_temp, m.warmup_teacher_temp_epochs, info.epoch)
+        temp2 = warmup_temp(m.warmup_teacher_patch_temp, m.teacher_patch_temp, m.warmup_teacher_temp_epochs,
+                            info.epoch)
+        losses: dict[str, torch.Tensor] = {}
+        rkd_cls = d.mode != "kd" and d.levels in ("cls", "both")
+        rkd_patch = d.mode != "kd" and d.levels in ("patch", "both")
+        total = s_cls_out.new_zeros((), dtype=torch.float32)
+        if not rkd_cls or d.combine == "add":
+            losses["cls"] = self.cls_loss(s_cls_out, t_cls_out, temp)
+            total = total + m.lambda1 * losses["cls"]
+        if not rkd_patch or d.combine == "add":
+            losses["patch"] = self.patch_loss(s_patch, t_patch, vmask, temp2)
+            total = total + m.lambda2 * losses["patch"]
+        rkd_weight = 1.0 if d.combine == "replace" else d.weight
+        if rkd_cls:
+            head = d.features == "head"
+            s_rel = s_cls_out if head else by_view(torch.cat(s_cls_z))
+            t_rel = t_cls_out if head else by_view(t["cls_z"])
+            pairs = [(tv, sv) for tv in range(n_global) for sv in range(len(s_rel)) if sv != tv]
+            losses["rkd_cls"] = sum(self._relational(s_rel[sv], t_rel[tv]) for tv, sv in pairs) / len(pairs)
+            total = total + rkd_weight * m.lambda1 * losses["rkd_cls"]
+        if rkd_patch:
+            head = d.features == "head"
+            s_rel = s_patch if head else by_view(s["patch_z"])
+            t_rel = t_patch if head else by_view(t["patch_z"])
+            terms = [self._relational(s_rel[v, b], t_rel[v, b]) for v in range(n_global) for b in range(batch)]
+            losses["rkd_patch"] = torch.stack(terms).mean()
+            total = total + rkd_weight * m.lambda2 * losses["rkd_patch"]
+        metrics = collapse_metrics(self.cls_loss.teacher_probs(t_cls_out, temp), by_view(torch.cat(s_feat))[:n_global],
+                                   s_cls_out, t_cls_out)
+        metrics["mask_ratio"] = masks.float().mean()
+        metrics["teacher_temp"] = torch.tensor(temp)
+        return {"loss": total, **{k: v.detach() for k, v in losses.items()}}, metrics
+
+    def on_optimizer_step(self, momentum: float) -> None:
+        ema_update(self.teacher, self.student, momentum)
+        self.cls_loss.update_center()
+        self.patch_loss.update_center()

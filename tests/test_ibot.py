@@ -1,0 +1,100 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from sslkd.config import load_config
+from sslkd.data import get_dataset
+from sslkd.data.masking import MaskGenerator
+from sslkd.losses import IBOTPatchLoss
+from sslkd.methods import StepInfo
+from sslkd.train import Trainer
+
+
+@pytest.mark.parametrize("mode", ["block", "random"])
+def test_mask_ratios_fall_in_range(mode):
+    gen = MaskGenerator((0.1, 0.5), mask_prob=0.5, mode=mode)
+    masks = gen(400, 8, 8, torch.Generator().manual_seed(0))
+    ratios = masks.float().mean((1, 2))
+    masked = ratios[ratios > 0]
+    assert 0.35 < (ratios > 0).float().mean() < 0.65  # ~half the images are masked
+    assert masked.min() >= 0.1 - 1 / 64 and masked.max() <= 0.5 + 1 / 64
+    assert abs(masked.mean().item() - 0.3) < 0.03
+    again = gen(400, 8, 8, torch.Generator().manual_seed(0))
+    assert torch.equal(masks, again)
+    if mode == "block":  # blocks, not salt and pepper: most masked patches have a masked neighbour
+        m = masks[ratios > 0].float()
+        nb = torch.zeros_like(m)
+        nb[:, 1:] += m[:, :-1]
+        nb[:, :-1] += m[:, 1:]
+        nb[:, :, 1:] += m[:, :, :-1]
+        nb[:, :, :-1] += m[:, :, 1:]
+        assert ((nb > 0) & (m > 0)).sum() / m.sum() > 0.9
+
+
+def naive_patch_loss(s, t, masks, center, ts, tt):
+    s, t, c = s.double().numpy(), t.double().numpy(), center.double().numpy()[0]
+
+    def softmax(x):
+        e = np.exp(x - x.max())
+        return e / e.sum()
+    views = []
+    for v in range(s.shape[0]):
+        per_image = []
+        for b in range(s.shape[1]):
+            idx = np.flatnonzero(masks[v, b].numpy())
+            if len(idx) == 0:
+                continue
+            ce = [-(softmax((t[v, b, n] - c) / tt) * np.log(softmax(s[v, b, n] / ts))).sum() for n in idx]
+            per_image.append(np.mean(ce))
+        views.append(np.mean(per_image))
+    return np.mean(views)
+
+
+def test_patch_loss_formula_only_masked_positions_and_no_dilution():
+    g = torch.Generator().manual_seed(0)
+    s, t = torch.randn(2, 4, 6, 16, generator=g), torch.randn(2, 4, 6, 16, generator=g)
+    masks = torch.rand(2, 4, 6, generator=g) < 0.4
+    masks[0, 1] = False  # an image without any masked patch
+    masks[1, 2, 0] = True
+    loss = IBOTPatchLoss(16)
+    loss.center.copy_(torch.randn(1, 16, generator=g) * 0.1)
+    out = loss(s, t, masks, 0.07)
+    np.testing.assert_allclose(out.item(), naive_patch_loss(s, t, masks, loss.center, 0.1, 0.07), rtol=1e-5)
+    s2 = s.clone()
+    s2[~masks] = torch.randn(int((~masks).sum()), 16, generator=g) * 10  # unmasked positions changed
+    torch.testing.assert_close(loss(s2, t, masks, 0.07), out)
+
+
+def test_ibot_student_sees_masks_teacher_does_not(tmp_path):
+    data = get_dataset("synthetic", "train", img_size=16, num_samples=32)
+    cfg = load_config(None, [f"output_dir={tmp_path}", "method.name=ibot", "model.depth=1", "method.out_dim=32",
+                             "method.hidden_dim=32", "method.bottleneck_dim=16", "method.mask_prob=1.0",
+                             "train.batch_size=8", "device=cpu"])
+    tr = Trainer(cfg, data, progress=False)
+    method = tr.method
+    calls = []
+    for name, enc in (("student", method.student), ("teacher", method.teacher)):
+        orig = enc.backbone.forward_features
+        enc.backbone.forward_features = (lambda o, n: lambda x, mask=None: (calls.append((n, mask)), o(x, mask))[1])(orig, name)
+    views = next(iter(tr._loader(0, 0)))[0]
+    losses, metrics = method(views, StepInfo(0, 0.0, 8, 1))
+    assert [n for n, _ in calls] == ["teacher", "student"]
+    assert calls[0][1] is None and calls[1][1].any()
+    assert set(losses) == {"loss", "cls", "patch"} and metrics["mask_ratio"] > 0
+
+
+@pytest.mark.parametrize("mode", ["kd", "rkd-d", "rkd-a"])
+def test_tiny_ibot_run_per_mode_loss_falls(tmp_path, mode):
+    data = get_dataset("synthetic", "train", img_size=16, num_samples=64)
+    cfg = load_config(None, [
+        f"output_dir={tmp_path}", "method.name=ibot", f"method.distill.mode={mode}", "model.depth=1",
+        "model.drop_path_rate=0.0", "method.out_dim=64", "method.hidden_dim=64", "method.bottleneck_dim=32",
+        "train.batch_size=16", "train.epochs=6", "train.warmup_epochs=1", "train.freeze_last_layer=0",
+        "train.base_lr=2e-3", "aug.local_crops_number=0", "device=cpu", "train.log_every=4"])
+    Trainer(cfg, data, progress=False).fit()
+    rec = [json.loads(line) for line in open(tmp_path / "metrics.jsonl") if '"loss"' in line]
+    first = np.mean([r["loss"] for r in rec[:3]])
+    last = np.mean([r["loss"] for r in rec[-3:]])
+    assert last < first, (mode, first, last)
