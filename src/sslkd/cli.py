@@ -55,6 +55,24 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     demo.add_argument("--no-progress", action="store_true")
 
+    plot = sub.add_parser("plot", help="figures from run folders")
+    plots = plot.add_subparsers(dest="figure", required=True)
+    curves = plots.add_parser("curves", help="loss terms and teacher/student agreement per step (PNG)")
+    curves.add_argument("runs", nargs="+", help="run folders (or metrics.jsonl files)")
+    curves.add_argument("--out", default="curves.png")
+    curves.add_argument("--labels", nargs="*")
+    curves.add_argument("--smooth", type=int, default=1, help="moving average over this many steps")
+
+    att = sub.add_parser("attention", help="last-block CLS attention of every head (PNG grid)")
+    att.add_argument("checkpoint", help="checkpoint file or run folder")
+    att.add_argument("--dataset", default=None, help="take images from this dataset's test split")
+    att.add_argument("--root", default=None)
+    att.add_argument("--indices", type=int, nargs="*", default=[0, 1, 2, 3])
+    att.add_argument("--images", nargs="*", help="image files instead of --dataset")
+    att.add_argument("--threshold", type=float, default=None, help="keep this share of the mass (e.g. 0.6)")
+    att.add_argument("--weights", default="teacher", choices=["teacher", "student"])
+    att.add_argument("--out", default="attention.png")
+
     sub.add_parser("info", help="versions, device, threads, datasets, methods")
     return parser
 
@@ -75,11 +93,17 @@ def main(argv: list[str] | None = None) -> int:
             from sslkd.demo import run_demo
             run_demo(args.output_dir, args.overrides, progress=not args.no_progress)
             return 0
+        if args.command == "plot":
+            from sslkd.eval.curves import plot_curves
+            print(plot_curves(args.runs, args.out, args.labels, args.smooth))
+            return 0
+        if args.command == "attention":
+            return _attention(args)
         return _info()
     except ConfigError as e:
         print(f"sslkd: config error: {e}", file=sys.stderr)
         return 2
-    except (DatasetError, CheckpointError, TrainingError, ValueError) as e:
+    except (DatasetError, CheckpointError, TrainingError, ValueError, FileNotFoundError) as e:
         print(f"sslkd: error: {e}", file=sys.stderr)
         return 1
 
@@ -135,6 +159,38 @@ def _eval(args) -> int:
     else:
         print(f"{proto} on {args.dataset} ({len(train)} train / {len(test)} test), {source}")
         print(f"top-1 {res['top1']:.2f}%  top-5 {res['top5']:.2f}%")
+    return 0
+
+
+def _attention(args) -> int:
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from sslkd.data import get_dataset
+    from sslkd.eval.attention import cls_attention, plot_attention
+    from sslkd.pretrained import load_pretrained
+
+    pre = load_pretrained(args.checkpoint, args.weights)
+    size = pre.img_size
+    if args.images:
+        arrays = []
+        for path in args.images:
+            try:
+                with Image.open(path) as im:
+                    im = im.convert("L" if pre.num_channels == 1 else "RGB").resize((size, size), Image.BICUBIC)
+                    arrays.append(np.asarray(im, dtype=np.uint8).reshape(size, size, pre.num_channels))
+            except OSError as e:
+                raise ValueError(f"cannot read image {path}: {e}") from e
+        images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)
+    else:
+        name = args.dataset or pre.config.data.name
+        ds = get_dataset(name, "test", root=args.root or pre.config.data.root, img_size=size)
+        if ds.num_channels != pre.num_channels:
+            raise ValueError(f"{name} has {ds.num_channels} channels, the checkpoint expects {pre.num_channels}")
+        images = ds.tensors()[0][[i % len(ds) for i in args.indices]]
+    maps = cls_attention(pre.backbone, images, pre.mean, pre.std, args.threshold)
+    print(plot_attention(images, maps, args.out, f"{pre.path} ({args.weights}), step {pre.step}"))
     return 0
 
 

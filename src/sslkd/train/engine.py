@@ -286,7 +286,7 @@ class Trainer:
                 tb.close()
             for s, h in old_handlers.items():
                 signal.signal(s, h)
-        return {"status": status, "step": self.step, **last}
+        return {**last, "status": status, "step": self.step}
 
     def _end_of_epoch(self, epoch: int, log, tb, last: dict) -> None:
         e = self.cfg.eval

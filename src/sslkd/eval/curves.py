@@ -1,0 +1,68 @@
+"""Training curves of one or more runs (the paper's Figure 2): loss terms and teacher/student
+agreement per step, read from each run's ``metrics.jsonl``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+SKIP = {"step", "epoch", "lr", "wd", "momentum", "img_per_s", "teacher_temp", "knn_top1", "knn_top5"}
+
+
+def read_metrics(run: str | Path) -> list[dict]:
+    path = Path(run) / "metrics.jsonl" if Path(run).is_dir() else Path(run)
+    if not path.is_file():
+        raise FileNotFoundError(f"no metrics.jsonl at {path}")
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    by_step: dict[int, dict] = {}
+    for r in rows:  # a resumed run may repeat steps: keep the latest record of each
+        if "loss" in r:
+            by_step[r["step"]] = r
+    return [by_step[s] for s in sorted(by_step)]
+
+
+def plot_curves(runs: list[str | Path], out: str | Path, labels: list[str] | None = None,
+                smooth: int = 1) -> Path:
+    """PNG with two panels: every loss term (solid: total) and the teacher/student agreement."""
+    fig, (ax_l, ax_a) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for i, run in enumerate(runs):
+        rows = read_metrics(run)
+        if not rows:
+            raise ValueError(f"{run}: no training records")
+        label = (labels or [])[i] if labels and i < len(labels) else Path(run).name
+        steps = [r["step"] for r in rows]
+        color = f"C{i % 10}"
+        for key in [k for k in rows[-1] if k not in SKIP and k not in ("agreement", "teacher_entropy", "feature_std",
+                                                                           "mask_ratio")]:
+            ys = _smooth([r.get(key, float("nan")) for r in rows], smooth)
+            ax_l.plot(steps, ys, color=color, lw=1.6 if key == "loss" else 0.8,
+                      ls="-" if key == "loss" else "--", label=f"{label}: {key}")
+        if "agreement" in rows[-1]:
+            ax_a.plot(steps, _smooth([100 * r["agreement"] for r in rows], smooth), color=color, label=label)
+    ax_l.set(xlabel="step", ylabel="loss", title="loss terms")
+    ax_a.set(xlabel="step", ylabel="% images, same argmax", title="teacher/student agreement")
+    for ax in (ax_l, ax_a):
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+    return out
+
+
+def _smooth(ys: list[float], k: int) -> list[float]:
+    if k <= 1:
+        return ys
+    out, acc = [], []
+    for y in ys:
+        acc.append(y)
+        acc = acc[-k:]
+        out.append(sum(acc) / len(acc))
+    return out

@@ -1,0 +1,50 @@
+import json
+
+import torch
+from PIL import Image
+
+from sslkd.cli import main
+from sslkd.config import load_config
+from sslkd.data import get_dataset
+from sslkd.eval.attention import cls_attention
+from sslkd.models import build_backbone
+from sslkd.train import Trainer
+
+
+def test_cls_attention_is_a_distribution_and_threshold_keeps_mass():
+    torch.manual_seed(0)
+    bb = build_backbone("vit_tiny", img_size=16, patch_size=4, in_chans=3, depth=2).eval()
+    x = torch.randn(2, 3, 16, 16)
+    attn = bb.attention_maps(x)
+    assert attn.shape == (2, 3, 17, 17)
+    torch.testing.assert_close(attn.sum(-1), torch.ones(2, 3, 17))
+    images = torch.randint(0, 256, (2, 3, 16, 16), dtype=torch.uint8)
+    maps = cls_attention(bb, images, (0.5,) * 3, (0.25,) * 3)
+    assert maps.shape == (2, 3, 16, 16)
+    binary = cls_attention(bb, images, (0.5,) * 3, (0.25,) * 3, threshold=0.6)
+    assert set(binary.unique().tolist()) <= {0.0, 1.0}
+    raw = bb.attention_maps((images.float() / 255 - 0.5) / 0.25)[:, :, 0, 1:]
+    raw = raw / raw.sum(-1, keepdim=True)
+    kept = (raw * binary[:, :, ::4, ::4].reshape(2, 3, 16)).sum(-1)
+    assert (kept >= 0.6 - 1e-6).all() and (kept < 0.6 + raw.max()).all()
+
+
+def test_curves_and_attention_commands(tmp_path):
+    data = get_dataset("synthetic", "train", img_size=16, num_samples=32)
+    runs = []
+    for mode in ("kd", "rkd-d"):
+        cfg = load_config(None, [f"output_dir={tmp_path / mode}", "method.name=ibot", f"method.distill.mode={mode}",
+                                 "model.depth=1", "method.out_dim=32", "method.hidden_dim=32",
+                                 "method.bottleneck_dim=16", "train.batch_size=8", "train.epochs=1",
+                                 "train.log_every=1", "device=cpu", "data.name=synthetic", "data.img_size=16"])
+        Trainer(cfg, data, progress=False).fit()
+        runs.append(str(tmp_path / mode))
+    out = tmp_path / "curves.png"
+    assert main(["plot", "curves", *runs, "--out", str(out)]) == 0
+    assert Image.open(out).size[0] > 500
+    att = tmp_path / "att.png"
+    assert main(["attention", runs[0], "--indices", "0", "1", "--threshold", "0.6", "--out", str(att)]) == 0
+    img = Image.open(att)
+    assert img.size[0] > 300 and len(set(img.convert("L").getdata())) > 10
+    assert main(["plot", "curves", str(tmp_path / "missing"), "--out", str(out)]) == 1
+    assert all(json.loads(line) for line in open(tmp_path / "kd" / "metrics.jsonl"))
