@@ -48,3 +48,20 @@ def test_curves_and_attention_commands(tmp_path):
     assert img.size[0] > 300 and len(set(img.convert("L").getdata())) > 10
     assert main(["plot", "curves", str(tmp_path / "missing"), "--out", str(out)]) == 1
     assert all(json.loads(line) for line in open(tmp_path / "kd" / "metrics.jsonl"))
+
+
+def test_experiment_table1_writes_table_curves_and_attention(tmp_path, capsys):
+    base = tmp_path / "kd.yaml"
+    base.write_text("data: {name: synthetic, img_size: 16}\ndevice: cpu\n"
+                    "model: {backbone: vit_tiny, patch_size: 4, depth: 1}\n"
+                    "method: {name: ibot, out_dim: 32, hidden_dim: 32, bottleneck_dim: 16, distill: {mode: kd}}\n"
+                    "train: {epochs: 1, batch_size: 64, log_every: 1}\n")
+    (tmp_path / "rkd_d.yaml").write_text("_base_: kd.yaml\nmethod: {distill: {mode: rkd-d}}\n")
+    out = tmp_path / "t1"
+    assert main(["experiment", "table1", "--configs", str(base), str(tmp_path / "rkd_d.yaml"), "--max-steps", "3",
+                 "--linear-epochs", "3", "--out", str(out), "--no-progress"]) == 0
+    md = (out / "table1.md").read_text()
+    assert "| Random init | 0 |" in md and "| iBOT & KD | 3 |" in md and "| iBOT & RKD-D | 3 |" in md
+    assert (out / "table1.csv").read_text().count("\n") == 4
+    assert (out / "curves.png").stat().st_size > 10000
+    assert (out / "attention_rkd_d.png").stat().st_size > 5000

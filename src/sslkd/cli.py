@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+from pathlib import Path
 import sys
 
 from sslkd import __version__
@@ -73,6 +74,19 @@ def build_parser() -> argparse.ArgumentParser:
     att.add_argument("--weights", default="teacher", choices=["teacher", "student"])
     att.add_argument("--out", default="attention.png")
 
+    exp = sub.add_parser("experiment", help="reproduce a paper's experiment")
+    exps = exp.add_subparsers(dest="experiment", required=True)
+    t1 = exps.add_parser("table1", help="masked relational KD, Table 1 (+ curves, attention maps)")
+    t1.add_argument("--configs", nargs="+", default=None, help="default: the ViT-Tiny CIFAR-10 variant")
+    t1.add_argument("--epochs", type=int, default=None, help="budget: epochs per run (same for all)")
+    t1.add_argument("--max-steps", type=int, default=None, help="budget: stop every run after this many steps")
+    t1.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    t1.add_argument("--eval-dataset", default=None, help="default: the pretraining dataset")
+    t1.add_argument("--eval-root", default=None)
+    t1.add_argument("--linear-epochs", type=int, default=100)
+    t1.add_argument("--out", default="runs/table1")
+    t1.add_argument("--no-progress", action="store_true")
+
     sub.add_parser("info", help="versions, device, threads, datasets, methods")
     return parser
 
@@ -99,6 +113,14 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "attention":
             return _attention(args)
+        if args.command == "experiment":
+            from sslkd.experiments.table1 import DEFAULT_CONFIGS, run_table1
+            budget = ([f"train.epochs={args.epochs}"] if args.epochs else []) + \
+                ([f"train.max_steps={args.max_steps}"] if args.max_steps else [])
+            run_table1(args.configs or DEFAULT_CONFIGS, args.out, budget + args.overrides, args.eval_dataset,
+                       args.eval_root, args.linear_epochs, progress=not args.no_progress)
+            print((Path(args.out) / "table1.md").read_text())
+            return 0
         return _info()
     except ConfigError as e:
         print(f"sslkd: config error: {e}", file=sys.stderr)

@@ -279,10 +279,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"config file not found: {path}")
-        loaded = yaml.safe_load(path.read_text()) or {}
-        if not isinstance(loaded, dict):
-            raise ConfigError(f"{path}: expected a mapping at the top level")
-        data = _merge(data, loaded)
+        data = _merge(data, _read_yaml(path))
     data = apply_overrides(data, list(overrides or []))
     method = data.setdefault("method", {})
     if isinstance(method, dict):
@@ -290,6 +287,25 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     cfg = from_dict(Config, data)
     cfg.validate()
     return cfg
+
+
+def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict:
+    """A YAML config; ``_base_: other.yaml`` (relative to this file) is loaded first and
+    overridden by this file's keys, so experiment variants stay a few lines long."""
+    if path.resolve() in seen:
+        raise ConfigError(f"{path}: _base_ cycle")
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        loaded = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: invalid YAML ({e})") from e
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level")
+    base = loaded.pop("_base_", None)
+    if base is None:
+        return loaded
+    return _merge(_read_yaml(path.parent / base, seen + (path.resolve(),)), loaded)
 
 
 def _merge(a: dict, b: dict) -> dict:

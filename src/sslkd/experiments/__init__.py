@@ -1,0 +1,1 @@
+"""Paper experiments reproducible by one command."""
