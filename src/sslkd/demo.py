@@ -13,22 +13,24 @@ from sslkd.eval import extract_features, knn_classify
 from sslkd.methods import build_method
 from sslkd.train import Trainer
 
-# The embedded default: a 4-block ViT-Tiny/4 on 16x16 digits; about a minute on 2 CPU cores.
+# The embedded default: a 4-block ViT-Tiny/4 on 16x16 digits, about 90 s on 2 CPU cores. Tuned
+# for a ~270-step run (kNN top-1 81-85% over four seeds vs ~52% at random init): a BN head keeps
+# it out of DINO's uniform collapse; a fast, constant teacher momentum (0.97) because 0.99 -> 1
+# barely moves the teacher in so few steps; the learning rate stays high (min_lr) because a short
+# cosine decays too early; no blur or solarisation, which destroy 16x16 digits.
 DEMO_CONFIG = {
     "name": "demo-dino-digits",
     "seed": 0,
     "device": "cpu",
     "data": {"name": "digits", "img_size": 16},
-    "aug": {"global_crops_scale": [0.5, 1.0], "local_crops_number": 0, "flip_p": 0.0,
-            "grayscale_p": 0.0, "blur_p": [0.5, 0.1, 0.5], "solarize_p": 0.1},
+    "aug": {"global_crops_scale": [0.5, 1.0], "local_crops_number": 0, "flip_p": 0.0, "grayscale_p": 0.0,
+            "color_jitter_p": 0.5, "blur_p": [0.0, 0.0, 0.0], "solarize_p": 0.0},
     "model": {"backbone": "vit_tiny", "patch_size": 4, "depth": 4, "drop_path_rate": 0.0},
-    # BatchNorm in the head and a sharp teacher (0.02) keep this tiny run out of DINO's uniform
-    # collapse; the learning rate stays high (min_lr) because a short cosine decays too early.
     "method": {"name": "dino", "out_dim": 1024, "hidden_dim": 512, "bottleneck_dim": 128,
-               "use_bn_in_head": True, "teacher_temp": 0.02, "warmup_teacher_temp": 0.02},
-    "train": {"epochs": 18, "batch_size": 128, "base_lr": 2e-3, "min_lr": 5e-4, "warmup_epochs": 2,
-              "weight_decay": 0.04,
-              "weight_decay_end": 0.1, "momentum_teacher": 0.99, "freeze_last_layer": 1, "log_every": 5},
+               "use_bn_in_head": True, "teacher_temp": 0.04, "warmup_teacher_temp": 0.04},
+    "train": {"epochs": 12, "batch_size": 64, "base_lr": 2e-3, "min_lr": 5e-4, "warmup_epochs": 2,
+              "weight_decay": 0.04, "weight_decay_end": 0.1, "momentum_teacher": 0.97,
+              "momentum_teacher_end": 0.97, "freeze_last_layer": 1, "log_every": 5},
     "eval": {"knn_every": 0},
 }
 
