@@ -53,7 +53,9 @@ def main() -> None:
     for name in args.losses:
         for b in args.batches:
             out = subprocess.run([sys.executable, __file__, "--child", name, str(b), str(args.dim)],
-                                 capture_output=True, text=True, check=True)
+                                 capture_output=True, text=True)
+            if out.returncode:
+                sys.exit(f"rkd-{name} at batch {b} failed:\n{out.stderr}")
             print(out.stdout.strip(), flush=True)
 
 

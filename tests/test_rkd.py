@@ -110,3 +110,15 @@ def test_angle_chunking_and_half_precision_inputs():
         out = RKDAngleLoss()(s.bfloat16(), t.bfloat16())
     assert out.dtype == torch.float32
     torch.testing.assert_close(out, ref, atol=2e-2, rtol=2e-2)
+
+
+@pytest.mark.slow
+def test_angle_loss_batch_512_at_ibot_width_fits_in_4gb():
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+    script = Path(__file__).parent.parent / "benchmarks" / "rkd_memory.py"
+    out = subprocess.run([sys.executable, str(script), "--child", "angle", "512", "65536"],
+                         capture_output=True, text=True, check=True)
+    assert json.loads(out.stdout)["peak_extra_mb"] < 4096

@@ -29,7 +29,7 @@ from torch import nn
 from sslkd.data.masking import MaskGenerator
 from sslkd.losses import DINOLoss, IBOTPatchLoss, RKDAngleLoss, RKDDistanceLoss
 from sslkd.methods.base import Method, StepInfo, ema_teacher, ema_update
-from sslkd.methods.dino import collapse_metrics
+from sslkd.methods.dino import DINOConfig, collapse_metrics
 from sslkd.models import IBOTHead, ViTBackbone, build_backbone
 
 MODES = ("kd", "rkd-d", "rkd-a", "rkd-da")
@@ -50,22 +50,15 @@ class DistillConfig:
 
 
 @dataclass
-class IBOTConfig:
+class IBOTConfig(DINOConfig):
+    """DINO's keys (CLS level) plus iBOT's patch-level, masking and distillation keys."""
+
     name: str = "ibot"
     out_dim: int = 8192
     patch_out_dim: int | None = None  # None: out_dim
     shared_head: bool = True
-    hidden_dim: int = 2048
-    bottleneck_dim: int = 256
-    use_bn_in_head: bool = False
-    norm_last_layer: bool = True
-    student_temp: float = 0.1
-    teacher_temp: float = 0.04
-    warmup_teacher_temp: float = 0.04
     teacher_patch_temp: float = 0.07
     warmup_teacher_patch_temp: float = 0.04
-    warmup_teacher_temp_epochs: int = 0
-    center_momentum: float = 0.9
     center_momentum2: float = 0.9
     lambda1: float = 1.0
     lambda2: float = 1.0
@@ -77,6 +70,7 @@ class IBOTConfig:
 
     def validate(self) -> None:
         from sslkd.config import ConfigError
+        super().validate()
         d = self.distill
         for key, value, allowed in (("distill.mode", d.mode, MODES), ("distill.combine", d.combine, ("replace", "add")),
                                     ("distill.levels", d.levels, ("cls", "patch", "both")),
