@@ -167,7 +167,7 @@ def _eval(args) -> int:
         backbone = build_backbone(args.backbone, size, args.patch_size, train.num_channels)
         mean, std, source = train.mean, train.std, f"random init ({args.backbone})"
     backbone.to(device)
-    kw = dict(mean=mean, std=std, device=device, batch_size=args.batch_size, size=size)
+    kw = dict(mean=mean, std=std, device=device, batch_size=args.batch_size, size=size, progress=True)
     ftr, ltr = extract_features(backbone, train, **kw)
     fte, lte = extract_features(backbone, test, **kw)
     if args.protocol == "knn":

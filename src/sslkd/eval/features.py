@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 
 from sslkd.data.base import ImageArrayDataset
 
@@ -25,8 +26,9 @@ def normalize_batch(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]
 def extract_features(backbone: torch.nn.Module, dataset: ImageArrayDataset, mean: Sequence[float],
                      std: Sequence[float], device: torch.device | str = "cpu", batch_size: int = 256,
                      size: int | None = None, max_samples: int | None = None,
-                     precision: str = "fp32") -> tuple[torch.Tensor, torch.Tensor]:
-    """``(features [N, D] float32 on CPU, labels [N])`` of ``backbone(x)`` (CLS / pooled)."""
+                     precision: str = "fp32", progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(features [N, D] float32 on CPU, labels [N])`` of ``backbone(x)`` (CLS / pooled);
+    ``progress`` shows a bar with ETA."""
     was_training = backbone.training
     backbone.eval()
     images, labels = dataset.tensors()
@@ -36,7 +38,8 @@ def extract_features(backbone: torch.nn.Module, dataset: ImageArrayDataset, mean
     dtype = torch.bfloat16 if precision == "bf16" else None
     device = torch.device(device)
     out = []
-    for i in range(0, len(images), batch_size):
+    for i in tqdm(range(0, len(images), batch_size), desc=f"features {dataset.name}", unit="batch",
+                  disable=not progress, leave=False):
         x = normalize_batch(images[i:i + batch_size].to(device), mean, std, size)
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
             out.append(backbone(x).float().cpu())

@@ -41,7 +41,7 @@ def run_table1(configs: list[str], out: str | Path, overrides: list[str] | None 
     device = resolve_device(first.device)
 
     def evaluate(backbone) -> dict:
-        kw = dict(mean=ev_train.mean, std=ev_train.std, device=device)
+        kw = dict(mean=ev_train.mean, std=ev_train.std, device=device, progress=progress)
         ftr, ltr = extract_features(backbone.to(device), ev_train, **kw)
         fte, lte = extract_features(backbone, ev_test, **kw)
         lin = linear_probe(ftr, ltr, fte, lte, ev_train.num_classes, epochs=linear_epochs)
