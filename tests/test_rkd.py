@@ -122,3 +122,14 @@ def test_angle_loss_batch_512_at_ibot_width_fits_in_4gb():
     out = subprocess.run([sys.executable, str(script), "--child", "angle", "512", "65536"],
                          capture_output=True, text=True, check=True)
     assert json.loads(out.stdout)["peak_extra_mb"] < 4096
+
+
+@pytest.mark.parametrize("kind", ["huber", "ce"])
+@pytest.mark.parametrize("cls", [RKDDistanceLoss, RKDAngleLoss])
+def test_leading_dims_are_independent_groups(cls, kind):
+    g = torch.Generator().manual_seed(4)
+    s, t = torch.randn(2, 3, 6, 5, generator=g, dtype=torch.float64), torch.randn(2, 3, 6, 5, generator=g,
+                                                                                 dtype=torch.float64)
+    fn = cls(kind)
+    per_group = torch.stack([fn(s[a, b], t[a, b]) for a in range(2) for b in range(3)]).mean()
+    torch.testing.assert_close(fn(s, t), per_group)

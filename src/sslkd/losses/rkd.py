@@ -23,11 +23,12 @@ def _upcast(x: torch.Tensor) -> torch.Tensor:
 
 
 def pairwise_distances(x: torch.Tensor) -> torch.Tensor:
-    """``[B, D] -> [B, B]`` Euclidean distances from the Gram matrix (zero diagonal, finite grads)."""
-    g = x @ x.T
-    sq = g.diagonal()
-    d2 = (sq[:, None] + sq[None, :] - 2 * g).clamp_min(_EPS)
-    off = ~torch.eye(len(x), dtype=torch.bool, device=x.device)
+    """``[..., B, D] -> [..., B, B]`` Euclidean distances from the Gram matrix (zero diagonal,
+    finite gradients)."""
+    g = x @ x.transpose(-1, -2)
+    sq = g.diagonal(dim1=-2, dim2=-1)
+    d2 = (sq[..., :, None] + sq[..., None, :] - 2 * g).clamp_min(_EPS)
+    off = ~torch.eye(x.shape[-2], dtype=torch.bool, device=x.device)
     return d2.sqrt() * off
 
 
@@ -51,7 +52,8 @@ class RKDDistanceLoss(nn.Module):
     ``loss="ce"``: mean over rows ``i`` of ``-sum_{j != i} softmax(psi_D(t)_i / tau_t)_j
     log softmax(psi_D(s)_i / tau_s)_j`` (diagonal excluded from both softmaxes).
 
-    ``forward(student [B, D], teacher [B, D]) -> scalar``
+    ``forward(student [..., B, D], teacher [..., B, D]) -> scalar``: leading dims are independent
+    groups (e.g. the patch tokens of each image), averaged.
     """
 
     def __init__(self, loss: str = "huber", delta: float = 1.0, student_temp: float = 0.1,
@@ -63,10 +65,10 @@ class RKDDistanceLoss(nn.Module):
         self.student_temp, self.teacher_temp = student_temp, teacher_temp
 
     def potential(self, x: torch.Tensor) -> torch.Tensor:
-        """``[B, D] -> psi_D [B, B]`` (zero diagonal)."""
+        """``[..., B, D] -> psi_D [..., B, B]`` (zero diagonal), ``mu`` per group."""
         d = pairwise_distances(_upcast(x))
-        b = len(x)
-        mu = (d.sum() / (b * (b - 1))).clamp_min(self.eps)
+        b = x.shape[-2]
+        mu = (d.sum((-1, -2), keepdim=True) / (b * (b - 1))).clamp_min(self.eps)
         return d / mu
 
     def forward(self, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
@@ -75,10 +77,11 @@ class RKDDistanceLoss(nn.Module):
             with torch.no_grad():
                 t = self.potential(teacher.detach())
             s = self.potential(student)
-            keep = ~torch.eye(len(s), dtype=torch.bool, device=s.device)
+            b = s.shape[-1]
+            keep = ~torch.eye(b, dtype=torch.bool, device=s.device)
             if self.loss == "huber":
-                return F.smooth_l1_loss(s[keep], t[keep], beta=self.delta)
-            return _offdiag_ce(s / self.student_temp, t / self.teacher_temp, keep) / len(s)
+                return F.smooth_l1_loss(s[..., keep], t[..., keep], beta=self.delta)
+            return _offdiag_ce(s / self.student_temp, t / self.teacher_temp, keep) / (s[..., 0].numel())
 
 
 class RKDAngleLoss(nn.Module):
@@ -101,7 +104,8 @@ class RKDAngleLoss(nn.Module):
     ``softmax_k(psi_A(t)_{ijk} / tau_t)`` and ``softmax_k(psi_A(s)_{ijk} / tau_s)`` over
     ``k not in {i, j}`` (the trivial ``k = i`` angle of 1 excluded), averaged over rows.
 
-    ``forward(student [B, D], teacher [B, D]) -> scalar``
+    ``forward(student [..., B, D], teacher [..., B, D]) -> scalar``: leading dims are independent
+    groups, averaged.
     """
 
     def __init__(self, loss: str = "huber", delta: float = 1.0, student_temp: float = 0.1,
@@ -114,40 +118,44 @@ class RKDAngleLoss(nn.Module):
 
     @staticmethod
     def angles(g: torch.Tensor, start: int, stop: int) -> torch.Tensor:
-        """``psi_A`` for vertices ``j in [start, stop)``: ``[J, B(i), B(k)]``, zero where i or k == j."""
+        """``psi_A`` for vertices ``j in [start, stop)``: ``[..., J, B(i), B(k)]``, zero where
+        ``i == j`` or ``k == j``; ``g`` is ``[..., B, B]``."""
+        b = g.shape[-1]
         j = torch.arange(start, stop, device=g.device)
-        gj = g[j]  # [J, B]: G_jx
-        gjj = g[j, j]  # [J]
-        num = g[None] - gj[:, :, None] - gj[:, None, :] + gjj[:, None, None]
-        norm = (g.diagonal()[None] + gjj[:, None] - 2 * gj).clamp_min(_EPS).sqrt()  # [J, B]
-        psi = num / (norm[:, :, None] * norm[:, None, :])
-        vertex = F.one_hot(j, len(g)).bool()  # [J, B]
+        gj = g[..., j, :]  # [..., J, B]: G_jx
+        gjj = g[..., j, j]  # [..., J]
+        num = g[..., None, :, :] - gj[..., :, :, None] - gj[..., :, None, :] + gjj[..., :, None, None]
+        diag = g.diagonal(dim1=-2, dim2=-1)[..., None, :]  # [..., 1, B]
+        norm = (diag + gjj[..., :, None] - 2 * gj).clamp_min(_EPS).sqrt()  # [..., J, B]
+        psi = num / (norm[..., :, :, None] * norm[..., :, None, :])
+        vertex = F.one_hot(j, b).bool()  # [J, B]
         return psi.masked_fill(vertex[:, :, None] | vertex[:, None, :], 0.0)
 
     def _chunk_loss(self, gs: torch.Tensor, gt: torch.Tensor, start: int, stop: int) -> torch.Tensor:
         s = self.angles(gs, start, stop)
         with torch.no_grad():
             t = self.angles(gt, start, stop)
-        b = len(gs)
+        b = gs.shape[-1]
         j = torch.arange(start, stop, device=gs.device)
         vertex = F.one_hot(j, b).bool()
         valid = ~(vertex[:, :, None] | vertex[:, None, :])  # i != j and k != j
         if self.loss == "huber":
-            return F.smooth_l1_loss(s[valid], t[valid], beta=self.delta, reduction="sum")
+            return F.smooth_l1_loss(s[..., valid], t[..., valid], beta=self.delta, reduction="sum")
         keep = valid & ~torch.eye(b, dtype=torch.bool, device=gs.device)[None]
         return _offdiag_ce(s / self.student_temp, t / self.teacher_temp, keep)
 
     def forward(self, student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
         _check(student, teacher)
-        b = len(student)
+        b = student.shape[-2]
         if b < 3:
             raise ValueError(f"RKD angles need at least 3 samples, got {b}")
+        groups = student[..., 0, 0].numel()
         with torch.autocast(student.device.type, enabled=False):
             s = _upcast(student)
-            gs = s @ s.T
+            gs = s @ s.transpose(-1, -2)
             with torch.no_grad():
                 t = _upcast(teacher.detach())
-                gt = t @ t.T
+                gt = t @ t.transpose(-1, -2)
             total = gs.new_zeros(())
             for start in range(0, b, self.chunk_size):
                 stop = min(b, start + self.chunk_size)
@@ -156,12 +164,12 @@ class RKDAngleLoss(nn.Module):
                 else:
                     total = total + self._chunk_loss(gs, gt, start, stop)
         count = b * (b - 1) ** 2 if self.loss == "huber" else b * (b - 1)
-        return total / count
+        return total / (count * groups)
 
 
 def _check(student: torch.Tensor, teacher: torch.Tensor) -> None:
-    if student.ndim != 2 or student.shape != teacher.shape:
-        raise ValueError(f"expected student and teacher [B, D] of the same shape, got "
+    if student.ndim < 2 or student.shape != teacher.shape:
+        raise ValueError(f"expected student and teacher [..., B, D] of the same shape, got "
                          f"{tuple(student.shape)} and {tuple(teacher.shape)}")
-    if len(student) < 2:
+    if student.shape[-2] < 2:
         raise ValueError("relational losses need at least 2 samples")

@@ -192,8 +192,8 @@ class IBOT(Method):
             head = d.features == "head"
             s_rel = s_patch if head else by_view(s["patch_z"])
             t_rel = t_patch if head else by_view(t["patch_z"])
-            terms = [self._relational(s_rel[v, b], t_rel[v, b]) for v in range(n_global) for b in range(batch)]
-            losses["rkd_patch"] = torch.stack(terms).mean()
+            # one batched call over the [2B] groups of patch tokens (a per-image loop was ~6x slower on a GPU)
+            losses["rkd_patch"] = self._relational(s_rel.flatten(0, 1), t_rel.flatten(0, 1))
             total = total + rkd_weight * m.lambda2 * losses["rkd_patch"]
         metrics = collapse_metrics(self.cls_loss.teacher_probs(t_cls_out, temp), by_view(torch.cat(s_feat))[:n_global],
                                    s_cls_out, t_cls_out)
