@@ -30,6 +30,8 @@ def test_unknown_key_names_closest():
     ("train.batch_size=abc", "train.batch_size"),
     ("train.epochs=1.5", "train.epochs"),
     ("train.precision=fp8", "train.precision"),
+    ("train.accum_steps=3", "train.batch_size"),
+    ("train.momentum_teacher=1.5", "train.momentum_teacher"),
     ("data.img_size=30", "data.img_size"),  # not divisible by patch 4
     ("aug.global_crops_scale=[0.1]", "aug.global_crops_scale"),
     ("method.teacher_temp=0", "method.teacher_temp"),

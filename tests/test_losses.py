@@ -48,3 +48,13 @@ def test_dino_loss_gradient_only_through_student():
     DINOLoss(8)(s, t, 0.04).backward()
     assert s.grad is not None and s.grad.abs().sum() > 0
     assert t.grad is None
+
+
+def test_dino_loss_stays_float32_under_bf16_autocast():
+    g = torch.Generator().manual_seed(3)
+    s, t = torch.randn(4, 8, 64, generator=g) * 5, torch.randn(2, 8, 64, generator=g) * 5
+    ref = DINOLoss(64)(s, t, 0.04)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = DINOLoss(64)(s, t, 0.04)
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, ref, rtol=1e-6, atol=1e-6)

@@ -148,3 +148,23 @@ def test_per_param_clipping_bounds_each_tensor(tmp_path, data):
     tr.optimizer.step = record
     tr.train_step([next(iter(tr._loader(0, 0)))[0]])
     assert seen and max(seen) <= 1e-3 * 1.0001 and sum(n > 0.9e-3 for n in seen) > 1
+
+
+def test_resume_refuses_changed_settings_and_fresh_start_over_old_run(tmp_path, data):
+    cfg = load_config(None, [f"output_dir={tmp_path}", "train.max_steps=2"], base=TINY)
+    Trainer(cfg, data, progress=False).fit()
+    changed = load_config(None, [f"output_dir={tmp_path}", "train.batch_size=8"], base=TINY)
+    with pytest.raises(TrainingError, match="train.batch_size"):
+        Trainer(changed, data, progress=False).fit(resume="auto")
+    with pytest.raises(TrainingError, match="already holds checkpoints"):
+        Trainer(cfg, data, progress=False).fit(resume=None)
+
+
+def test_local_crop_default_fits_the_patch_grid(tmp_path):
+    digits = get_dataset("digits", "train")
+    cfg = load_config(None, [f"output_dir={tmp_path}", "aug.local_crops_number=2", "data.name=digits",
+                             "train.max_steps=1", "train.batch_size=16", "aug.local_crops_size=null"], base=TINY)
+    assert cfg.aug.local_crops_size is None
+    tr = Trainer(cfg, digits, progress=False)
+    assert tr.transform.local_size % 4 == 0
+    assert tr.fit()["step"] == 1

@@ -158,7 +158,8 @@ def _eval(args) -> int:
         if pre.num_channels != train.num_channels:
             raise ValueError(f"{pre.path} was trained on {pre.num_channels}-channel images but "
                              f"{args.dataset} has {train.num_channels} channels")
-        backbone, mean, std, size, source = pre.backbone, pre.mean, pre.std, pre.img_size, str(pre.path)
+        backbone, mean, std, source = pre.backbone, pre.mean, pre.std, str(pre.path)
+        size = args.img_size or pre.img_size
         if pre.backbone.is_vit is False and train.img_size != size:
             size = train.img_size  # CNNs take any size; keep the data's
     else:

@@ -67,7 +67,7 @@ class TrainConfig:
     epochs: int = 100
     batch_size: int = 64
     accum_steps: int = 1
-    base_lr: float = 5e-4  # scaled by batch_size * accum_steps / 256
+    base_lr: float = 5e-4  # scaled by batch_size / 256 (batch_size is per optimiser step)
     min_lr: float = 1e-6
     warmup_epochs: int = 10
     weight_decay: float = 0.04
@@ -111,6 +111,15 @@ class Config:
             ("train.batch_size", self.train.batch_size > 0, "must be positive"),
             ("train.epochs", self.train.epochs > 0, "must be positive"),
             ("train.accum_steps", self.train.accum_steps > 0, "must be positive"),
+            ("train.batch_size", self.train.batch_size % max(self.train.accum_steps, 1) == 0,
+             f"must be divisible by train.accum_steps={self.train.accum_steps}"),
+            ("train.warmup_epochs", self.train.warmup_epochs >= 0, "must be >= 0"),
+            ("train.momentum_teacher", 0 <= self.train.momentum_teacher <= 1, "must be in [0, 1]"),
+            ("train.momentum_teacher_end", 0 <= self.train.momentum_teacher_end <= 1, "must be in [0, 1]"),
+            ("train.freeze_last_layer", self.train.freeze_last_layer >= 0, "must be >= 0"),
+            ("train.ckpt_every_steps", self.train.ckpt_every_steps >= 0, "must be >= 0"),
+            ("train.max_steps", self.train.max_steps is None or self.train.max_steps >= 1, "must be >= 1"),
+            ("eval.knn_every", self.eval.knn_every >= 0, "must be >= 0"),
             ("train.base_lr", self.train.base_lr > 0, "must be positive"),
             ("train.precision", self.train.precision in ("fp32", "bf16", "fp16"), "must be fp32, bf16 or fp16"),
             ("train.clip_mode", self.train.clip_mode in ("norm", "per_param"), "must be norm or per_param"),

@@ -34,9 +34,11 @@ class MultiCropTransform:
                  local_scale: tuple[float, float] = (0.05, 0.4), flip_p: float = 0.5,
                  color_jitter_p: float = 0.8, brightness: float = 0.4, contrast: float = 0.4,
                  saturation: float = 0.2, hue: float = 0.1, grayscale_p: float = 0.2,
-                 blur_p: tuple[float, float, float] = (1.0, 0.1, 0.5), solarize_p: float = 0.2) -> None:
+                 blur_p: tuple[float, float, float] = (1.0, 0.1, 0.5), solarize_p: float = 0.2,
+                 multiple: int = 1) -> None:
         self.global_size = global_size or img_size
-        self.local_size = local_size or max(4, int(round(img_size * 96 / 224)))
+        # default: DINO's 96/224 of the image, rounded to a multiple of the ViT patch size
+        self.local_size = local_size or max(multiple, int(round(img_size * 96 / 224 / multiple)) * multiple)
         self.local_number = local_number
         if channels == 3:
             jitter = v2.ColorJitter(brightness, contrast, saturation, hue)
@@ -58,11 +60,11 @@ class MultiCropTransform:
                                 + [_blur(self.local_size, blur_p[2])] + finish)
 
     @classmethod
-    def from_config(cls, aug, img_size: int, channels: int, mean, std) -> "MultiCropTransform":
+    def from_config(cls, aug, img_size: int, channels: int, mean, std, multiple: int = 1) -> "MultiCropTransform":
         return cls(img_size, channels, mean, std, aug.global_crops_size, tuple(aug.global_crops_scale),
                    aug.local_crops_number, aug.local_crops_size, tuple(aug.local_crops_scale), aug.flip_p,
                    aug.color_jitter_p, aug.brightness, aug.contrast, aug.saturation, aug.hue,
-                   aug.grayscale_p, tuple(aug.blur_p), aug.solarize_p)
+                   aug.grayscale_p, tuple(aug.blur_p), aug.solarize_p, multiple)
 
     def __call__(self, img: torch.Tensor) -> list[torch.Tensor]:
         crops = [self.global1(img), self.global2(img)]
@@ -85,7 +87,7 @@ class MultiCropDataset(Dataset):
         # v2 transforms draw from torch's global generator: fork it so that the draw depends only
         # on the seed (not on worker count or the model's dropout draws) and leaves it untouched.
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+            torch.default_generator.manual_seed(seed)  # CPU only: CUDA streams stay untouched
             crops = self.transform(img)
         return crops, label
 

@@ -36,8 +36,10 @@ class DINOLoss(CenteredTeacherLoss):
         log_p_s = F.log_softmax(student.float() / self.student_temp, dim=-1)
         p_t = self.teacher_probs(teacher.detach(), teacher_temp)
         self.record(teacher)
-        # sum_{t != s} <p_t, -log p_s> via one matmul over views: [V_t, V_s] matrix of batch sums
-        ce = -torch.einsum("tbk,sbk->ts", p_t, log_p_s) / student.shape[1]
+        # sum_{t != s} <p_t, -log p_s> via one matmul over views: [V_t, V_s] matrix of batch sums;
+        # autocast would run that matmul in bf16
+        with torch.autocast(student.device.type, enabled=False):
+            ce = -torch.einsum("tbk,sbk->ts", p_t, log_p_s) / student.shape[1]
         vt, vs = teacher.shape[0], student.shape[0]
         keep = ~torch.eye(vt, vs, dtype=torch.bool, device=ce.device)
         return ce[keep].mean()

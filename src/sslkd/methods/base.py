@@ -24,6 +24,7 @@ class StepInfo:
     epoch: float
     total_steps: int
     epochs: int
+    micro: int = 0  # micro-batch index within the optimiser step (gradient accumulation)
 
 
 class Method(nn.Module, abc.ABC):
@@ -68,10 +69,10 @@ def ema_teacher(student: nn.Module) -> nn.Module:
 
 @torch.no_grad()
 def ema_update(teacher: nn.Module, student: nn.Module, momentum: float) -> None:
-    """``θ_t <- m θ_t + (1 - m) θ_s`` for every parameter, with fused foreach ops; buffers copied."""
+    """``θ_t <- m θ_t + (1 - m) θ_s`` for every parameter, with fused foreach ops. Buffers (BatchNorm
+    statistics) are not copied: the teacher keeps the statistics of its own forward passes, which
+    match its averaged weights (as in DINO)."""
     t_params = list(teacher.parameters())
     s_params = [p.detach() for p in student.parameters()]
     torch._foreach_mul_(t_params, momentum)
     torch._foreach_add_(t_params, s_params, alpha=1 - momentum)
-    for tb, sb in zip(teacher.buffers(), student.buffers()):
-        tb.copy_(sb)

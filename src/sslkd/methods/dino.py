@@ -41,7 +41,7 @@ def teacher_temperature(mcfg, epoch: float) -> float:
     """Linear warmup from ``warmup_teacher_temp`` to ``teacher_temp`` over the warmup epochs."""
     if mcfg.warmup_teacher_temp_epochs <= 0 or epoch >= mcfg.warmup_teacher_temp_epochs:
         return mcfg.teacher_temp
-    frac = int(epoch) / mcfg.warmup_teacher_temp_epochs  # per epoch, as DINO's schedule
+    frac = int(epoch) / max(mcfg.warmup_teacher_temp_epochs - 1, 1)  # DINO: linspace(start, end, W)
     return mcfg.warmup_teacher_temp + frac * (mcfg.teacher_temp - mcfg.warmup_teacher_temp)
 
 

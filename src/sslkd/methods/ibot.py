@@ -82,15 +82,23 @@ class IBOTConfig(DINOConfig):
         lo, hi = self.mask_ratio
         if not 0 <= lo <= hi < 1:
             raise ConfigError(f"method.mask_ratio: need 0 <= low <= high < 1, got {self.mask_ratio}")
-        if not 0 <= self.mask_prob <= 1:
-            raise ConfigError(f"method.mask_prob: must be in [0, 1], got {self.mask_prob}")
+        checks = [("mask_prob", 0 <= self.mask_prob <= 1), ("mask_min_aspect", 0 < self.mask_min_aspect <= 1),
+                  ("teacher_patch_temp", self.teacher_patch_temp > 0),
+                  ("warmup_teacher_patch_temp", self.warmup_teacher_patch_temp > 0),
+                  ("center_momentum2", 0 <= self.center_momentum2 <= 1), ("distill.angle_chunk", d.angle_chunk >= 1),
+                  ("distill.delta", d.delta > 0), ("distill.student_temp", d.student_temp > 0),
+                  ("distill.teacher_temp", d.teacher_temp > 0)]
+        for key, ok in checks:
+            if not ok:
+                value = getattr(d, key.split(".")[1]) if key.startswith("distill.") else getattr(self, key)
+                raise ConfigError(f"method.{key}: impossible value {value!r}")
 
 
 def warmup_temp(start: float, end: float, warm_epochs: int, epoch: float) -> float:
-    """Linear per-epoch warmup ``start -> end`` over ``warm_epochs``, then ``end``."""
+    """Per-epoch ``np.linspace(start, end, warm_epochs)`` (iBOT's schedule), then ``end``."""
     if warm_epochs <= 0 or epoch >= warm_epochs:
         return end
-    return start + int(epoch) / warm_epochs * (end - start)
+    return start + int(epoch) / max(warm_epochs - 1, 1) * (end - start)
 
 
 class IBOTEncoder(nn.Module):
@@ -136,9 +144,10 @@ class IBOT(Method):
         if d.mode in ("rkd-a", "rkd-da"):
             self.rkd.append(RKDAngleLoss(chunk_size=d.angle_chunk, **kw))
 
-    def masks(self, n: int, h: int, w: int, step: int, device) -> torch.Tensor:
-        """Masks for step ``step``: a pure function of (seed, step), so runs resume exactly."""
-        g = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + step)
+    def masks(self, n: int, h: int, w: int, step: int, device, micro: int = 0) -> torch.Tensor:
+        """Masks for micro-batch ``micro`` of step ``step``: a pure function of (seed, step, micro),
+        so runs resume exactly and accumulated micro-batches get different masks."""
+        g = torch.Generator().manual_seed((self.cfg.seed * 1_000_003 + step) * 64 + micro)
         return self.masker(n, h, w, g).to(device)
 
     def _relational(self, s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -149,7 +158,7 @@ class IBOT(Method):
         n_global, batch = 2, views[0].shape[0]
         p = self.student.backbone.patch_size
         h, w = views[0].shape[-2] // p, views[0].shape[-1] // p
-        masks = self.masks(n_global * batch, h, w, info.step, views[0].device)
+        masks = self.masks(n_global * batch, h, w, info.step, views[0].device, info.micro)
         with torch.no_grad():
             t = self.teacher(torch.cat(views[:n_global]))
         s = self.student(torch.cat(views[:n_global]), mask=masks)

@@ -85,8 +85,12 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         img_size = cfg.aug.global_crops_size or train_set.img_size
         self.method: Method = build_method(cfg, train_set.num_channels, img_size).to(self.device)
+        patch = cfg.model.patch_size if cfg.model.backbone.startswith("vit") else 1
+        if cfg.data.img_size is None and cfg.aug.global_crops_size is None and train_set.img_size % patch:
+            raise TrainingError(f"{cfg.data.name} images are {train_set.img_size}px, not divisible by "
+                                f"model.patch_size={patch}; set data.img_size")
         self.transform = MultiCropTransform.from_config(cfg.aug, train_set.img_size, train_set.num_channels,
-                                                        train_set.mean, train_set.std)
+                                                        train_set.mean, train_set.std, multiple=patch)
         params = self.method.trainable_parameters()
         decay = [p for n, p in params if p.ndim > 1 and not n.endswith("weight_g")]
         no_decay = [p for n, p in params if not (p.ndim > 1 and not n.endswith("weight_g"))]
@@ -132,6 +136,9 @@ class Trainer:
     def resume(self, spec: str | None) -> Path | None:
         """``spec``: a checkpoint path, ``auto`` (newest valid in the output folder) or None."""
         if not spec:
+            if ckpt.list_checkpoints(self.out):
+                raise TrainingError(f"{self.out} already holds checkpoints; resume with --resume auto "
+                                    f"or choose another output_dir")
             return None
         if spec == "auto":
             found = ckpt.find_resumable(self.out)
@@ -140,8 +147,27 @@ class Trainer:
             path, state = found
         else:
             path, state = Path(spec), ckpt.load(spec)
+        self._check_compatible(state["config"], path)
         self.load_state_dict(state)
+        for newer in ckpt.list_checkpoints(self.out):  # a resumed past must not outrank the new run
+            if int(newer.stem.split("-")[1]) > self.step:
+                newer.unlink()
         return path
+
+    def _check_compatible(self, stored: dict, path: Path) -> None:
+        """Refuse to resume into a run whose data order or networks would differ."""
+        now = to_dict(self.cfg)
+        keys = ["seed", "model", "method", "data.name", "train.epochs", "train.batch_size", "train.accum_steps"]
+        differ = []
+        for key in keys:
+            a, b = stored, now
+            for part in key.split("."):
+                a, b = a.get(part), b.get(part)
+            if a != b:
+                differ.append(key)
+        if differ:
+            raise TrainingError(f"{path} was written with different {', '.join(differ)}; resuming would not "
+                                f"continue that run. Use another output_dir (or the same settings).")
 
     # ------------------------------------------------------------------ training
     def _loader(self, epoch: int, start: int) -> DataLoader:
@@ -180,7 +206,8 @@ class Trainer:
         self._set_hparams(self.step)
         losses_sum: dict[str, torch.Tensor] = {}
         metrics_sum: dict[str, torch.Tensor] = {}
-        for views in micro_batches:
+        for micro, views in enumerate(micro_batches):
+            info.micro = micro
             views = [v.to(self.device, non_blocking=True) for v in views]
             with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None):
                 losses, metrics = self.method(views, info)
@@ -268,6 +295,7 @@ class Trainer:
                     if self.step >= end:
                         break
                 if status == "finished" and self.step % self.steps_per_epoch == 0:
+                    self._flush(pending, log, tb, None)  # finiteness checked before any save
                     self._end_of_epoch(self.step // self.steps_per_epoch, log, tb, last)
             if status == "interrupted":
                 self._flush(pending, log, tb, None)
