@@ -247,7 +247,9 @@ class Trainer:
         return knn_classify(ftr, ltr, fte, lte, e.knn_k, e.knn_t, self.train_set.num_classes)
 
     def _handle_signal(self, signum, frame) -> None:  # noqa: ARG002
+        """First SIGINT/SIGTERM: finish the step, checkpoint, exit. A second one aborts at once."""
         self._stop_signal = signum
+        signal.signal(signum, signal.default_int_handler if signum == signal.SIGINT else signal.SIG_DFL)
 
     def fit(self, resume: str | None = None) -> dict[str, Any]:
         """Train to ``train.epochs`` (or ``train.max_steps``). Returns a summary dict with
@@ -289,10 +291,10 @@ class Trainer:
                     if t.ckpt_every_steps and self.step % t.ckpt_every_steps == 0:
                         self._flush(pending, log, tb, None)
                         self.save()
+                    if self.step >= end:
+                        break
                     if self._stop_signal is not None:
                         status = "interrupted"
-                        break
-                    if self.step >= end:
                         break
                 if status == "finished" and self.step % self.steps_per_epoch == 0:
                     self._flush(pending, log, tb, None)  # finiteness checked before any save
