@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from sslkd.models import Backbone
+from sslkd.models import Backbone, build_backbone
 
 
 @dataclass
@@ -39,6 +39,12 @@ class Method(nn.Module, abc.ABC):
         """``views``: list of ``[B, C, H, W]`` crops (globals first). Returns ``(losses, metrics)``:
         ``losses["loss"]`` is the total to back-propagate, other entries its named terms;
         ``metrics`` are detached diagnostics (entropy, feature std, agreement)."""
+
+    def build_backbone(self) -> Backbone:
+        """The backbone ``cfg.model`` describes, for this method's images."""
+        mc = self.cfg.model
+        return build_backbone(mc.backbone, self.img_size, mc.patch_size, self.in_chans, mc.drop_path_rate,
+                              mc.small_stem, mc.depth)
 
     def on_optimizer_step(self, momentum: float) -> None:
         """Once per optimiser step (not per micro-batch): EMA teacher, centres."""

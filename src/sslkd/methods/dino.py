@@ -10,7 +10,7 @@ from torch import nn
 
 from sslkd.losses import DINOLoss
 from sslkd.methods.base import Method, StepInfo, ema_teacher, ema_update
-from sslkd.models import Backbone, DINOHead, build_backbone
+from sslkd.models import Backbone, DINOHead
 
 
 @dataclass
@@ -84,9 +84,8 @@ class DINO(Method):
 
     def __init__(self, cfg, in_chans: int, img_size: int) -> None:
         super().__init__(cfg, in_chans, img_size)
-        m, mc = cfg.method, cfg.model
-        backbone = build_backbone(mc.backbone, img_size, mc.patch_size, in_chans, mc.drop_path_rate,
-                                  mc.small_stem, mc.depth)
+        m = cfg.method
+        backbone = self.build_backbone()
         head = DINOHead(backbone.embed_dim, m.out_dim, m.hidden_dim, m.bottleneck_dim,
                         use_bn=m.use_bn_in_head, norm_last_layer=m.norm_last_layer)
         self.student = Encoder(backbone, head)

@@ -30,7 +30,7 @@ from sslkd.data.masking import MaskGenerator
 from sslkd.losses import DINOLoss, IBOTPatchLoss, RKDAngleLoss, RKDDistanceLoss
 from sslkd.methods.base import Method, StepInfo, ema_teacher, ema_update
 from sslkd.methods.dino import DINOConfig, collapse_metrics
-from sslkd.models import IBOTHead, ViTBackbone, build_backbone
+from sslkd.models import IBOTHead, ViTBackbone
 
 MODES = ("kd", "rkd-d", "rkd-a", "rkd-da")
 
@@ -124,11 +124,10 @@ class IBOT(Method):
 
     def __init__(self, cfg, in_chans: int, img_size: int) -> None:
         super().__init__(cfg, in_chans, img_size)
-        m, mc = cfg.method, cfg.model
-        backbone = build_backbone(mc.backbone, img_size, mc.patch_size, in_chans, mc.drop_path_rate,
-                                  mc.small_stem, mc.depth)
+        m = cfg.method
+        backbone = self.build_backbone()
         if not isinstance(backbone, ViTBackbone):
-            raise ValueError(f"iBOT masks patches and needs a ViT backbone, got '{mc.backbone}'")
+            raise ValueError(f"iBOT masks patches and needs a ViT backbone, got '{cfg.model.backbone}'")
         head = IBOTHead(backbone.embed_dim, m.out_dim, m.patch_out_dim, m.shared_head, hidden_dim=m.hidden_dim,
                         bottleneck_dim=m.bottleneck_dim, use_bn=m.use_bn_in_head, norm_last_layer=m.norm_last_layer)
         self.student = IBOTEncoder(backbone, head)
