@@ -148,7 +148,7 @@ def _eval(args) -> int:
     from sslkd.eval import extract_features, knn_classify, linear_probe
     from sslkd.models import build_backbone
     from sslkd.pretrained import load_pretrained
-    from sslkd.train.engine import resolve_device
+    from sslkd.device import resolve_device
 
     device = resolve_device(args.device)
     train = get_dataset(args.dataset, "train", root=args.root, img_size=args.img_size)
@@ -223,6 +223,7 @@ def _info() -> int:
     import torchvision
 
     from sslkd.data import DATASETS
+    from sslkd.device import native_bf16
     from sslkd.methods import METHODS
     from sslkd.models import BACKBONES
 
@@ -230,7 +231,8 @@ def _info() -> int:
     print(f"sslkd {__version__}  python {platform.python_version()}  {platform.machine()}")
     print(f"torch {torch.__version__}  torchvision {torchvision.__version__}  timm {timm.__version__}")
     print(f"device: {'cuda: ' + torch.cuda.get_device_name(0) if cuda else 'cpu'}  "
-          f"threads: {torch.get_num_threads()}  bf16 on cpu: yes")
+          f"threads: {torch.get_num_threads()}  cpu: {torch.backends.cpu.get_cpu_capability()}, "
+          f"native bf16: {'yes' if native_bf16(torch.device('cpu')) else 'no (precision auto uses fp32)'}")
     print(f"methods: {', '.join(METHODS)}")
     print(f"backbones: {', '.join(BACKBONES)}")
     print(f"datasets: {', '.join(DATASETS)}")

@@ -69,7 +69,7 @@ class TrainConfig:
     accum_steps: int = 1
     base_lr: float = 5e-4  # scaled by batch_size / 256 (batch_size is per optimiser step)
     min_lr: float = 1e-6
-    warmup_epochs: int = 10
+    warmup_epochs: float = 10  # may be fractional (short budgets)
     weight_decay: float = 0.04
     weight_decay_end: float = 0.4
     momentum_teacher: float = 0.996
@@ -77,7 +77,7 @@ class TrainConfig:
     clip_grad: float = 3.0  # 0 disables
     clip_mode: str = "norm"  # "norm": global norm; "per_param": per tensor, as iBOT's code
     freeze_last_layer: int = 1  # epochs during which the head's last layer is not updated
-    precision: str = "fp32"  # fp32 | bf16 | fp16
+    precision: str = "auto"  # auto (bf16 where native, else fp32) | fp32 | bf16 | fp16
     ckpt_every_steps: int = 0  # 0: at the end of every epoch only
     keep_last: int = 3
     log_every: int = 10
@@ -121,7 +121,8 @@ class Config:
             ("train.max_steps", self.train.max_steps is None or self.train.max_steps >= 1, "must be >= 1"),
             ("eval.knn_every", self.eval.knn_every >= 0, "must be >= 0"),
             ("train.base_lr", self.train.base_lr > 0, "must be positive"),
-            ("train.precision", self.train.precision in ("fp32", "bf16", "fp16"), "must be fp32, bf16 or fp16"),
+            ("train.precision", self.train.precision in ("auto", "fp32", "bf16", "fp16"),
+             "must be auto, fp32, bf16 or fp16"),
             ("train.clip_mode", self.train.clip_mode in ("norm", "per_param"), "must be norm or per_param"),
             ("train.keep_last", self.train.keep_last >= 1, "must be at least 1"),
             ("train.log_every", self.train.log_every >= 1, "must be at least 1"),

@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from sslkd.data.base import ImageArrayDataset
+from sslkd.device import native_bf16
 
 
 def normalize_batch(x: torch.Tensor, mean: Sequence[float], std: Sequence[float],
@@ -26,7 +27,7 @@ def normalize_batch(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]
 def extract_features(backbone: torch.nn.Module, dataset: ImageArrayDataset, mean: Sequence[float],
                      std: Sequence[float], device: torch.device | str = "cpu", batch_size: int = 256,
                      size: int | None = None, max_samples: int | None = None,
-                     precision: str = "fp32", progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+                     precision: str = "auto", progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """``(features [N, D] float32 on CPU, labels [N])`` of ``backbone(x)`` (CLS / pooled);
     ``progress`` shows a bar with ETA."""
     was_training = backbone.training
@@ -35,8 +36,8 @@ def extract_features(backbone: torch.nn.Module, dataset: ImageArrayDataset, mean
     if max_samples is not None and max_samples < len(images):
         idx = torch.linspace(0, len(images) - 1, max_samples).long()  # evenly spaced: all classes
         images, labels = images[idx], labels[idx]
-    dtype = torch.bfloat16 if precision == "bf16" else None
     device = torch.device(device)
+    dtype = torch.bfloat16 if precision == "bf16" or (precision == "auto" and native_bf16(device)) else None
     out = []
     for i in tqdm(range(0, len(images), batch_size), desc=f"features {dataset.name}", unit="batch",
                   disable=not progress, leave=False):

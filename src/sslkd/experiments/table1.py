@@ -17,7 +17,7 @@ from sslkd.eval.attention import cls_attention, plot_attention
 from sslkd.eval.curves import plot_curves
 from sslkd.methods import build_method
 from sslkd.train import Trainer
-from sslkd.train.engine import resolve_device
+from sslkd.device import resolve_device
 
 DEFAULT_CONFIGS = ["configs/ibot/cifar10_vit_tiny_kd.yaml", "configs/ibot/cifar10_vit_tiny_rkd_d.yaml",
                    "configs/ibot/cifar10_vit_tiny_rkd_a.yaml"]

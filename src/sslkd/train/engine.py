@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from sslkd.config import Config, to_dict
+from sslkd.device import autocast_dtype, resolve_device
 from sslkd.data import ImageArrayDataset, get_dataset
 from sslkd.data.augment import MultiCropDataset, MultiCropTransform, SeededEpochSampler
 from sslkd.eval import extract_features, knn_classify
@@ -35,22 +36,6 @@ FORMAT = 1
 
 class TrainingError(RuntimeError):
     """Training cannot go on (non-finite loss, ...); the message says where."""
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise TrainingError(f"device '{name}' requested but CUDA is not available on this machine")
-    return torch.device(name)
-
-
-def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """bf16 where supported; a CUDA GPU without bf16 falls back to fp16 (with a loss scaler)."""
-    if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        warnings.warn("this GPU has no bf16: using fp16 autocast with a gradient scaler")
-        return torch.float16
-    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
 
 
 def load_datasets(cfg: Config) -> tuple[ImageArrayDataset, ImageArrayDataset | None]:
@@ -98,7 +83,7 @@ class Trainer:
         self.optimizer = torch.optim.AdamW([{"params": decay}, {"params": no_decay, "weight_decay": 0.0}],
                                            lr=0.0, fused=fused)
         lr = t.base_lr * t.batch_size / 256
-        warm = t.warmup_epochs * self.steps_per_epoch
+        warm = round(t.warmup_epochs * self.steps_per_epoch)
         self.lr = cosine_schedule(lr, t.min_lr, self.total_steps, warm)
         self.wd = cosine_schedule(t.weight_decay, t.weight_decay_end, self.total_steps)
         self.momentum = cosine_schedule(t.momentum_teacher, t.momentum_teacher_end, self.total_steps)
