@@ -168,3 +168,13 @@ def test_local_crop_default_fits_the_patch_grid(tmp_path):
     tr = Trainer(cfg, digits, progress=False)
     assert tr.transform.local_size % 4 == 0
     assert tr.fit()["step"] == 1
+
+
+def test_time_budget_stops_with_a_checkpoint_and_is_kept_across_resumes(tmp_path, data):
+    cfg = load_config(None, [f"output_dir={tmp_path}", "train.time_budget_minutes=1e-5"], base=TINY)
+    summary = Trainer(cfg, data, progress=False).fit()
+    assert summary["status"] == "time_budget" and summary["step"] == 1
+    state = ckpt.load(ckpt.list_checkpoints(tmp_path)[0])
+    assert state["step"] == 1 and state["train_seconds"] > 0
+    again = Trainer(cfg, data, progress=False).fit(resume="auto")  # budget already spent: one more step
+    assert again["status"] == "time_budget" and again["step"] == 2 and again["train_seconds"] > state["train_seconds"]

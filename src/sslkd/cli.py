@@ -27,18 +27,30 @@ def _add_eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON line instead of a table")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sslkd", description=__doc__)
-    parser.add_argument("--version", action="version", version=f"sslkd {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    p = sub.add_parser("pretrain", help="self-supervised pretraining from a YAML config")
+def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", required=True, help="YAML file (see configs/)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key, e.g. --set train.epochs=10 (repeatable)")
     p.add_argument("--resume", default="auto", help="auto (default: newest valid checkpoint in "
                    "output_dir), a checkpoint path, or none")
     p.add_argument("--no-progress", action="store_true")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sslkd", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"sslkd {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("pretrain", help="self-supervised pretraining from a YAML config")
+    _add_train_args(p)
+
+    dis = sub.add_parser("distill", help="distil a frozen teacher into a student")
+    diss = dis.add_subparsers(dest="distill_method", required=True)
+    for name, what in (("seed", "SEED: match the teacher's similarity distribution over a queue"),):
+        d = diss.add_parser(name, help=what)
+        d.add_argument("--teacher", required=True, help="sslkd run folder or checkpoint, a .pth/.safetensors "
+                       "file (set method.teacher_arch), or timm:<model name>")
+        _add_train_args(d)
 
     ev = sub.add_parser("eval", help="evaluate a frozen backbone")
     evs = ev.add_subparsers(dest="protocol", required=True)
@@ -100,6 +112,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.command == "pretrain":
+            return _pretrain(args)
+        if args.command == "distill":
+            args.overrides = [f"method.name={args.distill_method}", f"method.teacher={args.teacher}"] + args.overrides
             return _pretrain(args)
         if args.command == "eval":
             return _eval(args)

@@ -82,6 +82,7 @@ class TrainConfig:
     keep_last: int = 3
     log_every: int = 10
     max_steps: int | None = None  # stop early (tests, smoke runs); schedules still span epochs
+    time_budget_minutes: float | None = None  # stop after this much training time (equal-time comparisons)
 
 
 @dataclass
@@ -119,6 +120,8 @@ class Config:
             ("train.freeze_last_layer", self.train.freeze_last_layer >= 0, "must be >= 0"),
             ("train.ckpt_every_steps", self.train.ckpt_every_steps >= 0, "must be >= 0"),
             ("train.max_steps", self.train.max_steps is None or self.train.max_steps >= 1, "must be >= 1"),
+            ("train.time_budget_minutes", self.train.time_budget_minutes is None or self.train.time_budget_minutes > 0,
+             "must be positive"),
             ("eval.knn_every", self.eval.knn_every >= 0, "must be >= 0"),
             ("train.base_lr", self.train.base_lr > 0, "must be positive"),
             ("train.precision", self.train.precision in ("auto", "fp32", "bf16", "fp16"),

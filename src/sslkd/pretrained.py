@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sslkd.config import Config, from_dict
-from sslkd.methods import build_method
+from sslkd.methods import Method, build_method
 from sslkd.models import Backbone
 from sslkd.train import checkpoint as ckpt
 
@@ -34,16 +34,25 @@ def resolve_checkpoint(path: str | Path) -> Path:
     return path
 
 
-def load_pretrained(path: str | Path, which: str = "teacher") -> Pretrained:
-    """The ``teacher`` (EMA) or ``student`` backbone of an ``sslkd pretrain`` checkpoint."""
+def load_method(path: str | Path) -> tuple[Method, dict, Path]:
+    """The whole method (networks, heads, buffers) of an ``sslkd pretrain`` checkpoint or run folder,
+    with the checkpoint's state and path; built for evaluation (a distillation method does not
+    reload its frozen source teacher)."""
     path = resolve_checkpoint(path)
     state = ckpt.load(path)
     cfg = from_dict(Config, state["config"])
     data = state["data"]
     img_size = cfg.aug.global_crops_size or data["img_size"]
-    method = build_method(cfg, data["num_channels"], img_size)
-    method.load_state_dict(state["method"])
+    method = build_method(cfg, data["num_channels"], img_size, eval_only=True)
+    method.load_for_eval(state["method"])
+    return method, state, path
+
+
+def load_pretrained(path: str | Path, which: str = "teacher") -> Pretrained:
+    """The ``teacher`` (EMA) or ``student`` backbone of an ``sslkd pretrain`` checkpoint."""
     if which not in ("teacher", "student"):
         raise ValueError(f"weights must be 'teacher' or 'student', got '{which}'")
-    return Pretrained(method.eval_backbone(which).eval(), cfg, data["num_channels"], img_size,
+    method, state, path = load_method(path)
+    data = state["data"]
+    return Pretrained(method.eval_backbone(which).eval(), method.cfg, data["num_channels"], method.img_size,
                       tuple(data["mean"]), tuple(data["std"]), int(state["step"]), path)

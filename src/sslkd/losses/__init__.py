@@ -3,5 +3,7 @@
 from sslkd.losses.dino import DINOLoss
 from sslkd.losses.ibot import IBOTPatchLoss
 from sslkd.losses.rkd import RKDAngleLoss, RKDDistanceLoss
+from sslkd.losses.seed import EmbeddingRegressionLoss, FeatureQueue, InfoNCELoss, SEEDLoss
 
-__all__ = ["DINOLoss", "IBOTPatchLoss", "RKDAngleLoss", "RKDDistanceLoss"]
+__all__ = ["DINOLoss", "EmbeddingRegressionLoss", "FeatureQueue", "IBOTPatchLoss", "InfoNCELoss", "RKDAngleLoss",
+           "RKDDistanceLoss", "SEEDLoss"]

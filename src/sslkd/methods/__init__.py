@@ -5,8 +5,9 @@ from __future__ import annotations
 from sslkd.methods.base import Method, StepInfo
 from sslkd.methods.dino import DINO, DINOConfig
 from sslkd.methods.ibot import IBOT, IBOTConfig
+from sslkd.methods.seed import SEED, SEEDConfig
 
-METHODS: dict[str, type[Method]] = {"dino": DINO, "ibot": IBOT}
+METHODS: dict[str, type[Method]] = {"dino": DINO, "ibot": IBOT, "seed": SEED}
 
 
 def method_config_class(name: str) -> type:
@@ -16,9 +17,11 @@ def method_config_class(name: str) -> type:
     return METHODS[name].config_class
 
 
-def build_method(cfg, in_chans: int, img_size: int) -> Method:
-    """Instantiate ``cfg.method.name`` for images of ``in_chans`` channels and ``img_size`` pixels."""
-    return METHODS[cfg.method.name](cfg, in_chans, img_size)
+def build_method(cfg, in_chans: int, img_size: int, eval_only: bool = False) -> Method:
+    """Instantiate ``cfg.method.name`` for images of ``in_chans`` channels and ``img_size`` pixels;
+    ``eval_only`` skips what only training needs (a distillation method's frozen source teacher)."""
+    return METHODS[cfg.method.name](cfg, in_chans, img_size, eval_only=eval_only)
 
 
-__all__ = ["DINO", "DINOConfig", "IBOT", "IBOTConfig", "METHODS", "Method", "StepInfo", "build_method", "method_config_class"]
+__all__ = ["DINO", "IBOT", "METHODS", "SEED", "DINOConfig", "IBOTConfig", "Method", "SEEDConfig", "StepInfo",
+           "build_method", "method_config_class"]

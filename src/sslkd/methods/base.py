@@ -30,9 +30,9 @@ class StepInfo:
 class Method(nn.Module, abc.ABC):
     """Base class. Subclasses set ``student`` (trained) and usually ``teacher`` (EMA copy)."""
 
-    def __init__(self, cfg, in_chans: int, img_size: int) -> None:
+    def __init__(self, cfg, in_chans: int, img_size: int, eval_only: bool = False) -> None:
         super().__init__()
-        self.cfg, self.in_chans, self.img_size = cfg, in_chans, img_size
+        self.cfg, self.in_chans, self.img_size, self.eval_only = cfg, in_chans, img_size, eval_only
 
     @abc.abstractmethod
     def forward(self, views: list[torch.Tensor], info: StepInfo) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
@@ -56,6 +56,10 @@ class Method(nn.Module, abc.ABC):
     def last_layer_parameters(self) -> list[nn.Parameter]:
         """Parameters frozen during the first ``train.freeze_last_layer`` epochs."""
         return [p for n, p in self.named_parameters() if "last_layer" in n and p.requires_grad]
+
+    def load_for_eval(self, state: dict[str, torch.Tensor]) -> None:
+        """Load a checkpoint's ``method`` state into a method built with ``eval_only``."""
+        self.load_state_dict(state)
 
     def eval_backbone(self, which: str = "teacher") -> Backbone:
         """The backbone evaluated by kNN/linear probes (``teacher`` or ``student``)."""

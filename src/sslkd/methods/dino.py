@@ -82,8 +82,8 @@ def collapse_metrics(teacher_probs: torch.Tensor, student_feats: torch.Tensor,
 class DINO(Method):
     config_class = DINOConfig
 
-    def __init__(self, cfg, in_chans: int, img_size: int) -> None:
-        super().__init__(cfg, in_chans, img_size)
+    def __init__(self, cfg, in_chans: int, img_size: int, eval_only: bool = False) -> None:
+        super().__init__(cfg, in_chans, img_size, eval_only)
         m = cfg.method
         backbone = self.build_backbone()
         head = DINOHead(backbone.embed_dim, m.out_dim, m.hidden_dim, m.bottleneck_dim,

@@ -10,8 +10,9 @@ Masked relational distillation (``distill.mode`` = ``rkd-d``, ``rkd-a`` or ``rkd
 (``distill.combine: replace``) or complements (``add``, weighted by ``distill.weight``) those
 instance-to-instance terms with RKD on structures:
 
-- CLS level: relations over the images of the batch, for each (teacher global view, different
-  student view) pair, as DINO pairs views;
+- CLS level: relations over the images of the batch (of all processes when distributed: a
+  gradient-aware all-gather, see :mod:`sslkd.distributed`), for each (teacher global view,
+  different student view) pair, as DINO pairs views;
 - patch level: relations over the patch tokens of each image, teacher unmasked view against
   the student's masked view of the same crop (masked image modelling on structures).
 
@@ -27,6 +28,7 @@ import torch
 from torch import nn
 
 from sslkd.data.masking import MaskGenerator
+from sslkd.distributed import gather_batch
 from sslkd.losses import DINOLoss, IBOTPatchLoss, RKDAngleLoss, RKDDistanceLoss
 from sslkd.methods.base import Method, StepInfo, ema_teacher, ema_update
 from sslkd.methods.dino import DINOConfig, collapse_metrics
@@ -122,8 +124,8 @@ class IBOTEncoder(nn.Module):
 class IBOT(Method):
     config_class = IBOTConfig
 
-    def __init__(self, cfg, in_chans: int, img_size: int) -> None:
-        super().__init__(cfg, in_chans, img_size)
+    def __init__(self, cfg, in_chans: int, img_size: int, eval_only: bool = False) -> None:
+        super().__init__(cfg, in_chans, img_size, eval_only)
         m = cfg.method
         backbone = self.build_backbone()
         if not isinstance(backbone, ViTBackbone):
@@ -193,6 +195,9 @@ class IBOT(Method):
             head = d.features == "head"
             s_rel = s_cls_out if head else by_view(torch.cat(s_cls_z))
             t_rel = t_cls_out if head else by_view(t["cls_z"])
+            # relations over the global batch: every process's images (gradient-aware gather)
+            s_rel, t_rel = gather_batch(s_rel.transpose(0, 1)).transpose(0, 1), \
+                gather_batch(t_rel.transpose(0, 1), differentiable=False).transpose(0, 1)
             pairs = [(tv, sv) for tv in range(n_global) for sv in range(len(s_rel)) if sv != tv]
             losses["rkd_cls"] = sum(self._relational(s_rel[sv], t_rel[tv]) for tv, sv in pairs) / len(pairs)
             total = total + rkd_weight * m.lambda1 * losses["rkd_cls"]

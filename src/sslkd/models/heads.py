@@ -41,17 +41,20 @@ class DINOHead(nn.Module):
                 nn.init.zeros_(m.bias)
         self.last_layer = WeightNormLinear(bottleneck_dim, out_dim, fixed_norm=norm_last_layer)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def bottleneck(self, x: torch.Tensor) -> torch.Tensor:
+        """The L2-normalised MLP output ``[..., bottleneck_dim]`` (before the prototypes)."""
         shape = x.shape[:-1]
-        x = self.mlp(x.reshape(-1, x.shape[-1]))
-        x = F.normalize(x, dim=-1, eps=1e-6)
-        return self.last_layer(x).reshape(*shape, -1)
+        z = F.normalize(self.mlp(x.reshape(-1, x.shape[-1])), dim=-1, eps=1e-6)
+        return z.reshape(*shape, -1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.last_layer(self.bottleneck(x))
 
 
 class IBOTHead(DINOHead):
     """DINO head whose MLP is shared by the CLS and the patch tokens; the patch tokens get their
     own weight-normalised last layer when ``shared_head`` is False or ``patch_out_dim`` differs
-    (iBOT's ``last_layer2``). ``bottleneck(x)`` is the L2-normalised MLP output."""
+    (iBOT's ``last_layer2``)."""
 
     def __init__(self, in_dim: int, out_dim: int = 8192, patch_out_dim: int | None = None,
                  shared_head: bool = True, **kwargs) -> None:
@@ -62,11 +65,6 @@ class IBOTHead(DINOHead):
             bottleneck = self.last_layer.weight_v.shape[1]
             self.patch_last_layer = WeightNormLinear(bottleneck, patch_out_dim,
                                                      fixed_norm=not self.last_layer.weight_g.requires_grad)
-
-    def bottleneck(self, x: torch.Tensor) -> torch.Tensor:
-        shape = x.shape[:-1]
-        z = F.normalize(self.mlp(x.reshape(-1, x.shape[-1])), dim=-1, eps=1e-6)
-        return z.reshape(*shape, -1)
 
     def project_patches(self, z: torch.Tensor) -> torch.Tensor:
         return (self.patch_last_layer or self.last_layer)(z)

@@ -13,7 +13,6 @@ import json
 import math
 import signal
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -90,11 +89,13 @@ class Trainer:
         self.dtype = autocast_dtype(t.precision, self.device)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
         self.step = 0
+        self.train_seconds = 0.0  # wall-clock training time, kept across resumptions
         self._stop_signal: int | None = None
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
-        state = {"format": FORMAT, "step": self.step, "config": to_dict(self.cfg),
+        state = {"format": FORMAT, "step": self.step, "train_seconds": self.train_seconds,
+                 "config": to_dict(self.cfg),
                  "method": self.method.state_dict(), "optimizer": self.optimizer.state_dict(),
                  "scaler": self.scaler.state_dict(), "rng_cpu": torch.get_rng_state(),
                  "data": {"num_channels": self.train_set.num_channels, "img_size": self.train_set.img_size,
@@ -112,6 +113,7 @@ class Trainer:
         if "rng_cuda" in state and self.device.type == "cuda":
             torch.cuda.set_rng_state(state["rng_cuda"], self.device)
         self.step = int(state["step"])
+        self.train_seconds = float(state.get("train_seconds", 0.0))
 
     def save(self) -> Path:
         path = ckpt.save_atomic(self.state_dict(), self.out / f"checkpoint-{self.step}.pt")
@@ -237,8 +239,9 @@ class Trainer:
         signal.signal(signum, signal.default_int_handler if signum == signal.SIGINT else signal.SIG_DFL)
 
     def fit(self, resume: str | None = None) -> dict[str, Any]:
-        """Train to ``train.epochs`` (or ``train.max_steps``). Returns a summary dict with
-        ``status`` in {"finished", "interrupted", "max_steps"}."""
+        """Train to ``train.epochs`` (or ``train.max_steps``, or until ``train.time_budget_minutes`` of
+        training, summed over resumptions). Returns a summary dict with ``status`` in
+        {"finished", "interrupted", "max_steps", "time_budget"}."""
         cfg, t = self.cfg, self.cfg.train
         self.out.mkdir(parents=True, exist_ok=True)
         (self.out / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
@@ -254,6 +257,8 @@ class Trainer:
         status, last = "finished", {}
         pending: list[tuple[int, dict, dict]] = []
         tic, seen = time.perf_counter(), 0
+        budget = t.time_budget_minutes * 60 if t.time_budget_minutes else float("inf")
+        mark = time.perf_counter()
         try:
             self.method.train()
             while self.step < end and status == "finished":
@@ -264,6 +269,8 @@ class Trainer:
                     if len(micro) < t.accum_steps:
                         continue
                     losses, metrics = self.train_step(micro)
+                    now = time.perf_counter()  # wall clock, data loading and saving included
+                    self.train_seconds, mark = self.train_seconds + now - mark, now
                     micro = []
                     seen += t.batch_size
                     pending.append((self.step - 1, losses, metrics))
@@ -278,12 +285,19 @@ class Trainer:
                         self.save()
                     if self.step >= end:
                         break
+                    if self.train_seconds >= budget:
+                        status = "time_budget"
+                        break
                     if self._stop_signal is not None:
                         status = "interrupted"
                         break
                 if status == "finished" and self.step % self.steps_per_epoch == 0:
                     self._flush(pending, log, tb, None)  # finiteness checked before any save
                     self._end_of_epoch(self.step // self.steps_per_epoch, log, tb, last)
+            if status == "time_budget":
+                self._flush(pending, log, tb, None)
+                path = self.save()
+                bar.write(f"time budget of {t.time_budget_minutes} min reached at step {self.step}: wrote {path}")
             if status == "interrupted":
                 self._flush(pending, log, tb, None)
                 path = self.save()
@@ -301,7 +315,7 @@ class Trainer:
                 tb.close()
             for s, h in old_handlers.items():
                 signal.signal(s, h)
-        return {**last, "status": status, "step": self.step}
+        return {**last, "status": status, "step": self.step, "train_seconds": round(self.train_seconds, 1)}
 
     def _end_of_epoch(self, epoch: int, log, tb, last: dict) -> None:
         e = self.cfg.eval

@@ -1,0 +1,278 @@
+"""Frozen teachers for distillation (SEED, DMT): a backbone (+ its projection head where the
+source has one sslkd can use) in eval mode, without gradients, from
+
+- an sslkd checkpoint or run folder (``sslkd pretrain`` output; EMA ``teacher`` or ``student``);
+- a local file in the layouts other projects publish, remapped onto the timm model:
+
+  ============  ==========================================================================
+  layout        recognised by
+  ============  ==========================================================================
+  dino / ibot   top-level ``teacher`` / ``student`` dicts; ``module.`` / ``backbone.``
+                prefixes stripped, ``head.`` (projection) dropped
+  mocov3        ``state_dict`` with ``module.base_encoder.`` (``student``) and
+                ``module.momentum_encoder.`` (``teacher``); ``head.`` / ``fc.`` dropped
+  mocov2        ``state_dict`` with ``module.encoder_q.`` / ``module.encoder_k.``; ``fc.`` dropped
+  mae           ``model``; ``decoder*`` and ``mask_token`` dropped
+  timm          a flat tensor dict (``.pth``/``.bin`` or ``.safetensors``)
+  ============  ==========================================================================
+
+- ``timm:<model name>``: timm's pretrained weights (needs a network).
+
+Files are read with ``weights_only=True`` or safetensors: nothing is unpickled. A position
+embedding for another grid is resampled (reported); any other shape mismatch or a missing key
+is an error that lists the keys.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from sslkd.models.backbone import VITS, Backbone, CNNBackbone, ViTBackbone, build_backbone
+from sslkd.models.heads import DINOHead
+
+
+class TeacherError(ValueError):
+    """A teacher that cannot be loaded as asked; the message says why and what to do."""
+
+
+@dataclass
+class LoadReport:
+    """How a teacher's weights were matched onto its model."""
+
+    source: str
+    layout: str
+    loaded: int = 0
+    missing: list[str] = field(default_factory=list)
+    unexpected: list[str] = field(default_factory=list)
+    resampled: list[str] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        parts = [f"teacher {self.source} ({self.layout} layout): {self.loaded} tensors loaded"]
+        for name in ("missing", "unexpected", "resampled"):
+            keys = getattr(self, name)
+            if keys:
+                parts.append(f"{len(keys)} {name}: {', '.join(keys[:8])}{' ...' if len(keys) > 8 else ''}")
+        return "; ".join(parts)
+
+
+class FrozenTeacher(nn.Module):
+    """``forward(x [B, C, H, W]) -> [B, out_dim]``: the backbone's CLS/pooled features, or the
+    projection head's output when one is given. Always in eval mode (BatchNorm statistics and
+    dropout frozen), never trained; ``img_size`` resizes inputs for a teacher made for other sizes."""
+
+    def __init__(self, backbone: Backbone, head: nn.Module | None = None, img_size: int | None = None) -> None:
+        super().__init__()
+        self.backbone, self.head, self.img_size = backbone, head, img_size
+        self.in_chans = backbone_in_chans(backbone)
+        self.requires_grad_(False)
+        self.train(False)
+        with torch.no_grad():
+            probe = torch.zeros(2, self.in_chans, img_size or 32, img_size or 32)
+            self.out_dim = int(self.forward(probe).shape[-1])
+
+    def train(self, mode: bool = True) -> FrozenTeacher:
+        return super().train(False)
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.img_size and x.shape[-1] != self.img_size:
+            x = F.interpolate(x, size=(self.img_size, self.img_size), mode="bilinear", align_corners=False)
+        cls, _ = self.backbone.forward_features(x)
+        return self.head(cls) if self.head is not None else cls
+
+    @torch.no_grad()
+    def tokens(self, x: torch.Tensor) -> torch.Tensor:
+        """All tokens ``[B, 1 + N, D]`` (CLS first) after the final norm, for token-level distillation."""
+        if self.img_size and x.shape[-1] != self.img_size:
+            x = F.interpolate(x, size=(self.img_size, self.img_size), mode="bilinear", align_corners=False)
+        cls, tok = self.backbone.forward_features(x)
+        return torch.cat([cls[:, None], tok], 1)
+
+
+class _Bottleneck(nn.Module):
+    """A DINO/iBOT head cut before its prototype layer: the L2-normalised bottleneck."""
+
+    def __init__(self, head: DINOHead) -> None:
+        super().__init__()
+        self.head = head
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head.bottleneck(x)
+
+
+def backbone_in_chans(backbone: Backbone) -> int:
+    if isinstance(backbone, ViTBackbone):
+        return backbone.vit.patch_embed.proj.in_channels
+    return next(m for m in backbone.modules() if isinstance(m, nn.Conv2d)).in_channels
+
+
+def load_teacher(source: str | Path, which: str = "teacher", features: str = "backbone",
+                 arch: str | None = None, patch_size: int = 16, img_size: int | None = None,
+                 in_chans: int = 3, small_stem: bool = False, strict: bool = True, depth: int | None = None
+                 ) -> tuple[FrozenTeacher, LoadReport]:
+    """Load a frozen teacher from ``source`` (see the module doc for what it may be).
+
+    ``which``: the ``teacher`` (EMA / momentum) or ``student`` weights where a file has both.
+    ``features``: ``backbone`` (CLS / pooled features) or ``head`` (an sslkd checkpoint's
+    projection head; for DINO/iBOT heads its L2-normalised bottleneck). ``arch``, ``patch_size``,
+    ``img_size``, ``in_chans``, ``small_stem``, ``depth`` describe the model of an external file (an sslkd
+    checkpoint carries its own); ``img_size`` is also the size inputs are resized to.
+    ``strict``: a model tensor absent from the file is an error (else only reported)."""
+    if which not in ("teacher", "student"):
+        raise TeacherError(f"teacher weights must be 'teacher' or 'student', got '{which}'")
+    if features not in ("backbone", "head"):
+        raise TeacherError(f"teacher features must be 'backbone' or 'head', got '{features}'")
+    source = str(source)
+    if source.startswith("timm:"):
+        return _from_timm(source[5:], img_size, in_chans)
+    path = Path(source)
+    if not path.exists():
+        raise TeacherError(f"teacher not found: {path} (expected an sslkd run folder or checkpoint, a "
+                           f".pth/.safetensors file, or timm:<model name>)")
+    if path.is_dir() or _is_sslkd_checkpoint(path):
+        return _from_sslkd(path, which, features, img_size)
+    if features == "head":
+        raise TeacherError(f"{path}: only sslkd checkpoints carry a projection head sslkd can use; "
+                           f"use features 'backbone'")
+    if arch is None:
+        raise TeacherError(f"{path}: an external checkpoint needs its architecture (teacher_arch, one of "
+                           f"vit_tiny/vit_small/vit_base/resnet18/... )")
+    layout, state = extract_state(_read(path), which, path)
+    backbone = build_backbone(arch, img_size or 224, patch_size, in_chans, small_stem=small_stem, depth=depth)
+    report = load_into(backbone, state, layout, str(path), strict)
+    return FrozenTeacher(backbone, None, img_size), report
+
+
+def _is_sslkd_checkpoint(path: Path) -> bool:
+    if path.suffix == ".safetensors":
+        return False
+    from sslkd.train import checkpoint as ckpt
+    try:
+        ckpt.load(path)
+    except ckpt.CheckpointError:
+        return False
+    return True
+
+
+def _from_sslkd(path: Path, which: str, features: str, img_size: int | None) -> tuple[FrozenTeacher, LoadReport]:
+    from sslkd.pretrained import load_method
+    method, _, ckpt_path = load_method(path)
+    net = method.teacher if which == "teacher" and hasattr(method, "teacher") else method.student
+    head = None
+    if features == "head":
+        head = getattr(net, "head", None)
+        if head is None:
+            raise TeacherError(f"{ckpt_path}: the {method.cfg.method.name} network has no projection head")
+        head = _Bottleneck(head) if isinstance(head, DINOHead) else head
+    backbone = net.backbone
+    report = LoadReport(str(ckpt_path), f"sslkd {method.cfg.method.name}",
+                        loaded=len(backbone.state_dict()) + (len(head.state_dict()) if head else 0))
+    return FrozenTeacher(backbone, head, img_size or method.img_size), report
+
+
+def _from_timm(name: str, img_size: int | None, in_chans: int) -> tuple[FrozenTeacher, LoadReport]:
+    import timm
+    vit = name.split(".")[0] in {v for v in VITS.values()} or name.startswith("vit_")
+    kw = dict(dynamic_img_size=True) if vit else dict(global_pool="")
+    try:
+        net = timm.create_model(name, pretrained=True, num_classes=0, in_chans=in_chans, **kw)
+    except Exception as e:  # no network, unknown name, missing file: all end here
+        raise TeacherError(f"cannot get timm's pretrained weights for '{name}' ({type(e).__name__}: {e}). "
+                           f"This machine may have no network: download the weights elsewhere and pass the "
+                           f"file instead (--teacher path/to/model.safetensors with teacher_arch set)") from e
+    backbone = ViTBackbone(net) if vit else CNNBackbone(net, in_chans)
+    return FrozenTeacher(backbone, None, img_size), LoadReport(f"timm:{name}", "timm", len(net.state_dict()))
+
+
+def _read(path: Path) -> dict:
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+        try:
+            return load_file(str(path))
+        except Exception as e:
+            raise TeacherError(f"{path}: unreadable safetensors file ({e})") from e
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise TeacherError(f"{path}: cannot be read as a weights-only checkpoint ({type(e).__name__}: {e}); "
+                           f"sslkd does not unpickle arbitrary objects") from e
+    if not isinstance(obj, dict):
+        raise TeacherError(f"{path}: expected a dict of tensors, got {type(obj).__name__}")
+    return obj
+
+
+def _strip(state: dict, prefix: str) -> dict:
+    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+
+
+def extract_state(obj: dict, which: str = "teacher", path: Path | str = "") -> tuple[str, dict[str, torch.Tensor]]:
+    """``(layout, flat timm-style state dict)`` of a loaded checkpoint, projection heads and
+    decoders dropped."""
+    if "teacher" in obj or "student" in obj:
+        layout, state = "dino/ibot", obj.get(which) or obj.get("teacher") or obj["student"]
+        for prefix in ("module.", "backbone."):
+            if state and all(k.startswith(prefix) or k.startswith("head.") for k in state):
+                state = {k[len(prefix):] if k.startswith(prefix) else k: v for k, v in state.items()}
+        state = {k: v for k, v in state.items() if not k.startswith("head.")}
+    elif "state_dict" in obj and any(k.startswith(("module.base_encoder.", "module.encoder_q."))
+                                     for k in obj["state_dict"]):
+        sd = obj["state_dict"]
+        if any(k.startswith("module.base_encoder.") for k in sd):
+            layout = "mocov3"
+            enc = "module.momentum_encoder." if which == "teacher" and any(
+                k.startswith("module.momentum_encoder.") for k in sd) else "module.base_encoder."
+        else:
+            layout = "mocov2"
+            enc = "module.encoder_k." if which == "teacher" and any(
+                k.startswith("module.encoder_k.") for k in sd) else "module.encoder_q."
+        state = {k: v for k, v in _strip(sd, enc).items() if not k.startswith(("head.", "fc."))}
+    elif "model" in obj and isinstance(obj["model"], dict):
+        layout = "mae"
+        state = {k: v for k, v in obj["model"].items() if not k.startswith(("decoder", "mask_token"))}
+    else:
+        layout, state = "timm", obj.get("state_dict", obj)
+        if state and all(k.startswith("module.") for k in state):
+            state = _strip(state, "module.")
+    bad = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
+    if not state or bad:
+        raise TeacherError(f"{path}: no tensor state dict found in the {layout} layout"
+                           + (f" (non-tensor entries: {', '.join(bad[:5])})" if bad else ""))
+    return layout, state
+
+
+def load_into(backbone: Backbone, state: dict[str, torch.Tensor], layout: str = "timm", source: str = "",
+              strict: bool = True) -> LoadReport:
+    """Copy a timm-style ``state`` into ``backbone``'s timm model; resample a ViT position
+    embedding for another grid; everything else must match in name and shape."""
+    inner = backbone.vit if isinstance(backbone, ViTBackbone) else backbone.net
+    target = inner.state_dict()
+    report = LoadReport(source, layout)
+    report.unexpected = sorted(k for k in state if k not in target)
+    report.missing = sorted(k for k in target if k not in state)
+    mismatched, load = [], {}
+    for k, v in state.items():
+        if k not in target:
+            continue
+        if k == "pos_embed" and v.shape != target[k].shape and v.ndim == 3 and v.shape[-1] == target[k].shape[-1]:
+            from timm.layers import resample_abs_pos_embed
+            n = inner.num_prefix_tokens
+            grid = int((target[k].shape[1] - n) ** 0.5)
+            v = resample_abs_pos_embed(v, (grid, grid), num_prefix_tokens=n)
+            report.resampled.append(k)
+        if v.shape != target[k].shape:
+            mismatched.append(f"{k} {tuple(v.shape)} vs model {tuple(target[k].shape)}")
+            continue
+        load[k] = v
+    if mismatched or (strict and report.missing):
+        raise TeacherError(f"{source}: the file does not match the architecture. "
+                           + (f"Shape mismatches: {'; '.join(mismatched[:6])}. " if mismatched else "")
+                           + (f"Missing in the file: {', '.join(report.missing[:8])}. " if report.missing else "")
+                           + (f"Not in the model: {', '.join(report.unexpected[:8])}." if report.unexpected else ""))
+    inner.load_state_dict(load, strict=False)
+    report.loaded = len(load)
+    return report
