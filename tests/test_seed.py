@@ -43,8 +43,7 @@ def seed_loss_naive(s, t, q, tau_s, tau_t):
 @pytest.mark.parametrize("tau_t", [0.01, 1e-4, 0.5])
 def test_seed_loss_matches_formula(tau_t):
     g = torch.Generator().manual_seed(0)
-    s, t, q = torch.randn(6, 8, generator=g, dtype=torch.float64), torch.randn(6, 8, generator=g, dtype=torch.float64), \
-        torch.randn(11, 8, generator=g, dtype=torch.float64)
+    s, t, q = (torch.randn(n, 8, generator=g, dtype=torch.float64) for n in (6, 6, 11))
     got = SEEDLoss(0.2, tau_t)(s, t, q).item()
     np.testing.assert_allclose(got, seed_loss_naive(s, t, q, 0.2, tau_t), rtol=1e-6)
 

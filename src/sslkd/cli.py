@@ -90,14 +90,22 @@ def build_parser() -> argparse.ArgumentParser:
     exps = exp.add_subparsers(dest="experiment", required=True)
     t1 = exps.add_parser("table1", help="masked relational KD, Table 1 (+ curves, attention maps)")
     t1.add_argument("--configs", nargs="+", default=None, help="default: the ViT-Tiny CIFAR-10 variant")
-    t1.add_argument("--epochs", type=int, default=None, help="budget: epochs per run (same for all)")
-    t1.add_argument("--max-steps", type=int, default=None, help="budget: stop every run after this many steps")
-    t1.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
-    t1.add_argument("--eval-dataset", default=None, help="default: the pretraining dataset")
-    t1.add_argument("--eval-root", default=None)
-    t1.add_argument("--linear-epochs", type=int, default=100)
-    t1.add_argument("--out", default="runs/table1")
-    t1.add_argument("--no-progress", action="store_true")
+    cmp = exps.add_parser("compare", help="pretrain several configs with one budget, tabulate linear/kNN")
+    cmp.add_argument("--configs", nargs="+", required=True)
+    cmp.add_argument("--random-init", action="store_true", help="add a row for the first config's random init")
+    cmp.add_argument("--name", default="comparison", help="file stem of the table")
+    for e in (t1, cmp):
+        e.add_argument("--epochs", type=int, default=None, help="budget: epochs per run (same for all)")
+        e.add_argument("--max-steps", type=int, default=None, help="budget: stop every run after this many steps")
+        e.add_argument("--minutes", type=float, default=None, help="budget: wall-clock training minutes per run")
+        e.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+        e.add_argument("--eval-dataset", default=None, help="default: the pretraining dataset")
+        e.add_argument("--eval-root", default=None)
+        e.add_argument("--eval-train-samples", type=int, default=None, help="evenly spaced subset (all classes)")
+        e.add_argument("--eval-test-samples", type=int, default=None)
+        e.add_argument("--linear-epochs", type=int, default=100)
+        e.add_argument("--out", default=f"runs/{e.prog.split()[-1]}")
+        e.add_argument("--no-progress", action="store_true")
 
     sub.add_parser("info", help="versions, device, threads, datasets, methods")
     return parser
@@ -129,13 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "attention":
             return _attention(args)
         if args.command == "experiment":
-            from sslkd.experiments.table1 import DEFAULT_CONFIGS, run_table1
-            budget = ([f"train.epochs={args.epochs}"] if args.epochs else []) + \
-                ([f"train.max_steps={args.max_steps}"] if args.max_steps else [])
-            run_table1(args.configs or DEFAULT_CONFIGS, args.out, budget + args.overrides, args.eval_dataset,
-                       args.eval_root, args.linear_epochs, progress=not args.no_progress)
-            print((Path(args.out) / "table1.md").read_text())
-            return 0
+            return _experiment(args)
         return _info()
     except ConfigError as e:
         print(f"sslkd: config error: {e}", file=sys.stderr)
@@ -145,14 +147,37 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
+def _experiment(args) -> int:
+    from sslkd.experiments.compare import run_comparison
+    from sslkd.experiments.table1 import DEFAULT_CONFIGS
+
+    budget = ([f"train.epochs={args.epochs}"] if args.epochs else []) + \
+        ([f"train.max_steps={args.max_steps}"] if args.max_steps else []) + \
+        ([f"train.time_budget_minutes={args.minutes}"] if args.minutes else [])
+    table1 = args.experiment == "table1"
+    name = "table1" if table1 else args.name
+    run_comparison(args.configs or DEFAULT_CONFIGS, args.out, budget + args.overrides, args.eval_dataset,
+                   args.eval_root, args.linear_epochs, random_init=table1 or args.random_init,
+                   eval_train_samples=args.eval_train_samples, eval_test_samples=args.eval_test_samples,
+                   name=name, progress=not args.no_progress)
+    print((Path(args.out) / f"{name}.md").read_text())
+    return 0
+
+
 def _pretrain(args) -> int:
     from sslkd.config import load_config
     from sslkd.train import Trainer
 
+    from sslkd.distributed import is_distributed
+
     cfg = load_config(args.config, args.overrides)
-    trainer = Trainer(cfg, progress=not args.no_progress)
+    trainer = Trainer(cfg, progress=not args.no_progress)  # joins torchrun's process group, if any
     summary = trainer.fit(resume=None if args.resume == "none" else args.resume)
-    print(json.dumps({k: v for k, v in summary.items() if not isinstance(v, dict)}))
+    if is_distributed():
+        import torch.distributed as dist
+        dist.destroy_process_group()
+    if trainer.is_main:
+        print(json.dumps({k: v for k, v in summary.items() if not isinstance(v, dict)}))
     return 130 if summary["status"] == "interrupted" else 0
 
 

@@ -22,14 +22,17 @@ class IBOTPatchLoss(CenteredTeacherLoss):
     loss scale with the share of masked images). The centre (EMA of the teacher's mean patch
     output) is updated by :meth:`update_center`, once per optimiser step. Softmax in float32.
 
-    ``forward(student [V, B, N, K], teacher [V, B, N, K], masks [V, B, N] bool, teacher_temp) -> scalar``
+    ``forward(student [V, B, N, K], teacher [V, B, N, K], masks [V, B, N] bool, teacher_temp,
+    denominator [V] | None) -> scalar``. ``denominator`` replaces ``|B_v|`` when the batch is one
+    shard of a larger one (processes, accumulated micro-batches): pass the whole batch's count
+    divided by the number of shards, so that the mean over shards is the whole batch's loss.
     """
 
     def __init__(self, out_dim: int, student_temp: float = 0.1, center_momentum: float = 0.9) -> None:
         super().__init__(out_dim, student_temp, center_momentum)
 
     def forward(self, student: torch.Tensor, teacher: torch.Tensor, masks: torch.Tensor,
-                teacher_temp: float) -> torch.Tensor:
+                teacher_temp: float, denominator: torch.Tensor | None = None) -> torch.Tensor:
         if student.shape != teacher.shape or masks.shape != student.shape[:3]:
             raise ValueError(f"expected student/teacher [V, B, N, K] and masks [V, B, N], got "
                              f"{tuple(student.shape)}, {tuple(teacher.shape)}, {tuple(masks.shape)}")
@@ -41,5 +44,6 @@ class IBOTPatchLoss(CenteredTeacherLoss):
         count = m.sum(-1)  # [V, B]
         per_image = (ce * m).sum(-1) / count.clamp_min(1)
         has = (count > 0).float()
-        per_view = (per_image * has).sum(-1) / has.sum(-1).clamp_min(1)
+        den = has.sum(-1).clamp_min(1) if denominator is None else denominator.clamp_min(1e-12)
+        per_view = (per_image * has).sum(-1) / den
         return per_view.mean()

@@ -18,13 +18,28 @@ from sslkd.models import Backbone, build_backbone
 
 @dataclass
 class StepInfo:
-    """Where training is: ``epoch`` is fractional (step / steps_per_epoch)."""
+    """Where training is: ``epoch`` is fractional (step / steps_per_epoch). The global batch of a
+    step is split over ``world_size`` processes and ``accum_steps`` micro-batches: this process's
+    micro-batch ``micro`` holds the images at global positions ``rank + world_size * (micro * b + k)``
+    (``b`` the micro-batch size), see :meth:`global_positions`."""
 
     step: int
     epoch: float
     total_steps: int
     epochs: int
     micro: int = 0  # micro-batch index within the optimiser step (gradient accumulation)
+    accum_steps: int = 1
+    rank: int = 0
+    world_size: int = 1
+
+    @property
+    def shards(self) -> int:
+        """Number of (process, micro-batch) pieces the global batch is cut into."""
+        return self.world_size * self.accum_steps
+
+    def global_positions(self, b: int) -> torch.Tensor:
+        """Positions in the global batch (of ``shards * b`` images) of this micro-batch's images."""
+        return self.rank + self.world_size * (self.micro * b + torch.arange(b))
 
 
 class Method(nn.Module, abc.ABC):

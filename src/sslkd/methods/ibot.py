@@ -137,6 +137,7 @@ class IBOT(Method):
         self.cls_loss = DINOLoss(m.out_dim, m.student_temp, m.center_momentum)
         self.patch_loss = IBOTPatchLoss(m.patch_out_dim or m.out_dim, m.student_temp, m.center_momentum2)
         self.masker = MaskGenerator(tuple(m.mask_ratio), m.mask_prob, m.mask_mode, m.mask_min_aspect)
+        self._mask_cache: tuple | None = None
         d = m.distill
         kw = dict(loss=d.loss, delta=d.delta, student_temp=d.student_temp, teacher_temp=d.teacher_temp)
         self.rkd = nn.ModuleList()
@@ -145,12 +146,18 @@ class IBOT(Method):
         if d.mode in ("rkd-a", "rkd-da"):
             self.rkd.append(RKDAngleLoss(chunk_size=d.angle_chunk, **kw))
 
-    def masks(self, n: int, h: int, w: int, step: int, device, micro: int = 0) -> torch.Tensor:
-        """Masks for micro-batch ``micro`` of step ``step``: a pure function of (seed, step, micro),
-        so runs resume exactly and accumulated micro-batches get different masks."""
-        g = torch.Generator().manual_seed((self.cfg.seed * 1_000_003 + step) * 64 + micro)
-        return self.masker(n, h, w, g).to(device)
-
+    def masks(self, n_views: int, h: int, w: int, info: StepInfo, b: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(masks [n_views, b, h, w] of this micro-batch's images, number of images with a masked
+        patch per view in the whole step's batch [n_views])``. The masks of the global batch are a
+        pure function of (seed, step), cut by global position: runs resume exactly, and a batch
+        split over processes or micro-batches gets the masks it would get whole."""
+        key = (info.step, n_views, h, w, info.shards * b)
+        if self._mask_cache is None or self._mask_cache[0] != key:  # once per step, not per micro-batch
+            g = torch.Generator().manual_seed((self.cfg.seed * 1_000_003 + info.step) * 64)
+            full = self.masker(n_views * info.shards * b, h, w, g).reshape(n_views, info.shards * b, h, w)
+            self._mask_cache = (key, full, full.flatten(2).any(-1).sum(-1).float())
+        _, full, has = self._mask_cache
+        return full[:, info.global_positions(b)], has
     def _relational(self, s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return sum(fn(s, t) for fn in self.rkd)
 
@@ -159,7 +166,8 @@ class IBOT(Method):
         n_global, batch = 2, views[0].shape[0]
         p = self.student.backbone.patch_size
         h, w = views[0].shape[-2] // p, views[0].shape[-1] // p
-        masks = self.masks(n_global * batch, h, w, info.step, views[0].device, info.micro)
+        vmasks, has_masked = self.masks(n_global, h, w, info, batch)
+        masks = vmasks.flatten(0, 1).to(views[0].device)
         with torch.no_grad():
             t = self.teacher(torch.cat(views[:n_global]))
         s = self.student(torch.cat(views[:n_global]), mask=masks)
@@ -188,7 +196,8 @@ class IBOT(Method):
             losses["cls"] = self.cls_loss(s_cls_out, t_cls_out, temp)
             total = total + m.lambda1 * losses["cls"]
         if not rkd_patch or d.combine == "add":
-            losses["patch"] = self.patch_loss(s_patch, t_patch, vmask, temp2)
+            losses["patch"] = self.patch_loss(s_patch, t_patch, vmask, temp2,
+                                              (has_masked / info.shards).to(vmask.device))
             total = total + m.lambda2 * losses["patch"]
         rkd_weight = 1.0 if d.combine == "replace" else d.weight
         if rkd_cls:

@@ -9,8 +9,10 @@ TensorBoard metrics, a progress bar, kNN monitoring, and a clean stop on SIGINT/
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import os
 import signal
 import time
 from pathlib import Path
@@ -18,11 +20,13 @@ from typing import Any
 
 import torch
 import yaml
+from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from sslkd.config import Config, to_dict
 from sslkd.device import autocast_dtype, resolve_device
+from sslkd.distributed import all_reduce_mean, any_process, gather_batch, init_from_env, is_distributed
 from sslkd.data import ImageArrayDataset, get_dataset
 from sslkd.data.augment import MultiCropDataset, MultiCropTransform, SeededEpochSampler
 from sslkd.eval import extract_features, knn_classify
@@ -51,16 +55,20 @@ class Trainer:
     def __init__(self, cfg: Config, train_set: ImageArrayDataset | None = None,
                  test_set: ImageArrayDataset | None = None, progress: bool = True) -> None:
         self.cfg = cfg
+        self.rank, self.world, local_rank = init_from_env(cfg.device)
+        self.is_main = self.rank == 0
         self.device = resolve_device(cfg.device)
+        if self.world > 1 and self.device.type == "cuda":
+            self.device = torch.device("cuda", local_rank)
         if train_set is None:
             train_set, test_set = load_datasets(cfg)
         self.train_set, self.test_set = train_set, test_set
         self.out = Path(cfg.output_dir)
-        self.progress = progress
+        self.progress = progress and self.is_main
         t = cfg.train
-        if t.batch_size % t.accum_steps:
-            raise TrainingError(f"train.batch_size={t.batch_size} is not divisible by "
-                                f"train.accum_steps={t.accum_steps}")
+        if t.batch_size % (t.accum_steps * self.world):
+            raise TrainingError(f"train.batch_size={t.batch_size} (the global batch of an optimiser step) is not "
+                                f"divisible by train.accum_steps={t.accum_steps} x {self.world} processes")
         self.steps_per_epoch = len(train_set) // t.batch_size
         if self.steps_per_epoch == 0:
             raise TrainingError(f"train.batch_size={t.batch_size} exceeds the {len(train_set)} training images")
@@ -69,6 +77,14 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         img_size = cfg.aug.global_crops_size or train_set.img_size
         self.method: Method = build_method(cfg, train_set.num_channels, img_size).to(self.device)
+        self.model: torch.nn.Module = self.method  # what the step calls: the method, or its DDP wrapper
+        if self.world > 1:
+            if self.device.type == "cuda":  # SyncBatchNorm needs GPUs; CPU runs keep per-process statistics
+                self.method = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.method)
+            # find_unused_parameters: the mask token, a frozen last layer, ... get no gradient some steps
+            self.model = DDP(self.method, device_ids=[local_rank] if self.device.type == "cuda" else None,
+                             find_unused_parameters=True)
+            torch.manual_seed(cfg.seed + 1000 * self.rank)  # own drop-path streams; weights come from rank 0
         patch = cfg.model.patch_size if cfg.model.backbone.startswith("vit") else 1
         if cfg.data.img_size is None and cfg.aug.global_crops_size is None and train_set.img_size % patch:
             raise TrainingError(f"{cfg.data.name} images are {train_set.img_size}px, not divisible by "
@@ -110,14 +126,22 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scaler.load_state_dict(state["scaler"])
         torch.set_rng_state(state["rng_cpu"])
+        ranks = state.get("rng_cpu_ranks")
+        if ranks is not None and len(ranks) == self.world:
+            torch.set_rng_state(ranks[self.rank].clone())
         if "rng_cuda" in state and self.device.type == "cuda":
             torch.cuda.set_rng_state(state["rng_cuda"], self.device)
         self.step = int(state["step"])
         self.train_seconds = float(state.get("train_seconds", 0.0))
 
     def save(self) -> Path:
-        path = ckpt.save_atomic(self.state_dict(), self.out / f"checkpoint-{self.step}.pt")
-        ckpt.prune(self.out, self.cfg.train.keep_last)
+        """Write ``checkpoint-<step>.pt`` (the main process only) and keep the last ``keep_last``."""
+        path = self.out / f"checkpoint-{self.step}.pt"
+        # every process's RNG state (drop-path streams), so that each resumes its own
+        rngs = gather_batch(torch.get_rng_state()[None].to(self.device), differentiable=False).cpu()
+        if self.is_main:
+            ckpt.save_atomic({**self.state_dict(), "rng_cpu_ranks": rngs}, path)
+            ckpt.prune(self.out, self.cfg.train.keep_last)
         return path
 
     def resume(self, spec: str | None) -> Path | None:
@@ -136,9 +160,12 @@ class Trainer:
             path, state = Path(spec), ckpt.load(spec)
         self._check_compatible(state["config"], path)
         self.load_state_dict(state)
-        for newer in ckpt.list_checkpoints(self.out):  # a resumed past must not outrank the new run
-            if int(newer.stem.split("-")[1]) > self.step:
-                newer.unlink()
+        if self.is_main:
+            for newer in ckpt.list_checkpoints(self.out):  # a resumed past must not outrank the new run
+                if int(newer.stem.split("-")[1]) > self.step:
+                    newer.unlink()
+        if is_distributed():
+            torch.distributed.barrier()
         return path
 
     def _check_compatible(self, stored: dict, path: Path) -> None:
@@ -159,9 +186,12 @@ class Trainer:
     # ------------------------------------------------------------------ training
     def _loader(self, epoch: int, start: int) -> DataLoader:
         t = self.cfg.train
-        sampler = SeededEpochSampler(len(self.train_set), self.cfg.seed, epoch, start)
+        # each process reads every world-th image of the epoch's permutation, from its share of `start`
+        sampler = SeededEpochSampler(len(self.train_set), self.cfg.seed, epoch, start // self.world,
+                                     self.rank, self.world)
         nw = self.cfg.data.num_workers
-        return DataLoader(MultiCropDataset(self.train_set, self.transform), batch_size=t.batch_size // t.accum_steps,
+        return DataLoader(MultiCropDataset(self.train_set, self.transform),
+                          batch_size=t.batch_size // (t.accum_steps * self.world),
                           sampler=sampler, drop_last=True, num_workers=nw, pin_memory=self.device.type == "cuda",
                           persistent_workers=False, prefetch_factor=4 if nw else None,
                           # own generator: creating a loader must not consume the global RNG
@@ -189,16 +219,21 @@ class Trainer:
         """One optimiser step over ``accum_steps`` micro-batches of views. Returns summed
         (averaged) detached losses and metrics."""
         t = self.cfg.train
-        info = StepInfo(self.step, self.step / self.steps_per_epoch, self.total_steps, t.epochs)
+        info = StepInfo(self.step, self.step / self.steps_per_epoch, self.total_steps, t.epochs,
+                        accum_steps=len(micro_batches), rank=self.rank, world_size=self.world)
         self._set_hparams(self.step)
         losses_sum: dict[str, torch.Tensor] = {}
         metrics_sum: dict[str, torch.Tensor] = {}
         for micro, views in enumerate(micro_batches):
             info.micro = micro
             views = [v.to(self.device, non_blocking=True) for v in views]
-            with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None):
-                losses, metrics = self.method(views, info)
-            self.scaler.scale(losses["loss"] / len(micro_batches)).backward()
+            last_micro = micro == len(micro_batches) - 1
+            # DDP averages gradients across processes once, on the last micro-batch
+            sync = contextlib.nullcontext() if last_micro or self.model is self.method else self.model.no_sync()
+            with sync:
+                with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None):
+                    losses, metrics = self.model(views, info)
+                self.scaler.scale(losses["loss"] / len(micro_batches)).backward()
             for k, v in losses.items():
                 losses_sum[k] = losses_sum.get(k, 0) + v.detach().float() / len(micro_batches)
             for k, v in metrics.items():
@@ -213,7 +248,8 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         self.method.on_optimizer_step(float(self.momentum[self.step]))
         self.step += 1
-        return losses_sum, metrics_sum
+        # the whole batch's losses on every process (the same non-finite check and logs everywhere)
+        return all_reduce_mean(losses_sum), all_reduce_mean(metrics_sum)
 
     def _check_finite(self, losses: dict[str, torch.Tensor], step: int) -> None:
         for name, value in losses.items():
@@ -243,11 +279,12 @@ class Trainer:
         training, summed over resumptions). Returns a summary dict with ``status`` in
         {"finished", "interrupted", "max_steps", "time_budget"}."""
         cfg, t = self.cfg, self.cfg.train
-        self.out.mkdir(parents=True, exist_ok=True)
-        (self.out / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+        if self.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            (self.out / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
         resumed = self.resume(resume)
-        log = open(self.out / "metrics.jsonl", "a")
-        tb = _tensorboard(self.out)
+        log = open(self.out / "metrics.jsonl" if self.is_main else os.devnull, "a")
+        tb = _tensorboard(self.out) if self.is_main else None
         old_handlers = {s: signal.signal(s, self._handle_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         end = self.total_steps if t.max_steps is None else min(self.total_steps, t.max_steps)
         bar = tqdm(total=end, initial=self.step, disable=not self.progress, unit="step", dynamic_ncols=True,
@@ -285,10 +322,10 @@ class Trainer:
                         self.save()
                     if self.step >= end:
                         break
-                    if self.train_seconds >= budget:
+                    if any_process(self.train_seconds >= budget):
                         status = "time_budget"
                         break
-                    if self._stop_signal is not None:
+                    if any_process(self._stop_signal is not None):  # torchrun signals every rank, not at once
                         status = "interrupted"
                         break
                 if status == "finished" and self.step % self.steps_per_epoch == 0:
@@ -319,7 +356,7 @@ class Trainer:
 
     def _end_of_epoch(self, epoch: int, log, tb, last: dict) -> None:
         e = self.cfg.eval
-        if e.knn_every and (epoch % e.knn_every == 0 or epoch == self.cfg.train.epochs):
+        if e.knn_every and (epoch % e.knn_every == 0 or epoch == self.cfg.train.epochs) and self.is_main:
             res = self.knn()
             last.update({"knn_top1": res["top1"], "knn_top5": res["top5"]})
             rec = {"step": self.step, "epoch": epoch, "knn_top1": res["top1"], "knn_top5": res["top5"]}

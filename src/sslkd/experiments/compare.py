@@ -1,0 +1,102 @@
+"""``sslkd experiment compare``: pretrain several configs under the same budget and compare them
+with a linear probe and weighted kNN on the CLS / pooled features (Acc@1, Acc@5), written as
+Markdown and CSV with the runs' curves and (for ViTs) attention maps. SEED students next to
+DINO-alone students at equal wall clock, or the iBOT variants of Table 1
+(:mod:`sslkd.experiments.table1`)."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import torch
+
+from sslkd.config import Config, load_config
+from sslkd.data import get_dataset
+from sslkd.device import resolve_device
+from sslkd.eval import extract_features, knn_classify, linear_probe
+from sslkd.eval.attention import cls_attention, plot_attention
+from sslkd.eval.curves import plot_curves
+from sslkd.methods import build_method
+from sslkd.train import Trainer
+
+LABELS = {"kd": "iBOT & KD", "rkd-d": "iBOT & RKD-D", "rkd-a": "iBOT & RKD-A", "rkd-da": "iBOT & RKD-DA"}
+
+
+def label_of(cfg: Config) -> str:
+    distill = getattr(cfg.method, "distill", None)
+    if distill is not None:
+        return LABELS.get(distill.mode, distill.mode)
+    return f"{cfg.method.name.upper()} {cfg.model.backbone}"
+
+
+def run_comparison(configs: list[str], out: str | Path, overrides: list[str] | None = None,
+                   eval_dataset: str | None = None, eval_root: str | None = None, linear_epochs: int = 100,
+                   random_init: bool = True, eval_train_samples: int | None = None,
+                   eval_test_samples: int | None = None, name: str = "comparison",
+                   progress: bool = True) -> list[dict]:
+    """Pretrain every config into ``out/<config stem>`` (resuming if interrupted), evaluate each
+    (and a random init of the first config's backbone), write ``<name>.md``/``.csv``,
+    ``curves.png`` and ``attention_<run>.png``. ``eval_*_samples`` evaluate on evenly spaced
+    subsets (all classes) when the full sets cost too much. Returns the table rows."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    cfgs = [load_config(c, list(overrides or []) + [f"output_dir={out / Path(c).stem}"]) for c in configs]
+    first = cfgs[0]
+    dataset = eval_dataset or first.data.name
+    root = eval_root if eval_dataset else (eval_root or first.data.root)
+    size = first.aug.global_crops_size or first.data.img_size
+    ev_train = get_dataset(dataset, "train", root=root, img_size=size)
+    ev_test = get_dataset(dataset, "test", root=root, img_size=size)
+    device = resolve_device(first.device)
+
+    def evaluate(backbone) -> dict:
+        kw = dict(mean=ev_train.mean, std=ev_train.std, device=device, progress=progress)
+        ftr, ltr = extract_features(backbone.to(device), ev_train, max_samples=eval_train_samples, **kw)
+        fte, lte = extract_features(backbone, ev_test, max_samples=eval_test_samples, **kw)
+        lin = linear_probe(ftr, ltr, fte, lte, ev_train.num_classes, epochs=linear_epochs)
+        knn = knn_classify(ftr, ltr, fte, lte, first.eval.knn_k, first.eval.knn_t, ev_train.num_classes)
+        return {"linear_top1": lin["top1"], "linear_top5": lin["top5"], "knn_top1": knn["top1"],
+                "knn_top5": knn["top5"], "eval_train": len(ftr), "eval_test": len(fte)}
+
+    rows = []
+    if random_init:
+        torch.manual_seed(first.seed)
+        rand = build_method(first, ev_train.num_channels, ev_train.img_size, eval_only=True).eval_backbone("teacher")
+        rows.append({"pretrain": "Random init", "steps": 0, "minutes": 0.0, **evaluate(rand)})
+    runs = []
+    for path, cfg in zip(configs, cfgs):
+        trainer = Trainer(cfg, progress=progress)
+        if trainer.train_set.num_channels != ev_train.num_channels:
+            raise ValueError(f"{path}: pretrained on {trainer.train_set.num_channels}-channel images, "
+                             f"{dataset} has {ev_train.num_channels}")
+        summary = trainer.fit(resume="auto")
+        runs.append(Path(cfg.output_dir))
+        backbone = trainer.method.eval_backbone("teacher")
+        rows.append({"pretrain": label_of(cfg), "steps": summary["step"],
+                     "minutes": summary["train_seconds"] / 60, **evaluate(backbone)})
+        images = ev_test.tensors()[0][:4]
+        if getattr(backbone, "is_vit", False) and images.shape[-1] == trainer.method.img_size:
+            maps = cls_attention(backbone.cpu(), images, ev_train.mean, ev_train.std, threshold=0.6)
+            plot_attention(images, maps, out / f"attention_{Path(path).stem}.png", rows[-1]["pretrain"])
+    plot_curves(runs, out / "curves.png", labels=[r["pretrain"] for r in rows[-len(runs):]], smooth=5)
+    _write(rows, out, dataset, name, first)
+    return rows
+
+
+def _write(rows: list[dict], out: Path, dataset: str, name: str, cfg: Config) -> None:
+    keys = ["pretrain", "steps", "minutes", "linear_top1", "linear_top5", "knn_top1", "knn_top5", "eval_train",
+            "eval_test"]
+    with open(out / f"{name}.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, keys)
+        w.writeheader()
+        w.writerows({k: (round(r[k], 2) if isinstance(r[k], float) else r[k]) for k in keys} for r in rows)
+    n_train, n_test = rows[0]["eval_train"], rows[0]["eval_test"]
+    lines = [f"Results on {dataset} ({n_train} train / {n_test} test images; linear probe on frozen CLS / pooled "
+             f"features; weighted kNN k={cfg.eval.knn_k}, T={cfg.eval.knn_t})", "",
+             "| Pre-train | steps | train min | Sup linear Acc@1 | Acc@5 | Unsup kNN Acc@1 | Acc@5 |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for r in rows:
+        lines.append(f"| {r['pretrain']} | {r['steps']} | {r['minutes']:.1f} | {r['linear_top1']:.2f} | "
+                     f"{r['linear_top5']:.2f} | {r['knn_top1']:.2f} | {r['knn_top5']:.2f} |")
+    (out / f"{name}.md").write_text("\n".join(lines) + "\n")
