@@ -108,15 +108,56 @@ def test_sigterm_writes_checkpoint_and_resumes(tmp_path, data):
     assert ckpt.list_checkpoints(tmp_path)[0].name == "checkpoint-2.pt"
     tr2 = Trainer(cfg, data, progress=False)
     assert tr2.fit(resume="auto")["step"] == 8
+    full_cfg = load_config(None, [f"output_dir={tmp_path / 'full'}"], base=TINY)
+    Trainer(full_cfg, data, progress=False).fit()
+    assert [r["loss"] for r in losses_of(tmp_path)] == [r["loss"] for r in losses_of(tmp_path / "full")]
+
+
+KILL_MID_WRITE = """
+import os, signal, sys, torch
+from sslkd.config import load_config
+from sslkd.data import get_dataset
+from sslkd.train import Trainer
+from sslkd.train import checkpoint as ckpt
+real_save = torch.save
+def dying_save(obj, f, *a, **k):
+    if obj.get("step") == 3:  # the third checkpoint: half written, then the machine is gone
+        f.write(b"x" * 5000); f.flush(); os.kill(os.getpid(), signal.SIGKILL)
+    return real_save(obj, f, *a, **k)
+ckpt.torch.save = dying_save
+cfg = load_config(None, [f"output_dir={sys.argv[1]}", "train.ckpt_every_steps=1"], base=%r)
+Trainer(cfg, get_dataset("synthetic", "train", img_size=16, num_samples=64), progress=False).fit()
+"""
+
+
+def test_kill_9_during_checkpoint_write_leaves_a_resumable_run(tmp_path, data):
+    import subprocess
+    import sys
+    r = subprocess.run([sys.executable, "-c", KILL_MID_WRITE % TINY, str(tmp_path)], capture_output=True, timeout=300)
+    assert r.returncode == -signal.SIGKILL
+    assert [p.name for p in ckpt.list_checkpoints(tmp_path)] == ["checkpoint-2.pt", "checkpoint-1.pt"]
+    assert [p for p in tmp_path.iterdir() if ".tmp" in p.name]  # the torn write never took a real name
+    cfg = load_config(None, [f"output_dir={tmp_path}", "train.ckpt_every_steps=1"], base=TINY)
+    assert Trainer(cfg, data, progress=False).fit(resume="auto")["step"] == 8
+    assert not [p for p in tmp_path.iterdir() if ".tmp" in p.name]  # torn temp files are cleaned up
 
 
 def test_non_finite_loss_names_step_and_term(tmp_path, data):
-    cfg = load_config(None, [f"output_dir={tmp_path}", "train.log_every=1"], base=TINY)
+    cfg = load_config(None, [f"output_dir={tmp_path}", "train.log_every=1", "train.ckpt_every_steps=1"], base=TINY)
     tr = Trainer(cfg, data, progress=False)
-    with torch.no_grad():
-        tr.method.student.head.mlp[0].weight.fill_(float("nan"))
-    with pytest.raises(TrainingError, match="'loss'.*step 1"):
+    orig = tr.train_step
+
+    def poisoned(micro):
+        if tr.step == 2:  # a NaN enters at the third step
+            with torch.no_grad():
+                tr.method.student.head.mlp[0].weight.fill_(float("nan"))
+        return orig(micro)
+    tr.train_step = poisoned
+    with pytest.raises(TrainingError, match="'loss'.*step 3"):
         tr.fit()
+    assert [p.name for p in ckpt.list_checkpoints(tmp_path)] == ["checkpoint-2.pt", "checkpoint-1.pt"]
+    state = ckpt.load(ckpt.list_checkpoints(tmp_path)[0])
+    assert all(torch.isfinite(v).all() for v in state["method"].values() if v.is_floating_point())
 
 
 def test_last_layer_frozen_during_first_epoch(tmp_path, data):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import errno
 import os
+import pickle
 import re
 import warnings
 from pathlib import Path
@@ -51,6 +52,11 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
         obj = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        why = next((line.strip() for line in str(e).splitlines() if "Unsupported" in line), "")
+        raise CheckpointError(f"{path}: refused: it holds pickled objects other than tensors and plain "
+                              f"containers, which could run code on loading; sslkd loads weights only"
+                              + (f" ({why[:200]})" if why else "")) from e
     except Exception as e:
         raise CheckpointError(f"{path}: unreadable or corrupt checkpoint ({type(e).__name__}: {e})") from e
     if not isinstance(obj, dict) or "format" not in obj:
@@ -68,8 +74,12 @@ def list_checkpoints(folder: str | Path) -> list[Path]:
 
 
 def prune(folder: str | Path, keep_last: int) -> None:
+    """Keep the newest ``keep_last`` checkpoints; remove temp files of writes torn by a crash."""
     for old in list_checkpoints(folder)[keep_last:]:
         old.unlink(missing_ok=True)
+    for torn in Path(folder).glob(".checkpoint-*.pt.tmp*"):
+        if not torn.name.endswith(f".tmp{os.getpid()}"):
+            torn.unlink(missing_ok=True)
 
 
 def find_resumable(folder: str | Path) -> tuple[Path, dict] | None:
