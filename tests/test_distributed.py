@@ -138,3 +138,34 @@ def test_torchrun_pretrain_writes_once_and_resumes(tmp_path):
     steps = [json.loads(line)["step"] for line in open(tmp_path / "run" / "metrics.jsonl")]
     assert steps == [1, 2, 3, 4]
     assert sorted(p.name for p in (tmp_path / "run").glob("checkpoint-*.pt")) == ["checkpoint-2.pt", "checkpoint-4.pt"]
+
+
+def _features_worker(rank, world, port, out):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    torch.set_num_threads(1)
+    try:
+        from sslkd.data import get_dataset
+        from sslkd.eval import extract_features
+        from sslkd.models import build_backbone
+        torch.manual_seed(0)
+        bb = build_backbone("vit_tiny", 16, 4, 3, depth=1)
+        ds = get_dataset("synthetic", "test", img_size=16, num_samples=37)  # odd: ranks get 19 and 18
+        out[rank] = extract_features(bb, ds, ds.mean, ds.std, batch_size=8)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_feature_extraction_is_shared_across_processes():
+    from sslkd.data import get_dataset
+    from sslkd.eval import extract_features
+    from sslkd.models import build_backbone
+    out = mp.Manager().dict()
+    mp.spawn(_features_worker, args=(2, _free_port(), out), nprocs=2, join=True)
+    torch.manual_seed(0)
+    bb = build_backbone("vit_tiny", 16, 4, 3, depth=1)
+    ds = get_dataset("synthetic", "test", img_size=16, num_samples=37)
+    feats, labels = extract_features(bb, ds, ds.mean, ds.std, batch_size=8)
+    for rank in range(2):
+        torch.testing.assert_close(out[rank][0], feats, rtol=1e-5, atol=1e-5)
+        assert torch.equal(out[rank][1], labels)

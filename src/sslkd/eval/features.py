@@ -10,6 +10,8 @@ from tqdm.auto import tqdm
 
 from sslkd.data.base import ImageArrayDataset
 from sslkd.device import native_bf16
+from sslkd.distributed import gather_batch, world_size
+from sslkd.distributed import rank as dist_rank
 
 
 def normalize_batch(x: torch.Tensor, mean: Sequence[float], std: Sequence[float],
@@ -29,7 +31,8 @@ def extract_features(backbone: torch.nn.Module, dataset: ImageArrayDataset, mean
                      size: int | None = None, max_samples: int | None = None,
                      precision: str = "auto", progress: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """``(features [N, D] float32 on CPU, labels [N])`` of ``backbone(x)`` (CLS / pooled);
-    ``progress`` shows a bar with ETA."""
+    ``progress`` shows a bar with ETA. Under ``torch.distributed`` every process embeds every
+    ``world``-th image and all of them get the whole ``[N, D]``, in dataset order."""
     was_training = backbone.training
     backbone.eval()
     images, labels = dataset.tensors()
@@ -38,11 +41,25 @@ def extract_features(backbone: torch.nn.Module, dataset: ImageArrayDataset, mean
         images, labels = images[idx], labels[idx]
     device = torch.device(device)
     dtype = torch.bfloat16 if precision == "bf16" or (precision == "auto" and native_bf16(device)) else None
+    n, rank, world = len(images), dist_rank(), world_size()
+    per = -(-n // world)
+    mine = torch.arange(rank, n, world)
     out = []
-    for i in tqdm(range(0, len(images), batch_size), desc=f"features {dataset.name}", unit="batch",
+    for i in tqdm(range(0, per, batch_size), desc=f"features {dataset.name}", unit="batch",
                   disable=not progress, leave=False):
-        x = normalize_batch(images[i:i + batch_size].to(device), mean, std, size)
+        idx = mine[i:i + batch_size]
+        x = normalize_batch(images[idx].to(device), mean, std, size) if len(idx) else None
+        if x is None:  # this process has fewer images than the others: nothing left to embed
+            continue
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-            out.append(backbone(x).float().cpu())
+            out.append(backbone(x).float())
     backbone.train(was_training)
-    return torch.cat(out), labels.clone()
+    feats = torch.cat(out) if out else torch.zeros(0, 0, device=device)
+    if world > 1:  # pad to the same length, gather [world * per, D], undo the interleaving
+        dim = torch.tensor([feats.shape[1] if len(feats) else 0], device=device)
+        torch.distributed.all_reduce(dim, op=torch.distributed.ReduceOp.MAX)
+        padded = torch.zeros(per, int(dim), device=device)
+        padded[:len(feats)] = feats
+        feats = gather_batch(padded, differentiable=False).reshape(world, per, -1).transpose(0, 1).reshape(
+            world * per, -1)[:n]
+    return feats.cpu(), labels.clone()

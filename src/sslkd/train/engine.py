@@ -356,7 +356,7 @@ class Trainer:
 
     def _end_of_epoch(self, epoch: int, log, tb, last: dict) -> None:
         e = self.cfg.eval
-        if e.knn_every and (epoch % e.knn_every == 0 or epoch == self.cfg.train.epochs) and self.is_main:
+        if e.knn_every and (epoch % e.knn_every == 0 or epoch == self.cfg.train.epochs):  # every process embeds
             res = self.knn()
             last.update({"knn_top1": res["top1"], "knn_top5": res["top5"]})
             rec = {"step": self.step, "epoch": epoch, "knn_top1": res["top1"], "knn_top5": res["top5"]}
