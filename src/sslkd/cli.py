@@ -16,6 +16,7 @@ def _add_eval_args(p: argparse.ArgumentParser) -> None:
     src.add_argument("--checkpoint", help="checkpoint file or run folder")
     src.add_argument("--random-init", action="store_true", help="evaluate a randomly initialised backbone")
     p.add_argument("--weights", default="teacher", choices=["teacher", "student"])
+    p.add_argument("--model", type=int, default=1, choices=[1, 2], help="MOKD: which of the two models")
     p.add_argument("--dataset", required=True, help="dataset name (see `sslkd info`)")
     p.add_argument("--root", default=None, help="dataset folder")
     p.add_argument("--img-size", type=int, default=None, help="resize images (default: the checkpoint's)")
@@ -194,7 +195,7 @@ def _eval(args) -> int:
     train = get_dataset(args.dataset, "train", root=args.root, img_size=args.img_size)
     test = get_dataset(args.dataset, "test", root=args.root, img_size=args.img_size)
     if args.checkpoint:
-        pre = load_pretrained(args.checkpoint, args.weights)
+        pre = load_pretrained(args.checkpoint, args.weights, args.model)
         if pre.num_channels != train.num_channels:
             raise ValueError(f"{pre.path} was trained on {pre.num_channels}-channel images but "
                              f"{args.dataset} has {train.num_channels} channels")

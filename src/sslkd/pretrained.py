@@ -48,11 +48,12 @@ def load_method(path: str | Path) -> tuple[Method, dict, Path]:
     return method, state, path
 
 
-def load_pretrained(path: str | Path, which: str = "teacher") -> Pretrained:
-    """The ``teacher`` (EMA) or ``student`` backbone of an ``sslkd pretrain`` checkpoint."""
+def load_pretrained(path: str | Path, which: str = "teacher", model: int = 1) -> Pretrained:
+    """The ``teacher`` (EMA) or ``student`` backbone of an ``sslkd pretrain`` checkpoint (``model``
+    2 for MOKD's second model)."""
     if which not in ("teacher", "student"):
         raise ValueError(f"weights must be 'teacher' or 'student', got '{which}'")
     method, state, path = load_method(path)
     data = state["data"]
-    return Pretrained(method.eval_backbone(which).eval(), method.cfg, data["num_channels"], method.img_size,
+    return Pretrained(method.eval_backbone(which, model).eval(), method.cfg, data["num_channels"], method.img_size,
                       tuple(data["mean"]), tuple(data["std"]), int(state["step"]), path)

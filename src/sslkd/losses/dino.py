@@ -23,19 +23,21 @@ class DINOLoss(CenteredTeacherLoss):
     last update, so gradient accumulation does not step the centre per micro-batch).
     Softmax and the loss run in float32 whatever the input dtype.
 
-    ``forward(student [V_s, B, K], teacher [V_t, B, K], teacher_temp) -> scalar``
+    ``forward(student [V_s, B, K], teacher [V_t, B, K], teacher_temp, record=True) -> scalar``
     """
 
     def __init__(self, out_dim: int, student_temp: float = 0.1, center_momentum: float = 0.9) -> None:
         super().__init__(out_dim, student_temp, center_momentum)
 
-    def forward(self, student: torch.Tensor, teacher: torch.Tensor, teacher_temp: float) -> torch.Tensor:
+    def forward(self, student: torch.Tensor, teacher: torch.Tensor, teacher_temp: float,
+                record: bool = True) -> torch.Tensor:
         if student.ndim != 3 or teacher.ndim != 3 or student.shape[1:] != teacher.shape[1:]:
             raise ValueError(f"expected student [V_s, B, K] and teacher [V_t, B, K], got "
                              f"{tuple(student.shape)} and {tuple(teacher.shape)}")
         log_p_s = F.log_softmax(student.float() / self.student_temp, dim=-1)
         p_t = self.teacher_probs(teacher.detach(), teacher_temp)
-        self.record(teacher)
+        if record:  # False: another student distils from this teacher (MOKD); its centre counts once
+            self.record(teacher)
         # sum_{t != s} <p_t, -log p_s> via one matmul over views: [V_t, V_s] matrix of batch sums;
         # autocast would run that matmul in bf16
         with torch.autocast(student.device.type, enabled=False):

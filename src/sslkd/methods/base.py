@@ -68,6 +68,10 @@ class Method(nn.Module, abc.ABC):
         """What the optimiser updates: the student's parameters."""
         return [(f"student.{n}", p) for n, p in self.student.named_parameters() if p.requires_grad]
 
+    def clip_groups(self) -> list[list[nn.Parameter]]:
+        """Parameter sets whose gradients are clipped by norm separately (one per trained model)."""
+        return [[p for _, p in self.trainable_parameters()]]
+
     def last_layer_parameters(self) -> list[nn.Parameter]:
         """Parameters frozen during the first ``train.freeze_last_layer`` epochs."""
         return [p for n, p in self.named_parameters() if "last_layer" in n and p.requires_grad]
@@ -76,8 +80,11 @@ class Method(nn.Module, abc.ABC):
         """Load a checkpoint's ``method`` state into a method built with ``eval_only``."""
         self.load_state_dict(state)
 
-    def eval_backbone(self, which: str = "teacher") -> Backbone:
-        """The backbone evaluated by kNN/linear probes (``teacher`` or ``student``)."""
+    def eval_backbone(self, which: str = "teacher", model: int = 1) -> Backbone:
+        """The backbone evaluated by kNN/linear probes (``teacher`` or ``student``; ``model`` for
+        methods that train several)."""
+        if model != 1:
+            raise ValueError(f"{type(self).__name__} trains one model; --model {model} does not exist")
         return (self.teacher if which == "teacher" else self.student).backbone
 
 

@@ -122,6 +122,8 @@ class SEED(Method):
         prefix = "student.backbone."
         self.student.backbone.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
 
-    def eval_backbone(self, which: str = "teacher") -> Backbone:
+    def eval_backbone(self, which: str = "teacher", model: int = 1) -> Backbone:
         """The student's backbone (the teacher is the frozen source model, evaluated on its own)."""
+        if model != 1:
+            raise ValueError(f"SEED trains one model; --model {model} does not exist")
         return self.student.backbone

@@ -208,12 +208,13 @@ class Trainer:
         t = self.cfg.train
         if t.clip_grad <= 0:
             return
-        params = [p for _, p in self.method.trainable_parameters() if p.grad is not None]
-        if t.clip_mode == "norm":
-            torch.nn.utils.clip_grad_norm_(params, t.clip_grad, foreach=True)
-        else:  # iBOT/DINO reference: each tensor clipped to norm clip_grad on its own
-            for p in params:
-                torch.nn.utils.clip_grad_norm_([p], t.clip_grad)
+        for group in self.method.clip_groups():  # one per trained model (MOKD trains two)
+            params = [p for p in group if p.grad is not None]
+            if t.clip_mode == "norm":
+                torch.nn.utils.clip_grad_norm_(params, t.clip_grad, foreach=True)
+            else:  # iBOT/DINO reference: each tensor clipped to norm clip_grad on its own
+                for p in params:
+                    torch.nn.utils.clip_grad_norm_([p], t.clip_grad)
 
     def train_step(self, micro_batches: list[list[torch.Tensor]]) -> tuple[dict, dict]:
         """One optimiser step over ``accum_steps`` micro-batches of views. Returns summed

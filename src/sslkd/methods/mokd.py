@@ -1,0 +1,196 @@
+"""MOKD (Song et al., CVPR 2023): two different models learn online from each other.
+
+Each model ``i`` (``model`` is model 1, ``method.model2`` model 2; any two backbone families)
+is a student with an EMA teacher, an MLP-Head (DINO's head) and a T-Head
+(:class:`~sslkd.models.thead.THead`, on the global crops). With ``j`` the other model and DINO's
+centred, sharpened cross-entropy ``H(target, student)`` averaged over pairs of different views:
+
+- ``L_sm_i``: MLP-Head against its own EMA teacher (DINO, multi-crop);
+- ``L_st_i``: T-Head against its own EMA T-Head (global views);
+- ``L_cm_i``: MLP-Head against model ``j``'s EMA MLP-Head (``j``'s centre);
+- ``L_ct_i``: T-Head on view ``v`` against model ``j``'s EMA T-Head run on ``j``'s tokens of the
+  other view with this model's pooled view-``v`` feature as an extra search token
+  (cross-attention feature search, Eq. 6-7);
+- ``L_i = L_sm_i + L_st_i + lambda_i (L_cm_i + L_ct_i)``, each term switchable (Table 7).
+
+Targets are stop-gradient, as in DINO; so the search projection (the 1x1 convolution that
+brings the pooled feature to the other T-Head's width) keeps its initial weights: it lives in
+the EMA T-Head, whose online copy never sees a search token. ``L_1`` does not depend on model
+2's student parameters nor ``L_2`` on model 1's, so back-propagating ``L_1 + L_2`` gives each
+model its own gradient. ``lambda1 = 0.1, lambda2 = 1`` by default: Table 8's best for R50
+(model 1) + ViT-S (model 2), the smaller weight for the stronger model; the paper's text says
+the reverse (1 for the larger model); set ``method.lambda1``/``lambda2`` to follow it. Both
+models use the engine's AdamW (the paper trains the CNN with SGD); gradients are clipped per
+model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from sslkd.losses import DINOLoss
+from sslkd.methods.base import Method, StepInfo, ema_teacher, ema_update
+from sslkd.methods.dino import DINOConfig, collapse_metrics, teacher_temperature
+from sslkd.models import Backbone, DINOHead, build_backbone
+from sslkd.models.thead import THead
+
+
+@dataclass
+class Model2Config:
+    backbone: str = "vit_tiny"
+    patch_size: int = 4
+    drop_path_rate: float = 0.1
+    small_stem: bool = True
+    depth: int | None = None
+
+
+@dataclass
+class MOKDConfig(DINOConfig):
+    """DINO's head and temperature keys (shared by both models) plus MOKD's."""
+
+    name: str = "mokd"
+    model2: Model2Config = field(default_factory=Model2Config)
+    lambda1: float = 0.1
+    lambda2: float = 1.0
+    self_mlp: bool = True  # L_sm
+    self_thead: bool = True  # L_st
+    cross_mlp: bool = True  # L_cm
+    cross_thead: bool = True  # L_ct (cross-attention feature search)
+    thead_width: int = 0  # 0: the ViT's width (the larger ViT's if both are ViTs), else 384
+    thead_depth: int = 3
+
+    def validate(self) -> None:
+        super().validate()
+        from sslkd.config import ConfigError
+        for key in ("lambda1", "lambda2"):
+            if not 0 <= getattr(self, key):
+                raise ConfigError(f"method.{key}: must be >= 0 (got {getattr(self, key)})")
+        if self.thead_depth < 1 and (self.self_thead or self.cross_thead):
+            raise ConfigError("method.thead_depth: must be >= 1 when a T-Head term is on")
+
+
+class MOKDNet(nn.Module):
+    """One model: backbone, MLP-Head, T-Head."""
+
+    def __init__(self, backbone: Backbone, mlp: DINOHead, thead: THead) -> None:
+        super().__init__()
+        self.backbone, self.head, self.thead = backbone, mlp, thead
+
+    def forward(self, x: torch.Tensor, with_thead: bool = True) -> dict[str, torch.Tensor]:
+        cls, tokens = self.backbone.forward_features(x)
+        out = {"cls": cls, "m": self.head(cls), "tokens": tokens}
+        if with_thead:
+            out["t"] = self.thead(tokens)
+        return out
+
+
+class MOKD(Method):
+    config_class = MOKDConfig
+
+    def __init__(self, cfg, in_chans: int, img_size: int, eval_only: bool = False) -> None:
+        super().__init__(cfg, in_chans, img_size, eval_only)
+        m = cfg.method
+        mc, m2 = cfg.model, m.model2
+        specs = [(mc.backbone, mc.patch_size, mc.drop_path_rate, mc.small_stem, mc.depth),
+                 (m2.backbone, m2.patch_size, m2.drop_path_rate, m2.small_stem, m2.depth)]
+        backbones, heads = [], []
+        for spec in specs:  # each model initialised as a DINO run with this seed would be
+            torch.manual_seed(cfg.seed)
+            bb = build_backbone(spec[0], img_size, spec[1], in_chans, spec[2], spec[3], spec[4])
+            backbones.append(bb)
+            heads.append(DINOHead(bb.embed_dim, m.out_dim, m.hidden_dim, m.bottleneck_dim, use_bn=m.use_bn_in_head,
+                                  norm_last_layer=m.norm_last_layer))
+        vit_widths = [bb.embed_dim for bb in backbones if bb.is_vit]
+        width = m.thead_width or (max(vit_widths) if vit_widths else 384)
+        with torch.no_grad():
+            probe = torch.zeros(1, in_chans, img_size, img_size)
+            n_tokens = [bb.eval().forward_features(probe)[1].shape[1] for bb in backbones]
+            for bb in backbones:
+                bb.train()
+        torch.manual_seed(cfg.seed + 1)
+        theads = [THead(bb.embed_dim, n, m.out_dim, width, m.thead_depth, search_dim=other.embed_dim)
+                  for bb, n, other in zip(backbones, n_tokens, backbones[::-1])]
+        self.student = nn.ModuleList(MOKDNet(b, h, t) for b, h, t in zip(backbones, heads, theads))
+        self.teacher = nn.ModuleList(ema_teacher(s) for s in self.student)
+        self.mlp_loss = nn.ModuleList(DINOLoss(m.out_dim, m.student_temp, m.center_momentum) for _ in range(2))
+        self.thead_loss = nn.ModuleList(DINOLoss(m.out_dim, m.student_temp, m.center_momentum) for _ in range(2))
+
+    def clip_groups(self) -> list[list[nn.Parameter]]:
+        return [[p for p in s.parameters() if p.requires_grad] for s in self.student]
+
+    def eval_backbone(self, which: str = "teacher", model: int = 1) -> Backbone:
+        if model not in (1, 2):
+            raise ValueError(f"MOKD trains models 1 and 2, not {model}")
+        return (self.teacher if which == "teacher" else self.student)[model - 1].backbone
+
+    def forward(self, views: list[torch.Tensor], info: StepInfo):
+        per_model, losses, metrics = self.model_losses(views, info)
+        return {"loss": per_model[0] + per_model[1], **losses}, metrics
+
+    def model_losses(self, views: list[torch.Tensor], info: StepInfo
+                     ) -> tuple[list[torch.Tensor], dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+        """``([L_1, L_2] with gradients, detached named terms, metrics)``."""
+        m = self.cfg.method
+        n_global = 2
+        use_t = m.self_thead or m.cross_thead
+        temp = teacher_temperature(m, info.epoch)
+        stack = torch.stack
+        t_out, s_out = [], []
+        with torch.no_grad():
+            for teacher in self.teacher:
+                outs = [teacher(v, with_thead=use_t) for v in views[:n_global]]
+                t_out.append({k: stack([o[k] for o in outs]) for k in outs[0]})
+        for student in self.student:
+            outs = [student(v, with_thead=use_t and i < n_global) for i, v in enumerate(views)]
+            res = {"m": stack([o["m"] for o in outs]), "cls": stack([o["cls"] for o in outs[:n_global]])}
+            if use_t:
+                res["t"] = stack([o["t"] for o in outs[:n_global]])
+                res["pooled"] = stack([o["tokens"].mean(1) for o in outs[:n_global]])
+            s_out.append(res)
+        losses: dict[str, torch.Tensor] = {}
+        metrics: dict[str, torch.Tensor] = {}
+        per_model = []
+        lams = (m.lambda1, m.lambda2)
+        for i, j in ((0, 1), (1, 0)):
+            n = str(i + 1)
+            # every teacher output feeds its own centre exactly once (cross terms do not record)
+            sm = self.mlp_loss[i](s_out[i]["m"], t_out[i]["m"], temp)
+            if m.self_mlp:
+                losses["sm" + n] = sm
+            if use_t:
+                st = self.thead_loss[i](s_out[i]["t"], t_out[i]["t"], temp)
+                if m.self_thead:
+                    losses["st" + n] = st
+            self_loss = sum(losses.get(k + n, 0) for k in ("sm", "st"))
+            cross = 0
+            if m.cross_mlp:
+                losses["cm" + n] = self.mlp_loss[j](s_out[i]["m"], t_out[j]["m"], temp, record=False)
+                cross = cross + losses["cm" + n]
+            if m.cross_thead:
+                with torch.no_grad():  # model j's EMA T-Head on j's other view, searched by i's view v
+                    target = stack([self.teacher[j].thead(t_out[j]["tokens"][1 - v], s_out[i]["pooled"][v])
+                                    for v in range(n_global)])
+                losses["ct" + n] = self._paired_ce(self.thead_loss[j], s_out[i]["t"], target, temp)
+                cross = cross + losses["ct" + n]
+            per_model.append(self_loss + lams[i] * cross + s_out[i]["m"].new_zeros((), dtype=torch.float32))
+            probs = self.mlp_loss[i].teacher_probs(t_out[i]["m"], temp)
+            for k, v in collapse_metrics(probs, s_out[i]["cls"], s_out[i]["m"], t_out[i]["m"]).items():
+                metrics[f"{k}{n}"] = v
+        metrics["teacher_temp"] = torch.tensor(temp)
+        return per_model, {k: v.detach() for k, v in losses.items()}, metrics
+
+    @staticmethod
+    def _paired_ce(loss: DINOLoss, student: torch.Tensor, target: torch.Tensor, temp: float) -> torch.Tensor:
+        """``mean_v H(target_v, student_v)`` with ``loss``'s centre: view ``v`` against its own target."""
+        p_t = loss.teacher_probs(target, temp)
+        log_p_s = torch.log_softmax(student.float() / loss.student_temp, dim=-1)
+        return -(p_t * log_p_s).sum(-1).mean()
+
+    def on_optimizer_step(self, momentum: float) -> None:
+        for teacher, student in zip(self.teacher, self.student):
+            ema_update(teacher, student, momentum)
+        for loss in (*self.mlp_loss, *self.thead_loss):
+            loss.update_center()

@@ -1,0 +1,131 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from sslkd.cli import main
+from sslkd.config import load_config
+from sslkd.data import get_dataset
+from sslkd.methods import StepInfo, build_method
+from sslkd.models.thead import THead
+from sslkd.train import Trainer
+
+MOKD = {
+    "device": "cpu",
+    "seed": 3,
+    "data": {"name": "synthetic", "img_size": 16},
+    "aug": {"local_crops_number": 1, "local_crops_size": 8},
+    "model": {"backbone": "vit_tiny", "patch_size": 4, "depth": 1, "drop_path_rate": 0.0},
+    "method": {"name": "mokd", "out_dim": 32, "hidden_dim": 32, "bottleneck_dim": 16, "thead_depth": 1,
+               "thead_width": 64, "center_momentum": 0.5,
+               "model2": {"backbone": "resnet18", "drop_path_rate": 0.0}},
+    "train": {"epochs": 1, "batch_size": 16, "warmup_epochs": 0, "log_every": 1, "freeze_last_layer": 0,
+              "max_steps": 3, "clip_grad": 3.0},
+}
+
+
+def H(target_logits, student_logits, center, t_temp, s_temp):
+    """Cross-entropy of softmax((t - c)/t_temp) against softmax(s/s_temp), batch mean, float64."""
+    t = (target_logits.double() - center.double()) / t_temp
+    pt = torch.softmax(t, -1)
+    log_ps = torch.log_softmax(student_logits.double() / s_temp, -1)
+    return float(-(pt * log_ps).sum(-1).mean())
+
+
+@pytest.fixture(scope="module")
+def setup():
+    cfg = load_config(None, ["output_dir=/tmp/unused"], base=MOKD)
+    method = build_method(cfg, 3, 16)
+    for loss in (*method.mlp_loss, *method.thead_loss):  # non-zero centres, as after some steps
+        loss.center.normal_()
+    g = torch.Generator().manual_seed(0)
+    views = [torch.randn(4, 3, 16, 16, generator=g) for _ in range(2)] + [torch.randn(4, 3, 8, 8, generator=g)]
+    return cfg, method, views
+
+
+def test_each_term_matches_the_papers_equations(setup):
+    cfg, method, views = setup
+    method.train()
+    for bb in (method.student[1].backbone, method.teacher[1].backbone):
+        bb.eval()  # BatchNorm: the same statistics in both passes
+    losses, _ = method(views, StepInfo(0, 0.0, 10, 1))
+    m = cfg.method
+    tt, st = m.teacher_temp, m.student_temp
+    with torch.no_grad():
+        T = [[net(v) for v in views[:2]] for net in method.teacher]
+        S = [[net(v, with_thead=k < 2) for k, v in enumerate(views)] for net in method.student]
+    c_m = [loss.center for loss in method.mlp_loss]
+    c_t = [loss.center for loss in method.thead_loss]
+    for i, j in ((0, 1), (1, 0)):
+        n = str(i + 1)
+        # L_sm: DINO multi-crop, teacher global view a/b against every other student view
+        pairs = [(a, b) for a in range(2) for b in range(3) if a != b]
+        sm = np.mean([H(T[i][a]["m"], S[i][b]["m"], c_m[i], tt, st) for a, b in pairs])
+        cm = np.mean([H(T[j][a]["m"], S[i][b]["m"], c_m[j], tt, st) for a, b in pairs])
+        # L_st = H(t'_b, t_a)/2 + H(t'_a, t_b)/2
+        st_ = 0.5 * (H(T[i][1]["t"], S[i][0]["t"], c_t[i], tt, st) + H(T[i][0]["t"], S[i][1]["t"], c_t[i], tt, st))
+        # L_ct: target for student view v = j's EMA T-Head on j's tokens of the other view, searched by
+        # model i's pooled view-v feature (Eq. 6-7)
+        ct = 0.0
+        for v in range(2):
+            with torch.no_grad():
+                target = method.teacher[j].thead(T[j][1 - v]["tokens"], S[i][v]["tokens"].mean(1))
+            ct += 0.5 * H(target, S[i][v]["t"], c_t[j], tt, st)
+        for name, want in (("sm", sm), ("cm", cm), ("st", st_), ("ct", ct)):
+            assert float(losses[name + n]) == pytest.approx(want, rel=1e-5), name + n
+    lam = (m.lambda1, m.lambda2)
+    total = sum(float(losses[f"s{k}{i + 1}"]) + lam[i] * float(losses[f"c{k}{i + 1}"])
+                for i in range(2) for k in ("m", "t"))
+    assert float(losses["loss"].detach()) == pytest.approx(total, rel=1e-6)
+
+
+def test_model1_loss_does_not_reach_model2(setup):
+    cfg, method, views = setup
+    for i in range(2):
+        method.zero_grad()
+        per_model, _, _ = method.model_losses(views, StepInfo(0, 0.0, 10, 1))
+        per_model[i].backward()
+        assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in method.student[i].parameters())
+        assert all(p.grad is None or not p.grad.any() for p in method.student[1 - i].parameters())
+        assert all(p.grad is None for p in method.teacher.parameters())
+
+
+def test_search_token_changes_output_and_is_not_pooled():
+    torch.manual_seed(0)
+    head = THead(in_dim=8, num_tokens=5, out_dim=6, width=16, depth=2, search_dim=4)
+    tokens, search = torch.randn(3, 5, 8), torch.randn(3, 4)
+    seen = {}
+    head.blocks.register_forward_hook(lambda mod, inp, out: seen.update(x=out))
+    with_search = head(tokens, search)
+    x = seen["x"]
+    assert x.shape[1] == 6  # the search token went through the blocks
+    torch.testing.assert_close(with_search, head.fc(head.norm(x[:, 1:].mean(1))))
+    assert not torch.allclose(with_search, head.fc(head.norm(x.mean(1))))
+    assert not torch.allclose(with_search, head(tokens))
+
+
+def test_lambda0_without_theads_is_two_independent_dino_runs(tmp_path):
+    data = get_dataset("synthetic", "train", img_size=16, num_samples=64)
+    off = ["method.lambda1=0", "method.lambda2=0", "method.self_thead=false", "method.cross_thead=false"]
+    cfg = load_config(None, [f"output_dir={tmp_path / 'mokd'}", *off], base=MOKD)
+    Trainer(cfg, data, progress=False).fit()
+    mokd = [json.loads(line) for line in open(tmp_path / "mokd" / "metrics.jsonl") if '"loss"' in line]
+    dino_method = {k: MOKD["method"][k] for k in ("out_dim", "hidden_dim", "bottleneck_dim", "center_momentum")}
+    for n, model in ((1, MOKD["model"]), (2, {**MOKD["method"]["model2"]})):
+        run = tmp_path / f"dino{n}"
+        base = {**MOKD, "model": model, "method": {"name": "dino", **dino_method}}
+        Trainer(load_config(None, [f"output_dir={run}"], base=base), data, progress=False).fit()
+        dino = [json.loads(line) for line in open(run / "metrics.jsonl") if '"loss"' in line]
+        assert len(dino) == len(mokd) == 3
+        for a, b in zip(dino, mokd):
+            assert b[f"sm{n}"] == pytest.approx(a["dino"], rel=1e-5), (n, a["step"])
+
+
+def test_checkpoint_holds_both_models_and_eval_picks_one(tmp_path):
+    data = get_dataset("synthetic", "train", img_size=16, num_samples=64)
+    cfg = load_config(None, [f"output_dir={tmp_path}", "train.max_steps=1"], base=MOKD)
+    Trainer(cfg, data, progress=False).fit()
+    for model in ("1", "2"):
+        assert main(["eval", "knn", "--checkpoint", str(tmp_path), "--dataset", "synthetic", "--model", model,
+                     "--json"]) == 0
