@@ -129,3 +129,47 @@ def test_checkpoint_holds_both_models_and_eval_picks_one(tmp_path):
     for model in ("1", "2"):
         assert main(["eval", "knn", "--checkpoint", str(tmp_path), "--dataset", "synthetic", "--model", model,
                      "--json"]) == 0
+
+
+# ---- analyses (Table 9, Fig. 4, Fig. 5) ------------------------------------------------------------
+
+def test_prediction_consistency_counts_agreement():
+    from sslkd.eval.analysis import prediction_consistency
+    g = torch.Generator().manual_seed(0)
+    train = torch.randn(40, 8, generator=g)
+    labels = torch.arange(40) % 4
+    test, test_labels = train[:10] + 0.01, labels[:10]
+    same = prediction_consistency(train, test, train, test, labels, test_labels)
+    assert same["consistency"] == 100.0 and same["top1_a"] == same["top1_b"]
+    noise = prediction_consistency(train, test, torch.randn(40, 8, generator=g), torch.randn(10, 8, generator=g),
+                                   labels, test_labels)
+    assert noise["consistency"] < 100.0 and noise["both_right"] <= min(noise["top1_a"], noise["top1_b"])
+
+
+def test_attention_distance_grows_with_reach():
+    from sslkd.eval.analysis import attention_distance, cnn_receptive_distance
+    from sslkd.models import build_backbone
+    torch.manual_seed(0)
+    vit = build_backbone("vit_tiny", 16, 4, 3, depth=2)
+    images = torch.randint(0, 255, (4, 3, 16, 16), dtype=torch.uint8)
+    d = attention_distance(vit, images, (0.5,) * 3, (0.25,) * 3)
+    assert d.shape == (2, 3) and (d > 0).all() and (d < 16 * 1.5).all()
+    cnn = build_backbone("resnet18", 32, small_stem=True)
+    for m in cnn.modules():  # timm zero-inits each block's last BN: residual branches would be silent
+        if isinstance(m, torch.nn.BatchNorm2d):
+            torch.nn.init.ones_(m.weight)
+    r = cnn_receptive_distance(cnn, torch.randn(2, 3, 32, 32))
+    assert r.shape[0] >= 4 and all(r[i + 1, 0] > r[i, 0] for i in range(len(r) - 1))  # deeper stages see further
+
+
+def test_analyze_commands(tmp_path):
+    data = get_dataset("synthetic", "train", img_size=16, num_samples=64)
+    cfg = load_config(None, [f"output_dir={tmp_path / 'run'}", "train.max_steps=1"], base=MOKD)
+    Trainer(cfg, data, progress=False).fit()
+    run = str(tmp_path / "run")
+    assert main(["analyze", "consistency", run, run + "@2", "--dataset", "synthetic"]) == 0
+    assert main(["analyze", "tsne", run + "@2", "--dataset", "synthetic", "--classes", "0", "1", "2",
+                 "--out", str(tmp_path / "tsne.png")]) == 0
+    assert main(["analyze", "attention-distance", run, run + "@2", "--dataset", "synthetic",
+                 "--out", str(tmp_path / "dist.png")]) == 0
+    assert (tmp_path / "tsne.png").stat().st_size > 5000 and (tmp_path / "dist.png").stat().st_size > 5000

@@ -87,6 +87,24 @@ def build_parser() -> argparse.ArgumentParser:
     att.add_argument("--weights", default="teacher", choices=["teacher", "student"])
     att.add_argument("--out", default="attention.png")
 
+    an = sub.add_parser("analyze", help="MOKD's analyses on any checkpoints (RUN or RUN@2 for MOKD's model 2)")
+    ans = an.add_subparsers(dest="analysis", required=True)
+    con = ans.add_parser("consistency", help="share of test images where two models' kNN predictions agree")
+    con.add_argument("checkpoints", nargs=2)
+    tsn = ans.add_parser("tsne", help="t-SNE of test features for chosen classes (PNG)")
+    tsn.add_argument("checkpoints", nargs=1)
+    tsn.add_argument("--classes", type=int, nargs="*", default=None)
+    dis = ans.add_parser("attention-distance", help="mean attention distance per layer (PNG)")
+    dis.add_argument("checkpoints", nargs="+")
+    dis.add_argument("--images", type=int, default=64, help="test images averaged over")
+    for a in (con, tsn, dis):
+        a.add_argument("--dataset", default=None, help="default: the checkpoint's dataset")
+        a.add_argument("--root", default=None)
+        a.add_argument("--weights", default="teacher", choices=["teacher", "student"])
+        a.add_argument("--device", default="auto")
+        if a is not con:
+            a.add_argument("--out", default=f"{a.prog.split()[-1]}.png")
+
     exp = sub.add_parser("experiment", help="reproduce a paper's experiment")
     exps = exp.add_subparsers(dest="experiment", required=True)
     t1 = exps.add_parser("table1", help="masked relational KD, Table 1 (+ curves, attention maps)")
@@ -139,6 +157,8 @@ def main(argv: list[str] | None = None) -> int:
             return _attention(args)
         if args.command == "experiment":
             return _experiment(args)
+        if args.command == "analyze":
+            return _analyze(args)
         return _info()
     except ConfigError as e:
         print(f"sslkd: config error: {e}", file=sys.stderr)
@@ -223,6 +243,46 @@ def _eval(args) -> int:
     else:
         print(f"{proto} on {args.dataset} ({len(train)} train / {len(test)} test), {source}")
         print(f"top-1 {res['top1']:.2f}%  top-5 {res['top5']:.2f}%")
+    return 0
+
+
+def _analyze(args) -> int:
+    from sslkd.data import get_dataset
+    from sslkd.device import resolve_device
+    from sslkd.eval import extract_features
+    from sslkd.eval import analysis
+    from sslkd.pretrained import load_pretrained
+
+    device = resolve_device(args.device)
+    pres = []
+    for spec in args.checkpoints:
+        path, _, model = spec.partition("@")
+        pres.append((spec, load_pretrained(path, args.weights, int(model or 1))))
+    first = pres[0][1]
+    name = args.dataset or first.config.data.name
+    root = args.root or (first.config.data.root if not args.dataset else None)
+    test = get_dataset(name, "test", root=root, img_size=first.img_size)
+    for spec, pre in pres:
+        if pre.num_channels != test.num_channels:
+            raise ValueError(f"{spec} was trained on {pre.num_channels}-channel images but {name} has "
+                             f"{test.num_channels} channels")
+    if args.analysis == "attention-distance":
+        images = test.tensors()[0][:args.images]
+        curves = {spec: analysis.attention_distance(pre.backbone.cpu(), images, pre.mean, pre.std)
+                  for spec, pre in pres}
+        for spec, d in curves.items():
+            print(f"{spec}: mean distance per layer (px) " + " ".join(f"{v:.1f}" for v in d.mean(1)))
+        print(analysis.plot_attention_distance(curves, args.out))
+        return 0
+    feats = [extract_features(pre.backbone.to(device), test, pre.mean, pre.std, device=device) for _, pre in pres]
+    if args.analysis == "tsne":
+        print(analysis.plot_tsne(feats[0][0], feats[0][1], args.out, args.classes, test.classes,
+                                 title=f"{args.checkpoints[0]} on {name}"))
+        return 0
+    train = get_dataset(name, "train", root=root, img_size=first.img_size)
+    tr = [extract_features(pre.backbone.to(device), train, pre.mean, pre.std, device=device) for _, pre in pres]
+    res = analysis.prediction_consistency(tr[0][0], feats[0][0], tr[1][0], feats[1][0], tr[0][1], feats[0][1])
+    print(json.dumps({"a": args.checkpoints[0], "b": args.checkpoints[1], **{k: round(v, 2) for k, v in res.items()}}))
     return 0
 
 

@@ -9,8 +9,10 @@ import torch.nn.functional as F
 @torch.no_grad()
 def knn_classify(train_features: torch.Tensor, train_labels: torch.Tensor, test_features: torch.Tensor,
                  test_labels: torch.Tensor, k: int = 20, temperature: float = 0.07,
-                 num_classes: int | None = None, chunk_size: int = 256) -> dict[str, float]:
-    """Top-1/top-5 accuracy (%) of weighted kNN with cosine similarity.
+                 num_classes: int | None = None, chunk_size: int = 256,
+                 return_predictions: bool = False) -> dict:
+    """Top-1/top-5 accuracy (%) of weighted kNN with cosine similarity (and, with
+    ``return_predictions``, the predicted class of every test sample under ``"predictions"``).
 
     Each test sample votes over its ``k`` most similar training samples with weight
     ``exp(sim / T)``; the class with the largest summed weight wins. Test samples are processed in
@@ -22,6 +24,7 @@ def knn_classify(train_features: torch.Tensor, train_labels: torch.Tensor, test_
     test = F.normalize(test_features.float(), dim=1)
     train_labels = train_labels.to(train.device)
     correct1 = correct5 = 0
+    preds = []
     for i in range(0, len(test), chunk_size):
         sim = test[i:i + chunk_size] @ train.T
         top_sim, top_idx = sim.topk(k, dim=1)
@@ -32,5 +35,9 @@ def knn_classify(train_features: torch.Tensor, train_labels: torch.Tensor, test_
         truth = test_labels[i:i + chunk_size].to(pred.device).view(-1, 1)
         correct1 += (pred[:, :1] == truth).sum().item()
         correct5 += (pred == truth).any(dim=1).sum().item()
+        preds.append(pred[:, 0].cpu())
     n = len(test)
-    return {"top1": 100.0 * correct1 / n, "top5": 100.0 * correct5 / n}
+    out = {"top1": 100.0 * correct1 / n, "top5": 100.0 * correct5 / n}
+    if return_predictions:
+        out["predictions"] = torch.cat(preds)
+    return out
