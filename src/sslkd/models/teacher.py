@@ -163,6 +163,8 @@ def _from_sslkd(path: Path, which: str, features: str, img_size: int | None) -> 
     from sslkd.pretrained import load_method
     method, _, ckpt_path = load_method(path)
     net = method.teacher if which == "teacher" and hasattr(method, "teacher") else method.student
+    if isinstance(net, nn.ModuleList):  # MOKD: its first model
+        net = net[0]
     head = None
     if features == "head":
         head = getattr(net, "head", None)
