@@ -75,9 +75,10 @@ def run_comparison(configs: list[str], out: str | Path, overrides: list[str] | N
         backbone = trainer.method.eval_backbone("teacher")
         rows.append({"pretrain": label_of(cfg), "steps": summary["step"],
                      "minutes": summary["train_seconds"] / 60, **evaluate(backbone)})
-        images = ev_test.tensors()[0][:4]
+        test_images = ev_test.tensors()[0]
+        images = test_images[torch.linspace(0, len(test_images) - 1, 6).long()]  # spread over the classes
         if getattr(backbone, "is_vit", False) and images.shape[-1] == trainer.method.img_size:
-            maps = cls_attention(backbone.cpu(), images, ev_train.mean, ev_train.std, threshold=0.6)
+            maps = cls_attention(backbone.cpu(), images, ev_train.mean, ev_train.std)
             plot_attention(images, maps, out / f"attention_{Path(path).stem}.png", rows[-1]["pretrain"])
     plot_curves(runs, out / "curves.png", labels=[r["pretrain"] for r in rows[-len(runs):]], smooth=5)
     _write(rows, out, dataset, name, first)
