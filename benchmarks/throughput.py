@@ -24,7 +24,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from sslkd.config import load_config
 from sslkd.methods import StepInfo, build_method
-from sslkd.train.engine import autocast_dtype
+from sslkd.device import autocast_dtype
 
 
 def matmul_peak(device: torch.device, dtype: torch.dtype, n: int = 2048, reps: int = 10) -> float:

@@ -107,7 +107,8 @@ def test_search_token_changes_output_and_is_not_pooled():
 
 def test_lambda0_without_theads_is_two_independent_dino_runs(tmp_path):
     data = get_dataset("synthetic", "train", img_size=16, num_samples=64)
-    off = ["method.lambda1=0", "method.lambda2=0", "method.self_thead=false", "method.cross_thead=false"]
+    off = ["method.lambda1=0", "method.lambda2=0", "method.self_thead=false", "method.cross_thead=false",
+           "method.optimizer2=adamw"]  # DINO trains both with AdamW
     cfg = load_config(None, [f"output_dir={tmp_path / 'mokd'}", *off], base=MOKD)
     Trainer(cfg, data, progress=False).fit()
     mokd = [json.loads(line) for line in open(tmp_path / "mokd" / "metrics.jsonl") if '"loss"' in line]
@@ -124,8 +125,16 @@ def test_lambda0_without_theads_is_two_independent_dino_runs(tmp_path):
 
 def test_checkpoint_holds_both_models_and_eval_picks_one(tmp_path):
     data = get_dataset("synthetic", "train", img_size=16, num_samples=64)
-    cfg = load_config(None, [f"output_dir={tmp_path}", "train.max_steps=1"], base=MOKD)
-    Trainer(cfg, data, progress=False).fit()
+    cfg = load_config(None, [f"output_dir={tmp_path}", "train.max_steps=2"], base=MOKD)
+    trainer = Trainer(cfg, data, progress=False)
+    # the paper's recipe: AdamW for the ViT (model 1), SGD at sgd_lr for the ResNet (model 2)
+    assert [type(o).__name__ for o in trainer.optimizers] == ["AdamW", "SGD"]
+    trainer.fit()
+    sgd = trainer.optimizers[1].param_groups[0]
+    assert sgd["lr"] == pytest.approx(float(trainer.lr[1]) * 0.1 / cfg.train.base_lr)
+    assert sgd["weight_decay"] == 1e-4
+    state = torch.load(sorted(tmp_path.glob("checkpoint-*.pt"))[-1], weights_only=True)
+    assert isinstance(state["optimizer"], list) and len(state["optimizer"]) == 2
     for model in ("1", "2"):
         assert main(["eval", "knn", "--checkpoint", str(tmp_path), "--dataset", "synthetic", "--model", model,
                      "--json"]) == 0

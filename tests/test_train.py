@@ -180,13 +180,13 @@ def test_per_param_clipping_bounds_each_tensor(tmp_path, data):
                       base=TINY)
     tr = Trainer(cfg, data, progress=False)
     seen = []
-    orig = tr.optimizer.step
+    orig = tr.optimizers[0].step
 
     def record(*a, **k):
-        seen.extend(p.grad.norm().item() for g in tr.optimizer.param_groups for p in g["params"]
+        seen.extend(p.grad.norm().item() for g in tr.optimizers[0].param_groups for p in g["params"]
                     if p.grad is not None)
         return orig(*a, **k)
-    tr.optimizer.step = record
+    tr.optimizers[0].step = record
     tr.train_step([next(iter(tr._loader(0, 0)))[0]])
     assert seen and max(seen) <= 1e-3 * 1.0001 and sum(n > 0.9e-3 for n in seen) > 1
 

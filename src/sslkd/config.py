@@ -51,6 +51,7 @@ class AugConfig:
     grayscale_p: float = 0.2
     blur_p: tuple[float, float, float] = (1.0, 0.1, 0.5)  # global 1, global 2, locals
     solarize_p: float = 0.2  # second global crop only, as in DINO/BYOL
+    paired: bool = False  # one crop, plain + colour-jittered (DMT: teachers see it plain)
 
 
 @dataclass

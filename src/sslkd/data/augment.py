@@ -3,7 +3,8 @@
 Two global crops (blur p=1.0 / 0.1, solarize p=0.2 on the second) and N local crops (blur p=0.5),
 each with flip, colour jitter (p=0.8) and grayscale (p=0.2), as in DINO and iBOT. Blur kernels and
 sigmas scale with the crop size (DINO's 23-pixel kernel is for 224 pixels). Grayscale images get
-brightness/contrast jitter only.
+brightness/contrast jitter only. ``paired`` (DMT) gives instead one crop twice: plain for frozen
+teachers, colour-jittered for the student.
 
 Every crop set is drawn from a generator seeded by ``(run seed, epoch, position)`` (see
 :class:`SeededEpochSampler`), so augmentations do not depend on the number of workers and a
@@ -35,7 +36,7 @@ class MultiCropTransform:
                  color_jitter_p: float = 0.8, brightness: float = 0.4, contrast: float = 0.4,
                  saturation: float = 0.2, hue: float = 0.1, grayscale_p: float = 0.2,
                  blur_p: tuple[float, float, float] = (1.0, 0.1, 0.5), solarize_p: float = 0.2,
-                 multiple: int = 1) -> None:
+                 multiple: int = 1, paired: bool = False) -> None:
         self.global_size = global_size or img_size
         # default: DINO's 96/224 of the image, rounded to a multiple of the ViT patch size
         self.local_size = local_size or max(multiple, int(round(img_size * 96 / 224 / multiple)) * multiple)
@@ -58,15 +59,22 @@ class MultiCropTransform:
                                   + finish)
         self.local = v2.Compose(crop(self.local_size, local_scale) + colour
                                 + [_blur(self.local_size, blur_p[2])] + finish)
+        # paired (DMT): one crop, given plain (for frozen teachers) and colour-jittered (for the student)
+        self.paired = paired
+        self.pair_crop = v2.Compose(crop(self.global_size, global_scale))
+        self.pair_colour, self.pair_finish = v2.Compose(colour), v2.Compose(finish)
 
     @classmethod
     def from_config(cls, aug, img_size: int, channels: int, mean, std, multiple: int = 1) -> "MultiCropTransform":
         return cls(img_size, channels, mean, std, aug.global_crops_size, tuple(aug.global_crops_scale),
                    aug.local_crops_number, aug.local_crops_size, tuple(aug.local_crops_scale), aug.flip_p,
                    aug.color_jitter_p, aug.brightness, aug.contrast, aug.saturation, aug.hue,
-                   aug.grayscale_p, tuple(aug.blur_p), aug.solarize_p, multiple)
+                   aug.grayscale_p, tuple(aug.blur_p), aug.solarize_p, multiple, aug.paired)
 
     def __call__(self, img: torch.Tensor) -> list[torch.Tensor]:
+        if self.paired:
+            c = self.pair_crop(img)
+            return [self.pair_finish(c), self.pair_finish(self.pair_colour(c))]
         crops = [self.global1(img), self.global2(img)]
         crops += [self.local(img) for _ in range(self.local_number)]
         return crops

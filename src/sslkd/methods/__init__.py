@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from sslkd.methods.base import Method, StepInfo
 from sslkd.methods.dino import DINO, DINOConfig
+from sslkd.methods.dmt import DMT, DMTConfig
 from sslkd.methods.ibot import IBOT, IBOTConfig
 from sslkd.methods.mokd import MOKD, MOKDConfig
 from sslkd.methods.seed import SEED, SEEDConfig
 
-METHODS: dict[str, type[Method]] = {"dino": DINO, "ibot": IBOT, "mokd": MOKD, "seed": SEED}
+METHODS: dict[str, type[Method]] = {"dino": DINO, "dmt": DMT, "ibot": IBOT, "mokd": MOKD, "seed": SEED}
 
 
 def method_config_class(name: str) -> type:
@@ -24,5 +25,5 @@ def build_method(cfg, in_chans: int, img_size: int, eval_only: bool = False) -> 
     return METHODS[cfg.method.name](cfg, in_chans, img_size, eval_only=eval_only)
 
 
-__all__ = ["DINO", "IBOT", "METHODS", "MOKD", "SEED", "DINOConfig", "IBOTConfig", "MOKDConfig", "Method",
+__all__ = ["DINO", "DMT", "IBOT", "METHODS", "MOKD", "SEED", "DINOConfig", "DMTConfig", "IBOTConfig", "MOKDConfig", "Method",
            "SEEDConfig", "StepInfo", "build_method", "method_config_class"]

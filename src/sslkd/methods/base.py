@@ -68,6 +68,12 @@ class Method(nn.Module, abc.ABC):
         """What the optimiser updates: the student's parameters."""
         return [(f"student.{n}", p) for n, p in self.student.named_parameters() if p.requires_grad]
 
+    def optimizer_specs(self) -> list[dict]:
+        """How the engine optimises: a list of ``{"params": [(name, param)], "kind": "adamw" | "sgd",
+        "lr": base lr or None (train.base_lr), "weight_decay": constant or None (the schedule)}``,
+        one optimiser each; learning rates follow the engine's warmup + cosine shape."""
+        return [{"params": self.trainable_parameters(), "kind": "adamw"}]
+
     def clip_groups(self) -> list[list[nn.Parameter]]:
         """Parameter sets whose gradients are clipped by norm separately (one per trained model)."""
         return [[p for _, p in self.trainable_parameters()]]

@@ -19,9 +19,7 @@ the EMA T-Head, whose online copy never sees a search token. ``L_1`` does not de
 2's student parameters nor ``L_2`` on model 1's, so back-propagating ``L_1 + L_2`` gives each
 model its own gradient. ``lambda1 = 0.1, lambda2 = 1`` by default: Table 8's best for R50
 (model 1) + ViT-S (model 2), the smaller weight for the stronger model; the paper's text says
-the reverse (1 for the larger model); set ``method.lambda1``/``lambda2`` to follow it. Both
-models use the engine's AdamW (the paper trains the CNN with SGD); gradients are clipped per
-model.
+the reverse (1 for the larger model); set ``method.lambda1``/``lambda2`` to follow it.
 """
 
 from __future__ import annotations
@@ -61,6 +59,10 @@ class MOKDConfig(DINOConfig):
     cross_thead: bool = True  # L_ct (cross-attention feature search)
     thead_width: int = 0  # 0: the ViT's width (the larger ViT's if both are ViTs), else 384
     thead_depth: int = 3
+    optimizer1: str = "auto"  # auto (the paper: SGD for a CNN, AdamW for a ViT) | sgd | adamw
+    optimizer2: str = "auto"
+    sgd_lr: float = 0.1  # the paper's ResNet base lr (x batch/256), with train.base_lr's schedule shape
+    sgd_weight_decay: float = 1.0e-4
 
     def validate(self) -> None:
         super().validate()
@@ -68,6 +70,9 @@ class MOKDConfig(DINOConfig):
         for key in ("lambda1", "lambda2"):
             if not 0 <= getattr(self, key):
                 raise ConfigError(f"method.{key}: must be >= 0 (got {getattr(self, key)})")
+        for key in ("optimizer1", "optimizer2"):
+            if getattr(self, key) not in ("auto", "sgd", "adamw"):
+                raise ConfigError(f"method.{key}: must be auto, sgd or adamw (got {getattr(self, key)!r})")
         if self.thead_depth < 1 and (self.self_thead or self.cross_thead):
             raise ConfigError("method.thead_depth: must be >= 1 when a T-Head term is on")
 
@@ -117,6 +122,20 @@ class MOKD(Method):
         self.teacher = nn.ModuleList(ema_teacher(s) for s in self.student)
         self.mlp_loss = nn.ModuleList(DINOLoss(m.out_dim, m.student_temp, m.center_momentum) for _ in range(2))
         self.thead_loss = nn.ModuleList(DINOLoss(m.out_dim, m.student_temp, m.center_momentum) for _ in range(2))
+
+    def optimizer_specs(self) -> list[dict]:
+        """One optimiser per model: SGD (momentum 0.9, ``sgd_lr``, constant ``sgd_weight_decay``) for a
+        CNN and AdamW (the engine's lr and weight-decay schedule) for a ViT, unless forced."""
+        m = self.cfg.method
+        specs = []
+        for i, (student, choice) in enumerate(zip(self.student, (m.optimizer1, m.optimizer2))):
+            kind = choice if choice != "auto" else ("adamw" if student.backbone.is_vit else "sgd")
+            params = [(f"student.{i}.{n}", p) for n, p in student.named_parameters() if p.requires_grad]
+            if kind == "sgd":
+                specs.append({"params": params, "kind": "sgd", "lr": m.sgd_lr, "weight_decay": m.sgd_weight_decay})
+            else:
+                specs.append({"params": params, "kind": "adamw"})
+        return specs
 
     def clip_groups(self) -> list[list[nn.Parameter]]:
         return [[p for p in s.parameters() if p.requires_grad] for s in self.student]

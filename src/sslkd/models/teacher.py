@@ -25,6 +25,7 @@ is an error that lists the keys.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -143,7 +144,14 @@ def load_teacher(source: str | Path, which: str = "teacher", features: str = "ba
         raise TeacherError(f"{path}: an external checkpoint needs its architecture (teacher_arch, one of "
                            f"vit_tiny/vit_small/vit_base/resnet18/... )")
     layout, state = extract_state(_read(path), which, path)
-    backbone = build_backbone(arch, img_size or 224, patch_size, in_chans, small_stem=small_stem, depth=depth)
+    build_size = img_size
+    if arch in VITS:  # build at the file's own grid and depth unless told otherwise: no resampling needed
+        blocks = {int(k.split(".")[1]) for k in state if k.startswith("blocks.")}
+        depth = depth or (max(blocks) + 1 if blocks else None)
+        pos = state.get("pos_embed")
+        grid = int(math.isqrt(pos.shape[1] - 1)) if pos is not None and pos.ndim == 3 else 0
+        build_size = build_size or (grid * patch_size if grid else None)
+    backbone = build_backbone(arch, build_size or 224, patch_size, in_chans, small_stem=small_stem, depth=depth)
     report = load_into(backbone, state, layout, str(path), strict)
     return FrozenTeacher(backbone, None, img_size), report
 

@@ -10,6 +10,7 @@ TensorBoard metrics, a progress bar, kNN monitoring, and a clean stop on SIGINT/
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import os
@@ -89,14 +90,10 @@ class Trainer:
         if cfg.data.img_size is None and cfg.aug.global_crops_size is None and train_set.img_size % patch:
             raise TrainingError(f"{cfg.data.name} images are {train_set.img_size}px, not divisible by "
                                 f"model.patch_size={patch}; set data.img_size")
-        self.transform = MultiCropTransform.from_config(cfg.aug, train_set.img_size, train_set.num_channels,
+        aug = dataclasses.replace(cfg.aug, paired=True) if getattr(self.method, "paired_views", False) else cfg.aug
+        self.transform = MultiCropTransform.from_config(aug, train_set.img_size, train_set.num_channels,
                                                         train_set.mean, train_set.std, multiple=patch)
-        params = self.method.trainable_parameters()
-        decay = [p for n, p in params if p.ndim > 1 and not n.endswith("weight_g")]
-        no_decay = [p for n, p in params if not (p.ndim > 1 and not n.endswith("weight_g"))]
-        fused = self.device.type == "cuda"
-        self.optimizer = torch.optim.AdamW([{"params": decay}, {"params": no_decay, "weight_decay": 0.0}],
-                                           lr=0.0, fused=fused)
+        self.optimizers = self._build_optimizers()
         lr = t.base_lr * t.batch_size / 256
         warm = round(t.warmup_epochs * self.steps_per_epoch)
         self.lr = cosine_schedule(lr, t.min_lr, self.total_steps, warm)
@@ -106,13 +103,17 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
         self.step = 0
         self.train_seconds = 0.0  # wall-clock training time, kept across resumptions
+        self._saved_step = -1
         self._stop_signal: int | None = None
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
         state = {"format": FORMAT, "step": self.step, "train_seconds": self.train_seconds,
                  "config": to_dict(self.cfg),
-                 "method": self.method.state_dict(), "optimizer": self.optimizer.state_dict(),
+                 "method": self.method.state_dict(),
+                 # one optimiser: its state (the layout of single-optimiser runs); several: a list
+                 "optimizer": self.optimizers[0].state_dict() if len(self.optimizers) == 1
+                 else [o.state_dict() for o in self.optimizers],
                  "scaler": self.scaler.state_dict(), "rng_cpu": torch.get_rng_state(),
                  "data": {"num_channels": self.train_set.num_channels, "img_size": self.train_set.img_size,
                           "mean": list(self.train_set.mean), "std": list(self.train_set.std),
@@ -123,7 +124,11 @@ class Trainer:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.method.load_state_dict(state["method"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        saved = state["optimizer"] if isinstance(state["optimizer"], list) else [state["optimizer"]]
+        if len(saved) != len(self.optimizers):
+            raise TrainingError(f"the checkpoint has {len(saved)} optimiser states, this run {len(self.optimizers)}")
+        for opt, st in zip(self.optimizers, saved):
+            opt.load_state_dict(st)
         self.scaler.load_state_dict(state["scaler"])
         torch.set_rng_state(state["rng_cpu"])
         ranks = state.get("rng_cpu_ranks")
@@ -131,12 +136,13 @@ class Trainer:
             torch.set_rng_state(ranks[self.rank].clone())
         if "rng_cuda" in state and self.device.type == "cuda":
             torch.cuda.set_rng_state(state["rng_cuda"], self.device)
-        self.step = int(state["step"])
+        self.step = self._saved_step = int(state["step"])
         self.train_seconds = float(state.get("train_seconds", 0.0))
 
     def save(self) -> Path:
         """Write ``checkpoint-<step>.pt`` (the main process only) and keep the last ``keep_last``."""
         path = self.out / f"checkpoint-{self.step}.pt"
+        self._saved_step = self.step
         # every process's RNG state (drop-path streams), so that each resumes its own
         rngs = gather_batch(torch.get_rng_state()[None].to(self.device), differentiable=False).cpu()
         if self.is_main:
@@ -198,11 +204,31 @@ class Trainer:
                           # (a resumed run creates one mid-epoch)
                           generator=torch.Generator().manual_seed(self.cfg.seed + epoch))
 
+    def _build_optimizers(self) -> list[torch.optim.Optimizer]:
+        """One optimiser per ``method.optimizer_specs()`` entry (AdamW, or SGD with momentum), each
+        with a decayed group (matrices) and an undecayed one (biases, norms, weight-norm gains)."""
+        t = self.cfg.train
+        opts: list[torch.optim.Optimizer] = []
+        for spec in self.method.optimizer_specs():
+            named = spec["params"]
+            decay = [p for n, p in named if p.ndim > 1 and not n.endswith("weight_g")]
+            no_decay = [p for n, p in named if not (p.ndim > 1 and not n.endswith("weight_g"))]
+            scale = (spec.get("lr") or t.base_lr) / t.base_lr  # the schedule's shape, this group's height
+            wd = spec.get("weight_decay")  # None: the cosine weight-decay schedule
+            groups = [{"params": decay, "lr_scale": scale, "wd_schedule": wd is None, "weight_decay": wd or 0.0},
+                      {"params": no_decay, "lr_scale": scale, "wd_schedule": False, "weight_decay": 0.0}]
+            if spec.get("kind", "adamw") == "sgd":
+                opts.append(torch.optim.SGD(groups, lr=0.0, momentum=spec.get("momentum", 0.9)))
+            else:
+                opts.append(torch.optim.AdamW(groups, lr=0.0, fused=self.device.type == "cuda"))
+        return opts
+
     def _set_hparams(self, step: int) -> None:
-        for i, group in enumerate(self.optimizer.param_groups):
-            group["lr"] = float(self.lr[step])
-            if i == 0:
-                group["weight_decay"] = float(self.wd[step])
+        for opt in self.optimizers:
+            for i, group in enumerate(opt.param_groups):
+                group["lr"] = float(self.lr[step]) * group.get("lr_scale", 1.0)
+                if group.get("wd_schedule", i == 0):
+                    group["weight_decay"] = float(self.wd[step])
 
     def _clip(self) -> None:
         t = self.cfg.train
@@ -242,11 +268,14 @@ class Trainer:
         if info.epoch < t.freeze_last_layer:
             for p in self.method.last_layer_parameters():
                 p.grad = None
-        self.scaler.unscale_(self.optimizer)
+        for opt in self.optimizers:
+            self.scaler.unscale_(opt)
         self._clip()
-        self.scaler.step(self.optimizer)
+        for opt in self.optimizers:
+            self.scaler.step(opt)
         self.scaler.update()
-        self.optimizer.zero_grad(set_to_none=True)
+        for opt in self.optimizers:
+            opt.zero_grad(set_to_none=True)
         self.method.on_optimizer_step(float(self.momentum[self.step]))
         self.step += 1
         # the whole batch's losses on every process (the same non-finite check and logs everywhere)
@@ -344,7 +373,7 @@ class Trainer:
                 self._flush(pending, log, tb, None)
                 if t.max_steps is not None and end < self.total_steps:
                     status = "max_steps"
-                if not ckpt.list_checkpoints(self.out) or ckpt.list_checkpoints(self.out)[0].name != f"checkpoint-{self.step}.pt":
+                if self._saved_step != self.step:  # the same on every process: save() is collective
                     self.save()
         finally:
             bar.close()

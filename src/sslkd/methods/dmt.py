@@ -1,0 +1,106 @@
+"""DMT: several frozen self-supervised ViT teachers fused into one student ViT.
+
+Teachers (``method.teachers``: sslkd runs, other projects' checkpoints or ``timm:`` names, see
+:func:`sslkd.models.teacher.load_teacher`) keep their final LayerNorm and lose any decoder; they
+must share one width ``D``. The student ViT (width ``D'``) is followed by a light adapter
+``Linear(D', D)`` on every token. Teachers see the crop plain, the student sees the same crop
+colour-jittered (``aug.paired``, set automatically). ``L = TFD + SFD`` (no weights) over the sum
+of the teachers' tokens; ``loss: mse`` and ``tfd``/``sfd`` switches are the paper's ablations,
+and any subset of teachers is a shorter ``teachers`` list. A teacher whose token grid differs
+from the student's is an error unless ``resample: true``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from sslkd.losses.dmt import SpatialFusionLoss, TokenFusionLoss
+from sslkd.methods.base import Method, StepInfo
+from sslkd.models import Backbone
+from sslkd.models.teacher import FrozenTeacher, TeacherError, load_teacher
+
+
+@dataclass
+class DMTConfig:
+    name: str = "dmt"
+    teachers: list[str] = field(default_factory=list)
+    teacher_weights: str = "teacher"
+    teacher_arch: str | None = None  # external files (all of them): vit_small, vit_base, ...
+    teacher_patch_size: int = 16
+    teacher_img_size: int | None = None  # resize the crop for the teachers (None: as is)
+    loss: str = "kl"  # kl (the paper's) | mse
+    tfd: bool = True
+    sfd: bool = True
+    resample: bool = False
+
+    def validate(self) -> None:
+        from sslkd.config import ConfigError
+        if not self.teachers:
+            raise ConfigError("method.teachers: name at least one teacher (run, file or timm:<model>)")
+        if self.loss not in ("kl", "mse"):
+            raise ConfigError(f"method.loss: must be kl or mse (got {self.loss!r})")
+        if not (self.tfd or self.sfd):
+            raise ConfigError("method.tfd / method.sfd: at least one term must be on")
+        if self.teacher_weights not in ("teacher", "student"):
+            raise ConfigError(f"method.teacher_weights: must be teacher or student (got {self.teacher_weights!r})")
+
+
+class DMT(Method):
+    config_class = DMTConfig
+    paired_views = True  # the engine's augmentation gives [plain crop, colour-jittered crop]
+
+    def __init__(self, cfg, in_chans: int, img_size: int, eval_only: bool = False) -> None:
+        super().__init__(cfg, in_chans, img_size, eval_only)
+        m = cfg.method
+        self.student = self.build_backbone()
+        if not self.student.is_vit:
+            raise TeacherError(f"DMT distils tokens into a ViT student, got '{cfg.model.backbone}'")
+        if eval_only:
+            return
+        teachers = []
+        for source in m.teachers:
+            t, report = load_teacher(source, m.teacher_weights, "backbone", m.teacher_arch, m.teacher_patch_size,
+                                     m.teacher_img_size, in_chans)
+            if not t.backbone.is_vit:
+                raise TeacherError(f"teacher {source} is not a ViT: DMT fuses token sequences")
+            t.report = report
+            teachers.append(t)
+        widths = {t.backbone.embed_dim for t in teachers}
+        if len(widths) != 1:
+            raise TeacherError(f"DMT's teachers must share one width, got {sorted(widths)}")
+        self.teachers = nn.ModuleList(teachers)
+        self.adapter = nn.Linear(self.student.embed_dim, widths.pop())
+        self.tfd = TokenFusionLoss(m.loss, m.resample)
+        self.sfd = SpatialFusionLoss(m.loss, m.resample)
+
+    def trainable_parameters(self) -> list[tuple[str, nn.Parameter]]:
+        return [(n, p) for n, p in self.named_parameters() if p.requires_grad and not n.startswith("teachers.")]
+
+    def forward(self, views: list[torch.Tensor], info: StepInfo):
+        plain, jittered = views[0], views[1]
+        targets = [t.tokens(plain) for t in self.teachers]
+        cls, tokens = self.student.forward_features(jittered)
+        z = self.adapter(torch.cat([cls[:, None], tokens], 1))
+        terms = {}
+        if self.cfg.method.tfd:
+            terms["tfd"] = self.tfd(z, targets)
+        if self.cfg.method.sfd:
+            terms["sfd"] = self.sfd(z, targets)
+        with torch.no_grad():
+            fused = torch.stack([t.float() for t in targets]).sum(0)
+            cos = nn.functional.cosine_similarity(z.float(), fused, dim=-1).mean()
+            std = nn.functional.normalize(cls.float(), dim=-1).std(0).mean()
+        return {"loss": sum(terms.values()), **{k: v.detach() for k, v in terms.items()}}, \
+            {"cosine_to_fused": cos, "feature_std": std}
+
+    def load_for_eval(self, state: dict[str, torch.Tensor]) -> None:
+        self.student.load_state_dict({k[len("student."):]: v for k, v in state.items() if k.startswith("student.")})
+
+    def eval_backbone(self, which: str = "teacher", model: int = 1) -> Backbone:
+        """The student ViT (the teachers are the frozen source models)."""
+        if model != 1:
+            raise ValueError(f"DMT trains one model; --model {model} does not exist")
+        return self.student
