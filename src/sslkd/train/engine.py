@@ -33,6 +33,7 @@ from sslkd.data.augment import MultiCropDataset, MultiCropTransform, SeededEpoch
 from sslkd.eval import extract_features, knn_classify
 from sslkd.methods import Method, StepInfo, build_method
 from sslkd.train import checkpoint as ckpt
+from sslkd.train.optim import build_optimizers, set_hparams
 from sslkd.train.schedules import cosine_schedule
 
 FORMAT = 1
@@ -205,30 +206,10 @@ class Trainer:
                           generator=torch.Generator().manual_seed(self.cfg.seed + epoch))
 
     def _build_optimizers(self) -> list[torch.optim.Optimizer]:
-        """One optimiser per ``method.optimizer_specs()`` entry (AdamW, or SGD with momentum), each
-        with a decayed group (matrices) and an undecayed one (biases, norms, weight-norm gains)."""
-        t = self.cfg.train
-        opts: list[torch.optim.Optimizer] = []
-        for spec in self.method.optimizer_specs():
-            named = spec["params"]
-            decay = [p for n, p in named if p.ndim > 1 and not n.endswith("weight_g")]
-            no_decay = [p for n, p in named if not (p.ndim > 1 and not n.endswith("weight_g"))]
-            scale = (spec.get("lr") or t.base_lr) / t.base_lr  # the schedule's shape, this group's height
-            wd = spec.get("weight_decay")  # None: the cosine weight-decay schedule
-            groups = [{"params": decay, "lr_scale": scale, "wd_schedule": wd is None, "weight_decay": wd or 0.0},
-                      {"params": no_decay, "lr_scale": scale, "wd_schedule": False, "weight_decay": 0.0}]
-            if spec.get("kind", "adamw") == "sgd":
-                opts.append(torch.optim.SGD(groups, lr=0.0, momentum=spec.get("momentum", 0.9)))
-            else:
-                opts.append(torch.optim.AdamW(groups, lr=0.0, fused=self.device.type == "cuda"))
-        return opts
+        return build_optimizers(self.method.optimizer_specs(), self.cfg.train.base_lr, self.device.type == "cuda")
 
     def _set_hparams(self, step: int) -> None:
-        for opt in self.optimizers:
-            for i, group in enumerate(opt.param_groups):
-                group["lr"] = float(self.lr[step]) * group.get("lr_scale", 1.0)
-                if group.get("wd_schedule", i == 0):
-                    group["weight_decay"] = float(self.wd[step])
+        set_hparams(self.optimizers, float(self.lr[step]), float(self.wd[step]))
 
     def _clip(self) -> None:
         t = self.cfg.train
