@@ -135,6 +135,15 @@ def test_checkpoint_holds_both_models_and_eval_picks_one(tmp_path):
     assert sgd["weight_decay"] == 1e-4
     state = torch.load(sorted(tmp_path.glob("checkpoint-*.pt"))[-1], weights_only=True)
     assert isinstance(state["optimizer"], list) and len(state["optimizer"]) == 2
+    from sslkd.pretrained import load_pretrained
+    # model 1 is the ViT, model 2 the ResNet, each with the weights the checkpoint holds
+    one, two = load_pretrained(tmp_path, model=1), load_pretrained(tmp_path, model=2)
+    assert one.backbone.is_vit and not two.backbone.is_vit
+    final = state["method"]
+    for k, v in two.backbone.state_dict().items():
+        assert torch.equal(v, final[f"teacher.1.backbone.{k}"]), k
+    with pytest.raises(ValueError, match="models 1 and 2"):
+        load_pretrained(tmp_path, model=3)
     for model in ("1", "2"):
         assert main(["eval", "knn", "--checkpoint", str(tmp_path), "--dataset", "synthetic", "--model", model,
                      "--json"]) == 0
@@ -171,12 +180,14 @@ def test_attention_distance_grows_with_reach():
     assert r.shape[0] >= 4 and all(r[i + 1, 0] > r[i, 0] for i in range(len(r) - 1))  # deeper stages see further
 
 
-def test_analyze_commands(tmp_path):
+def test_analyze_commands(tmp_path, capsys):
     data = get_dataset("synthetic", "train", img_size=16, num_samples=64)
     cfg = load_config(None, [f"output_dir={tmp_path / 'run'}", "train.max_steps=1"], base=MOKD)
     Trainer(cfg, data, progress=False).fit()
     run = str(tmp_path / "run")
     assert main(["analyze", "consistency", run, run + "@2", "--dataset", "synthetic"]) == 0
+    res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert 0 <= res["both_right"] <= min(res["top1_a"], res["top1_b"]) and 0 <= res["consistency"] <= 100
     assert main(["analyze", "tsne", run + "@2", "--dataset", "synthetic", "--classes", "0", "1", "2",
                  "--out", str(tmp_path / "tsne.png")]) == 0
     assert main(["analyze", "attention-distance", run, run + "@2", "--dataset", "synthetic",

@@ -7,6 +7,7 @@ match the fused tokens. Teachers never receive gradients.
 
 from __future__ import annotations
 
+import abc
 import math
 
 import torch
@@ -52,7 +53,25 @@ def _kl(p_logits: torch.Tensor, q_logits: torch.Tensor, dim: int) -> torch.Tenso
     return (log_p.exp() * (log_p - F.log_softmax(q_logits, dim=dim))).sum(dim)
 
 
-class TokenFusionLoss(nn.Module):
+class _FusionLoss(nn.Module, abc.ABC):
+    """Shared by TFD and SFD: the fused target, then :meth:`compare` (KL or MSE)."""
+
+    def __init__(self, kind: str = "kl", resample: bool = False) -> None:
+        super().__init__()
+        if kind not in ("kl", "mse"):
+            raise ValueError(f"kind must be 'kl' or 'mse', got '{kind}'")
+        self.kind, self.resample = kind, resample
+
+    def forward(self, student: torch.Tensor, teachers: list[torch.Tensor]) -> torch.Tensor:
+        s = student if student.dtype == torch.float64 else student.float()
+        return self.compare(s, fuse_teachers(s, teachers, self.resample).to(s.dtype))
+
+    @abc.abstractmethod
+    def compare(self, s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """The loss between the student's tokens ``s`` and the fused teachers' ``t``."""
+
+
+class TokenFusionLoss(_FusionLoss):
     r"""Token fusion distillation (TFD), per token, softmax over channels:
 
     .. math::
@@ -63,21 +82,11 @@ class TokenFusionLoss(nn.Module):
     instead (the paper's ablation). Float32 (float64 kept).
     ``forward(student [B, N+1, D], teachers: list of [B, N+1, D]) -> scalar``."""
 
-    def __init__(self, kind: str = "kl", resample: bool = False) -> None:
-        super().__init__()
-        if kind not in ("kl", "mse"):
-            raise ValueError(f"kind must be 'kl' or 'mse', got '{kind}'")
-        self.kind, self.resample = kind, resample
-
-    def forward(self, student: torch.Tensor, teachers: list[torch.Tensor]) -> torch.Tensor:
-        s = student if student.dtype == torch.float64 else student.float()
-        t = fuse_teachers(s, teachers, self.resample).to(s.dtype)
-        if self.kind == "mse":
-            return F.mse_loss(s, t)
-        return _kl(s, t, dim=-1).mean()
+    def compare(self, s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return F.mse_loss(s, t) if self.kind == "mse" else _kl(s, t, dim=-1).mean()
 
 
-class SpatialFusionLoss(nn.Module):
+class SpatialFusionLoss(_FusionLoss):
     r"""Spatial fusion distillation (SFD), per channel, softmax over the ``N`` patch positions
     (CLS excluded), ``f_c`` the ``c``-th channel across patches:
 
@@ -88,16 +97,6 @@ class SpatialFusionLoss(nn.Module):
     averaged over the batch; ``kind="mse"`` as in :class:`TokenFusionLoss`.
     ``forward(student [B, N+1, D], teachers: list of [B, N+1, D]) -> scalar``."""
 
-    def __init__(self, kind: str = "kl", resample: bool = False) -> None:
-        super().__init__()
-        if kind not in ("kl", "mse"):
-            raise ValueError(f"kind must be 'kl' or 'mse', got '{kind}'")
-        self.kind, self.resample = kind, resample
-
-    def forward(self, student: torch.Tensor, teachers: list[torch.Tensor]) -> torch.Tensor:
-        s = student if student.dtype == torch.float64 else student.float()
-        t = fuse_teachers(s, teachers, self.resample).to(s.dtype)
+    def compare(self, s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         s, t = s[:, 1:], t[:, 1:]
-        if self.kind == "mse":
-            return F.mse_loss(s, t)
-        return _kl(s, t, dim=1).mean()
+        return F.mse_loss(s, t) if self.kind == "mse" else _kl(s, t, dim=1).mean()
