@@ -25,24 +25,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from sslkd.config import load_config
 from sslkd.methods import StepInfo, build_method
 from sslkd.device import autocast_dtype
-
-
-def matmul_peak(device: torch.device, dtype: torch.dtype, n: int = 2048, reps: int = 10) -> float:
-    """Best GFLOP/s of an n x n matmul on this device."""
-    a, b = torch.randn(n, n, device=device, dtype=dtype), torch.randn(n, n, device=device, dtype=dtype)
-    best = 0.0
-    for _ in range(reps):
-        _sync(device)
-        t = time.perf_counter()
-        a @ b
-        _sync(device)
-        best = max(best, 2 * n ** 3 / (time.perf_counter() - t) / 1e9)
-    return best
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
+from sslkd.bench import matmul_peak, sync as _sync
 
 
 class RefHead(nn.Module):

@@ -98,3 +98,52 @@ def test_tiny_ibot_run_per_mode_loss_falls(tmp_path, mode):
     first = np.mean([r["loss"] for r in rec[:3]])
     last = np.mean([r["loss"] for r in rec[-3:]])
     assert last < first, (mode, first, last)
+
+
+def test_patch_loss_on_masked_rows_equals_dense_and_centres_alike():
+    g = torch.Generator().manual_seed(1)
+    s, t = torch.randn(2, 4, 6, 16, generator=g), torch.randn(2, 4, 6, 16, generator=g)
+    masks = torch.rand(2, 4, 6, generator=g) < 0.4
+    masks[0, 1] = False
+    dense, rows = IBOTPatchLoss(16), IBOTPatchLoss(16)
+    sr = s.clone().requires_grad_()
+    a = dense(sr, t, masks, 0.07)
+    s_rows = s[masks].clone().requires_grad_()
+    b = rows(s_rows, t[masks], masks, 0.07, teacher_mean=t.reshape(-1, 16).mean(0))
+    torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+    a.backward()
+    b.backward()
+    torch.testing.assert_close(sr.grad[masks], s_rows.grad)
+    dense.update_center(), rows.update_center()
+    torch.testing.assert_close(dense.center, rows.center)
+    with pytest.raises(ValueError, match="teacher_mean"):
+        rows(s[masks], t[masks], masks, 0.07)
+
+
+def test_ibot_masked_rows_path_equals_dense_path(tmp_path):
+    """The heads project only the masked positions (no BatchNorm in the head): same losses, same
+    gradients and centres as projecting every patch."""
+    data = get_dataset("synthetic", "train", img_size=16, num_samples=32)
+    cfg = load_config(None, [f"output_dir={tmp_path}", "method.name=ibot", "model.depth=1", "method.out_dim=32",
+                             "method.hidden_dim=32", "method.bottleneck_dim=16", "method.mask_prob=1.0",
+                             "model.drop_path_rate=0.0", "train.batch_size=8", "device=cpu"])
+    tr = Trainer(cfg, data, progress=False)
+    method = tr.method
+    views = next(iter(tr._loader(0, 0)))[0]
+    results = []
+    for dense in (False, True):
+        method.cfg.method.use_bn_in_head = dense  # only steers the path here: the head was built without BN
+        method.zero_grad()
+        losses, _ = method(views, StepInfo(0, 0.0, 8, 1))
+        losses["loss"].backward()
+        grads = [p.grad.clone() for p in method.student.parameters() if p.grad is not None]
+        method.patch_loss.update_center()
+        results.append((losses, grads, method.patch_loss.center.clone()))
+        method.patch_loss.center.zero_()
+    (ls, gs, cs), (ld, gd, cd) = results
+    for k in ld:
+        torch.testing.assert_close(ls[k], ld[k], rtol=1e-5, atol=1e-6)
+    assert len(gs) == len(gd)
+    for a, b in zip(gs, gd):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(cs, cd, rtol=1e-5, atol=1e-7)

@@ -219,3 +219,19 @@ def test_time_budget_stops_with_a_checkpoint_and_is_kept_across_resumes(tmp_path
     assert state["step"] == 1 and state["train_seconds"] > 0
     again = Trainer(cfg, data, progress=False).fit(resume="auto")  # budget already spent: one more step
     assert again["status"] == "time_budget" and again["step"] == 2 and again["train_seconds"] > state["train_seconds"]
+
+
+def test_per_tensor_clipping_matches_clip_grad_norm_per_tensor():
+    from sslkd.train.optim import clip_per_tensor
+
+    g = torch.Generator().manual_seed(0)
+    params = [torch.nn.Parameter(torch.randn(5, 3, generator=g)) for _ in range(4)]
+    for i, p in enumerate(params):
+        p.grad = torch.randn(p.shape, generator=g) * (0.1 if i % 2 else 10.0)  # some clipped, some not
+    expected = [p.grad.clone() for p in params]
+    for e in expected:
+        e.mul_(min(1.0, 3.0 / (e.norm().item() + 1e-6)))
+    clip_per_tensor(params, 3.0)
+    for p, e in zip(params, expected):
+        torch.testing.assert_close(p.grad, e)
+    assert params[0].grad.norm() <= 3.0 + 1e-5 and params[1].grad.norm() < 3.0

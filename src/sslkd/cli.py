@@ -126,6 +126,18 @@ def build_parser() -> argparse.ArgumentParser:
         e.add_argument("--out", default=f"runs/{e.prog.split()[-1]}")
         e.add_argument("--no-progress", action="store_true")
 
+    b = sub.add_parser("bench", help="images/s of one training step and of the data pipeline (one JSON line)")
+    b.add_argument("--method", default="ibot")
+    b.add_argument("--backbone", default="vit_tiny")
+    for name, default in (("img", 32), ("patch", 4), ("batch", 64), ("local-crops", 6), ("local-img", 16),
+                          ("out-dim", 8192), ("steps", 10), ("data-batches", 10)):
+        b.add_argument(f"--{name}", type=int, default=default)
+    b.add_argument("--workers", type=int, default=None, help="data-loader workers (default: the config's)")
+    b.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "auto"])
+    b.add_argument("--compile", action="store_true", help="torch.compile backbones and heads")
+    b.add_argument("--device", default="auto")
+    b.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+
     sub.add_parser("info", help="versions, device, threads, datasets, methods")
     return parser
 
@@ -159,6 +171,11 @@ def main(argv: list[str] | None = None) -> int:
             return _experiment(args)
         if args.command == "analyze":
             return _analyze(args)
+        if args.command == "bench":
+            from sslkd.bench import BenchArgs, run_bench
+            fields = {k: getattr(args, k) for k in BenchArgs.__dataclass_fields__}
+            print(json.dumps(run_bench(BenchArgs(**fields), args.overrides)))
+            return 0
         return _info()
     except ConfigError as e:
         print(f"sslkd: config error: {e}", file=sys.stderr)

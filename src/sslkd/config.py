@@ -79,6 +79,7 @@ class TrainConfig:
     clip_mode: str = "norm"  # "norm": global norm; "per_param": per tensor, as iBOT's code
     freeze_last_layer: int = 1  # epochs during which the head's last layer is not updated
     precision: str = "auto"  # auto (bf16 where native, else fp32) | fp32 | bf16 | fp16
+    compile: bool = False  # torch.compile each backbone and head (first steps pay the compilation)
     ckpt_every_steps: int = 0  # 0: at the end of every epoch only
     keep_last: int = 3
     log_every: int = 10

@@ -30,48 +30,59 @@ class MaskGenerator:
 
     def ratios(self, n: int, generator: torch.Generator) -> torch.Tensor:
         lo, hi = self.ratio_range
-        r = lo + (hi - lo) * torch.rand(n, generator=generator, dtype=torch.float64)
-        return torch.where(torch.rand(n, generator=generator, dtype=torch.float64) < self.mask_prob, r, 0.0)
+        dev = generator.device
+        r = lo + (hi - lo) * torch.rand(n, generator=generator, dtype=torch.float64, device=dev)
+        keep = torch.rand(n, generator=generator, dtype=torch.float64, device=dev) < self.mask_prob
+        return torch.where(keep, r, 0.0)
 
     def __call__(self, n: int, h: int, w: int, generator: torch.Generator) -> torch.Tensor:
-        masks = torch.zeros(n, h, w, dtype=torch.bool)
-        for i, ratio in enumerate(self.ratios(n, generator).tolist()):
-            target = int(round(ratio * h * w))
-            if target == 0:
-                continue
-            if self.mode == "random":
-                idx = torch.randperm(h * w, generator=generator)[:target]
-                masks[i].view(-1)[idx] = True
-            else:
-                self._blocks(masks[i], target, generator)
-        return masks
+        """Masks on ``generator``'s device, all images at once (no per-image Python loop: a batch
+        of 2048 masks costs milliseconds on a GPU instead of a quarter second on the host)."""
+        dev = generator.device
+        target = torch.round(self.ratios(n, generator) * h * w).long()
+        masks = torch.zeros(n, h, w, dtype=torch.bool, device=dev)
+        if self.mode == "block":
+            self._blocks(masks, target, generator)
+        return self._top_up(masks, target, generator)
 
-    def _blocks(self, mask: torch.Tensor, target: int, g: torch.Generator) -> None:
-        h, w = mask.shape
-        count = 0
-        while count < target:
+    def _rand(self, n: int, g: torch.Generator) -> torch.Tensor:
+        return torch.rand(n, generator=g, device=g.device, dtype=torch.float64)
+
+    def _blocks(self, masks: torch.Tensor, target: torch.Tensor, g: torch.Generator) -> None:
+        """BEiT's generator run for every image in parallel: each round proposes one rectangle per
+        unfinished image (area uniform in ``[min(min_block, budget), budget]``, log-uniform aspect,
+        uniform position) and keeps it if it adds between 1 and ``budget`` new patches. BEiT gives a
+        block 10 tries before giving up; here every image gets ``10 x`` its possible blocks in rounds."""
+        n, h, w = masks.shape
+        rows = torch.arange(h, device=masks.device)
+        cols = torch.arange(w, device=masks.device)
+        count = torch.zeros_like(target)
+        rounds = 10 * max(1, -(-int(target.max()) // self.min_block)) if n else 0
+        for r in range(rounds):
             budget = target - count
-            added = 0
-            for _ in range(10):
-                lo = min(self.min_block, budget)
-                area = lo + (budget - lo) * torch.rand(1, generator=g).item()
-                aspect = math.exp(self.log_aspect[0] + (self.log_aspect[1] - self.log_aspect[0])
-                                  * torch.rand(1, generator=g).item())
-                bh = int(round(math.sqrt(area * aspect)))
-                bw = int(round(math.sqrt(area / aspect)))
-                if bh < 1 or bw < 1 or bh >= h or bw >= w:
-                    continue
-                top = int(torch.randint(0, h - bh + 1, (1,), generator=g))
-                left = int(torch.randint(0, w - bw + 1, (1,), generator=g))
-                block = mask[top:top + bh, left:left + bw]
-                new = int((~block).sum())
-                if 0 < new <= budget:
-                    block.fill_(True)
-                    added = new
-                    break
-            if added == 0:  # nothing fits any more (tiny grids): top up at random positions
-                free = (~mask).view(-1).nonzero().squeeze(1)
-                pick = free[torch.randperm(len(free), generator=g)[:budget]]
-                mask.view(-1)[pick] = True
-                return
-            count += added
+            if r % 8 == 0 and not bool((budget > 0).any()):
+                break
+            lo = budget.clamp(max=self.min_block).double()
+            area = lo + (budget.double() - lo) * self._rand(n, g)
+            aspect = torch.exp(self.log_aspect[0] + (self.log_aspect[1] - self.log_aspect[0]) * self._rand(n, g))
+            bh = torch.round(torch.sqrt(area * aspect)).long()
+            bw = torch.round(torch.sqrt(area / aspect)).long()
+            top = (self._rand(n, g) * (h - bh + 1).clamp_min(1)).long()
+            left = (self._rand(n, g) * (w - bw + 1).clamp_min(1)).long()
+            block = (((rows >= top[:, None]) & (rows < (top + bh)[:, None]))[:, :, None]
+                     & ((cols >= left[:, None]) & (cols < (left + bw)[:, None]))[:, None, :])
+            new = (block & ~masks).flatten(1).sum(1)
+            ok = (budget > 0) & (bh >= 1) & (bw >= 1) & (bh < h) & (bw < w) & (new > 0) & (new <= budget)
+            masks |= block & ok[:, None, None]
+            count += new * ok
+
+    def _top_up(self, masks: torch.Tensor, target: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+        """Random unmasked positions until each image has exactly ``target`` (random mode; blocks
+        that no longer fit a tiny grid)."""
+        n, h, w = masks.shape
+        short = target - masks.flatten(1).sum(1)
+        if not bool((short > 0).any()):
+            return masks
+        scores = torch.rand(n, h * w, generator=g, device=g.device).masked_fill(masks.flatten(1), 2.0)
+        rank = scores.argsort(1).argsort(1)  # 0 = the first free position to take
+        return masks | (rank < short[:, None]).reshape(n, h, w)

@@ -33,7 +33,7 @@ from sslkd.data.augment import MultiCropDataset, MultiCropTransform, SeededEpoch
 from sslkd.eval import extract_features, knn_classify
 from sslkd.methods import Method, StepInfo, build_method
 from sslkd.train import checkpoint as ckpt
-from sslkd.train.optim import build_optimizers, set_hparams
+from sslkd.train.optim import build_optimizers, clip_per_tensor, compile_networks, set_hparams
 from sslkd.train.schedules import cosine_schedule
 
 FORMAT = 1
@@ -79,6 +79,8 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         img_size = cfg.aug.global_crops_size or train_set.img_size
         self.method: Method = build_method(cfg, train_set.num_channels, img_size).to(self.device)
+        if t.compile:
+            compile_networks(self.method)
         self.model: torch.nn.Module = self.method  # what the step calls: the method, or its DDP wrapper
         if self.world > 1:
             if self.device.type == "cuda":  # SyncBatchNorm needs GPUs; CPU runs keep per-process statistics
@@ -101,6 +103,8 @@ class Trainer:
         self.wd = cosine_schedule(t.weight_decay, t.weight_decay_end, self.total_steps)
         self.momentum = cosine_schedule(t.momentum_teacher, t.momentum_teacher_end, self.total_steps)
         self.dtype = autocast_dtype(t.precision, self.device)
+        if self.device.type == "cuda":  # fp32 runs: TF32 tensor cores (10-bit mantissa products, fp32 sums)
+            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
         self.step = 0
         self.train_seconds = 0.0  # wall-clock training time, kept across resumptions
@@ -220,8 +224,7 @@ class Trainer:
             if t.clip_mode == "norm":
                 torch.nn.utils.clip_grad_norm_(params, t.clip_grad, foreach=True)
             else:  # iBOT/DINO reference: each tensor clipped to norm clip_grad on its own
-                for p in params:
-                    torch.nn.utils.clip_grad_norm_([p], t.clip_grad)
+                clip_per_tensor(params, t.clip_grad)
 
     def train_step(self, micro_batches: list[list[torch.Tensor]]) -> tuple[dict, dict]:
         """One optimiser step over ``accum_steps`` micro-batches of views. Returns summed

@@ -34,3 +34,45 @@ def set_hparams(optimizers: list[torch.optim.Optimizer], lr: float, wd: float) -
             group["lr"] = lr * group.get("lr_scale", 1.0)
             if group.get("wd_schedule", i == 0):
                 group["weight_decay"] = wd
+
+
+@torch.no_grad()
+def clip_per_tensor(params: list[torch.Tensor], max_norm: float) -> None:
+    """Each gradient rescaled to norm at most ``max_norm`` on its own (iBOT/DINO's ``clip_gradients``:
+    ``g <- g * min(1, max_norm / (||g|| + 1e-6))``), in a few fused foreach kernels instead of one
+    ``clip_grad_norm_`` call per tensor."""
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return
+    norms = torch._foreach_norm(grads)
+    scales = torch._foreach_add(norms, 1e-6)
+    torch._foreach_reciprocal_(scales)
+    torch._foreach_mul_(scales, max_norm)
+    torch._foreach_clamp_max_(scales, 1.0)
+    torch._foreach_mul_(grads, scales)
+
+
+def compile_networks(method: torch.nn.Module) -> None:
+    """``torch.compile`` the heavy parts of every backbone and head of ``method`` in place
+    (parameter names and checkpoints unchanged): ViT blocks, CNN feature extractors, head MLPs and
+    last layers, T-Head blocks. Masking, the losses and the EMA stay eager."""
+    from sslkd.models.backbone import Backbone, ViTBackbone
+    from sslkd.models.heads import DINOHead, WeightNormLinear
+    from sslkd.models.thead import THead
+
+    import torch._dynamo
+
+    # each ViT block has its own drop-path rate, a constant to dynamo: one graph per block (12+)
+    key = "recompile_limit" if hasattr(torch._dynamo.config, "recompile_limit") else "cache_size_limit"
+    setattr(torch._dynamo.config, key, max(getattr(torch._dynamo.config, key), 64))
+    for m in list(method.modules()):
+        if isinstance(m, ViTBackbone):
+            m.vit.blocks.compile()
+        elif isinstance(m, Backbone) and hasattr(m, "net"):
+            m.net.forward_features = torch.compile(m.net.forward_features)  # called directly, not via __call__
+        elif isinstance(m, DINOHead):
+            m.mlp.compile()
+        elif isinstance(m, WeightNormLinear):
+            m.compile()
+        elif isinstance(m, THead):
+            m.blocks.compile()

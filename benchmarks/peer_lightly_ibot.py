@@ -1,0 +1,134 @@
+"""The peer: an iBOT training step built from lightly's public API, next to ``sslkd bench``'s step
+on the same configuration, measured in the same run (ratios, not absolute times).
+
+The lightly step follows lightly's own iBOT example (examples/pytorch/ibot.py): timm ViT wrapped in
+``MaskedVisionTransformerTIMM``, one ``DINOProjectionHead`` shared by CLS and patch tokens,
+``DINOLoss`` + ``IBOTPatchLoss`` on the masked tokens, ``random_block_mask``, AdamW,
+``update_momentum`` for the EMA. Needs ``pip install -e ".[bench]"`` (lightly).
+
+    python benchmarks/peer_lightly_ibot.py                      # ViT-Tiny/4, 32 px, batch 64, 2+6 crops
+    python benchmarks/peer_lightly_ibot.py --precision bf16 --device cuda --backbone vit_small
+
+Prints one JSON line: both images/s, both fractions of the fp32/bf16 matmul peak, and the ratio.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import time
+
+import timm
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from sslkd.bench import BenchArgs, matmul_peak, run_bench, sync
+from sslkd.device import autocast_dtype, resolve_device
+
+TIMM = {"vit_tiny": "vit_tiny_patch16_224", "vit_small": "vit_small_patch16_224", "vit_base": "vit_base_patch16_224"}
+
+
+def lightly_step(a: BenchArgs, device: torch.device):
+    from lightly.loss import DINOLoss, IBOTPatchLoss
+    from lightly.models.modules import DINOProjectionHead, MaskedVisionTransformerTIMM
+    from lightly.models.utils import random_block_mask, update_drop_path_rate, update_momentum
+
+    vit = timm.create_model(TIMM[a.backbone], img_size=a.img, patch_size=a.patch, num_classes=0,
+                            dynamic_img_size=True, pos_embed="learn")
+    teacher_bb = MaskedVisionTransformerTIMM(vit=vit, antialias=False, pos_embed_initialization="skip")
+    student_bb = copy.deepcopy(teacher_bb)
+    update_drop_path_rate(student_bb.vit, drop_path_rate=0.1, mode="uniform")
+    d = student_bb.vit.embed_dim
+    student_head = DINOProjectionHead(input_dim=d, output_dim=a.out_dim, norm_last_layer=False)
+    teacher_head = DINOProjectionHead(input_dim=d, output_dim=a.out_dim)
+    for m in (teacher_bb, teacher_head):
+        for p in m.parameters():
+            p.requires_grad = False
+    for m in (teacher_bb, teacher_head, student_bb, student_head):
+        m.to(device)
+    dino = DINOLoss(output_dim=a.out_dim, teacher_temp=0.04).to(device)
+    ibot = IBOTPatchLoss(output_dim=a.out_dim, teacher_temp=0.04).to(device)
+    params = list(student_bb.parameters()) + list(student_head.parameters())
+    opt = torch.optim.AdamW(params, lr=1e-4, fused=device.type == "cuda")
+    dtype = autocast_dtype(a.precision, device)
+    h = w = a.img // a.patch
+
+    def step(views):
+        glob, loc = torch.cat(views[:2]), torch.cat(views[2:])
+        b = len(glob)
+        block = random_block_mask(size=(b, h, w), device=device)
+        mask = glob.new_zeros((b, h * w + 1), dtype=torch.bool)
+        mask[:, 1:] = block.flatten(1)
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            with torch.no_grad():
+                t_feat = teacher_bb.encode(glob)
+                t_cls = teacher_head(t_feat[:, 0])
+                t_masked = teacher_head(t_feat[mask])
+            s_feat = student_bb.encode(glob, mask=mask)
+            s_cls = student_head(s_feat[:, 0])
+            s_masked = student_head(s_feat[mask])
+            s_loc = student_head(student_bb.encode(loc)[:, 0]) if len(views) > 2 else s_cls[:0]
+        s_all = torch.cat([s_cls, s_loc]).float()
+        loss = dino(teacher_out=t_cls.float().chunk(2), student_out=s_all.chunk(len(views)), teacher_temp=0.04) \
+            + ibot(teacher_out=t_masked.float(), student_out=s_masked.float(), mask=block, teacher_temp=0.04)
+        loss.backward()
+        student_head.cancel_last_layer_gradients(1)
+        opt.step()
+        opt.zero_grad()
+        update_momentum(student_bb, teacher_bb, m=0.996)
+        update_momentum(student_head, teacher_head, m=0.996)
+        return loss
+
+    return step
+
+
+def measure(step, views, steps: int, device: torch.device) -> tuple[float, float]:
+    """(seconds per step, FLOPs per step)."""
+    for _ in range(2):
+        step(views)
+    with FlopCounterMode(display=False) as fc:
+        step(views)
+    sync(device)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step(views)
+    sync(device)
+    return (time.perf_counter() - t0) / steps, fc.get_total_flops()
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--backbone", default="vit_tiny", choices=sorted(TIMM))
+    for name, default in (("img", 32), ("patch", 4), ("batch", 64), ("local-crops", 6), ("local-img", 16),
+                          ("out-dim", 8192), ("steps", 5)):
+        p.add_argument(f"--{name}", type=int, default=default)
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
+    p.add_argument("--compile", action="store_true", help="sslkd side only (lightly's example does not compile)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="sslkd config overrides")
+    args = p.parse_args()
+    a = BenchArgs(backbone=args.backbone, img=args.img, patch=args.patch, batch=args.batch,
+                  local_crops=args.local_crops, local_img=args.local_img, out_dim=args.out_dim, steps=args.steps,
+                  precision=args.precision, compile=args.compile, device=args.device, data_batches=2)
+    device = resolve_device(args.device)
+    torch.manual_seed(0)
+    views = [torch.randn(a.batch, 3, a.img, a.img, device=device) for _ in range(2)]
+    views += [torch.randn(a.batch, 3, a.local_img, a.local_img, device=device) for _ in range(a.local_crops)]
+    peak = matmul_peak(device, torch.bfloat16 if autocast_dtype(a.precision, device) else torch.float32)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    l_sec, l_flops = measure(lightly_step(a, device), views, a.steps, device)
+    l_mem = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
+    ours = run_bench(a, args.overrides)
+    lightly = {"img_per_s": round(a.batch / l_sec, 1), "step_s": round(l_sec, 4),
+               "gflop_per_img": round(l_flops / a.batch / 1e9, 3),
+               "peak_fraction": round(l_flops / l_sec / 1e9 / peak, 3),
+               "peak_mem_mb": round(l_mem, 1) if l_mem else None}
+    print(json.dumps({"device": ours["device"], "config": ours["config"], "sslkd": ours, "lightly": lightly,
+                      "speedup_vs_lightly": round(ours["img_per_s"] / lightly["img_per_s"], 3)}))
+
+
+if __name__ == "__main__":
+    main()
