@@ -126,6 +126,13 @@ def build_parser() -> argparse.ArgumentParser:
         e.add_argument("--out", default=f"runs/{e.prog.split()[-1]}")
         e.add_argument("--no-progress", action="store_true")
 
+    ex = sub.add_parser("export", help="the backbone alone as safetensors + timm config.json, or ONNX")
+    ex.add_argument("source", help="run folder or checkpoint (RUN@2: MOKD's second model)")
+    ex.add_argument("--out", required=True)
+    ex.add_argument("--weights", default="teacher", choices=["teacher", "student"])
+    ex.add_argument("--format", dest="formats", action="append", choices=["safetensors", "timm", "onnx"],
+                    help="repeatable; default safetensors (which timm loads: the same files)")
+
     b = sub.add_parser("bench", help="images/s of one training step and of the data pipeline (one JSON line)")
     b.add_argument("--method", default="ibot")
     b.add_argument("--backbone", default="vit_tiny")
@@ -171,6 +178,12 @@ def main(argv: list[str] | None = None) -> int:
             return _experiment(args)
         if args.command == "analyze":
             return _analyze(args)
+        if args.command == "export":
+            from sslkd.export import export
+            src, _, model = args.source.partition("@")
+            files = export(src, args.out, args.weights, int(model or 1), tuple(args.formats or ["safetensors"]))
+            print(json.dumps({k: str(v) for k, v in files.items()}))
+            return 0
         if args.command == "bench":
             from sslkd.bench import BenchArgs, run_bench
             fields = {k: getattr(args, k) for k in BenchArgs.__dataclass_fields__}

@@ -1,0 +1,93 @@
+"""``sslkd export``: a pretrained backbone alone (no heads, no optimiser) in formats other tools read.
+
+- ``safetensors`` / ``timm`` (the same two files): ``model.safetensors`` holds the timm model's own
+  state dict, ``config.json`` timm's Hugging Face layout (``architecture``, ``num_classes``,
+  ``model_args``, ``pretrained_cfg`` with mean/std/input size) plus an ``sslkd`` block (method, run,
+  step, weights, stem). A ViT, or a CNN with timm's stem, loads with plain timm::
+
+      timm.create_model("local-dir:EXPORT_DIR", pretrained=True)
+
+  A CNN with sslkd's small-image stem (3x3 stride-1, no max-pool; ``config.json`` says
+  ``"stem": "small"``) needs that stem first, then the weights (see :data:`SMALL_STEM_RECIPE`).
+- ``onnx``: ``model.onnx`` with a dynamic batch axis, input ``images [B, C, H, W]`` (normalised
+  with the config's mean/std), output ``features [B, D]``.
+
+Features are what sslkd evaluates: the ViT's final-norm CLS token, a CNN's average-pooled map
+(timm's ``forward`` of the exported model; for MobileNetV3, whose timm head adds a 1x1 conv after
+pooling that sslkd never trains, use ``model.forward_features(x).mean((2, 3))``).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from sslkd.models.backbone import CNNBackbone, ViTBackbone
+from sslkd.pretrained import load_pretrained
+
+FORMATS = ("safetensors", "timm", "onnx")
+SMALL_STEM_RECIPE = """\
+model = timm.create_model(cfg["architecture"], **cfg["model_args"])
+if cfg["sslkd"]["stem"] == "small" and hasattr(model, "conv1"):       # ResNets
+    model.conv1 = torch.nn.Conv2d(model.conv1.in_channels, model.conv1.out_channels, 3, 1, 1, bias=False)
+    model.maxpool = torch.nn.Identity()
+elif cfg["sslkd"]["stem"] == "small":                                  # MobileNet / EfficientNet
+    model.conv_stem.stride = (1, 1)
+model.load_state_dict(safetensors.torch.load_file(EXPORT_DIR + "/model.safetensors"))"""
+
+
+def _describe(backbone: nn.Module) -> tuple[nn.Module, str, dict, str]:
+    """(plain timm module whose ``forward`` gives sslkd's features, architecture, model args, stem)."""
+    if isinstance(backbone, ViTBackbone):
+        vit = backbone.vit
+        args = {"img_size": int(vit.patch_embed.img_size[0]), "patch_size": backbone.patch_size,
+                "in_chans": int(vit.patch_embed.proj.in_channels), "depth": len(vit.blocks), "num_classes": 0,
+                "global_pool": "token", "dynamic_img_size": True}
+        return vit, vit.pretrained_cfg["architecture"], args, "patch"
+    if isinstance(backbone, CNNBackbone):
+        net = backbone.net
+        conv = getattr(net, "conv1", None) or net.conv_stem
+        small = (conv.stride[0] == 1) or isinstance(getattr(net, "maxpool", None), nn.Identity)
+        net.reset_classifier(0, "avg")  # pooled features from forward(), as sslkd's mean over positions
+        return net, net.pretrained_cfg["architecture"], {"in_chans": int(conv.in_channels), "num_classes": 0}, \
+            "small" if small else "timm"
+    raise ValueError(f"cannot export a {type(backbone).__name__}")
+
+
+def export(source: str | Path, out: str | Path, weights: str = "teacher", model: int = 1,
+           formats: tuple[str, ...] = ("safetensors",)) -> dict[str, Path]:
+    """Write the backbone of checkpoint/run ``source`` into folder ``out``; returns the files."""
+    bad = [f for f in formats if f not in FORMATS]
+    if bad:
+        raise ValueError(f"unknown export format(s) {', '.join(bad)}; valid: {', '.join(FORMATS)}")
+    pre = load_pretrained(source, weights, model)
+    net, arch, args, stem = _describe(pre.backbone)
+    net = net.eval().float()
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    files: dict[str, Path] = {}
+    c = args["in_chans"]
+    if {"safetensors", "timm"} & set(formats):
+        from safetensors.torch import save_file
+
+        state = {k: v.detach().contiguous().clone() for k, v in net.state_dict().items()}
+        save_file(state, str(out / "model.safetensors"), metadata={"format": "pt", "architecture": arch})
+        cfg = {"architecture": arch, "num_classes": 0, "num_features": int(pre.backbone.embed_dim),
+               "model_args": args,
+               "pretrained_cfg": {"input_size": [c, pre.img_size, pre.img_size], "mean": list(pre.mean),
+                                  "std": list(pre.std), "interpolation": "bicubic", "crop_pct": 1.0,
+                                  "num_classes": 0, "fixed_input_size": False},
+               "sslkd": {"method": pre.config.method.name, "run": str(pre.path), "step": pre.step,
+                         "weights": weights, "model": model, "stem": stem, "image_size": pre.img_size,
+                         "patch_size": args.get("patch_size"), "channels": c}}
+        (out / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+        files.update(safetensors=out / "model.safetensors", config=out / "config.json")
+    if "onnx" in formats:  # sslkd's own feature definition (MobileNetV3's timm forward adds a head)
+        x = torch.randn(2, c, pre.img_size, pre.img_size)
+        torch.onnx.export(pre.backbone.eval().float(), (x,), str(out / "model.onnx"), input_names=["images"], output_names=["features"],
+                          dynamic_axes={"images": {0: "batch"}, "features": {0: "batch"}}, dynamo=False)
+        files["onnx"] = out / "model.onnx"
+    return files
