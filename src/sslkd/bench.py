@@ -181,14 +181,13 @@ def _split(trainer, views: list[torch.Tensor], steps: int) -> dict[str, float]:
 
 
 def _data_rate(trainer, batches: int) -> float:
-    """Images/s delivered by the engine's loader (augmentation included, no training)."""
-    it = iter(trainer._loader(0, 0))
-    next(it)  # workers started, first batch paid
+    """Images/s delivered by the engine's loader (augmentation included, no training), timed from
+    the loader's creation: worker start-up counts, and batches prefetched while the first was
+    awaited cannot inflate the figure."""
     t0 = time.perf_counter()
     n = 0
-    for _ in range(batches):
-        views = next(it, None)
-        if views is None:
+    for i, (views, _) in enumerate(trainer._loader(0, 0)):
+        n += views[0].shape[0]
+        if i + 1 >= batches:
             break
-        n += views[0][0].shape[0] if isinstance(views[0], (list, tuple)) else views[0].shape[0]
     return n / (time.perf_counter() - t0)
