@@ -184,10 +184,12 @@ def _data_rate(trainer, batches: int) -> float:
     """Images/s delivered by the engine's loader (augmentation included, no training), timed from
     the loader's creation: worker start-up counts, and batches prefetched while the first was
     awaited cannot inflate the figure."""
+    sync(trainer.device)
     t0 = time.perf_counter()
     n = 0
-    for i, (views, _) in enumerate(trainer._loader(0, 0)):
+    for i, views in enumerate(trainer._batches(0, 0)):
         n += views[0].shape[0]
         if i + 1 >= batches:
             break
+    sync(trainer.device)
     return n / (time.perf_counter() - t0)

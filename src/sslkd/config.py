@@ -33,6 +33,7 @@ class DataConfig:
     subset_fraction: float = 1.0
     num_workers: int = 0
     on_corrupt: str = "fail"  # "fail" or "skip" a corrupt image file
+    augment_on: str = "loader"  # loader: per image in loader workers; device: whole batch on the training device
 
 
 @dataclass
@@ -134,6 +135,7 @@ class Config:
             ("data.subset_fraction", 0 < self.data.subset_fraction <= 1, "must be in (0, 1]"),
             ("data.on_corrupt", self.data.on_corrupt in ("fail", "skip"), "must be fail or skip"),
             ("data.num_workers", self.data.num_workers >= 0, "must be >= 0"),
+            ("data.augment_on", self.data.augment_on in ("loader", "device"), "must be loader or device"),
             ("aug.local_crops_number", self.aug.local_crops_number >= 0, "must be >= 0"),
             ("model.patch_size", self.model.patch_size > 0, "must be positive"),
             ("eval.knn_k", self.eval.knn_k > 0, "must be positive"),

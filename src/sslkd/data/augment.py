@@ -41,6 +41,11 @@ class MultiCropTransform:
         # default: DINO's 96/224 of the image, rounded to a multiple of the ViT patch size
         self.local_size = local_size or max(multiple, int(round(img_size * 96 / 224 / multiple)) * multiple)
         self.local_number = local_number
+        self.params = dict(channels=channels, mean=tuple(mean), std=tuple(std), global_size=self.global_size,
+                           local_size=self.local_size, global_scale=global_scale, local_number=local_number,
+                           local_scale=local_scale, flip_p=flip_p, color_jitter_p=color_jitter_p,
+                           brightness=brightness, contrast=contrast, saturation=saturation, hue=hue,
+                           grayscale_p=grayscale_p, blur_p=blur_p, solarize_p=solarize_p, paired=paired)
         if channels == 3:
             jitter = v2.ColorJitter(brightness, contrast, saturation, hue)
             colour = [v2.RandomApply([jitter], p=color_jitter_p), v2.RandomGrayscale(p=grayscale_p)]
@@ -98,6 +103,20 @@ class MultiCropDataset(Dataset):
             torch.default_generator.manual_seed(seed)  # CPU only: CUDA streams stay untouched
             crops = self.transform(img)
         return crops, label
+
+
+class RawDataset(Dataset):
+    """Item ``(index, seed)`` -> ``(uint8 image, label, seed)``: for augmentation on the device."""
+
+    def __init__(self, base: Dataset) -> None:
+        self.base = base
+
+    def __len__(self) -> int:
+        return len(self.base)  # type: ignore[arg-type]
+
+    def __getitem__(self, item: tuple[int, int]) -> tuple[torch.Tensor, int, int]:
+        img, label = self.base[item[0]]
+        return img, label, item[1]
 
 
 class SeededEpochSampler(Sampler[tuple[int, int]]):

@@ -29,7 +29,8 @@ from sslkd.config import Config, to_dict
 from sslkd.device import autocast_dtype, resolve_device
 from sslkd.distributed import all_reduce_mean, any_process, gather_batch, init_from_env, is_distributed
 from sslkd.data import ImageArrayDataset, get_dataset
-from sslkd.data.augment import MultiCropDataset, MultiCropTransform, SeededEpochSampler
+from sslkd.data.augment import MultiCropDataset, MultiCropTransform, RawDataset, SeededEpochSampler
+from sslkd.data.batch_augment import BatchMultiCrop
 from sslkd.eval import extract_features, knn_classify
 from sslkd.methods import Method, StepInfo, build_method
 from sslkd.train import checkpoint as ckpt
@@ -96,6 +97,7 @@ class Trainer:
         aug = dataclasses.replace(cfg.aug, paired=True) if getattr(self.method, "paired_views", False) else cfg.aug
         self.transform = MultiCropTransform.from_config(aug, train_set.img_size, train_set.num_channels,
                                                         train_set.mean, train_set.std, multiple=patch)
+        self.batch_aug = BatchMultiCrop.from_transform(self.transform) if cfg.data.augment_on == "device" else None
         self.optimizers = self._build_optimizers()
         lr = t.base_lr * t.batch_size / 256
         warm = round(t.warmup_epochs * self.steps_per_epoch)
@@ -201,13 +203,25 @@ class Trainer:
         sampler = SeededEpochSampler(len(self.train_set), self.cfg.seed, epoch, start // self.world,
                                      self.rank, self.world)
         nw = self.cfg.data.num_workers
-        return DataLoader(MultiCropDataset(self.train_set, self.transform),
+        data = RawDataset(self.train_set) if self.batch_aug else MultiCropDataset(self.train_set, self.transform)
+        return DataLoader(data,
                           batch_size=t.batch_size // (t.accum_steps * self.world),
                           sampler=sampler, drop_last=True, num_workers=nw, pin_memory=self.device.type == "cuda",
                           persistent_workers=False, prefetch_factor=4 if nw else None,
                           # own generator: creating a loader must not consume the global RNG
                           # (a resumed run creates one mid-epoch)
                           generator=torch.Generator().manual_seed(self.cfg.seed + epoch))
+
+    def _batches(self, epoch: int, start: int):
+        """The epoch's batches of views from image ``start`` on: augmented per image by the loader's
+        workers, or as a whole batch on the training device (``data.augment_on: device``), keyed by
+        the first image's seed so that a resumed run draws the same views."""
+        for item in self._loader(epoch, start):
+            if self.batch_aug is None:
+                yield item[0]
+            else:
+                images, _, seeds = item
+                yield self.batch_aug(images.to(self.device, non_blocking=True), int(seeds[0]) % 2**62)
 
     def _build_optimizers(self) -> list[torch.optim.Optimizer]:
         return build_optimizers(self.method.optimizer_specs(), self.cfg.train.base_lr, self.device.type == "cuda")
@@ -315,7 +329,7 @@ class Trainer:
             while self.step < end and status == "finished":
                 epoch, start = divmod(self.step, self.steps_per_epoch)
                 micro: list[list[torch.Tensor]] = []
-                for views, _ in self._loader(epoch, start * t.batch_size):
+                for views in self._batches(epoch, start * t.batch_size):
                     micro.append(views)
                     if len(micro) < t.accum_steps:
                         continue
