@@ -126,6 +126,16 @@ def build_parser() -> argparse.ArgumentParser:
         e.add_argument("--out", default=f"runs/{e.prog.split()[-1]}")
         e.add_argument("--no-progress", action="store_true")
 
+    rep = sub.add_parser("report", help="one self-contained HTML page for one or more runs")
+    rep.add_argument("runs", nargs="+")
+    rep.add_argument("--out", default="report.html")
+    rep.add_argument("--dataset", default=None, help="default: each run's dataset")
+    rep.add_argument("--root", default=None)
+    rep.add_argument("--eval-train-samples", type=int, default=5000)
+    rep.add_argument("--eval-test-samples", type=int, default=1000)
+    rep.add_argument("--linear-epochs", type=int, default=50)
+    rep.add_argument("--device", default="auto")
+
     ex = sub.add_parser("export", help="the backbone alone as safetensors + timm config.json, or ONNX")
     ex.add_argument("source", help="run folder or checkpoint (RUN@2: MOKD's second model)")
     ex.add_argument("--out", required=True)
@@ -178,6 +188,11 @@ def main(argv: list[str] | None = None) -> int:
             return _experiment(args)
         if args.command == "analyze":
             return _analyze(args)
+        if args.command == "report":
+            from sslkd.report import build_report
+            print(build_report(args.runs, args.out, args.dataset, args.root, args.eval_train_samples,
+                               args.eval_test_samples, args.linear_epochs, args.device))
+            return 0
         if args.command == "export":
             from sslkd.export import export
             src, _, model = args.source.partition("@")

@@ -38,7 +38,7 @@ def plot_curves(runs: list[str | Path], out: str | Path, labels: list[str] | Non
         steps = [r["step"] for r in rows]
         color = f"C{i % 10}"
         for key in [k for k in rows[-1] if k not in SKIP and k not in ("agreement", "teacher_entropy", "feature_std",
-                                                                           "mask_ratio")]:
+                                                                           "mask_ratio", "effective_rank")]:
             ys = _smooth([r.get(key, float("nan")) for r in rows], smooth)
             ax_l.plot(steps, ys, color=color, lw=1.6 if key == "loss" else 0.8,
                       ls="-" if key == "loss" else "--", label=f"{label}: {key}")

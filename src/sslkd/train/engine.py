@@ -310,6 +310,8 @@ class Trainer:
         if self.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
             (self.out / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+            from sslkd.report import environment
+            (self.out / "env.json").write_text(json.dumps(environment(self.device), indent=1))
         resumed = self.resume(resume)
         log = open(self.out / "metrics.jsonl" if self.is_main else os.devnull, "a")
         tb = _tensorboard(self.out) if self.is_main else None

@@ -1,0 +1,193 @@
+"""``sslkd report``: one self-contained HTML page (figures embedded as PNG data URIs) for one or
+more runs: config, environment, loss terms and teacher/student agreement, schedules, kNN over
+epochs, collapse indicators, final kNN/linear (and fine-tuning, where a run has one) tables,
+attention maps of fixed test images and a t-SNE of test features. Readable without a server."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+import platform
+import tempfile
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+
+from sslkd.eval.curves import plot_curves, read_metrics  # noqa: E402
+
+SCHEDULES = ("lr", "wd", "momentum", "teacher_temp")
+COLLAPSE = ("teacher_entropy", "feature_std", "effective_rank")
+
+
+def environment(device: torch.device | None = None) -> dict[str, str]:
+    """Versions and hardware of this process (written to each run as ``env.json`` at its start)."""
+    import timm
+    import torchvision
+
+    from sslkd import __version__
+    from sslkd.device import native_bf16
+
+    device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({platform.machine()})"
+    return {"sslkd": __version__, "python": platform.python_version(), "torch": torch.__version__,
+            "torchvision": torchvision.__version__, "timm": timm.__version__, "platform": platform.platform(),
+            "device": dev, "threads": str(torch.get_num_threads()), "native_bf16": str(native_bf16(device))}
+
+
+def _png(fig) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def _file_png(path: Path) -> str:
+    return base64.b64encode(path.read_bytes()).decode()
+
+
+def _lines(runs: dict[str, list[dict]], keys: tuple[str, ...], title: str) -> tuple[str | None, str]:
+    """(PNG of one panel per logged key, caption naming the keys)."""
+    present = [k for k in keys if any(k in r for rows in runs.values() for r in rows)]
+    if not present:
+        return None, ""
+    fig, axes = plt.subplots(1, len(present), figsize=(4 * len(present), 3.2), squeeze=False)
+    for ax, key in zip(axes[0], present):
+        for i, (name, rows) in enumerate(runs.items()):
+            pts = [(r["step"], r[key]) for r in rows if key in r]
+            if pts:
+                ax.plot(*zip(*pts), color=f"C{i}", label=name, lw=1.2)
+        ax.set(title=key, xlabel="step")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle(title)
+    return _png(fig), f"<p class=note>Per step: {', '.join(present)}.</p>"
+
+
+def _knn_records(run: Path) -> list[dict]:
+    path = run / "metrics.jsonl"
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [r for r in rows if "knn_top1" in r and "loss" not in r]
+
+
+def build_report(runs: list[str | Path], out: str | Path, dataset: str | None = None, root: str | None = None,
+                 eval_train_samples: int | None = 5000, eval_test_samples: int | None = 1000,
+                 linear_epochs: int = 50, device: str = "auto", progress: bool = False) -> Path:
+    """Write the HTML report of ``runs`` (run folders) to ``out``; returns its path."""
+    from sslkd.data import get_dataset
+    from sslkd.device import resolve_device
+    from sslkd.eval import extract_features, knn_classify, linear_probe
+    from sslkd.eval.analysis import plot_tsne
+    from sslkd.eval.attention import cls_attention, plot_attention
+    from sslkd.pretrained import load_pretrained
+
+    paths = [Path(r) for r in runs]
+    for p in paths:
+        if not (p / "metrics.jsonl").is_file():
+            raise FileNotFoundError(f"{p} is not a run folder (no metrics.jsonl)")
+    names = [p.name for p in paths]
+    metrics = {n: read_metrics(p) for n, p in zip(names, paths)}
+    dev = resolve_device(device)
+    parts: list[str] = []
+
+    def section(title: str, body: str) -> None:
+        parts.append(f'<section><h2>{html.escape(title)}</h2>\n{body}\n</section>')
+
+    def img(b64: str | None, alt: str) -> str:
+        return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{b64}">' if b64 else \
+            f"<p class=note>{html.escape(alt)}: nothing logged.</p>"
+
+    section("Runs", "<ul>" + "".join(f"<li><b>{html.escape(n)}</b>: {html.escape(str(p.resolve()))}</li>"
+                                       for n, p in zip(names, paths)) + "</ul>")
+    section("Config", "".join(f"<h3>{html.escape(n)}</h3><pre>{html.escape((p / 'config.yaml').read_text())}</pre>"
+                              for n, p in zip(names, paths) if (p / "config.yaml").is_file()))
+    env_rows = []
+    for n, p in zip(names, paths):
+        env = json.loads((p / "env.json").read_text()) if (p / "env.json").is_file() else {}
+        env_rows.append(f"<h3>{html.escape(n)} (training)</h3>" + (_table([env]) if env else
+                                                                  "<p class=note>not recorded</p>"))
+    section("Environment", "".join(env_rows) + "<h3>this report</h3>" + _table([environment()]))
+    with tempfile.TemporaryDirectory() as tmp:
+        curves = plot_curves(paths, Path(tmp) / "curves.png", labels=names, smooth=5)
+        section("Loss terms and teacher/student agreement", img(_file_png(curves), "loss terms and agreement"))
+    png, caption = _lines(metrics, SCHEDULES, "schedules per step")
+    section("Schedules", img(png, "schedules") + caption)
+    knn = {n: _knn_records(p) for n, p in zip(names, paths)}
+    if any(knn.values()):
+        fig, ax = plt.subplots(figsize=(5, 3.2))
+        for i, (n, rows) in enumerate(knn.items()):
+            if rows:
+                ax.plot([r["epoch"] for r in rows], [r["knn_top1"] for r in rows], "o-", color=f"C{i}", label=n)
+        ax.set(xlabel="epoch", ylabel="kNN top-1 (%)", title="kNN during pretraining")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+        section("kNN over epochs", img(_png(fig), "kNN over epochs"))
+    else:
+        section("kNN over epochs", "<p class=note>not logged (eval.knn_every: 0); final figures below.</p>")
+    png, caption = _lines(metrics, COLLAPSE, "collapse indicators")
+    section("Collapse indicators", img(png, "collapse indicators") + caption)
+
+    rows, figures = [], []
+    for n, p in zip(names, paths):
+        pre = load_pretrained(p)
+        d = pre.config.data
+        name = dataset or d.name
+        kw = {"root": root or d.root} if (root or d.root) else {}
+        train = get_dataset(name, "train", img_size=pre.img_size if name == "synthetic" else None, **kw)
+        test = get_dataset(name, "test", img_size=pre.img_size if name == "synthetic" else None, **kw)
+        fkw = dict(mean=pre.mean, std=pre.std, device=dev, progress=progress)
+        bb = pre.backbone.to(dev)
+        ftr, ltr = extract_features(bb, train, max_samples=eval_train_samples, **fkw)
+        fte, lte = extract_features(bb, test, max_samples=eval_test_samples, **fkw)
+        k = knn_classify(ftr, ltr, fte, lte, pre.config.eval.knn_k, pre.config.eval.knn_t, train.num_classes)
+        lin = linear_probe(ftr, ltr, fte, lte, train.num_classes, epochs=linear_epochs)
+        ft = json.loads((p / "finetune.json").read_text()) if (p / "finetune.json").is_file() else {}
+        rows.append({"run": n, "step": pre.step, "dataset": name, "eval train/test": f"{len(ftr)}/{len(fte)}",
+                     "kNN top-1": f"{k['top1']:.2f}", "kNN top-5": f"{k['top5']:.2f}",
+                     "linear top-1": f"{lin['top1']:.2f}", "linear top-5": f"{lin['top5']:.2f}",
+                     "fine-tune top-1": f"{ft['top1']:.2f}" if "top1" in ft else "not run"})
+        with tempfile.TemporaryDirectory() as tmp:
+            images = test.tensors()[0]
+            images = images[torch.linspace(0, len(images) - 1, 4).long()]
+            if getattr(pre.backbone, "is_vit", False):
+                maps = cls_attention(pre.backbone.cpu(), images, pre.mean, pre.std)
+                att = _file_png(plot_attention(images, maps, Path(tmp) / "att.png", f"{n}: last-block CLS attention"))
+            else:
+                att = None
+            tsne = _file_png(plot_tsne(fte, lte, Path(tmp) / "tsne.png", class_names=test.classes,
+                                       title=f"{n}: t-SNE of test features", max_points=1000))
+        figures.append((n, att, tsne))
+    section("Final evaluation (frozen teacher backbone)", _table(rows) +
+            "<p class=note>Weighted kNN (cosine, the run's k and T) and a linear probe on frozen CLS/pooled "
+            "features of evenly spaced subsets; fine-tuning from a run's finetune.json.</p>")
+    section("Attention maps", "".join(img(a, f"{n}: attention (ViTs only)") for n, a, _ in figures))
+    section("t-SNE of test features", "".join(img(t, f"{n}: t-SNE") for n, _, t in figures))
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(_PAGE.format(title=html.escape("sslkd report: " + ", ".join(names)), body="\n".join(parts)))
+    return out
+
+
+def _table(rows: list[dict]) -> str:
+    keys = list(rows[0])
+    head = "".join(f"<th>{html.escape(str(k))}</th>" for k in keys)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(r.get(k, '')))}</td>" for k in keys) + "</tr>"
+                   for r in rows)
+    return f"<table><tr>{head}</tr>{body}</table>"
+
+
+_PAGE = """<!doctype html>
+<html><head><meta charset="utf-8"><title>{title}</title>
+<style>body{{font-family:sans-serif;max-width:1200px;margin:2em auto;color:#222}}
+table{{border-collapse:collapse;margin:.5em 0}}td,th{{border:1px solid #ccc;padding:3px 8px;font-size:13px}}
+img{{max-width:100%;margin:.5em 0}}pre{{background:#f6f6f6;padding:.6em;font-size:12px;overflow:auto}}
+.note{{color:#666;font-size:13px}}h2{{border-bottom:1px solid #ddd}}</style></head>
+<body><h1>{title}</h1>
+{body}
+</body></html>
+"""
