@@ -63,6 +63,16 @@ def build_parser() -> argparse.ArgumentParser:
     _add_eval_args(lin)
     lin.add_argument("--epochs", type=int, default=100)
     lin.add_argument("--lr", type=float, default=0.1)
+    ft = evs.add_parser("finetune", help="full fine-tuning (AdamW, layer-wise lr decay, warm-up + cosine)")
+    _add_eval_args(ft)
+    ft.add_argument("--epochs", type=int, default=30)
+    ft.add_argument("--lr", type=float, default=1e-3, help="base rate for batch 256 (scaled with the batch)")
+    ft.add_argument("--layer-decay", type=float, default=0.75)
+    ft.add_argument("--weight-decay", type=float, default=0.05)
+    ft.add_argument("--warmup-epochs", type=float, default=3.0)
+    ft.add_argument("--label-fraction", type=float, default=1.0, help="class-balanced share of the labels (0.01, 0.1)")
+    ft.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
+    ft.add_argument("--out", default=None, help="JSON result (default: RUN/finetune[_<fraction>].json)")
 
     demo = sub.add_parser("demo", help="pretrain DINO on the embedded digits data and compare kNN")
     demo.add_argument("--output-dir", default="runs/demo")
@@ -274,6 +284,8 @@ def _eval(args) -> int:
         backbone = build_backbone(args.backbone, size, args.patch_size, train.num_channels)
         mean, std, source = train.mean, train.std, f"random init ({args.backbone})"
     backbone.to(device)
+    if args.protocol == "finetune":
+        return _finetune(args, backbone, train, test, mean, std, size, device, source)
     kw = dict(mean=mean, std=std, device=device, batch_size=args.batch_size, size=size, progress=True)
     ftr, ltr = extract_features(backbone, train, **kw)
     fte, lte = extract_features(backbone, test, **kw)
@@ -288,6 +300,28 @@ def _eval(args) -> int:
     else:
         print(f"{proto} on {args.dataset} ({len(train)} train / {len(test)} test), {source}")
         print(f"top-1 {res['top1']:.2f}%  top-5 {res['top5']:.2f}%")
+    return 0
+
+
+def _finetune(args, backbone, train, test, mean, std, size, device, source) -> int:
+    from sslkd.eval.finetune import finetune
+
+    res = finetune(backbone, train, test, mean, std, size, args.epochs, min(args.batch_size, len(train)), args.lr,
+                   args.layer_decay, args.weight_decay, args.warmup_epochs, label_fraction=args.label_fraction,
+                   precision=args.precision, device=device, seed=args.seed, progress=True)
+    res = {"protocol": "finetune", "source": source, "dataset": args.dataset, **res}
+    out = args.out
+    if out is None and args.checkpoint and Path(args.checkpoint).is_dir():
+        suffix = "" if args.label_fraction == 1 else f"_{args.label_fraction:g}"
+        out = Path(args.checkpoint) / f"finetune{suffix}.json"
+    if out:
+        Path(out).write_text(json.dumps(res, indent=1))
+    if args.json:
+        print(json.dumps(res))
+    else:
+        print(f"fine-tuning {args.epochs} epochs on {res['train_images']} labelled {args.dataset} images "
+              f"({100 * args.label_fraction:g}% of the labels), {source}")
+        print(f"top-1 {res['top1']:.2f}%  top-5 {res['top5']:.2f}%" + (f"  -> {out}" if out else ""))
     return 0
 
 

@@ -147,10 +147,12 @@ def build_report(runs: list[str | Path], out: str | Path, dataset: str | None = 
         k = knn_classify(ftr, ltr, fte, lte, pre.config.eval.knn_k, pre.config.eval.knn_t, train.num_classes)
         lin = linear_probe(ftr, ltr, fte, lte, train.num_classes, epochs=linear_epochs)
         ft = json.loads((p / "finetune.json").read_text()) if (p / "finetune.json").is_file() else {}
+        semi = {f.stem.split("_", 1)[1]: json.loads(f.read_text()) for f in sorted(p.glob("finetune_*.json"))}
         rows.append({"run": n, "step": pre.step, "dataset": name, "eval train/test": f"{len(ftr)}/{len(fte)}",
                      "kNN top-1": f"{k['top1']:.2f}", "kNN top-5": f"{k['top5']:.2f}",
                      "linear top-1": f"{lin['top1']:.2f}", "linear top-5": f"{lin['top5']:.2f}",
-                     "fine-tune top-1": f"{ft['top1']:.2f}" if "top1" in ft else "not run"})
+                     "fine-tune top-1": f"{ft['top1']:.2f}" if "top1" in ft else "not run",
+                     **{f"fine-tune top-1, {float(k):.0%} labels": f"{v['top1']:.2f}" for k, v in semi.items()}})
         with tempfile.TemporaryDirectory() as tmp:
             images = test.tensors()[0]
             images = images[torch.linspace(0, len(images) - 1, 4).long()]
@@ -174,7 +176,7 @@ def build_report(runs: list[str | Path], out: str | Path, dataset: str | None = 
 
 
 def _table(rows: list[dict]) -> str:
-    keys = list(rows[0])
+    keys = list(dict.fromkeys(k for r in rows for k in r))  # union, first-seen order
     head = "".join(f"<th>{html.escape(str(k))}</th>" for k in keys)
     body = "".join("<tr>" + "".join(f"<td>{html.escape(str(r.get(k, '')))}</td>" for k in keys) + "</tr>"
                    for r in rows)

@@ -1,0 +1,108 @@
+"""Full fine-tuning of a pretrained backbone with a linear classifier (the protocol of BEiT/MAE/iBOT,
+sized for small images): AdamW, layer-wise learning-rate decay, linear warm-up then cosine,
+random-resized-crop + flip augmentation of whole batches on the device, and optionally a
+class-balanced fraction of the labels (the 1% / 10% semi-supervised splits).
+
+``lr`` is the base rate for a batch of 256 (scaled linearly with the batch size). Layer-wise decay
+gives layer ``i`` of ``L`` the rate ``lr * layer_decay ** (L - i)``: the classifier and the last
+block learn fastest, the patch embedding slowest (timm's ``param_groups_layer_decay`` grouping,
+so ViTs and CNNs alike). Weight decay skips biases, norms and embeddings' special tokens.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from sslkd.data.base import ImageArrayDataset, balanced_subset
+from sslkd.data.batch_augment import BatchMultiCrop
+from sslkd.device import autocast_dtype
+from sslkd.eval.features import normalize_batch
+from sslkd.models import Backbone
+
+
+def _param_groups(backbone: Backbone, head: nn.Linear, weight_decay: float, layer_decay: float) -> list[dict]:
+    from timm.optim import param_groups_layer_decay
+
+    net = getattr(backbone, "vit", None) or getattr(backbone, "net", None) or backbone
+    groups = param_groups_layer_decay(net, weight_decay=weight_decay, layer_decay=layer_decay,
+                                      no_weight_decay_list=getattr(net, "no_weight_decay", lambda: set())())
+    for g in groups:  # timm gives the top block the head's rate; BEiT's rule gives it one decay step less
+        g["lr_scale"] = g.get("lr_scale", 1.0) * layer_decay
+    seen = {id(p) for g in groups for p in g["params"]}
+    rest = [p for p in backbone.parameters() if id(p) not in seen and p.requires_grad]  # e.g. mask token
+    if rest:
+        groups.append({"params": rest, "weight_decay": 0.0, "lr_scale": min(g.get("lr_scale", 1.0) for g in groups)})
+    groups.append({"params": list(head.parameters()), "weight_decay": weight_decay, "lr_scale": 1.0})
+    return groups
+
+
+def finetune(backbone: Backbone, train: ImageArrayDataset, test: ImageArrayDataset, mean, std,
+             img_size: int | None = None, epochs: int = 30, batch_size: int = 128, lr: float = 1e-3,
+             layer_decay: float = 0.75, weight_decay: float = 0.05, warmup_epochs: float = 3.0,
+             crop_scale: tuple[float, float] = (0.35, 1.0), label_fraction: float = 1.0, precision: str = "auto",
+             device: torch.device | str = "cpu", seed: int = 0, progress: bool = False) -> dict:
+    """Fine-tune ``backbone`` (in place) plus a new linear head on ``train`` and return test
+    ``top1``/``top5`` (%), the number of labelled images used and the per-epoch training loss."""
+    if not 0 < label_fraction <= 1:
+        raise ValueError(f"label fraction must be in (0, 1], got {label_fraction}")
+    device = torch.device(device)
+    torch.manual_seed(seed)
+    images, labels = train.tensors()
+    if label_fraction < 1:
+        keep = torch.from_numpy(balanced_subset(np.asarray(labels), label_fraction, seed))
+        images, labels = images[keep], labels[keep]
+    size = img_size or train.img_size
+    head = nn.Linear(backbone.embed_dim, train.num_classes).to(device)
+    nn.init.trunc_normal_(head.weight, std=2e-5)
+    nn.init.zeros_(head.bias)
+    backbone.to(device).train()
+    groups = _param_groups(backbone, head, weight_decay, layer_decay)
+    base = lr * batch_size / 256
+    opt = torch.optim.AdamW(groups, lr=base, fused=device.type == "cuda")
+    steps_per_epoch = max(1, len(images) // batch_size)
+    total, warm = epochs * steps_per_epoch, int(warmup_epochs * steps_per_epoch)
+    aug = BatchMultiCrop(train.num_channels, mean, std, size, size, global_scale=crop_scale, color_jitter_p=0.0,
+                         grayscale_p=0.0, blur_p=(0.0, 0.0, 0.0), solarize_p=0.0)
+    dtype = autocast_dtype(precision, device)
+    g = torch.Generator().manual_seed(seed)
+    losses = []
+    step = 0
+    for epoch in tqdm(range(epochs), disable=not progress, desc="fine-tune", unit="epoch"):
+        perm = torch.randperm(len(images), generator=g)
+        running = 0.0
+        for i in range(steps_per_epoch):
+            idx = perm[i * batch_size:(i + 1) * batch_size]
+            x = aug(images[idx].to(device), seed * 1_000_003 + step)[0]
+            y = labels[idx].to(device)
+            scale = (step + 1) / warm if step < warm else 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
+            for grp in opt.param_groups:
+                grp["lr"] = base * scale * grp.get("lr_scale", 1.0)
+            with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+                loss = F.cross_entropy(head(backbone(x)).float(), y)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            running += loss.item()
+            step += 1
+        losses.append(running / steps_per_epoch)
+    backbone.eval()
+    correct1 = correct5 = 0
+    timgs, tlabels = test.tensors()
+    with torch.no_grad():
+        for i in range(0, len(timgs), 256):
+            x = normalize_batch(timgs[i:i + 256].to(device), mean, std, size)
+            with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+                logits = head(backbone(x)).float()
+            y = tlabels[i:i + 256].to(device)
+            top = logits.topk(min(5, logits.shape[1]), 1).indices
+            correct1 += (top[:, 0] == y).sum().item()
+            correct5 += (top == y[:, None]).any(1).sum().item()
+    n = len(timgs)
+    return {"top1": 100 * correct1 / n, "top5": 100 * correct5 / n, "train_images": len(images),
+            "label_fraction": label_fraction, "epochs": epochs, "epoch_loss": losses}
