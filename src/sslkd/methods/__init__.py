@@ -6,10 +6,13 @@ from sslkd.methods.base import Method, StepInfo
 from sslkd.methods.dino import DINO, DINOConfig
 from sslkd.methods.dmt import DMT, DMTConfig
 from sslkd.methods.ibot import IBOT, IBOTConfig
+from sslkd.methods.mae import MAE, MAEConfig
+from sslkd.methods.mocov3 import MoCoV3, MoCoV3Config
 from sslkd.methods.mokd import MOKD, MOKDConfig
 from sslkd.methods.seed import SEED, SEEDConfig
 
-METHODS: dict[str, type[Method]] = {"dino": DINO, "dmt": DMT, "ibot": IBOT, "mokd": MOKD, "seed": SEED}
+METHODS: dict[str, type[Method]] = {"dino": DINO, "dmt": DMT, "ibot": IBOT, "mae": MAE, "mocov3": MoCoV3, "mokd": MOKD,
+                                    "seed": SEED}
 
 
 def method_config_class(name: str) -> type:
@@ -25,5 +28,5 @@ def build_method(cfg, in_chans: int, img_size: int, eval_only: bool = False) -> 
     return METHODS[cfg.method.name](cfg, in_chans, img_size, eval_only=eval_only)
 
 
-__all__ = ["DINO", "DMT", "IBOT", "METHODS", "MOKD", "SEED", "DINOConfig", "DMTConfig", "IBOTConfig", "MOKDConfig", "Method",
+__all__ = ["DINO", "DMT", "IBOT", "METHODS", "MAE", "MAEConfig", "MOKD", "MoCoV3", "MoCoV3Config", "SEED", "DINOConfig", "DMTConfig", "IBOTConfig", "MOKDConfig", "Method",
            "SEEDConfig", "StepInfo", "build_method", "method_config_class"]

@@ -1,0 +1,82 @@
+"""MoCo v3 (Chen, Xie & He, ICCV 2021): a query encoder (backbone + projector + predictor) against a
+momentum encoder (backbone + projector, EMA), symmetric InfoNCE between the two global views
+(:class:`~sslkd.losses.mocov3.MoCoV3Loss`). ViTs and CNNs alike; the paper's MLPs (hidden 4096,
+output 256, BatchNorm, the last BN without affine) with a 3-layer projector for ViTs and 2 for
+CNNs, ``τ = 0.2``. The momentum follows ``train.momentum_teacher`` -> ``momentum_teacher_end``
+(the paper: 0.99 -> 1, cosine). Local crops, if configured, are not used. Evaluation reads the
+momentum encoder's backbone (``teacher``) or the query backbone (``student``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from sslkd.losses.mocov3 import MoCoV3Loss
+from sslkd.methods.base import Method, StepInfo, ema_teacher, ema_update
+from sslkd.methods.dino import Encoder
+
+
+@dataclass
+class MoCoV3Config:
+    name: str = "mocov3"
+    hidden_dim: int = 4096
+    out_dim: int = 256
+    proj_layers: int = 0  # 0: the paper's (3 for ViTs, 2 for CNNs)
+    temperature: float = 0.2
+
+    def validate(self) -> None:
+        from sslkd.config import ConfigError
+        for key in ("hidden_dim", "out_dim", "temperature"):
+            if getattr(self, key) <= 0:
+                raise ConfigError(f"method.{key}: must be positive (got {getattr(self, key)})")
+        if self.proj_layers < 0:
+            raise ConfigError(f"method.proj_layers: must be >= 0 (got {self.proj_layers})")
+
+
+def mlp(in_dim: int, hidden: int, out: int, layers: int, last_bn: bool = True) -> nn.Sequential:
+    """MoCo v3's MLP: (Linear - BN - ReLU) x (layers - 1), Linear, then a BN without affine
+    (projector; the predictor has none)."""
+    mods: list[nn.Module] = []
+    dims = [in_dim] + [hidden] * (layers - 1)
+    for a, b in zip(dims[:-1], dims[1:]):
+        mods += [nn.Linear(a, b, bias=False), nn.BatchNorm1d(b), nn.ReLU(inplace=True)]
+    mods += [nn.Linear(dims[-1], out, bias=False)] + ([nn.BatchNorm1d(out, affine=False)] if last_bn else [])
+    return nn.Sequential(*mods)
+
+
+class MoCoV3(Method):
+    config_class = MoCoV3Config
+
+    def __init__(self, cfg, in_chans: int, img_size: int, eval_only: bool = False) -> None:
+        super().__init__(cfg, in_chans, img_size, eval_only)
+        m = cfg.method
+        backbone = self.build_backbone()
+        layers = m.proj_layers or (3 if backbone.is_vit else 2)
+        self.student = Encoder(backbone, mlp(backbone.embed_dim, m.hidden_dim, m.out_dim, layers))
+        self.predictor = mlp(m.out_dim, m.hidden_dim, m.out_dim, 2, last_bn=False)
+        self.teacher = ema_teacher(self.student)
+        self.loss_fn = MoCoV3Loss(m.temperature)
+
+    def trainable_parameters(self) -> list[tuple[str, nn.Parameter]]:
+        return super().trainable_parameters() + [(f"predictor.{n}", p) for n, p in self.predictor.named_parameters()]
+
+    def forward(self, views, info: StepInfo):
+        x1, x2 = views[0], views[1]
+        f1, z1 = self.student(x1)
+        _, z2 = self.student(x2)
+        q1, q2 = self.predictor(z1), self.predictor(z2)
+        with torch.no_grad():
+            _, k1 = self.teacher(x1)
+            _, k2 = self.teacher(x2)
+        loss = self.loss_fn(q1, q2, k1, k2)
+        z = nn.functional.normalize(f1.float(), dim=-1)
+        with torch.no_grad():
+            agree = (nn.functional.normalize(q1.float(), dim=-1) @ nn.functional.normalize(k2.float(), dim=-1).T
+                     ).argmax(-1).eq(torch.arange(len(q1), device=q1.device)).float().mean()
+        return {"loss": loss, "mocov3": loss.detach()}, {"feature_std": z.std(0).mean().detach(), "agreement": agree}
+
+    def on_optimizer_step(self, momentum: float) -> None:
+        ema_update(self.teacher, self.student, momentum)
