@@ -99,3 +99,24 @@ def test_dmt_trains_a_student_from_two_frozen_teachers(tmp_path):
         for k, v in sd.items():
             assert torch.equal(state[f"teachers.{i}.{k}"], v), k
     assert main(["eval", "knn", "--checkpoint", str(tmp_path / "run"), "--dataset", "synthetic", "--json"]) == 0
+
+
+def test_dmt_takes_teachers_made_by_sslkd_mocov3_and_mae(tmp_path):
+    from sslkd.config import load_config
+    from sslkd.data import get_dataset
+    from sslkd.train import Trainer
+
+    data = get_dataset("synthetic", "train", img_size=16, num_samples=32)
+    runs = []
+    for method, extra in (("mocov3", ["method.hidden_dim=32", "method.out_dim=16"]),
+                          ("mae", ["method.decoder_dim=32", "method.decoder_heads=2", "method.decoder_depth=1"])):
+        out = tmp_path / method
+        cfg = load_config(None, [f"output_dir={out}", f"method.name={method}", "model.depth=1", "model.patch_size=4",
+                                 "train.batch_size=16", "train.max_steps=1", "device=cpu"] + extra)
+        Trainer(cfg, data, progress=False).fit()
+        runs.append(str(out))
+    cfg = load_config(None, [f"output_dir={tmp_path / 'dmt'}", "method.name=dmt", f"method.teachers={runs}",
+                             "model.depth=1", "model.patch_size=4", "train.batch_size=16", "train.max_steps=2",
+                             "device=cpu"])
+    summary = Trainer(cfg, data, progress=False).fit()
+    assert summary["step"] == 2 and np.isfinite(summary["loss"])
