@@ -104,7 +104,8 @@ def build_report(runs: list[str | Path], out: str | Path, dataset: str | None = 
 
     section("Runs", "<ul>" + "".join(f"<li><b>{html.escape(n)}</b>: {html.escape(str(p.resolve()))}</li>"
                                        for n, p in zip(names, paths)) + "</ul>")
-    section("Config", "".join(f"<h3>{html.escape(n)}</h3><pre>{html.escape((p / 'config.yaml').read_text())}</pre>"
+    section("Config", "".join(f"<details><summary><b>{html.escape(n)}</b> (config.yaml)</summary>"
+                              f"<pre>{html.escape((p / 'config.yaml').read_text())}</pre></details>"
                               for n, p in zip(names, paths) if (p / "config.yaml").is_file()))
     env_rows = []
     for n, p in zip(names, paths):
