@@ -91,8 +91,8 @@ class BatchMultiCrop:
         s = self._u(g, n, max(0.0, 1 - self.saturation), 1 + self.saturation)[:, None, None, None]
         hue = self._u(g, n, -self.hue, self.hue)
         y = (x * b).clamp(0, 1)
-        y = ((y - self._gray(y).mean((1, 2, 3), keepdim=True)) * c + self._gray(y).mean((1, 2, 3), keepdim=True)) \
-            .clamp(0, 1)
+        mean = self._gray(y).mean((1, 2, 3), keepdim=True)
+        y = ((y - mean) * c + mean).clamp(0, 1)
         if x.shape[1] == 3:
             gray = self._gray(y)
             y = ((y - gray) * s + gray).clamp(0, 1)
