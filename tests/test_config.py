@@ -35,10 +35,16 @@ def test_unknown_key_names_closest():
     ("data.img_size=30", "data.img_size"),  # not divisible by patch 4
     ("aug.global_crops_scale=[0.1]", "aug.global_crops_scale"),
     ("method.teacher_temp=0", "method.teacher_temp"),
+    ("train.parallel=zero3", "train.parallel"),
 ])
 def test_impossible_values_name_the_key(override, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         load_config(None, [override])
+
+
+def test_compile_and_fsdp_are_not_combined():
+    with pytest.raises(ConfigError, match=r"train\.compile.*fsdp"):
+        load_config(None, ["train.compile=true", "train.parallel=fsdp"])
 
 
 def test_every_shipped_config_loads():

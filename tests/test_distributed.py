@@ -75,21 +75,45 @@ CASES = {
 }
 
 
-def _run(case, out, extra=()):
+OTHER = {
+    "mokd": ['method={"name": "mokd", "out_dim": 32, "hidden_dim": 32, "bottleneck_dim": 16, "thead_depth": 1, '
+             '"thead_width": 64, "model2": {"backbone": "resnet18"}}', "aug.local_crops_number=1"],
+    "mae": ['method={"name": "mae"}', "aug.local_crops_number=0"],
+}
+
+
+def _run(case, out, extra=(), resume=None):
     from sslkd.config import load_config
     from sslkd.data import get_dataset
     from sslkd.train import Trainer
     cfg = load_config(None, [f"output_dir={out}", *CASES[case], *extra], base=BASE)
-    Trainer(cfg, get_dataset("synthetic", "train", img_size=16, num_samples=64), progress=False).fit()
+    trainer = Trainer(cfg, get_dataset("synthetic", "train", img_size=16, num_samples=64), progress=False)
+    trainer.fit(resume)
+    return trainer
 
 
-def _train_worker(rank, world, port, root):
+def _train_worker(rank, world, port, root, shapes):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world), RANK=str(rank),
                       LOCAL_RANK=str(rank))
     torch.set_num_threads(1)
     try:
         for case in CASES:
             _run(case, root / f"{case}_ddp")
+            trainer = _run(case, root / f"{case}_fsdp", ["train.parallel=fsdp"])
+            if case != "ibot_rkd_d":  # gradients reduce-scattered once, after the last micro-batch
+                _run(case, root / f"{case}_fsdp_accum", ["train.parallel=fsdp", "train.accum_steps=2"])
+            if case == "dino":  # the shard this process holds of the first block's qkv weight
+                qkv = trainer.method.student.backbone.vit.blocks[0].attn.qkv.weight
+                shapes[rank] = (type(qkv).__name__, tuple(qkv.to_local().shape), tuple(qkv.shape))
+        # the other method shapes: two models (ViT + ResNet, T-Heads), MAE's visible-patch encoder
+        for name, extra in OTHER.items():
+            for par in ("ddp", "fsdp"):
+                _run("dino", root / f"{name}_{par}", [*extra, f"train.parallel={par}", "train.max_steps=2"])
+        # FSDP, interrupted after 2 steps and resumed from its checkpoint (gathered shards -> full -> shards)
+        _run("ibot_kd", root / "ibot_kd_fsdp_resumed", ["train.parallel=fsdp", "train.max_steps=2",
+                                                        "train.ckpt_every_steps=1"])
+        _run("ibot_kd", root / "ibot_kd_fsdp_resumed", ["train.parallel=fsdp", "train.ckpt_every_steps=1"],
+             resume="auto")
     finally:
         dist.destroy_process_group()
 
@@ -100,15 +124,27 @@ def _losses(out):
 
 
 def test_two_processes_equal_one_process_and_accumulation(tmp_path):
-    mp.spawn(_train_worker, args=(2, _free_port(), tmp_path), nprocs=2, join=True)
+    """DDP and FSDP on 2 processes with half the batch each give one process's losses step by step;
+    an FSDP run resumed from its checkpoint continues exactly; accumulation 2 x B/2 equals B."""
+    shapes = mp.Manager().dict()
+    mp.spawn(_train_worker, args=(2, _free_port(), tmp_path, shapes), nprocs=2, join=True)
+    for rank in range(2):  # FSDP really sharded: each process holds half of the rows
+        assert shapes[rank] == ("DTensor", (288, 192), (576, 192))
+    for name in OTHER:
+        ddp, sharded = _losses(tmp_path / f"{name}_ddp"), _losses(tmp_path / f"{name}_fsdp")
+        assert len(ddp) == 2 and [r["loss"] for r in sharded] == pytest.approx([r["loss"] for r in ddp], rel=1e-5)
     for case in CASES:
         _run(case, tmp_path / f"{case}_one")
-        whole, ddp = _losses(tmp_path / f"{case}_one"), _losses(tmp_path / f"{case}_ddp")
-        assert len(whole) == len(ddp) == 3
+        whole = _losses(tmp_path / f"{case}_one")
         terms = [k for k in whole[0] if k in ("loss", "dino", "cls", "patch", "rkd_cls", "rkd_patch")]
-        for a, b in zip(whole, ddp):
-            for k in terms:
-                assert b[k] == pytest.approx(a[k], rel=1e-5), (case, a["step"], k, a[k], b[k])
+        runs = [f"{case}_ddp", f"{case}_fsdp"] + ([f"{case}_fsdp_accum"] if case != "ibot_rkd_d" else []) \
+            + (["ibot_kd_fsdp_resumed"] if case == "ibot_kd" else [])
+        for run in runs:
+            got = _losses(tmp_path / run)
+            assert len(whole) == len(got) == 3, run
+            for a, b in zip(whole, got):
+                for k in terms:
+                    assert b[k] == pytest.approx(a[k], rel=1e-5), (run, a["step"], k, a[k], b[k])
         if case == "ibot_rkd_d":
             continue  # CLS relations are over each micro-batch's images: accumulation changes them
         _run(case, tmp_path / f"{case}_accum", ["train.accum_steps=2"])

@@ -63,7 +63,7 @@ def test_mae_encoder_sees_only_visible_patches(tmp_path):
     method = Trainer(cfg, data, progress=False).method
     ids, mask = method.random_mask(8, 16, "cpu")
     assert ids.shape == (8, 4) and mask.sum(1).eq(12).all()  # 75% of 16 masked
-    out = method.encode_visible(torch.randn(8, 3, 16, 16), ids)
+    out = method.student.backbone.forward_visible(torch.randn(8, 3, 16, 16), ids)
     assert out.shape == (8, 5, 192)
 
 

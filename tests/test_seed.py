@@ -174,6 +174,8 @@ def test_position_embedding_resampled_for_another_grid(tmp_path):
 
 def test_timm_hub_without_network_says_so(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    import huggingface_hub.constants  # read at import: an earlier import would make the test wait on the network
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(TeacherError, match="network"):
         load_teacher("timm:vit_tiny_patch16_224.augreg_in21k_ft_in1k")
 

@@ -81,6 +81,7 @@ class TrainConfig:
     freeze_last_layer: int = 1  # epochs during which the head's last layer is not updated
     precision: str = "auto"  # auto (bf16 where native, else fp32) | fp32 | bf16 | fp16
     compile: bool = False  # torch.compile each backbone and head (first steps pay the compilation)
+    parallel: str = "ddp"  # several processes: ddp (replicated) | fsdp (sharded weights, grads, optimiser)
     ckpt_every_steps: int = 0  # 0: at the end of every epoch only
     keep_last: int = 3
     log_every: int = 10
@@ -131,6 +132,9 @@ class Config:
              "must be auto, fp32, bf16 or fp16"),
             ("train.clip_mode", self.train.clip_mode in ("norm", "per_param"), "must be norm or per_param"),
             ("train.keep_last", self.train.keep_last >= 1, "must be at least 1"),
+            ("train.parallel", self.train.parallel in ("ddp", "fsdp"), "must be ddp or fsdp"),
+            ("train.compile", not (self.train.compile and self.train.parallel == "fsdp"),
+             "is not supported together with train.parallel=fsdp (compile or shard, not both)"),
             ("train.log_every", self.train.log_every >= 1, "must be at least 1"),
             ("data.subset_fraction", 0 < self.data.subset_fraction <= 1, "must be in (0, 1]"),
             ("data.on_corrupt", self.data.on_corrupt in ("fail", "skip"), "must be fail or skip"),

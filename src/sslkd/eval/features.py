@@ -48,11 +48,14 @@ def extract_features(backbone: torch.nn.Module, dataset: ImageArrayDataset, mean
     for i in tqdm(range(0, per, batch_size), desc=f"features {dataset.name}", unit="batch",
                   disable=not progress, leave=False):
         idx = mine[i:i + batch_size]
-        x = normalize_batch(images[idx].to(device), mean, std, size) if len(idx) else None
-        if x is None:  # this process has fewer images than the others: nothing left to embed
-            continue
+        # a process with fewer images than the others still runs the batch (on one image, output
+        # dropped): a sharded (FSDP) backbone's forward is a collective every process must join
+        take = idx if len(idx) else torch.zeros(1, dtype=torch.long)
+        x = normalize_batch(images[take].to(device), mean, std, size)
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-            out.append(backbone(x).float())
+            y = backbone(x).float()
+        if len(idx):
+            out.append(y)
     backbone.train(was_training)
     feats = torch.cat(out) if out else torch.zeros(0, 0, device=device)
     if world > 1:  # pad to the same length, gather [world * per, D], undo the interleaving

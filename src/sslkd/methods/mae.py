@@ -98,19 +98,12 @@ class MAE(Method):
         mask.scatter_(1, ids, 0.0)
         return ids, mask
 
-    def encode_visible(self, x: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-        """The encoder on the CLS token and the kept patches only: ``[B, 1 + n_keep, D]``."""
-        vit = self.student.backbone.vit
-        t = vit._pos_embed(vit.patch_embed(x))  # [B, 1 + N, D], position embedding added
-        vis = torch.gather(t[:, 1:], 1, ids[..., None].expand(-1, -1, t.shape[-1]))
-        return vit.norm(vit.blocks(vit.norm_pre(torch.cat([t[:, :1], vis], 1))))
-
     def forward(self, views, info: StepInfo):
         x = views[0]
         p = self.student.backbone.patch_size
         n = (x.shape[-2] // p) * (x.shape[-1] // p)
         ids, mask = self.random_mask(len(x), n, x.device)
-        latent = self.decoder_embed(self.encode_visible(x, ids))  # [B, 1 + keep, Dd]
+        latent = self.decoder_embed(self.student.backbone.forward_visible(x, ids))  # [B, 1 + keep, Dd]
         full = self.mask_token.to(latent.dtype).expand(len(x), n, -1).clone()
         full.scatter_(1, ids[..., None].expand(-1, -1, full.shape[-1]), latent[:, 1:])
         y = self.decoder(torch.cat([latent[:, :1], full], 1) + self.decoder_pos.to(latent.dtype))

@@ -62,6 +62,14 @@ class ViTBackbone(Backbone):
         x = vit.norm(vit.blocks(x))
         return x[:, 0], x[:, self.num_prefix_tokens:]
 
+    def forward_visible(self, x: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """The encoder on the CLS token and the patches ``ids [B, k]`` only (MAE): ``[B, 1 + k, D]``
+        after the final norm; position embeddings are added before the others are dropped."""
+        vit = self.vit
+        t = vit._pos_embed(vit.patch_embed(x))  # [B, 1 + N, D]
+        vis = torch.gather(t[:, 1:], 1, ids[..., None].expand(-1, -1, t.shape[-1]))
+        return vit.norm(vit.blocks(vit.norm_pre(torch.cat([t[:, :1], vis], 1))))
+
     def attention_maps(self, x: torch.Tensor) -> torch.Tensor:
         """Last block's attention ``[B, heads, 1+N, 1+N]`` (softmax), computed explicitly."""
         vit = self.vit

@@ -34,6 +34,7 @@ from sslkd.data.batch_augment import BatchMultiCrop
 from sslkd.eval import extract_features, knn_classify
 from sslkd.methods import Method, StepInfo, build_method
 from sslkd.train import checkpoint as ckpt
+from sslkd.train import fsdp
 from sslkd.train.optim import build_optimizers, clip_per_tensor, compile_networks, set_hparams
 from sslkd.train.schedules import cosine_schedule
 
@@ -83,12 +84,15 @@ class Trainer:
         if t.compile:
             compile_networks(self.method)
         self.model: torch.nn.Module = self.method  # what the step calls: the method, or its DDP wrapper
+        self.sharded = self.world > 1 and t.parallel == "fsdp"
         if self.world > 1:
             if self.device.type == "cuda":  # SyncBatchNorm needs GPUs; CPU runs keep per-process statistics
                 self.method = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.method)
-            # find_unused_parameters: the mask token, a frozen last layer, ... get no gradient some steps
-            self.model = DDP(self.method, device_ids=[local_rank] if self.device.type == "cuda" else None,
-                             find_unused_parameters=True)
+            if self.sharded:  # every process built the same weights (same seed) and keeps its shard
+                self.model = fsdp.shard_method(self.method)
+            else:  # find_unused_parameters: the mask token, a frozen last layer, ... get no gradient some steps
+                self.model = DDP(self.method, device_ids=[local_rank] if self.device.type == "cuda" else None,
+                                 find_unused_parameters=True)
             torch.manual_seed(cfg.seed + 1000 * self.rank)  # own drop-path streams; weights come from rank 0
         patch = cfg.model.patch_size if cfg.model.backbone.startswith("vit") else 1
         if cfg.data.img_size is None and cfg.aug.global_crops_size is None and train_set.img_size % patch:
@@ -115,12 +119,13 @@ class Trainer:
 
     # ------------------------------------------------------------------ state
     def state_dict(self) -> dict[str, Any]:
+        """Everything a resumed run needs, as full tensors (collective when sharded)."""
+        opt_states = [fsdp.full_optimizer_state(o) if self.sharded else o.state_dict() for o in self.optimizers]
         state = {"format": FORMAT, "step": self.step, "train_seconds": self.train_seconds,
                  "config": to_dict(self.cfg),
-                 "method": self.method.state_dict(),
+                 "method": fsdp.full_model_state(self.method) if self.sharded else self.method.state_dict(),
                  # one optimiser: its state (the layout of single-optimiser runs); several: a list
-                 "optimizer": self.optimizers[0].state_dict() if len(self.optimizers) == 1
-                 else [o.state_dict() for o in self.optimizers],
+                 "optimizer": opt_states[0] if len(opt_states) == 1 else opt_states,
                  "scaler": self.scaler.state_dict(), "rng_cpu": torch.get_rng_state(),
                  "data": {"num_channels": self.train_set.num_channels, "img_size": self.train_set.img_size,
                           "mean": list(self.train_set.mean), "std": list(self.train_set.std),
@@ -130,12 +135,18 @@ class Trainer:
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.method.load_state_dict(state["method"])
+        if self.sharded:
+            fsdp.load_model_state(self.method, state["method"])
+        else:
+            self.method.load_state_dict(state["method"])
         saved = state["optimizer"] if isinstance(state["optimizer"], list) else [state["optimizer"]]
         if len(saved) != len(self.optimizers):
             raise TrainingError(f"the checkpoint has {len(saved)} optimiser states, this run {len(self.optimizers)}")
         for opt, st in zip(self.optimizers, saved):
-            opt.load_state_dict(st)
+            if self.sharded:
+                fsdp.load_optimizer_state(opt, st)
+            else:
+                opt.load_state_dict(st)
         self.scaler.load_state_dict(state["scaler"])
         torch.set_rng_state(state["rng_cpu"])
         ranks = state.get("rng_cpu_ranks")
@@ -152,8 +163,9 @@ class Trainer:
         self._saved_step = self.step
         # every process's RNG state (drop-path streams), so that each resumes its own
         rngs = gather_batch(torch.get_rng_state()[None].to(self.device), differentiable=False).cpu()
+        state = self.state_dict()  # on every process: gathering shards is collective
         if self.is_main:
-            ckpt.save_atomic({**self.state_dict(), "rng_cpu_ranks": rngs}, path)
+            ckpt.save_atomic({**state, "rng_cpu_ranks": rngs}, path)
             ckpt.prune(self.out, self.cfg.train.keep_last)
         return path
 
@@ -253,7 +265,8 @@ class Trainer:
             info.micro = micro
             views = [v.to(self.device, non_blocking=True) for v in views]
             last_micro = micro == len(micro_batches) - 1
-            # DDP averages gradients across processes once, on the last micro-batch
+            # DDP/FSDP average gradients across processes once, on the last micro-batch
+            fsdp.set_gradient_sync(self.method, last_micro)
             sync = contextlib.nullcontext() if last_micro or self.model is self.method else self.model.no_sync()
             with sync:
                 with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None):
