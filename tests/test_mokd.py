@@ -193,3 +193,19 @@ def test_analyze_commands(tmp_path, capsys):
     assert main(["analyze", "attention-distance", run, run + "@2", "--dataset", "synthetic",
                  "--out", str(tmp_path / "dist.png")]) == 0
     assert (tmp_path / "tsne.png").stat().st_size > 5000 and (tmp_path / "dist.png").stat().st_size > 5000
+
+
+def test_table7_configs_switch_terms_and_compare_evaluates_both_models():
+    from pathlib import Path
+
+    from sslkd.experiments.compare import label_of, models_of
+    rows = sorted((Path(__file__).parents[1] / "configs" / "mokd" / "table7").glob("*.yaml"))
+    terms = []
+    for path in rows:
+        cfg = load_config(path)
+        m = cfg.method
+        terms.append((m.self_mlp, m.cross_mlp, m.self_thead, m.cross_thead))
+        assert models_of(cfg) == [(1, "resnet18"), (2, "vit_tiny")] and label_of(cfg) == cfg.name
+    # the paper's rows: L_sm; + L_cm; + L_st; + L_ct
+    assert terms == [(True, False, False, False), (True, True, False, False), (True, True, True, False),
+                     (True, True, True, True)]

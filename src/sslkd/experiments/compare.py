@@ -24,10 +24,20 @@ LABELS = {"kd": "iBOT & KD", "rkd-d": "iBOT & RKD-D", "rkd-a": "iBOT & RKD-A", "
 
 
 def label_of(cfg: Config) -> str:
+    """A row's name: the distillation mode of iBOT runs, else the config's ``name`` when it was
+    set, else the method and backbone."""
     distill = getattr(cfg.method, "distill", None)
     if distill is not None:
         return LABELS.get(distill.mode, distill.mode)
+    if cfg.name != "run":
+        return cfg.name
     return f"{cfg.method.name.upper()} {cfg.model.backbone}"
+
+
+def models_of(cfg: Config) -> list[tuple[int, str]]:
+    """``(model index, backbone name)`` of every model a run trains (MOKD trains two)."""
+    second = getattr(cfg.method, "model2", None)
+    return [(1, cfg.model.backbone)] + ([(2, second.backbone)] if second is not None else [])
 
 
 def run_comparison(configs: list[str], out: str | Path, overrides: list[str] | None = None,
@@ -64,7 +74,7 @@ def run_comparison(configs: list[str], out: str | Path, overrides: list[str] | N
         torch.manual_seed(first.seed)
         rand = build_method(first, ev_train.num_channels, ev_train.img_size, eval_only=True).eval_backbone("teacher")
         rows.append({"pretrain": "Random init", "steps": 0, "minutes": 0.0, **evaluate(rand)})
-    runs = []
+    runs, labels = [], []
     for path, cfg in zip(configs, cfgs):
         trainer = Trainer(cfg, progress=progress)
         if trainer.train_set.num_channels != ev_train.num_channels:
@@ -72,15 +82,20 @@ def run_comparison(configs: list[str], out: str | Path, overrides: list[str] | N
                              f"{dataset} has {ev_train.num_channels}")
         summary = trainer.fit(resume="auto")
         runs.append(Path(cfg.output_dir))
-        backbone = trainer.method.eval_backbone("teacher")
-        rows.append({"pretrain": label_of(cfg), "steps": summary["step"],
-                     "minutes": summary["train_seconds"] / 60, **evaluate(backbone)})
-        test_images = ev_test.tensors()[0]
-        images = test_images[torch.linspace(0, len(test_images) - 1, 6).long()]  # spread over the classes
-        if getattr(backbone, "is_vit", False) and images.shape[-1] == trainer.method.img_size:
-            maps = cls_attention(backbone.cpu(), images, ev_train.mean, ev_train.std)
-            plot_attention(images, maps, out / f"attention_{Path(path).stem}.png", rows[-1]["pretrain"])
-    plot_curves(runs, out / "curves.png", labels=[r["pretrain"] for r in rows[-len(runs):]], smooth=5)
+        labels.append(label_of(cfg))
+        models = models_of(cfg)
+        for model, arch in models:
+            backbone = trainer.method.eval_backbone("teacher", model)
+            label = labels[-1] if len(models) == 1 else f"{labels[-1]}: {arch} (model {model})"
+            rows.append({"pretrain": label, "steps": summary["step"],
+                         "minutes": summary["train_seconds"] / 60, **evaluate(backbone)})
+            test_images = ev_test.tensors()[0]
+            images = test_images[torch.linspace(0, len(test_images) - 1, 6).long()]  # spread over the classes
+            if getattr(backbone, "is_vit", False) and images.shape[-1] == trainer.method.img_size:
+                maps = cls_attention(backbone.cpu(), images, ev_train.mean, ev_train.std)
+                suffix = "" if len(models) == 1 else f"_model{model}"
+                plot_attention(images, maps, out / f"attention_{Path(path).stem}{suffix}.png", label)
+    plot_curves(runs, out / "curves.png", labels=labels, smooth=5)
     _write(rows, out, dataset, name, first)
     return rows
 
