@@ -2,8 +2,6 @@ import json
 import subprocess
 import sys
 
-import pytest
-
 from sslkd.cli import main
 
 
@@ -30,7 +28,7 @@ def test_missing_config_and_dataset_are_sentences(tmp_path, capsys):
     assert "x.pt" in capsys.readouterr().err
 
 
-def test_pretrain_then_eval_from_the_command_line(tmp_path):
+def test_pretrain_then_eval_from_the_command_line(tmp_path, capsys):
     out = tmp_path / "run"
     cfg = tmp_path / "c.yaml"
     cfg.write_text(
@@ -38,21 +36,21 @@ def test_pretrain_then_eval_from_the_command_line(tmp_path):
         "model: {backbone: vit_tiny, patch_size: 4, depth: 1}\n"
         "method: {name: dino, out_dim: 64, hidden_dim: 64, bottleneck_dim: 32}\n"
         f"train: {{epochs: 1, batch_size: 64, max_steps: 2}}\noutput_dir: {out}\ndevice: cpu\n")
+    # the console entry point itself, once, in a fresh interpreter
     r = run_cli("pretrain", "--config", str(cfg), "--no-progress")
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout.strip().splitlines()[-1])["step"] == 2
     assert (out / "checkpoint-2.pt").is_file() and (out / "metrics.jsonl").is_file()
     assert any((out / "tb").iterdir())
-    r = run_cli("eval", "knn", "--checkpoint", str(out), "--dataset", "digits", "--json")
-    assert r.returncode == 0, r.stderr
-    res = json.loads(r.stdout)
+    assert main(["eval", "knn", "--checkpoint", str(out), "--dataset", "digits", "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
     assert 0 < res["top1"] <= res["top5"] <= 100
-    r = run_cli("eval", "linear", "--random-init", "--dataset", "digits", "--backbone", "vit_tiny",
-                "--epochs", "5")
-    assert r.returncode == 0 and "top-1" in r.stdout
+    assert main(["eval", "linear", "--random-init", "--dataset", "digits", "--backbone", "vit_tiny",
+                 "--epochs", "5"]) == 0
+    assert "top-1" in capsys.readouterr().out
     # a checkpoint for 1-channel images evaluated on 3-channel data is refused
-    r = run_cli("eval", "knn", "--checkpoint", str(out), "--dataset", "synthetic")
-    assert r.returncode == 1 and "channels" in r.stderr
+    assert main(["eval", "knn", "--checkpoint", str(out), "--dataset", "synthetic"]) == 1
+    assert "channels" in capsys.readouterr().err
 
 
 def test_info_lists_registry(capsys):
