@@ -65,3 +65,9 @@ def test_experiment_table1_writes_table_curves_and_attention(tmp_path, capsys):
     assert (out / "table1.csv").read_text().count("\n") == 4
     assert (out / "curves.png").stat().st_size > 10000
     assert (out / "attention_rkd_d.png").stat().st_size > 5000
+
+
+def test_curves_keep_per_model_diagnostics_out_of_the_loss_panel():
+    from sslkd.eval.curves import _is_diagnostic
+    assert all(_is_diagnostic(k) for k in ("agreement", "agreement2", "teacher_entropy1", "effective_rank2"))
+    assert not any(_is_diagnostic(k) for k in ("loss", "sm1", "ct2", "rkd_cls", "patch"))

@@ -12,6 +12,12 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 SKIP = {"step", "epoch", "lr", "wd", "momentum", "img_per_s", "teacher_temp", "knn_top1", "knn_top5"}
+# diagnostics, not loss terms; methods that train several models log them as <name><model>
+DIAGNOSTICS = ("agreement", "teacher_entropy", "feature_std", "mask_ratio", "effective_rank")
+
+
+def _is_diagnostic(key: str) -> bool:
+    return key.rstrip("0123456789") in DIAGNOSTICS
 
 
 def read_metrics(run: str | Path) -> list[dict]:
@@ -37,13 +43,15 @@ def plot_curves(runs: list[str | Path], out: str | Path, labels: list[str] | Non
         label = (labels or [])[i] if labels and i < len(labels) else Path(run).name
         steps = [r["step"] for r in rows]
         color = f"C{i % 10}"
-        for key in [k for k in rows[-1] if k not in SKIP and k not in ("agreement", "teacher_entropy", "feature_std",
-                                                                           "mask_ratio", "effective_rank")]:
+        for key in [k for k in rows[-1] if k not in SKIP and not _is_diagnostic(k)]:
             ys = _smooth([r.get(key, float("nan")) for r in rows], smooth)
             ax_l.plot(steps, ys, color=color, lw=1.6 if key == "loss" else 0.8,
                       ls="-" if key == "loss" else "--", label=f"{label}: {key}")
-        if "agreement" in rows[-1]:
-            ax_a.plot(steps, _smooth([100 * r["agreement"] for r in rows], smooth), color=color, label=label)
+        agreements = [k for k in rows[-1] if k.rstrip("0123456789") == "agreement"]
+        for n, key in enumerate(agreements):  # MOKD: one per model (agreement1, agreement2)
+            name = label if key == "agreement" else f"{label}: model {key[len('agreement'):]}"
+            ax_a.plot(steps, _smooth([100 * r.get(key, float("nan")) for r in rows], smooth), color=color,
+                      ls=("-", "--", ":")[n % 3], label=name)
     ax_l.set(xlabel="step", ylabel="loss", title="loss terms")
     ax_a.set(xlabel="step", ylabel="% images, same argmax", title="teacher/student agreement")
     for ax in (ax_l, ax_a):
