@@ -147,3 +147,32 @@ def test_ibot_masked_rows_path_equals_dense_path(tmp_path):
     for a, b in zip(gs, gd):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
     torch.testing.assert_close(cs, cd, rtol=1e-5, atol=1e-7)
+
+
+def test_patch_center_masked_records_the_teachers_mean_over_masked_positions(tmp_path):
+    """``patch_center: masked`` (lightly's statistic): the centre's record is the teacher's mean
+    output over the masked positions, the same on the masked-rows and the dense path, and not the
+    all-patch mean of iBOT's default; the loss itself is unchanged."""
+    data = get_dataset("synthetic", "train", img_size=16, num_samples=32)
+    cfg = load_config(None, [f"output_dir={tmp_path}", "method.name=ibot", "model.depth=1", "method.out_dim=32",
+                             "method.hidden_dim=32", "method.bottleneck_dim=16", "method.mask_prob=1.0",
+                             "model.drop_path_rate=0.0", "train.batch_size=8", "device=cpu"])
+    method = Trainer(cfg, data, progress=False).method
+    views = next(iter(Trainer(cfg, data, progress=False)._loader(0, 0)))[0]
+    info = StepInfo(0, 0.0, 8, 1)
+    with torch.no_grad():
+        masks = method.masks(2, 4, 4, info, 8)[0].flatten(0, 1)
+        out = method.teacher(torch.cat(views[:2]))["patch_out"]  # dense [2B, N, K]
+    expected = out[masks.flatten(1)].mean(0)
+    records, losses = {}, {}
+    for center, dense in (("all", False), ("masked", False), ("masked", True)):
+        method.cfg.method.patch_center, method.cfg.method.use_bn_in_head = center, dense  # steer only
+        method.patch_loss._pending.clear()
+        with torch.no_grad():
+            losses[center, dense] = method(views, info)[0]["patch"]
+        records[center, dense] = method.patch_loss._pending[0]
+    torch.testing.assert_close(records["masked", False], expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(records["masked", True], expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(records["all", False], out.reshape(-1, out.shape[-1]).mean(0), rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(records["all", False], expected, atol=1e-4)
+    torch.testing.assert_close(losses["masked", False], losses["all", False])

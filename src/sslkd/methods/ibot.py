@@ -68,6 +68,9 @@ class IBOTConfig(DINOConfig):
     mask_ratio: tuple[float, float] = (0.1, 0.5)
     mask_prob: float = 0.5
     mask_min_aspect: float = 0.3
+    # the patch centre's statistic: all (iBOT: every patch token of the teacher) | masked (lightly's
+    # IBOTPatchLoss: the masked positions only; the teacher's head then skips the unmasked patches)
+    patch_center: str = "all"
     distill: DistillConfig = field(default_factory=DistillConfig)
 
     def validate(self) -> None:
@@ -78,7 +81,8 @@ class IBOTConfig(DINOConfig):
                                     ("distill.levels", d.levels, ("cls", "patch", "both")),
                                     ("distill.loss", d.loss, ("ce", "huber")),
                                     ("distill.features", d.features, ("head", "bottleneck")),
-                                    ("mask_mode", self.mask_mode, ("block", "random"))):
+                                    ("mask_mode", self.mask_mode, ("block", "random")),
+                                    ("patch_center", self.patch_center, ("all", "masked"))):
             if value not in allowed:
                 raise ConfigError(f"method.{key}: '{value}' is not one of {', '.join(allowed)}")
         lo, hi = self.mask_ratio
@@ -175,6 +179,12 @@ class IBOT(Method):
             self._mask_cache = (key, full, full.flatten(2).any(-1).sum(-1).float())
         _, full, has = self._mask_cache
         return full[:, info.global_positions(b)], has
+    def _masked_mean(self, patch_out: torch.Tensor, keep: torch.Tensor | None, masks: torch.Tensor) -> torch.Tensor:
+        """``patch_center: masked``: the teacher's mean output over this shard's masked positions
+        (the centre unchanged when it has none), from rows ``[M, K]`` or dense ``[2B, N, K]``."""
+        rows = patch_out if keep is not None else patch_out[masks.flatten(1)]
+        return rows.float().mean(0) if len(rows) else self.patch_loss.center[0]
+
     def _relational(self, s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return sum(fn(s, t) for fn in self.rkd)
 
@@ -190,8 +200,9 @@ class IBOT(Method):
         # without patch-level RKD only the masked positions' patch outputs enter a loss: the heads
         # project just those (exact without BatchNorm in the head; ~40% of the FLOPs at 32 px)
         keep = masks.flatten(1) if not rkd_patch and not m.use_bn_in_head else None
+        all_patches = m.patch_center == "all"
         with torch.no_grad():
-            t = self.teacher(torch.cat(views[:n_global]), keep=keep, full=True)
+            t = self.teacher(torch.cat(views[:n_global]), keep=keep, full=all_patches)
         s = self.student(torch.cat(views[:n_global]), mask=masks, keep=keep)
         s_cls_out, s_cls_z, s_feat = [s["cls_out"]], [s["cls_z"]], [s["feat"]]
         if len(views) > n_global:  # local crops: same size, one forward, CLS only
@@ -217,8 +228,9 @@ class IBOT(Method):
             losses["cls"] = self.cls_loss(s_cls_out, t_cls_out, temp)
             total = total + m.lambda1 * losses["cls"]
         if not rkd_patch or d.combine == "add":
+            center_stat = t.get("patch_mean") if all_patches else self._masked_mean(t["patch_out"], keep, masks)
             losses["patch"] = self.patch_loss(s_patch, t_patch, vmask, temp2,
-                                              (has_masked / info.shards).to(vmask.device), t.get("patch_mean"))
+                                              (has_masked / info.shards).to(vmask.device), center_stat)
             total = total + m.lambda2 * losses["patch"]
         rkd_weight = 1.0 if d.combine == "replace" else d.weight
         if rkd_cls:
