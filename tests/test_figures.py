@@ -71,3 +71,13 @@ def test_curves_keep_per_model_diagnostics_out_of_the_loss_panel():
     from sslkd.eval.curves import _is_diagnostic
     assert all(_is_diagnostic(k) for k in ("agreement", "agreement2", "teacher_entropy1", "effective_rank2"))
     assert not any(_is_diagnostic(k) for k in ("loss", "sm1", "ct2", "rkd_cls", "patch"))
+
+
+def test_compare_gives_configs_with_the_same_stem_their_own_run_folders():
+    import pytest
+
+    from sslkd.experiments.compare import run_names
+    assert run_names(["configs/mocov3/cifar10_vit_tiny.yaml", "configs/mae/cifar10_vit_tiny.yaml", "x/a.yaml"]) == \
+        ["mocov3_cifar10_vit_tiny", "mae_cifar10_vit_tiny", "a"]
+    with pytest.raises(ValueError, match="share a run folder"):
+        run_names(["a/b.yaml", "a/b.yaml"])

@@ -34,6 +34,16 @@ def label_of(cfg: Config) -> str:
     return f"{cfg.method.name.upper()} {cfg.model.backbone}"
 
 
+def run_names(configs: list[str]) -> list[str]:
+    """Each config's run folder under ``out``: its file stem, prefixed by its folder when stems
+    collide (``configs/mocov3/cifar10_vit_tiny.yaml`` next to ``configs/mae/cifar10_vit_tiny.yaml``)."""
+    stems = [Path(c).stem for c in configs]
+    names = [f"{Path(c).parent.name}_{s}" if stems.count(s) > 1 else s for c, s in zip(configs, stems)]
+    if len(set(names)) != len(names):
+        raise ValueError(f"two configs would share a run folder: {', '.join(configs)}")
+    return names
+
+
 def models_of(cfg: Config) -> list[tuple[int, str]]:
     """``(model index, backbone name)`` of every model a run trains (MOKD trains two)."""
     second = getattr(cfg.method, "model2", None)
@@ -51,7 +61,8 @@ def run_comparison(configs: list[str], out: str | Path, overrides: list[str] | N
     subsets (all classes) when the full sets cost too much. Returns the table rows."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    cfgs = [load_config(c, list(overrides or []) + [f"output_dir={out / Path(c).stem}"]) for c in configs]
+    names = run_names(configs)
+    cfgs = [load_config(c, list(overrides or []) + [f"output_dir={out / n}"]) for c, n in zip(configs, names)]
     first = cfgs[0]
     dataset = eval_dataset or first.data.name
     root = eval_root if eval_dataset else (eval_root or first.data.root)
@@ -75,10 +86,10 @@ def run_comparison(configs: list[str], out: str | Path, overrides: list[str] | N
         rand = build_method(first, ev_train.num_channels, ev_train.img_size, eval_only=True).eval_backbone("teacher")
         rows.append({"pretrain": "Random init", "steps": 0, "minutes": 0.0, **evaluate(rand)})
     runs, labels = [], []
-    for path, cfg in zip(configs, cfgs):
+    for run_name, cfg in zip(names, cfgs):
         trainer = Trainer(cfg, progress=progress)
         if trainer.train_set.num_channels != ev_train.num_channels:
-            raise ValueError(f"{path}: pretrained on {trainer.train_set.num_channels}-channel images, "
+            raise ValueError(f"{run_name}: pretrained on {trainer.train_set.num_channels}-channel images, "
                              f"{dataset} has {ev_train.num_channels}")
         summary = trainer.fit(resume="auto")
         runs.append(Path(cfg.output_dir))
@@ -94,7 +105,7 @@ def run_comparison(configs: list[str], out: str | Path, overrides: list[str] | N
             if getattr(backbone, "is_vit", False) and images.shape[-1] == trainer.method.img_size:
                 maps = cls_attention(backbone.cpu(), images, ev_train.mean, ev_train.std)
                 suffix = "" if len(models) == 1 else f"_model{model}"
-                plot_attention(images, maps, out / f"attention_{Path(path).stem}{suffix}.png", label)
+                plot_attention(images, maps, out / f"attention_{run_name}{suffix}.png", label)
     plot_curves(runs, out / "curves.png", labels=labels, smooth=5)
     _write(rows, out, dataset, name, first)
     return rows
