@@ -87,4 +87,7 @@ def test_every_docs_command_runs(tmp_path, monkeypatch):
     # what the commands promised to write
     assert (work / "report.html").stat().st_size > 10_000
     assert (work / "export" / "vit_tiny_kd" / "model.safetensors").is_file()
-    assert (work / "runs" / "mokd_table7_cpu" / "table7.md").is_file()
+    table7 = (work / "runs" / "mokd_table7_cpu" / "table7.md").read_text()
+    for row in ("independent (L_sm)", "L_sm + L_cm", "L_sm + L_cm + L_st", "MOKD (all terms)"):
+        for model in ("resnet18 (model 1)", "vit_tiny (model 2)"):  # compare evaluates both models of a run
+            assert f"| {row}: {model} |" in table7, (row, model)

@@ -179,6 +179,7 @@ class IBOT(Method):
             self._mask_cache = (key, full, full.flatten(2).any(-1).sum(-1).float())
         _, full, has = self._mask_cache
         return full[:, info.global_positions(b)], has
+
     def _masked_mean(self, patch_out: torch.Tensor, keep: torch.Tensor | None, masks: torch.Tensor) -> torch.Tensor:
         """``patch_center: masked``: the teacher's mean output over this shard's masked positions
         (the centre unchanged when it has none), from rows ``[M, K]`` or dense ``[2B, N, K]``."""

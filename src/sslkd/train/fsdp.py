@@ -44,10 +44,6 @@ def shard_method(method: nn.Module) -> nn.Module:
     return method
 
 
-def is_sharded(module: nn.Module) -> bool:
-    return isinstance(module, FSDPModule)
-
-
 def set_gradient_sync(module: nn.Module, sync: bool) -> None:
     """Reduce-scatter gradients on this backward (the last micro-batch) or keep accumulating the
     unsharded ones locally (the others): gradient accumulation without a collective per micro-batch."""
