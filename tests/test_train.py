@@ -70,6 +70,39 @@ def test_accumulation_steps_ema_and_centre_once_per_optimiser_step(tmp_path, dat
     torch.testing.assert_close(tr1.method.loss_fn.center, tr.method.loss_fn.center)
 
 
+def test_gradient_caching_replays_drop_path_and_leaves_no_trace(tmp_path, data, monkeypatch):
+    """iBOT & RKD-D under accumulation: pass 1 (no gradients) must not move BatchNorm statistics or
+    centres, pass 2 must replay pass 1's drop path (else the method warns), and only the batch-level
+    term differs from plain per-micro-batch accumulation."""
+    import warnings
+    import sslkd.train.engine as engine
+    method = {"name": "ibot", "out_dim": 64, "hidden_dim": 64, "bottleneck_dim": 32, "use_bn_in_head": True,
+              "distill": {"mode": "rkd-d", "combine": "add"}}
+    over = ["train.accum_steps=2", "model.depth=2", "model.drop_path_rate=0.5",  # timm: block 2 drops 0.5
+            "method=" + json.dumps(method)]
+    trainers = [Trainer(load_config(None, [f"output_dir={tmp_path / str(i)}", *over], base=TINY), data, progress=False)
+                for i in range(2)]
+    loader = iter(trainers[0]._loader(0, 0))  # micro-batches of batch_size / accum_steps = 8 images
+    half = [next(loader)[0], next(loader)[0]]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        torch.manual_seed(1)  # the same drop-path draws for both trainers
+        cached, _ = trainers[0].train_step(half)
+    with monkeypatch.context() as mp:  # plain accumulation: relations within each micro-batch
+        mp.setattr(engine, "cache_batch_gradients", lambda *a, **k: None)
+        torch.manual_seed(1)
+        plain, _ = trainers[1].train_step(half)
+    a, b = trainers[0].method, trainers[1].method
+    for (name, x), y in zip(a.named_buffers(), b.buffers()):  # BN running stats, centres: one update each
+        torch.testing.assert_close(x, y, msg=name)
+    for k in ("cls", "patch", "rkd_patch"):
+        torch.testing.assert_close(cached[k], plain[k])
+    assert abs(float(cached["rkd_cls"]) - float(plain["rkd_cls"])) > 1e-4
+    monkeypatch.setattr(engine, "set_rng_state", lambda *a: None)  # no replay: pass 2 draws other drop paths
+    with pytest.warns(UserWarning, match="differ between the two passes"):
+        trainers[0].train_step(half)
+
+
 def test_checkpoints_atomic_pruned_and_corrupt_newest_skipped(tmp_path, data):
     cfg = load_config(None, [f"output_dir={tmp_path}", "train.ckpt_every_steps=1", "train.keep_last=2"], base=TINY)
     Trainer(cfg, data, progress=False).fit()

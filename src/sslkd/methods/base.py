@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import abc
 import copy
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -53,7 +54,21 @@ class Method(nn.Module, abc.ABC):
     def forward(self, views: list[torch.Tensor], info: StepInfo) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         """``views``: list of ``[B, C, H, W]`` crops (globals first). Returns ``(losses, metrics)``:
         ``losses["loss"]`` is the total to back-propagate, other entries its named terms;
-        ``metrics`` are detached diagnostics (entropy, feature std, agreement)."""
+        ``metrics`` are detached diagnostics (entropy, feature std, agreement). Methods with
+        :meth:`batch_features` also take ``cached``: that micro-batch's cached gradients."""
+
+    def batch_features(self, views: list[torch.Tensor], info: StepInfo) -> dict[str, torch.Tensor] | None:
+        """Features (``[b, ...]``, batch first) of this micro-batch that enter losses coupling the
+        images of the whole batch, or ``None`` when there are none this step. With gradient
+        accumulation the engine runs this for every micro-batch without gradients, computes
+        :meth:`batch_losses` on the concatenation and passes each micro-batch's slice of their
+        gradients to ``forward(views, info, cached)`` (:mod:`sslkd.train.gradcache`)."""
+        return None
+
+    def batch_losses(self, features: dict[str, torch.Tensor], info: StepInfo) -> dict[str, torch.Tensor]:
+        """The batch-level losses (name -> scalar, unweighted) of :meth:`batch_features`' output
+        concatenated over micro-batches (gathering over processes as ``forward`` does)."""
+        return {}
 
     def build_backbone(self) -> Backbone:
         """The backbone ``cfg.model`` describes, for this method's images."""
@@ -114,3 +129,16 @@ def ema_update(teacher: nn.Module, student: nn.Module, momentum: float) -> None:
     s_params = [p.detach() for p in student.parameters()]
     torch._foreach_mul_(t_params, momentum)
     torch._foreach_add_(t_params, s_params, alpha=1 - momentum)
+
+
+def cached_gradient_term(features: torch.Tensor, cached: dict, key: str, accum_steps: int) -> torch.Tensor:
+    """A zero-valued term whose gradient is the whole batch's loss gradient for this micro-batch's
+    ``features [b, ...]`` (``cached`` from :func:`sslkd.train.gradcache.cache_batch_gradients`):
+    ``accum_steps * <features, cached gradient>``, as the engine divides each micro-batch's loss by
+    ``accum_steps``. Warns when the features differ from pass 1's (a forward that does not replay:
+    the gradient is then that of nearby features)."""
+    if not torch.allclose(features.detach().float(), cached["features"][key].float(), rtol=1e-3, atol=1e-4):
+        warnings.warn(f"gradient caching: '{key}' features differ between the two passes of a micro-batch "
+                      "(non-deterministic forward); accumulated gradients are approximate", stacklevel=2)
+    link = (features.float() * cached["grads"][key].to(features.device).float()).sum() * accum_steps
+    return link - link.detach()

@@ -30,7 +30,7 @@ from torch import nn
 from sslkd.data.masking import MaskGenerator
 from sslkd.distributed import gather_batch
 from sslkd.losses import DINOLoss, IBOTPatchLoss, RKDAngleLoss, RKDDistanceLoss
-from sslkd.methods.base import Method, StepInfo, ema_teacher, ema_update
+from sslkd.methods.base import Method, StepInfo, cached_gradient_term, ema_teacher, ema_update
 from sslkd.methods.dino import DINOConfig, collapse_metrics
 from sslkd.models import IBOTHead, ViTBackbone
 
@@ -189,21 +189,23 @@ class IBOT(Method):
     def _relational(self, s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return sum(fn(s, t) for fn in self.rkd)
 
-    def forward(self, views, info: StepInfo):
-        m, d = self.cfg.method, self.cfg.method.distill
+    def _rkd_levels(self) -> tuple[bool, bool]:
+        d = self.cfg.method.distill
+        return d.mode != "kd" and d.levels in ("cls", "both"), d.mode != "kd" and d.levels in ("patch", "both")
+
+    def _encode(self, views: list[torch.Tensor], info: StepInfo) -> dict:
+        """Masks, teacher and student outputs of one (micro-)batch; ``*_cls_out`` by view ``[V, b, K]``."""
+        m = self.cfg.method
         n_global, batch = 2, views[0].shape[0]
         p = self.student.backbone.patch_size
         h, w = views[0].shape[-2] // p, views[0].shape[-1] // p
         vmasks, has_masked = self.masks(n_global, h, w, info, batch, views[0].device)
         masks = vmasks.flatten(0, 1)
-        rkd_cls = d.mode != "kd" and d.levels in ("cls", "both")
-        rkd_patch = d.mode != "kd" and d.levels in ("patch", "both")
         # without patch-level RKD only the masked positions' patch outputs enter a loss: the heads
         # project just those (exact without BatchNorm in the head; ~40% of the FLOPs at 32 px)
-        keep = masks.flatten(1) if not rkd_patch and not m.use_bn_in_head else None
-        all_patches = m.patch_center == "all"
+        keep = masks.flatten(1) if not self._rkd_levels()[1] and not m.use_bn_in_head else None
         with torch.no_grad():
-            t = self.teacher(torch.cat(views[:n_global]), keep=keep, full=all_patches)
+            t = self.teacher(torch.cat(views[:n_global]), keep=keep, full=m.patch_center == "all")
         s = self.student(torch.cat(views[:n_global]), mask=masks, keep=keep)
         s_cls_out, s_cls_z, s_feat = [s["cls_out"]], [s["cls_z"]], [s["feat"]]
         if len(views) > n_global:  # local crops: same size, one forward, CLS only
@@ -215,11 +217,42 @@ class IBOT(Method):
         def by_view(x: torch.Tensor) -> torch.Tensor:
             return x.reshape(-1, batch, *x.shape[1:])
 
-        s_cls_out = by_view(torch.cat(s_cls_out))
-        t_cls_out = by_view(t["cls_out"])
+        return dict(t=t, s=s, batch=batch, hw=h * w, masks=masks, has_masked=has_masked, keep=keep, by_view=by_view,
+                    s_cls_out=by_view(torch.cat(s_cls_out)), t_cls_out=by_view(t["cls_out"]),
+                    s_cls_z=by_view(torch.cat(s_cls_z)), s_feat=by_view(torch.cat(s_feat)))
+
+    def _cls_relation_inputs(self, enc: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """What enters the CLS-level relations: student ``[V, b, K]``, teacher ``[2, b, K]``."""
+        if self.cfg.method.distill.features == "head":
+            return enc["s_cls_out"], enc["t_cls_out"]
+        return enc["s_cls_z"], enc["by_view"](enc["t"]["cls_z"])
+
+    def _rkd_cls(self, s_rel: torch.Tensor, t_rel: torch.Tensor) -> torch.Tensor:
+        """CLS-level RKD over the global batch (every process's images, gradient-aware gather), for
+        each (teacher global view, different student view) pair, as DINO pairs views."""
+        s_rel = gather_batch(s_rel.transpose(0, 1)).transpose(0, 1)
+        t_rel = gather_batch(t_rel.transpose(0, 1), differentiable=False).transpose(0, 1)
+        pairs = [(tv, sv) for tv in range(len(t_rel)) for sv in range(len(s_rel)) if sv != tv]
+        return sum(self._relational(s_rel[sv], t_rel[tv]) for tv, sv in pairs) / len(pairs)
+
+    def batch_features(self, views, info: StepInfo) -> dict[str, torch.Tensor] | None:
+        if not self._rkd_levels()[0]:
+            return None
+        s_rel, t_rel = self._cls_relation_inputs(self._encode(views, info))
+        return {"student": s_rel.transpose(0, 1), "teacher": t_rel.transpose(0, 1)}
+
+    def batch_losses(self, features: dict[str, torch.Tensor], info: StepInfo) -> dict[str, torch.Tensor]:
+        return {"rkd_cls": self._rkd_cls(features["student"].transpose(0, 1), features["teacher"].transpose(0, 1))}
+
+    def forward(self, views, info: StepInfo, cached: dict | None = None):
+        m, d = self.cfg.method, self.cfg.method.distill
+        rkd_cls, rkd_patch = self._rkd_levels()
+        enc = self._encode(views, info)
+        t, s, by_view, keep, masks = enc["t"], enc["s"], enc["by_view"], enc["keep"], enc["masks"]
+        s_cls_out, t_cls_out = enc["s_cls_out"], enc["t_cls_out"]
         s_patch, t_patch = (s["patch_out"], t["patch_out"]) if keep is not None else \
             (by_view(s["patch_out"]), by_view(t["patch_out"]))
-        vmask = masks.reshape(n_global, batch, h * w)
+        vmask = masks.reshape(2, enc["batch"], enc["hw"])
         temp = warmup_temp(m.warmup_teacher_temp, m.teacher_temp, m.warmup_teacher_temp_epochs, info.epoch)
         temp2 = warmup_temp(m.warmup_teacher_patch_temp, m.teacher_patch_temp, m.warmup_teacher_temp_epochs,
                             info.epoch)
@@ -229,20 +262,18 @@ class IBOT(Method):
             losses["cls"] = self.cls_loss(s_cls_out, t_cls_out, temp)
             total = total + m.lambda1 * losses["cls"]
         if not rkd_patch or d.combine == "add":
-            center_stat = t.get("patch_mean") if all_patches else self._masked_mean(t["patch_out"], keep, masks)
+            center_stat = t.get("patch_mean") if m.patch_center == "all" else self._masked_mean(t["patch_out"], keep, masks)
             losses["patch"] = self.patch_loss(s_patch, t_patch, vmask, temp2,
-                                              (has_masked / info.shards).to(vmask.device), center_stat)
+                                              (enc["has_masked"] / info.shards).to(vmask.device), center_stat)
             total = total + m.lambda2 * losses["patch"]
         rkd_weight = 1.0 if d.combine == "replace" else d.weight
         if rkd_cls:
-            head = d.features == "head"
-            s_rel = s_cls_out if head else by_view(torch.cat(s_cls_z))
-            t_rel = t_cls_out if head else by_view(t["cls_z"])
-            # relations over the global batch: every process's images (gradient-aware gather)
-            s_rel, t_rel = gather_batch(s_rel.transpose(0, 1)).transpose(0, 1), \
-                gather_batch(t_rel.transpose(0, 1), differentiable=False).transpose(0, 1)
-            pairs = [(tv, sv) for tv in range(n_global) for sv in range(len(s_rel)) if sv != tv]
-            losses["rkd_cls"] = sum(self._relational(s_rel[sv], t_rel[tv]) for tv, sv in pairs) / len(pairs)
+            s_rel, t_rel = self._cls_relation_inputs(enc)
+            if cached is None:
+                losses["rkd_cls"] = self._rkd_cls(s_rel, t_rel)
+            else:  # the whole batch's loss value and gradient (gradient caching)
+                losses["rkd_cls"] = cached["losses"]["rkd_cls"] + \
+                    cached_gradient_term(s_rel.transpose(0, 1), cached, "student", info.accum_steps)
             total = total + rkd_weight * m.lambda1 * losses["rkd_cls"]
         if rkd_patch:
             head = d.features == "head"
@@ -251,8 +282,7 @@ class IBOT(Method):
             # one batched call over the [2B] groups of patch tokens (a per-image loop was ~6x slower on a GPU)
             losses["rkd_patch"] = self._relational(s_rel.flatten(0, 1), t_rel.flatten(0, 1))
             total = total + rkd_weight * m.lambda2 * losses["rkd_patch"]
-        metrics = collapse_metrics(self.cls_loss.teacher_probs(t_cls_out, temp), by_view(torch.cat(s_feat))[:n_global],
-                                   s_cls_out, t_cls_out)
+        metrics = collapse_metrics(self.cls_loss.teacher_probs(t_cls_out, temp), enc["s_feat"][:2], s_cls_out, t_cls_out)
         metrics["mask_ratio"] = masks.float().mean()
         metrics["teacher_temp"] = torch.tensor(temp)
         return {"loss": total, **{k: v.detach() for k, v in losses.items()}}, metrics

@@ -35,6 +35,7 @@ from sslkd.eval import extract_features, knn_classify
 from sslkd.methods import Method, StepInfo, build_method
 from sslkd.train import checkpoint as ckpt
 from sslkd.train import fsdp
+from sslkd.train.gradcache import cache_batch_gradients, set_rng_state
 from sslkd.train.optim import build_optimizers, clip_per_tensor, compile_networks, set_hparams
 from sslkd.train.schedules import cosine_schedule
 
@@ -261,6 +262,13 @@ class Trainer:
         self._set_hparams(self.step)
         losses_sum: dict[str, torch.Tensor] = {}
         metrics_sum: dict[str, torch.Tensor] = {}
+
+        def autocast():
+            return torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None)
+
+        # losses over the whole batch (CLS-level RKD) stay exact under accumulation: gradient caching
+        cached = cache_batch_gradients(self.method, micro_batches, info, self.device, autocast) \
+            if len(micro_batches) > 1 else None
         for micro, views in enumerate(micro_batches):
             info.micro = micro
             views = [v.to(self.device, non_blocking=True) for v in views]
@@ -269,8 +277,12 @@ class Trainer:
             fsdp.set_gradient_sync(self.method, last_micro)
             sync = contextlib.nullcontext() if last_micro or self.model is self.method else self.model.no_sync()
             with sync:
-                with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None):
-                    losses, metrics = self.model(views, info)
+                with autocast():
+                    if cached is None:
+                        losses, metrics = self.model(views, info)
+                    else:  # replay the micro-batch's random state: the forward of pass 1 again
+                        set_rng_state(cached[micro]["rng"], self.device)
+                        losses, metrics = self.model(views, info, cached[micro])
                 self.scaler.scale(losses["loss"] / len(micro_batches)).backward()
             for k, v in losses.items():
                 losses_sum[k] = losses_sum.get(k, 0) + v.detach().float() / len(micro_batches)

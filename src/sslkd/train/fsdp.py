@@ -41,6 +41,7 @@ def shard_method(method: nn.Module) -> nn.Module:
             if hasattr(m, name):
                 register_fsdp_forward_method(m, name)
     fully_shard(method)
+    register_fsdp_forward_method(method, "batch_features")  # gradient caching's pass 1 (accumulation)
     return method
 
 
