@@ -45,6 +45,11 @@ class BenchArgs:
     workers: int | None = None
 
 
+
+def _sig(x: float, digits: int = 4) -> float:
+    """``x`` to ``digits`` significant figures (tiny models' figures keep their precision)."""
+    return float(f"{x:.{digits}g}")
+
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -134,13 +139,13 @@ def run_bench(a: BenchArgs, extra: list[str] | None = None) -> dict:
     return {
         "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"cpu x{torch.get_num_threads()}",
         "config": vars(a) | {"autocast": str(trainer.dtype).replace("torch.", "") if trainer.dtype else "fp32"},
-        "img_per_s": round(a.batch / step_s, 1),
+        "img_per_s": _sig(a.batch / step_s),
         "step_s": round(step_s, 4),
         "split_s": {k: round(v, 4) for k, v in split.items()},
-        "gflop_per_img": round(flops / a.batch / 1e9, 3),
-        "achieved_gflops": round(achieved, 1),
+        "gflop_per_img": _sig(flops / a.batch / 1e9),
+        "achieved_gflops": _sig(achieved),
         "matmul_peak_gflops": {k: round(v, 1) for k, v in peaks.items()},
-        "peak_fraction": round(achieved / peak, 3),
+        "peak_fraction": _sig(achieved / peak),
         "peak_mem_mb": round(torch.cuda.max_memory_allocated(dev) / 2**20, 1) if dev.type == "cuda" else None,
         "max_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "data_img_per_s": round(data_ips, 1),
