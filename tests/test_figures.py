@@ -59,10 +59,15 @@ def test_experiment_table1_writes_table_curves_and_attention(tmp_path, capsys):
     (tmp_path / "rkd_d.yaml").write_text("_base_: kd.yaml\nmethod: {distill: {mode: rkd-d}}\n")
     out = tmp_path / "t1"
     assert main(["experiment", "table1", "--configs", str(base), str(tmp_path / "rkd_d.yaml"), "--max-steps", "3",
-                 "--linear-epochs", "3", "--out", str(out), "--no-progress"]) == 0
+                 "--linear-epochs", "3", "--finetune-epochs", "1", "--eval-train-samples", "96",
+                 "--eval-test-samples", "40", "--out", str(out), "--no-progress"]) == 0
     md = (out / "table1.md").read_text()
     assert "| Random init | 0 |" in md and "| iBOT & KD | 3 |" in md and "| iBOT & RKD-D | 3 |" in md
-    assert (out / "table1.csv").read_text().count("\n") == 4
+    assert "Fine-tune Acc@1" in md.splitlines()[2]
+    import csv
+    rows = list(csv.DictReader(open(out / "table1.csv")))
+    assert len(rows) == 3 and all(r["eval_train"] == "96" and r["eval_test"] == "40" for r in rows)
+    assert all(0 <= float(r["finetune_top1"]) <= float(r["finetune_top5"]) <= 100 for r in rows)
     assert (out / "curves.png").stat().st_size > 10000
     assert (out / "attention_rkd_d.png").stat().st_size > 5000
 

@@ -133,6 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
         e.add_argument("--eval-train-samples", type=int, default=None, help="evenly spaced subset (all classes)")
         e.add_argument("--eval-test-samples", type=int, default=None)
         e.add_argument("--linear-epochs", type=int, default=100)
+        e.add_argument("--finetune-epochs", type=int, default=0,
+                       help="also fine-tune a copy of every backbone this many epochs on the eval subsets (0: off)")
         e.add_argument("--out", default=f"runs/{e.prog.split()[-1]}")
         e.add_argument("--no-progress", action="store_true")
 
@@ -235,7 +237,7 @@ def _experiment(args) -> int:
     run_comparison(args.configs or DEFAULT_CONFIGS, args.out, budget + args.overrides, args.eval_dataset,
                    args.eval_root, args.linear_epochs, random_init=table1 or args.random_init,
                    eval_train_samples=args.eval_train_samples, eval_test_samples=args.eval_test_samples,
-                   name=name, progress=not args.no_progress)
+                   name=name, finetune_epochs=args.finetune_epochs, progress=not args.no_progress)
     print((Path(args.out) / f"{name}.md").read_text())
     return 0
 

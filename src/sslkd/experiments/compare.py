@@ -6,7 +6,9 @@ DINO-alone students at equal wall clock, or the iBOT variants of Table 1
 
 from __future__ import annotations
 
+import copy
 import csv
+import dataclasses
 from pathlib import Path
 
 import torch
@@ -17,6 +19,7 @@ from sslkd.device import resolve_device
 from sslkd.eval import extract_features, knn_classify, linear_probe
 from sslkd.eval.attention import cls_attention, plot_attention
 from sslkd.eval.curves import plot_curves
+from sslkd.eval.finetune import finetune
 from sslkd.methods import build_method
 from sslkd.train import Trainer
 
@@ -54,11 +57,13 @@ def run_comparison(configs: list[str], out: str | Path, overrides: list[str] | N
                    eval_dataset: str | None = None, eval_root: str | None = None, linear_epochs: int = 100,
                    random_init: bool = True, eval_train_samples: int | None = None,
                    eval_test_samples: int | None = None, name: str = "comparison",
-                   progress: bool = True) -> list[dict]:
+                   finetune_epochs: int = 0, progress: bool = True) -> list[dict]:
     """Pretrain every config into ``out/<config stem>`` (resuming if interrupted), evaluate each
     (and a random init of the first config's backbone), write ``<name>.md``/``.csv``,
     ``curves.png`` and ``attention_<run>.png``. ``eval_*_samples`` evaluate on evenly spaced
-    subsets (all classes) when the full sets cost too much. Returns the table rows."""
+    subsets (all classes) when the full sets cost too much. ``finetune_epochs > 0`` adds full
+    fine-tuning (:func:`sslkd.eval.finetune.finetune`, default recipe, warm-up a fifth of the
+    epochs up to 3) of a copy of every backbone on the same subsets. Returns the table rows."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     names = run_names(configs)
@@ -70,6 +75,7 @@ def run_comparison(configs: list[str], out: str | Path, overrides: list[str] | N
     ev_train = get_dataset(dataset, "train", root=root, img_size=size)
     ev_test = get_dataset(dataset, "test", root=root, img_size=size)
     device = resolve_device(first.device)
+    ft_train, ft_test = _subset(ev_train, eval_train_samples), _subset(ev_test, eval_test_samples)
 
     def evaluate(backbone) -> dict:
         kw = dict(mean=ev_train.mean, std=ev_train.std, device=device, progress=progress)
@@ -77,8 +83,14 @@ def run_comparison(configs: list[str], out: str | Path, overrides: list[str] | N
         fte, lte = extract_features(backbone, ev_test, max_samples=eval_test_samples, **kw)
         lin = linear_probe(ftr, ltr, fte, lte, ev_train.num_classes, epochs=linear_epochs)
         knn = knn_classify(ftr, ltr, fte, lte, first.eval.knn_k, first.eval.knn_t, ev_train.num_classes)
-        return {"linear_top1": lin["top1"], "linear_top5": lin["top5"], "knn_top1": knn["top1"],
-                "knn_top5": knn["top5"], "eval_train": len(ftr), "eval_test": len(fte)}
+        row = {"linear_top1": lin["top1"], "linear_top5": lin["top5"], "knn_top1": knn["top1"],
+               "knn_top5": knn["top5"], "eval_train": len(ftr), "eval_test": len(fte)}
+        if finetune_epochs > 0:
+            ft = finetune(copy.deepcopy(backbone), ft_train, ft_test, ev_train.mean, ev_train.std, size,
+                          epochs=finetune_epochs, warmup_epochs=min(3.0, finetune_epochs / 5), precision=first.train.precision,
+                          device=device, seed=first.seed, progress=progress)
+            row.update(finetune_top1=ft["top1"], finetune_top5=ft["top5"])
+        return row
 
     rows = []
     if random_init:
@@ -111,9 +123,18 @@ def run_comparison(configs: list[str], out: str | Path, overrides: list[str] | N
     return rows
 
 
+def _subset(dataset, n: int | None):
+    """The evenly spaced ``n`` images of ``dataset`` that :func:`extract_features` takes."""
+    if n is None or n >= len(dataset):
+        return dataset
+    idx = torch.linspace(0, len(dataset) - 1, n).long().numpy()
+    return dataclasses.replace(dataset, images=dataset.images[idx], labels=dataset.labels[idx])
+
+
 def _write(rows: list[dict], out: Path, dataset: str, name: str, cfg: Config) -> None:
+    tuned = "finetune_top1" in rows[0]
     keys = ["pretrain", "steps", "minutes", "linear_top1", "linear_top5", "knn_top1", "knn_top5", "eval_train",
-            "eval_test"]
+            "eval_test"] + (["finetune_top1", "finetune_top5"] if tuned else [])
     with open(out / f"{name}.csv", "w", newline="") as f:
         w = csv.DictWriter(f, keys)
         w.writeheader()
@@ -121,9 +142,11 @@ def _write(rows: list[dict], out: Path, dataset: str, name: str, cfg: Config) ->
     n_train, n_test = rows[0]["eval_train"], rows[0]["eval_test"]
     lines = [f"Results on {dataset} ({n_train} train / {n_test} test images; linear probe on frozen CLS / pooled "
              f"features; weighted kNN k={cfg.eval.knn_k}, T={cfg.eval.knn_t})", "",
-             "| Pre-train | steps | train min | Sup linear Acc@1 | Acc@5 | Unsup kNN Acc@1 | Acc@5 |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+             "| Pre-train | steps | train min | Sup linear Acc@1 | Acc@5 | Unsup kNN Acc@1 | Acc@5 |"
+             + (" Fine-tune Acc@1 | Acc@5 |" if tuned else ""),
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: |" + (" ---: | ---: |" if tuned else "")]
     for r in rows:
         lines.append(f"| {r['pretrain']} | {r['steps']} | {r['minutes']:.1f} | {r['linear_top1']:.2f} | "
-                     f"{r['linear_top5']:.2f} | {r['knn_top1']:.2f} | {r['knn_top5']:.2f} |")
+                     f"{r['linear_top5']:.2f} | {r['knn_top1']:.2f} | {r['knn_top5']:.2f} |"
+                     + (f" {r['finetune_top1']:.2f} | {r['finetune_top5']:.2f} |" if tuned else ""))
     (out / f"{name}.md").write_text("\n".join(lines) + "\n")
