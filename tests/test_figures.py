@@ -45,7 +45,7 @@ def test_curves_and_attention_commands(tmp_path):
     att = tmp_path / "att.png"
     assert main(["attention", runs[0], "--indices", "0", "1", "--threshold", "0.6", "--out", str(att)]) == 0
     img = Image.open(att)
-    assert img.size[0] > 300 and len(set(img.convert("L").getdata())) > 10
+    assert img.size[0] > 300 and len(set(img.convert("L").tobytes())) > 10
     assert main(["plot", "curves", str(tmp_path / "missing"), "--out", str(out)]) == 1
     assert all(json.loads(line) for line in open(tmp_path / "kd" / "metrics.jsonl"))
 
@@ -74,8 +74,9 @@ def test_experiment_table1_writes_table_curves_and_attention(tmp_path, capsys):
 
 def test_curves_keep_per_model_diagnostics_out_of_the_loss_panel():
     from sslkd.eval.curves import _is_diagnostic
-    assert all(_is_diagnostic(k) for k in ("agreement", "agreement2", "teacher_entropy1", "effective_rank2"))
-    assert not any(_is_diagnostic(k) for k in ("loss", "sm1", "ct2", "rkd_cls", "patch"))
+    assert all(_is_diagnostic(k) for k in ("agreement", "agreement2", "teacher_entropy1", "effective_rank2",
+                                           "cosine_to_fused"))
+    assert not any(_is_diagnostic(k) for k in ("loss", "sm1", "ct2", "rkd_cls", "patch", "tfd", "sfd"))
 
 
 def test_compare_gives_configs_with_the_same_stem_their_own_run_folders():

@@ -13,7 +13,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 SKIP = {"step", "epoch", "lr", "wd", "momentum", "img_per_s", "teacher_temp", "knn_top1", "knn_top5"}
 # diagnostics, not loss terms; methods that train several models log them as <name><model>
-DIAGNOSTICS = ("agreement", "teacher_entropy", "feature_std", "mask_ratio", "effective_rank")
+DIAGNOSTICS = ("agreement", "teacher_entropy", "feature_std", "mask_ratio", "effective_rank", "cosine_to_fused")
 
 
 def _is_diagnostic(key: str) -> bool:
@@ -47,16 +47,21 @@ def plot_curves(runs: list[str | Path], out: str | Path, labels: list[str] | Non
             ys = _smooth([r.get(key, float("nan")) for r in rows], smooth)
             ax_l.plot(steps, ys, color=color, lw=1.6 if key == "loss" else 0.8,
                       ls="-" if key == "loss" else "--", label=f"{label}: {key}")
-        agreements = [k for k in rows[-1] if k.rstrip("0123456789") == "agreement"]
-        for n, key in enumerate(agreements):  # MOKD: one per model (agreement1, agreement2)
-            name = label if key == "agreement" else f"{label}: model {key[len('agreement'):]}"
+        # MOKD: one per model (agreement1, agreement2); DMT: the student's cosine to the fused teacher
+        agreements = [k for k in rows[-1] if k.rstrip("0123456789") == "agreement" or k == "cosine_to_fused"]
+        for n, key in enumerate(agreements):
+            name = label if key == "agreement" else f"{label}: cosine to fused teacher x 100" \
+                if key == "cosine_to_fused" else f"{label}: model {key[len('agreement'):]}"
             ax_a.plot(steps, _smooth([100 * r.get(key, float("nan")) for r in rows], smooth), color=color,
                       ls=("-", "--", ":")[n % 3], label=name)
     ax_l.set(xlabel="step", ylabel="loss", title="loss terms")
-    ax_a.set(xlabel="step", ylabel="% images, same argmax", title="teacher/student agreement")
+    ax_a.set(xlabel="step", ylabel="% images, same argmax (DMT: cosine x 100)", title="teacher/student agreement")
     for ax in (ax_l, ax_a):
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
+        else:  # methods without a teacher/student argmax (MAE)
+            ax.text(0.5, 0.5, "not logged by these runs", ha="center", va="center", transform=ax.transAxes)
     fig.tight_layout()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
