@@ -16,7 +16,7 @@ from test_docs import ROOT, _commands
 from sslkd.cli import main
 
 PAGES = ["index.md", "dino.md", "ibot.md", "evaluation.md", "export-report.md", "seed.md", "howto-distill.md",
-         "dmt.md", "mocov3.md", "mae.md", "mokd.md"]  # producers before consumers
+         "mocov3.md", "mae.md", "dmt.md", "mokd.md"]  # producers before consumers (DMT reads the teachers)
 
 
 def _budget(args: list[str]) -> list[str]:
@@ -87,6 +87,10 @@ def test_every_docs_command_runs(tmp_path, monkeypatch):
     # what the commands promised to write
     assert (work / "report.html").stat().st_size > 10_000
     assert (work / "export" / "vit_tiny_kd" / "model.safetensors").is_file()
+    table4 = (work / "runs" / "dmt_table4" / "table4.md").read_text()  # DMT from teachers the docs made
+    for row in ("Random init", "DMT from iBOT + MoCo v3 + MAE", "DMT from iBOT", "DMT from MoCo v3", "DMT from MAE"):
+        assert f"| {row} |" in table4, row
+    assert "Fine-tune Acc@1" in table4
     table7 = (work / "runs" / "mokd_table7_cpu" / "table7.md").read_text()
     for row in ("independent (L_sm)", "L_sm + L_cm", "L_sm + L_cm + L_st", "MOKD (all terms)"):
         for model in ("resnet18 (model 1)", "vit_tiny (model 2)"):  # compare evaluates both models of a run

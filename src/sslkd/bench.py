@@ -45,10 +45,10 @@ class BenchArgs:
     workers: int | None = None
 
 
-
 def _sig(x: float, digits: int = 4) -> float:
     """``x`` to ``digits`` significant figures (tiny models' figures keep their precision)."""
     return float(f"{x:.{digits}g}")
+
 
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
