@@ -99,6 +99,8 @@ def _train_worker(rank, world, port, root, shapes):
     try:
         for case in CASES:
             _run(case, root / f"{case}_ddp")
+            if case == "ibot_rkd_d":  # gradient caching under DDP (no_sync on the first micro-batch)
+                _run(case, root / f"{case}_ddp_accum", ["train.accum_steps=2"])
             trainer = _run(case, root / f"{case}_fsdp", ["train.parallel=fsdp"])
             # gradients reduce-scattered once, after the last micro-batch (RKD-D: gradient caching sharded)
             _run(case, root / f"{case}_fsdp_accum", ["train.parallel=fsdp", "train.accum_steps=2"])
@@ -138,7 +140,8 @@ def test_two_processes_equal_one_process_and_accumulation(tmp_path):
         _run(case, tmp_path / f"{case}_one")
         whole = _losses(tmp_path / f"{case}_one")
         terms = [k for k in whole[0] if k in ("loss", "dino", "cls", "patch", "rkd_cls", "rkd_patch")]
-        runs = [f"{case}_ddp", f"{case}_fsdp", f"{case}_fsdp_accum"] + (["ibot_kd_fsdp_resumed"] if case == "ibot_kd" else [])
+        runs = [f"{case}_ddp", f"{case}_fsdp", f"{case}_fsdp_accum"] + (["ibot_kd_fsdp_resumed"] if case == "ibot_kd" else []) \
+            + (["ibot_rkd_d_ddp_accum"] if case == "ibot_rkd_d" else [])
         for run in runs:
             got = _losses(tmp_path / run)
             assert len(whole) == len(got) == 3, run

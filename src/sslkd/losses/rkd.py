@@ -162,7 +162,7 @@ class RKDAngleLoss(nn.Module):
             # a chunk's [J, B, B] temporaries should stay cache-sized on a CPU (B=512 at D=8192: 13 s
             # with 32 vertices per chunk, 3.6 s with 4); a GPU wants few, large kernels
             cap = _CHUNK_ELEMENTS[gs.device.type == "cuda"]
-            step = max(1, min(self.chunk_size, cap // (b * b)))
+            step = max(1, min(self.chunk_size, cap // (groups * b * b)))
             for start in range(0, b, step):
                 stop = min(b, start + step)
                 if gs.requires_grad:

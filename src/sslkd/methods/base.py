@@ -57,6 +57,10 @@ class Method(nn.Module, abc.ABC):
         ``metrics`` are detached diagnostics (entropy, feature std, agreement). Methods with
         :meth:`batch_features` also take ``cached``: that micro-batch's cached gradients."""
 
+    def has_batch_losses(self) -> bool:
+        """Whether a loss couples the images of the whole batch (then accumulation caches gradients)."""
+        return False
+
     def batch_features(self, views: list[torch.Tensor], info: StepInfo) -> dict[str, torch.Tensor] | None:
         """Features (``[b, ...]``, batch first) of this micro-batch that enter losses coupling the
         images of the whole batch, or ``None`` when there are none this step. With gradient
@@ -66,8 +70,9 @@ class Method(nn.Module, abc.ABC):
         return None
 
     def batch_losses(self, features: dict[str, torch.Tensor], info: StepInfo) -> dict[str, torch.Tensor]:
-        """The batch-level losses (name -> scalar, unweighted) of :meth:`batch_features`' output
-        concatenated over micro-batches (gathering over processes as ``forward`` does)."""
+        """The batch-level losses (name -> scalar) of :meth:`batch_features`' output concatenated
+        over micro-batches (gathering over processes as ``forward`` does). Their sum is what gets
+        differentiated: with several terms, return them weighted as ``forward`` adds them."""
         return {}
 
     def build_backbone(self) -> Backbone:

@@ -235,6 +235,9 @@ class IBOT(Method):
         pairs = [(tv, sv) for tv in range(len(t_rel)) for sv in range(len(s_rel)) if sv != tv]
         return sum(self._relational(s_rel[sv], t_rel[tv]) for tv, sv in pairs) / len(pairs)
 
+    def has_batch_losses(self) -> bool:
+        return self._rkd_levels()[0]
+
     def batch_features(self, views, info: StepInfo) -> dict[str, torch.Tensor] | None:
         if not self._rkd_levels()[0]:
             return None

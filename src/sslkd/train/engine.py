@@ -268,7 +268,7 @@ class Trainer:
 
         # losses over the whole batch (CLS-level RKD) stay exact under accumulation: gradient caching
         cached = cache_batch_gradients(self.method, micro_batches, info, self.device, autocast) \
-            if len(micro_batches) > 1 else None
+            if len(micro_batches) > 1 and self.method.has_batch_losses() else None
         for micro, views in enumerate(micro_batches):
             info.micro = micro
             views = [v.to(self.device, non_blocking=True) for v in views]
