@@ -10,6 +10,9 @@ The lightly step follows lightly's own iBOT example (examples/pytorch/ibot.py): 
     python benchmarks/peer_lightly_ibot.py --precision bf16 --device cuda --backbone vit_small
 
 Prints one JSON line: both images/s, both fractions of the fp32/bf16 matmul peak, and the ratio.
+On a CPU both steps run under the malloc tuning sslkd applies to CPU training (``train.tune_malloc``,
+:func:`sslkd.device.tune_cpu_malloc`), set before either is timed; ``--default-malloc`` times both
+under glibc's defaults instead.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from sslkd.bench import BenchArgs, matmul_peak, run_bench, sync
-from sslkd.device import autocast_dtype, resolve_device
+from sslkd.device import autocast_dtype, resolve_device, tune_cpu_malloc
 
 TIMM = {"vit_tiny": "vit_tiny_patch16_224", "vit_small": "vit_small_patch16_224", "vit_base": "vit_base_patch16_224"}
 
@@ -108,11 +111,17 @@ def main() -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="sslkd config overrides")
+    p.add_argument("--default-malloc", action="store_true", help="CPU: glibc's malloc defaults for both steps")
     args = p.parse_args()
     a = BenchArgs(backbone=args.backbone, img=args.img, patch=args.patch, batch=args.batch,
                   local_crops=args.local_crops, local_img=args.local_img, out_dim=args.out_dim, steps=args.steps,
                   precision=args.precision, compile=args.compile, device=args.device, data_batches=2)
     device = resolve_device(args.device)
+    malloc = "n/a"
+    if device.type == "cpu":
+        malloc = "default" if args.default_malloc or not tune_cpu_malloc() else "tuned"
+        if args.default_malloc:
+            args.overrides.append("train.tune_malloc=false")
     torch.manual_seed(0)
     views = [torch.randn(a.batch, 3, a.img, a.img, device=device) for _ in range(2)]
     views += [torch.randn(a.batch, 3, a.local_img, a.local_img, device=device) for _ in range(a.local_crops)]
@@ -126,7 +135,7 @@ def main() -> None:
                "gflop_per_img": round(l_flops / a.batch / 1e9, 3),
                "peak_fraction": round(l_flops / l_sec / 1e9 / peak, 3),
                "peak_mem_mb": round(l_mem, 1) if l_mem else None}
-    print(json.dumps({"device": ours["device"], "config": ours["config"], "sslkd": ours, "lightly": lightly,
+    print(json.dumps({"device": ours["device"], "config": ours["config"], "malloc": malloc, "sslkd": ours, "lightly": lightly,
                       "speedup_vs_lightly": round(ours["img_per_s"] / lightly["img_per_s"], 3)}))
 
 

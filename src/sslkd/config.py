@@ -80,6 +80,7 @@ class TrainConfig:
     clip_mode: str = "norm"  # "norm": global norm; "per_param": per tensor, as iBOT's code
     freeze_last_layer: int = 1  # epochs during which the head's last layer is not updated
     precision: str = "auto"  # auto (bf16 where native, else fp32) | fp32 | bf16 | fp16
+    tune_malloc: bool = True  # CPU runs: glibc malloc keeps freed memory (sslkd.device.tune_cpu_malloc)
     compile: bool = False  # torch.compile each backbone and head (first steps pay the compilation)
     parallel: str = "ddp"  # several processes: ddp (replicated) | fsdp (sharded weights, grads, optimiser)
     ckpt_every_steps: int = 0  # 0: at the end of every epoch only

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import ctypes
+import platform
+import sys
 import warnings
 
 import torch
+
+_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_MAX = -1, -2, -4  # glibc's <malloc.h> mallopt parameters
+_malloc_tuned = False
 
 
 class DeviceError(ValueError):
@@ -40,3 +46,27 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
         warnings.warn("this GPU has no bf16: using fp16 autocast with a gradient scaler")
         return torch.float16
     return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+
+
+def tune_cpu_malloc(keep_mb: int = 1024, pad_mb: int = 256) -> bool:
+    """Make glibc's ``malloc`` keep freed memory for reuse: no ``mmap`` per large block (each fresh
+    one page-faults on first touch: a 40 MB elementwise result cost 20 ms instead of 3 ms on a
+    2-core EPYC), heap top trimmed only beyond ``keep_mb``, grown ``pad_mb`` at a time. PyTorch's
+    CPU tensors come from ``malloc``, so a training step's temporaries recycle warm pages (iBOT
+    ViT-Tiny/4 step, 2-core EPYC: forward 10-20% faster, whole step +6% to +13% img/s in A/B runs
+    tuned from process start, within noise when tuned mid-process; +2% peak RSS). Process-wide and
+    idempotent; returns whether it applied (False off glibc). If the heap cannot grow, glibc still
+    falls back to ``mmap``. Set before start, ``GLIBC_TUNABLES=glibc.malloc.mmap_max=0:...`` does
+    the same for any program."""
+    global _malloc_tuned
+    if _malloc_tuned:
+        return True
+    if sys.platform != "linux" or platform.libc_ver()[0] != "glibc":
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    _malloc_tuned = bool(libc.mallopt(_M_MMAP_MAX, 0) and libc.mallopt(_M_TRIM_THRESHOLD, keep_mb << 20)
+                         and libc.mallopt(_M_TOP_PAD, pad_mb << 20))
+    return _malloc_tuned

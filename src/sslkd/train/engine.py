@@ -26,7 +26,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from sslkd.config import Config, to_dict
-from sslkd.device import autocast_dtype, resolve_device
+from sslkd.device import autocast_dtype, resolve_device, tune_cpu_malloc
 from sslkd.distributed import all_reduce_mean, any_process, gather_batch, init_from_env, is_distributed
 from sslkd.data import ImageArrayDataset, get_dataset
 from sslkd.data.augment import MultiCropDataset, MultiCropTransform, RawDataset, SeededEpochSampler
@@ -63,6 +63,8 @@ class Trainer:
         self.rank, self.world, local_rank = init_from_env(cfg.device)
         self.is_main = self.rank == 0
         self.device = resolve_device(cfg.device)
+        if self.device.type == "cpu" and cfg.train.tune_malloc:
+            tune_cpu_malloc()
         if self.world > 1 and self.device.type == "cuda":
             self.device = torch.device("cuda", local_rank)
         if train_set is None:
