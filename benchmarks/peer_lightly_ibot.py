@@ -9,7 +9,9 @@ The lightly step follows lightly's own iBOT example (examples/pytorch/ibot.py): 
     python benchmarks/peer_lightly_ibot.py                      # ViT-Tiny/4, 32 px, batch 64, 2+6 crops
     python benchmarks/peer_lightly_ibot.py --precision bf16 --device cuda --backbone vit_small
 
-Prints one JSON line: both images/s, both fractions of the fp32/bf16 matmul peak, and the ratio.
+Prints one JSON line: both images/s, both fractions of the fp32/bf16 matmul peak, and the ratio;
+then ``interleaved``: the two steps alternated one at a time (``--pairs``), the steadier ratio on a
+noisy machine.
 On a CPU both steps run under the malloc tuning sslkd applies to CPU training (``train.tune_malloc``,
 :func:`sslkd.device.tune_cpu_malloc`), set before either is timed; ``--default-malloc`` times both
 under glibc's defaults instead.
@@ -20,13 +22,16 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import statistics
+import tempfile
 import time
 
 import timm
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from sslkd.bench import BenchArgs, matmul_peak, run_bench, sync
+from sslkd.bench import BenchArgs, _overrides, matmul_peak, run_bench, synthetic_dataset, sync
+from sslkd.config import load_config
 from sslkd.device import autocast_dtype, resolve_device, tune_cpu_malloc
 
 TIMM = {"vit_tiny": "vit_tiny_patch16_224", "vit_small": "vit_small_patch16_224", "vit_base": "vit_base_patch16_224"}
@@ -100,6 +105,30 @@ def measure(step, views, steps: int, device: torch.device) -> tuple[float, float
     return (time.perf_counter() - t0) / steps, fc.get_total_flops()
 
 
+def interleaved(lstep, a: BenchArgs, views, overrides: list[str], pairs: int, device: torch.device) -> dict:
+    """Both steps alternated one at a time (ABBA order), medians of each: machine drift (other
+    tenants, clocks) hits both alike, which back-to-back blocks of steps do not ensure."""
+    from sslkd.train import Trainer
+
+    with tempfile.TemporaryDirectory() as out:
+        cfg = load_config(None, _overrides(a, out) + ["data.num_workers=0"] + overrides)
+        trainer = Trainer(cfg, synthetic_dataset(2 * a.batch, a.img), progress=False)
+        steps = {"sslkd": lambda: trainer.train_step([views]), "lightly": lambda: lstep(views)}
+        for f in steps.values():
+            f()
+        times: dict[str, list[float]] = {"sslkd": [], "lightly": []}
+        for i in range(2 * pairs):
+            name = ("sslkd", "lightly")[(i + i // 2) % 2]  # s l l s s l l s ...
+            sync(device)
+            t0 = time.perf_counter()
+            steps[name]()
+            sync(device)
+            times[name].append(time.perf_counter() - t0)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    return {"pairs": pairs, "sslkd_img_per_s": round(a.batch / med["sslkd"], 2),
+            "lightly_img_per_s": round(a.batch / med["lightly"], 2), "ratio": round(med["lightly"] / med["sslkd"], 3)}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--backbone", default="vit_tiny", choices=sorted(TIMM))
@@ -111,6 +140,7 @@ def main() -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="sslkd config overrides")
+    p.add_argument("--pairs", type=int, default=6, help="alternated sslkd/lightly steps for the interleaved ratio")
     p.add_argument("--default-malloc", action="store_true", help="CPU: glibc's malloc defaults for both steps")
     args = p.parse_args()
     a = BenchArgs(backbone=args.backbone, img=args.img, patch=args.patch, batch=args.batch,
@@ -128,15 +158,18 @@ def main() -> None:
     peak = matmul_peak(device, torch.bfloat16 if autocast_dtype(a.precision, device) else torch.float32)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    l_sec, l_flops = measure(lightly_step(a, device), views, a.steps, device)
+    step = lightly_step(a, device)
+    l_sec, l_flops = measure(step, views, a.steps, device)
     l_mem = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
     ours = run_bench(a, args.overrides)
     lightly = {"img_per_s": round(a.batch / l_sec, 1), "step_s": round(l_sec, 4),
                "gflop_per_img": round(l_flops / a.batch / 1e9, 3),
                "peak_fraction": round(l_flops / l_sec / 1e9 / peak, 3),
                "peak_mem_mb": round(l_mem, 1) if l_mem else None}
-    print(json.dumps({"device": ours["device"], "config": ours["config"], "malloc": malloc, "sslkd": ours, "lightly": lightly,
-                      "speedup_vs_lightly": round(ours["img_per_s"] / lightly["img_per_s"], 3)}))
+    print(json.dumps({"device": ours["device"], "config": ours["config"], "malloc": malloc, "sslkd": ours,
+                      "lightly": lightly,
+                      "speedup_vs_lightly": round(ours["img_per_s"] / lightly["img_per_s"], 3),
+                      "interleaved": interleaved(step, a, views, args.overrides, args.pairs, device) if args.pairs else None}))
 
 
 if __name__ == "__main__":
