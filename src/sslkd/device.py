@@ -53,8 +53,8 @@ def tune_cpu_malloc(keep_mb: int = 1024, pad_mb: int = 256) -> bool:
     one page-faults on first touch: a 40 MB elementwise result cost 20 ms instead of 3 ms on a
     2-core EPYC), heap top trimmed only beyond ``keep_mb``, grown ``pad_mb`` at a time. PyTorch's
     CPU tensors come from ``malloc``, so a training step's temporaries recycle warm pages (iBOT
-    ViT-Tiny/4 step, 2-core EPYC: forward 10-20% faster, whole step +6% to +13% img/s in A/B runs
-    tuned from process start, within noise when tuned mid-process; +2% peak RSS). Process-wide and
+    ViT-Tiny/4 step, 2-core EPYC: tuned from process start, forward 21-23% faster and whole step
+    +6-13% img/s; tuned mid-process, forward 9-14% faster, whole step within noise; +2% peak RSS). Process-wide and
     idempotent; returns whether it applied (False off glibc). If the heap cannot grow, glibc still
     falls back to ``mmap``. Set before start, ``GLIBC_TUNABLES=glibc.malloc.mmap_max=0:...`` does
     the same for any program."""
