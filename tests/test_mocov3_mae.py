@@ -96,3 +96,39 @@ def test_mocov3_predictor_is_trained_and_teacher_is_ema(tmp_path):
     m = float(tr.momentum[0])
     for b, t, s in zip(before, tr.method.teacher.parameters(), tr.method.student.parameters()):
         torch.testing.assert_close(t, m * b + (1 - m) * s, rtol=1e-5, atol=1e-6)
+
+
+def test_mocov3_accumulation_contrasts_against_the_whole_batch(tmp_path):
+    """accum_steps=2: the loss and every gradient are those of InfoNCE over the concatenated
+    micro-batch outputs (16 keys as negatives), built here in one autograd graph, not the mean of
+    two 8-image InfoNCEs; BatchNorm statistics stay per micro-batch in both."""
+    import copy
+    data = get_dataset("synthetic", "train", img_size=16, num_samples=32)
+    cfg = load_config(None, [f"output_dir={tmp_path}", "method.name=mocov3", "model.depth=1", "method.hidden_dim=32",
+                             "method.out_dim=16", "train.batch_size=16", "train.accum_steps=2", "device=cpu",
+                             "model.drop_path_rate=0.0", "train.clip_grad=0"])  # raw gradients
+    tr = Trainer(cfg, data, progress=False)
+    loader = iter(tr._loader(0, 0))
+    micro = [next(loader)[0], next(loader)[0]]
+    ref = copy.deepcopy(tr.method)
+    outs = [ref._encode(views) for views in micro]
+    whole = {k: torch.cat([o[k] for o in outs]) for k in ("q1", "q2", "k1", "k2")}
+    expected = ref.loss_fn(whole["q1"], whole["q2"], whole["k1"], whole["k2"])
+    expected.backward()
+    per_micro = sum(ref.loss_fn(o["q1"], o["q2"], o["k1"], o["k2"]).item() for o in outs) / 2
+    grads = {}
+    opt = tr.optimizers[0]
+    orig = opt.step
+
+    def record(*a, **k):
+        grads.update({id(p): p.grad.clone() for g in opt.param_groups for p in g["params"] if p.grad is not None})
+        return orig(*a, **k)
+    opt.step = record
+    losses, _ = tr.train_step(micro)
+    assert float(losses["mocov3"]) == pytest.approx(expected.item(), rel=1e-5)
+    assert abs(expected.item() - per_micro) > 0.05  # 16 negatives, not 8: the test can tell them apart
+    ref_params = dict(ref.trainable_parameters())
+    for name, p in tr.method.trainable_parameters():
+        if ref_params[name].grad is not None:
+            torch.testing.assert_close(grads[id(p)], ref_params[name].grad, rtol=1e-4, atol=1e-6, msg=name)
+    assert len(grads) == sum(p.grad is not None for p in ref_params.values()) > 0

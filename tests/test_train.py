@@ -228,8 +228,12 @@ def test_resume_refuses_changed_settings_and_fresh_start_over_old_run(tmp_path, 
     cfg = load_config(None, [f"output_dir={tmp_path}", "train.max_steps=2"], base=TINY)
     Trainer(cfg, data, progress=False).fit()
     changed = load_config(None, [f"output_dir={tmp_path}", "train.batch_size=8"], base=TINY)
-    with pytest.raises(TrainingError, match="train.batch_size"):
+    with pytest.raises(ckpt.CheckpointError, match="different train.batch_size;"):
         Trainer(changed, data, progress=False).fit(resume="auto")
+    reseeded = load_config(None, [f"output_dir={tmp_path}", "seed=1", "method.out_dim=32"], base=TINY)
+    with pytest.raises(ckpt.CheckpointError, match="different seed, method;"):
+        Trainer(reseeded, data, progress=False).fit(resume="auto")
+    assert len(ckpt.list_checkpoints(tmp_path)) == 1  # the refused resumptions left the run as it was
     with pytest.raises(TrainingError, match="already holds checkpoints"):
         Trainer(cfg, data, progress=False).fit(resume=None)
 

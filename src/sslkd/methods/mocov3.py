@@ -5,6 +5,11 @@ output 256, BatchNorm, the last BN without affine) with a 3-layer projector for 
 CNNs, ``τ = 0.2``. The momentum follows ``train.momentum_teacher`` -> ``momentum_teacher_end``
 (the paper: 0.99 -> 1, cosine). Local crops, if configured, are not used. Evaluation reads the
 momentum encoder's backbone (``teacher``) or the query backbone (``student``).
+
+The negatives are the keys of the whole batch, under gradient accumulation too: the InfoNCE
+couples every image of the batch, so the engine caches its gradient (:mod:`sslkd.train.gradcache`)
+instead of contrasting each micro-batch only with itself. BatchNorm statistics stay per
+micro-batch (as per process without SyncBatchNorm).
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import torch
 from torch import nn
 
 from sslkd.losses.mocov3 import MoCoV3Loss
-from sslkd.methods.base import Method, StepInfo, ema_teacher, ema_update
+from sslkd.methods.base import Method, StepInfo, cached_gradient_term, ema_teacher, ema_update
 from sslkd.methods.dino import Encoder
 
 
@@ -63,16 +68,34 @@ class MoCoV3(Method):
     def trainable_parameters(self) -> list[tuple[str, nn.Parameter]]:
         return super().trainable_parameters() + [(f"predictor.{n}", p) for n, p in self.predictor.named_parameters()]
 
-    def forward(self, views, info: StepInfo):
+    def _encode(self, views) -> dict[str, torch.Tensor]:
         x1, x2 = views[0], views[1]
         f1, z1 = self.student(x1)
         _, z2 = self.student(x2)
-        q1, q2 = self.predictor(z1), self.predictor(z2)
         with torch.no_grad():
             _, k1 = self.teacher(x1)
             _, k2 = self.teacher(x2)
-        loss = self.loss_fn(q1, q2, k1, k2)
-        z = nn.functional.normalize(f1.float(), dim=-1)
+        return {"f1": f1, "q1": self.predictor(z1), "q2": self.predictor(z2), "k1": k1, "k2": k2}
+
+    def has_batch_losses(self) -> bool:
+        return True
+
+    def batch_features(self, views, info: StepInfo) -> dict[str, torch.Tensor]:
+        e = self._encode(views)
+        return {k: e[k] for k in ("q1", "q2", "k1", "k2")}
+
+    def batch_losses(self, features: dict[str, torch.Tensor], info: StepInfo) -> dict[str, torch.Tensor]:
+        return {"mocov3": self.loss_fn(features["q1"], features["q2"], features["k1"], features["k2"])}
+
+    def forward(self, views, info: StepInfo, cached: dict | None = None):
+        e = self._encode(views)
+        q1, q2, k2 = e["q1"], e["q2"], e["k2"]
+        if cached is None:
+            loss = self.loss_fn(q1, q2, e["k1"], k2)
+        else:  # the whole batch's InfoNCE value and gradient (gradient caching)
+            loss = cached["losses"]["mocov3"] + sum(cached_gradient_term(q, cached, key, info.accum_steps)
+                                                    for key, q in (("q1", q1), ("q2", q2)))
+        z = nn.functional.normalize(e["f1"].float(), dim=-1)
         with torch.no_grad():
             agree = (nn.functional.normalize(q1.float(), dim=-1) @ nn.functional.normalize(k2.float(), dim=-1).T
                      ).argmax(-1).eq(torch.arange(len(q1), device=q1.device)).float().mean()

@@ -90,3 +90,22 @@ def find_resumable(folder: str | Path) -> tuple[Path, dict] | None:
         except CheckpointError as e:
             warnings.warn(f"skipping {e}; falling back to the previous checkpoint")
     return None
+
+
+# what fixes a run's data order and networks: a checkpoint resumes only a run that agrees on these
+RUN_IDENTITY = ("seed", "model", "method", "data.name", "train.epochs", "train.batch_size", "train.accum_steps")
+
+
+def check_compatible(stored: dict, now: dict, path: str | Path) -> None:
+    """Refuse (``CheckpointError``) to resume from ``path``, written with config ``stored``, into a
+    run with config ``now`` whose data order or networks would differ (``RUN_IDENTITY``)."""
+    differ = []
+    for key in RUN_IDENTITY:
+        a, b = stored, now
+        for part in key.split("."):
+            a, b = (a or {}).get(part), (b or {}).get(part)
+        if a != b:
+            differ.append(key)
+    if differ:
+        raise CheckpointError(f"{path} was written with different {', '.join(differ)}; resuming would not "
+                              f"continue that run. Use another output_dir (or the same settings).")

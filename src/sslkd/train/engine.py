@@ -13,7 +13,6 @@ import contextlib
 import dataclasses
 import json
 import math
-import os
 import signal
 import time
 from pathlib import Path
@@ -37,6 +36,7 @@ from sslkd.train import checkpoint as ckpt
 from sslkd.train import fsdp
 from sslkd.train.gradcache import cache_batch_gradients, set_rng_state
 from sslkd.train.optim import build_optimizers, clip_per_tensor, compile_networks, set_hparams
+from sslkd.train.runlog import RunLog
 from sslkd.train.schedules import cosine_schedule
 
 FORMAT = 1
@@ -186,7 +186,7 @@ class Trainer:
             path, state = found
         else:
             path, state = Path(spec), ckpt.load(spec)
-        self._check_compatible(state["config"], path)
+        ckpt.check_compatible(state["config"], to_dict(self.cfg), path)
         self.load_state_dict(state)
         if self.is_main:
             for newer in ckpt.list_checkpoints(self.out):  # a resumed past must not outrank the new run
@@ -195,21 +195,6 @@ class Trainer:
         if is_distributed():
             torch.distributed.barrier()
         return path
-
-    def _check_compatible(self, stored: dict, path: Path) -> None:
-        """Refuse to resume into a run whose data order or networks would differ."""
-        now = to_dict(self.cfg)
-        keys = ["seed", "model", "method", "data.name", "train.epochs", "train.batch_size", "train.accum_steps"]
-        differ = []
-        for key in keys:
-            a, b = stored, now
-            for part in key.split("."):
-                a, b = a.get(part), b.get(part)
-            if a != b:
-                differ.append(key)
-        if differ:
-            raise TrainingError(f"{path} was written with different {', '.join(differ)}; resuming would not "
-                                f"continue that run. Use another output_dir (or the same settings).")
 
     # ------------------------------------------------------------------ training
     def _loader(self, epoch: int, start: int) -> DataLoader:
@@ -340,8 +325,8 @@ class Trainer:
             from sslkd.report import environment
             (self.out / "env.json").write_text(json.dumps(environment(self.device), indent=1))
         resumed = self.resume(resume)
-        log = open(self.out / "metrics.jsonl" if self.is_main else os.devnull, "a")
-        tb = _tensorboard(self.out) if self.is_main else None
+        log = RunLog(self.out, self.is_main, self.steps_per_epoch,
+                     {"lr": self.lr, "wd": self.wd, "momentum": self.momentum}, self._check_finite)
         old_handlers = {s: signal.signal(s, self._handle_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         end = self.total_steps if t.max_steps is None else min(self.total_steps, t.max_steps)
         bar = tqdm(total=end, initial=self.step, disable=not self.progress, unit="step", dynamic_ncols=True,
@@ -349,7 +334,6 @@ class Trainer:
         if resumed:
             bar.write(f"resumed from {resumed} at step {self.step}")
         status, last = "finished", {}
-        pending: list[tuple[int, dict, dict]] = []
         tic, seen = time.perf_counter(), 0
         budget = t.time_budget_minutes * 60 if t.time_budget_minutes else float("inf")
         mark = time.perf_counter()
@@ -367,15 +351,15 @@ class Trainer:
                     self.train_seconds, mark = self.train_seconds + now - mark, now
                     micro = []
                     seen += t.batch_size
-                    pending.append((self.step - 1, losses, metrics))
+                    log.add(self.step - 1, losses, metrics)
                     bar.update(1)
                     if self.step % t.log_every == 0 or self.step == end:
                         rate = seen / max(time.perf_counter() - tic, 1e-9)
-                        last = self._flush(pending, log, tb, rate)
+                        last = log.flush(rate)
                         bar.set_postfix(loss=f"{last['loss']:.4f}", img_s=f"{rate:.0f}")
                         tic, seen = time.perf_counter(), 0
                     if t.ckpt_every_steps and self.step % t.ckpt_every_steps == 0:
-                        self._flush(pending, log, tb, None)
+                        log.flush()
                         self.save()
                     if self.step >= end:
                         break
@@ -386,18 +370,18 @@ class Trainer:
                         status = "interrupted"
                         break
                 if status == "finished" and self.step % self.steps_per_epoch == 0:
-                    self._flush(pending, log, tb, None)  # finiteness checked before any save
-                    self._end_of_epoch(self.step // self.steps_per_epoch, log, tb, last)
+                    log.flush()  # finiteness checked before any save
+                    self._end_of_epoch(self.step // self.steps_per_epoch, log, last)
             if status == "time_budget":
-                self._flush(pending, log, tb, None)
+                log.flush()
                 path = self.save()
                 bar.write(f"time budget of {t.time_budget_minutes} min reached at step {self.step}: wrote {path}")
             if status == "interrupted":
-                self._flush(pending, log, tb, None)
+                log.flush()
                 path = self.save()
                 bar.write(f"interrupted at step {self.step}: wrote {path}; resume with --resume auto")
             elif self.step >= end:
-                self._flush(pending, log, tb, None)
+                log.flush()
                 if t.max_steps is not None and end < self.total_steps:
                     status = "max_steps"
                 if self._saved_step != self.step:  # the same on every process: save() is collective
@@ -405,52 +389,17 @@ class Trainer:
         finally:
             bar.close()
             log.close()
-            if tb is not None:
-                tb.close()
             for s, h in old_handlers.items():
                 signal.signal(s, h)
         return {**last, "status": status, "step": self.step, "train_seconds": round(self.train_seconds, 1)}
 
-    def _end_of_epoch(self, epoch: int, log, tb, last: dict) -> None:
+    def _end_of_epoch(self, epoch: int, log: RunLog, last: dict) -> None:
         e = self.cfg.eval
         if e.knn_every and (epoch % e.knn_every == 0 or epoch == self.cfg.train.epochs):  # every process embeds
             res = self.knn()
             last.update({"knn_top1": res["top1"], "knn_top5": res["top5"]})
-            rec = {"step": self.step, "epoch": epoch, "knn_top1": res["top1"], "knn_top5": res["top5"]}
-            log.write(json.dumps(rec) + "\n")
-            log.flush()
-            if tb is not None:
-                tb.add_scalar("eval/knn_top1", res["top1"], self.step)
+            log.record({"step": self.step, "epoch": epoch, "knn_top1": res["top1"], "knn_top5": res["top5"]},
+                       {"eval/knn_top1": res["top1"]})
             self.method.train()
         if not self.cfg.train.ckpt_every_steps or self.step % self.cfg.train.ckpt_every_steps:
             self.save()
-
-    def _flush(self, pending: list, log, tb, rate: float | None) -> dict:
-        """Write one JSONL record per pending step (one host sync for all of them); returns the
-        last record (with ``img_per_s`` when ``rate`` is given), also sent to TensorBoard."""
-        last: dict[str, Any] = {}
-        for step, losses, metrics in pending:
-            self._check_finite(losses, step + 1)
-            rec = {"step": step + 1, "epoch": round((step + 1) / self.steps_per_epoch, 4),
-                   "lr": float(self.lr[step]), "wd": float(self.wd[step]), "momentum": float(self.momentum[step])}
-            rec.update({k: float(v) for k, v in losses.items()})
-            rec.update({k: float(v) for k, v in metrics.items()})
-            if rate is not None and step == pending[-1][0]:
-                rec["img_per_s"] = rate
-            log.write(json.dumps(rec) + "\n")
-            last = rec
-        log.flush()
-        if last and tb is not None:
-            for k, v in last.items():
-                if k not in ("step", "epoch"):
-                    tb.add_scalar(f"train/{k}", v, last["step"])
-        pending.clear()
-        return last
-
-
-def _tensorboard(out: Path):
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:  # tensorboard is a dependency, but keep training if it is broken
-        return None
-    return SummaryWriter(str(out / "tb"))
