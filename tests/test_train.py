@@ -272,3 +272,11 @@ def test_per_tensor_clipping_matches_clip_grad_norm_per_tensor():
     for p, e in zip(params, expected):
         torch.testing.assert_close(p.grad, e)
     assert params[0].grad.norm() <= 3.0 + 1e-5 and params[1].grad.norm() < 3.0
+
+
+def test_compatibility_check_reads_keys_added_since_as_their_none_default(tmp_path):
+    old = {"seed": 0, "model": {"backbone": "vit_tiny", "depth": 1}, "train": {"epochs": 2}}
+    now = {"seed": 0, "model": {"backbone": "vit_tiny", "depth": 1, "init_seed": None}, "train": {"epochs": 2}}
+    ckpt.check_compatible(old, now, tmp_path / "c.pt")  # a checkpoint from before model.init_seed existed
+    with pytest.raises(ckpt.CheckpointError, match="different model;"):
+        ckpt.check_compatible(old, {**now, "model": {**now["model"], "init_seed": 5}}, tmp_path / "c.pt")

@@ -62,6 +62,7 @@ class ModelConfig:
     drop_path_rate: float = 0.1
     small_stem: bool = True  # CNNs: 3x3 stride-1 stem without max-pool, for small images
     depth: int | None = None  # ViT depth override (None: the architecture's own)
+    init_seed: int | None = None  # seeds weights and drop-path draws (None: `seed`); data order, crops, masks keep `seed`
 
 
 @dataclass
@@ -110,6 +111,11 @@ class Config:
     method: Any = None  # a method's own dataclass, chosen by method.name
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+
+    @property
+    def init_seed(self) -> int:
+        """The seed weights are initialised from: ``model.init_seed``, else ``seed``."""
+        return self.seed if self.model.init_seed is None else self.model.init_seed
 
     def validate(self) -> None:
         """Reject impossible values before any work; the message names the key."""

@@ -50,7 +50,7 @@ def run_demo(output_dir: str = "runs/demo", overrides: list[str] | None = None, 
 
     raw = knn_classify(train.tensors()[0].flatten(1).float(), torch.from_numpy(train.labels), test.tensors()[0].flatten(1).float(),
                        torch.from_numpy(test.labels), k, t, 10)
-    torch.manual_seed(cfg.seed)
+    torch.manual_seed(cfg.init_seed)
     random_init = knn_of(build_method(cfg, train.num_channels, train.img_size).eval_backbone("teacher"))
     trainer = Trainer(cfg, train, test, progress=progress)
     summary = trainer.fit(resume="auto")

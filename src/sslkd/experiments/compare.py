@@ -94,7 +94,7 @@ def run_comparison(configs: list[str], out: str | Path, overrides: list[str] | N
 
     rows = []
     if random_init:
-        torch.manual_seed(first.seed)
+        torch.manual_seed(first.init_seed)
         rand = build_method(first, ev_train.num_channels, ev_train.img_size, eval_only=True).eval_backbone("teacher")
         rows.append({"pretrain": "Random init", "steps": 0, "minutes": 0.0, **evaluate(rand)})
     runs, labels = [], []

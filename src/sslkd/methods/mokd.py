@@ -43,6 +43,7 @@ class Model2Config:
     drop_path_rate: float = 0.1
     small_stem: bool = True
     depth: int | None = None
+    init_seed: int | None = None  # None: model 1's initialisation seed + 1 (two twins must not start equal)
 
 
 @dataclass
@@ -99,11 +100,15 @@ class MOKD(Method):
         super().__init__(cfg, in_chans, img_size, eval_only)
         m = cfg.method
         mc, m2 = cfg.model, m.model2
-        specs = [(mc.backbone, mc.patch_size, mc.drop_path_rate, mc.small_stem, mc.depth),
-                 (m2.backbone, m2.patch_size, m2.drop_path_rate, m2.small_stem, m2.depth)]
+        seed1 = cfg.init_seed
+        specs = [(mc.backbone, mc.patch_size, mc.drop_path_rate, mc.small_stem, mc.depth, seed1),
+                 (m2.backbone, m2.patch_size, m2.drop_path_rate, m2.small_stem, m2.depth,
+                  seed1 + 1 if m2.init_seed is None else m2.init_seed)]
         backbones, heads = [], []
-        for spec in specs:  # each model initialised as a DINO run with this seed would be
-            torch.manual_seed(cfg.seed)
+        # each model initialised as a DINO run with that model.init_seed would be; two models of the
+        # same architecture start apart (the paper's same-architecture pairs are independent networks)
+        for spec in specs:
+            torch.manual_seed(spec[5])
             bb = build_backbone(spec[0], img_size, spec[1], in_chans, spec[2], spec[3], spec[4])
             backbones.append(bb)
             heads.append(DINOHead(bb.embed_dim, m.out_dim, m.hidden_dim, m.bottleneck_dim, use_bn=m.use_bn_in_head,
@@ -115,7 +120,7 @@ class MOKD(Method):
             n_tokens = [bb.eval().forward_features(probe)[1].shape[1] for bb in backbones]
             for bb in backbones:
                 bb.train()
-        torch.manual_seed(cfg.seed + 1)
+        torch.manual_seed(seed1 + 2)
         theads = [THead(bb.embed_dim, n, m.out_dim, width, m.thead_depth, search_dim=other.embed_dim)
                   for bb, n, other in zip(backbones, n_tokens, backbones[::-1])]
         self.student = nn.ModuleList(MOKDNet(b, h, t) for b, h, t in zip(backbones, heads, theads))

@@ -104,8 +104,16 @@ def check_compatible(stored: dict, now: dict, path: str | Path) -> None:
         a, b = stored, now
         for part in key.split("."):
             a, b = (a or {}).get(part), (b or {}).get(part)
-        if a != b:
+        if not _same(a, b):
             differ.append(key)
     if differ:
         raise CheckpointError(f"{path} was written with different {', '.join(differ)}; resuming would not "
                               f"continue that run. Use another output_dir (or the same settings).")
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Config values equal, a key missing on one side counting as ``None`` (a key added since
+    the checkpoint was written, whose default ``None`` keeps the old behaviour)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return all(_same(a.get(k), b.get(k)) for k in a.keys() | b.keys())
+    return a == b

@@ -81,7 +81,7 @@ class Trainer:
             raise TrainingError(f"train.batch_size={t.batch_size} exceeds the {len(train_set)} training images")
         self.total_steps = t.epochs * self.steps_per_epoch
 
-        torch.manual_seed(cfg.seed)
+        torch.manual_seed(cfg.init_seed)
         img_size = cfg.aug.global_crops_size or train_set.img_size
         self.method: Method = build_method(cfg, train_set.num_channels, img_size).to(self.device)
         if t.compile:
