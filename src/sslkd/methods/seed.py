@@ -36,7 +36,7 @@ class SEEDConfig:
     teacher_img_size: int | None = None  # resize the student's crop for the teacher (None: as is)
     teacher_small_stem: bool = False
     hidden_dim: int = 0  # student head's hidden width (0: the student's width)
-    use_bn_in_head: bool = True
+    use_bn_in_head: bool = False  # SEED's code (MoCo v2's head) has none
     queue_size: int = 65536
     tau_s: float = 0.2
     tau_t: float = 0.01  # the paper's review; the official code's default is 1e-4
@@ -60,7 +60,8 @@ class SEEDConfig:
 
 
 def projection_mlp(in_dim: int, hidden_dim: int, out_dim: int, use_bn: bool = True) -> nn.Sequential:
-    """SEED's / MoCo v2's student head: Linear - BN? - ReLU - Linear."""
+    """SEED's / MoCo v2's student head: Linear - ReLU - Linear (``use_bn``: a BatchNorm after the
+    first Linear, not in SEED's code)."""
     return nn.Sequential(nn.Linear(in_dim, hidden_dim), nn.BatchNorm1d(hidden_dim) if use_bn else nn.Identity(),
                          nn.ReLU(inplace=True), nn.Linear(hidden_dim, out_dim))
 
