@@ -176,3 +176,24 @@ def test_patch_center_masked_records_the_teachers_mean_over_masked_positions(tmp
     torch.testing.assert_close(records["all", False], out.reshape(-1, out.shape[-1]).mean(0), rtol=1e-5, atol=1e-6)
     assert not torch.allclose(records["all", False], expected, atol=1e-4)
     torch.testing.assert_close(losses["masked", False], losses["all", False])
+
+
+def test_unshared_head_teacher_projects_patches_with_its_cls_layer_as_ibot():
+    """iBOT's shared_head_teacher: a student with its own patch last layer, a teacher whose patch
+    outputs come from its CLS last layer (the EMA of the student's); or its own when switched off."""
+    from sslkd.config import ConfigError, load_config
+    from sslkd.methods import build_method
+    base = {"device": "cpu", "model": {"backbone": "vit_tiny", "patch_size": 4, "depth": 1},
+            "method": {"name": "ibot", "out_dim": 32, "hidden_dim": 32, "bottleneck_dim": 16, "shared_head": False}}
+    z = torch.nn.functional.normalize(torch.randn(5, 16), dim=-1)
+    for shared_teacher in (True, False):
+        cfg = load_config(None, [f"method.shared_head_teacher={str(shared_teacher).lower()}"], base=base)
+        method = build_method(cfg, 3, 16)
+        t, s = method.teacher.head, method.student.head
+        with torch.no_grad():
+            t.patch_last_layer.weight_v.add_(1.0)  # make the two teacher layers tell apart
+        expect = t.last_layer(z) if shared_teacher else t.patch_last_layer(z)
+        torch.testing.assert_close(t.project_patches(z), expect)
+        torch.testing.assert_close(s.project_patches(z), s.patch_last_layer(z))
+    with pytest.raises(ConfigError, match="shared_head_teacher"):
+        load_config(None, ["method.patch_out_dim=64"], base=base)

@@ -274,9 +274,12 @@ def test_per_tensor_clipping_matches_clip_grad_norm_per_tensor():
     assert params[0].grad.norm() <= 3.0 + 1e-5 and params[1].grad.norm() < 3.0
 
 
-def test_compatibility_check_reads_keys_added_since_as_their_none_default(tmp_path):
-    old = {"seed": 0, "model": {"backbone": "vit_tiny", "depth": 1}, "train": {"epochs": 2}}
-    now = {"seed": 0, "model": {"backbone": "vit_tiny", "depth": 1, "init_seed": None}, "train": {"epochs": 2}}
-    ckpt.check_compatible(old, now, tmp_path / "c.pt")  # a checkpoint from before model.init_seed existed
+def test_compatibility_check_reads_keys_added_since_as_their_defaults(tmp_path):
+    from sslkd.config import to_dict
+    now = to_dict(load_config(None, ["method.name=ibot"], base=TINY))
+    old = json.loads(json.dumps(now))
+    del old["model"]["init_seed"], old["method"]["shared_head_teacher"]  # a checkpoint from before these keys
+    ckpt.check_compatible(old, now, tmp_path / "c.pt")
+    changed = {**now, "model": {**now["model"], "init_seed": 5}}
     with pytest.raises(ckpt.CheckpointError, match="different model;"):
-        ckpt.check_compatible(old, {**now, "model": {**now["model"], "init_seed": 5}}, tmp_path / "c.pt")
+        ckpt.check_compatible(old, changed, tmp_path / "c.pt")

@@ -58,7 +58,11 @@ class IBOTConfig(DINOConfig):
     name: str = "ibot"
     out_dim: int = 8192
     patch_out_dim: int | None = None  # None: out_dim
-    shared_head: bool = True
+    shared_head: bool = True  # False: the student's patch tokens get their own last layer
+    # iBOT's shared_head_teacher: with shared_head False, the teacher still projects its patch tokens
+    # with its CLS last layer (the EMA of the student's); False: with its own (the EMA of the student's
+    # patch last layer)
+    shared_head_teacher: bool = True
     teacher_patch_temp: float = 0.07
     warmup_teacher_patch_temp: float = 0.04
     center_momentum2: float = 0.9
@@ -85,6 +89,9 @@ class IBOTConfig(DINOConfig):
                                     ("patch_center", self.patch_center, ("all", "masked"))):
             if value not in allowed:
                 raise ConfigError(f"method.{key}: '{value}' is not one of {', '.join(allowed)}")
+        if not self.shared_head and self.shared_head_teacher and self.patch_out_dim not in (None, self.out_dim):
+            raise ConfigError(f"method.shared_head_teacher: the teacher's CLS last layer has out_dim={self.out_dim} "
+                              f"outputs, patch_out_dim={self.patch_out_dim}; set them equal or shared_head_teacher=false")
         lo, hi = self.mask_ratio
         if not 0 <= lo <= hi < 1:
             raise ConfigError(f"method.mask_ratio: need 0 <= low <= high < 1, got {self.mask_ratio}")
@@ -154,6 +161,7 @@ class IBOT(Method):
                         bottleneck_dim=m.bottleneck_dim, use_bn=m.use_bn_in_head, norm_last_layer=m.norm_last_layer)
         self.student = IBOTEncoder(backbone, head)
         self.teacher = ema_teacher(self.student)
+        self.teacher.head.patches_use_cls_layer = not m.shared_head and m.shared_head_teacher
         self.cls_loss = DINOLoss(m.out_dim, m.student_temp, m.center_momentum)
         self.patch_loss = IBOTPatchLoss(m.patch_out_dim or m.out_dim, m.student_temp, m.center_momentum2)
         self.masker = MaskGenerator(tuple(m.mask_ratio), m.mask_prob, m.mask_mode, m.mask_min_aspect)

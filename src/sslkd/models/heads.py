@@ -61,10 +61,15 @@ class IBOTHead(DINOHead):
         super().__init__(in_dim, out_dim, **kwargs)
         patch_out_dim = patch_out_dim or out_dim
         self.patch_last_layer = None
+        # True: project patch tokens with last_layer anyway (iBOT's teacher: shared_head_teacher); the
+        # patch layer stays a parameter so that student and EMA teacher keep the same layout
+        self.patches_use_cls_layer = False
         if not shared_head or patch_out_dim != out_dim:
             bottleneck = self.last_layer.weight_v.shape[1]
             self.patch_last_layer = WeightNormLinear(bottleneck, patch_out_dim,
                                                      fixed_norm=not self.last_layer.weight_g.requires_grad)
 
     def project_patches(self, z: torch.Tensor) -> torch.Tensor:
-        return (self.patch_last_layer or self.last_layer)(z)
+        if self.patches_use_cls_layer or self.patch_last_layer is None:
+            return self.last_layer(z)
+        return self.patch_last_layer(z)

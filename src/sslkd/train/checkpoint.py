@@ -100,20 +100,23 @@ def check_compatible(stored: dict, now: dict, path: str | Path) -> None:
     """Refuse (``CheckpointError``) to resume from ``path``, written with config ``stored``, into a
     run with config ``now`` whose data order or networks would differ (``RUN_IDENTITY``)."""
     differ = []
+    stored, now = _with_defaults(stored), _with_defaults(now)
     for key in RUN_IDENTITY:
         a, b = stored, now
         for part in key.split("."):
             a, b = (a or {}).get(part), (b or {}).get(part)
-        if not _same(a, b):
+        if a != b:
             differ.append(key)
     if differ:
         raise CheckpointError(f"{path} was written with different {', '.join(differ)}; resuming would not "
                               f"continue that run. Use another output_dir (or the same settings).")
 
 
-def _same(a: Any, b: Any) -> bool:
-    """Config values equal, a key missing on one side counting as ``None`` (a key added since
-    the checkpoint was written, whose default ``None`` keeps the old behaviour)."""
-    if isinstance(a, dict) and isinstance(b, dict):
-        return all(_same(a.get(k), b.get(k)) for k in a.keys() | b.keys())
-    return a == b
+def _with_defaults(cfg: dict) -> dict:
+    """``cfg`` with every key this version knows filled in (a key added since a checkpoint was
+    written reads as its default); as stored if this version cannot read it."""
+    from sslkd.config import load_config, to_dict
+    try:
+        return to_dict(load_config(None, [], base=cfg))
+    except Exception:  # noqa: BLE001 - compare what was stored; the caller reports any difference
+        return cfg
