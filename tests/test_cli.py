@@ -2,6 +2,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from sslkd.cli import main
 
 
@@ -57,3 +59,15 @@ def test_info_lists_registry(capsys):
     assert main(["info"]) == 0
     out = capsys.readouterr().out
     assert "dino" in out and "vit_tiny" in out and "fashion-mnist" in out
+
+
+def test_budget_spec_maps_to_the_config_keys(capsys):
+    from sslkd.experiments.compare import budget_overrides
+    assert budget_overrides("1epochs,20min") == ["train.epochs=1", "train.time_budget_minutes=20.0"]
+    assert budget_overrides("500steps") == ["train.max_steps=500"]
+    assert budget_overrides("2ep, 1.5min") == ["train.epochs=2", "train.time_budget_minutes=1.5"]
+    for bad in ("20", "1.5steps", "10hours", "-3min", "abcmin"):
+        with pytest.raises(ValueError, match="--budget"):
+            budget_overrides(bad)
+    assert main(["experiment", "table1", "--budget", "10hours", "--out", "/nonexistent/x"]) == 1
+    assert "cannot read '10hours'" in capsys.readouterr().err

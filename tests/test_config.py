@@ -36,6 +36,8 @@ def test_unknown_key_names_closest():
     ("aug.global_crops_scale=[0.1]", "aug.global_crops_scale"),
     ("method.teacher_temp=0", "method.teacher_temp"),
     ("train.parallel=zero3", "train.parallel"),
+    ("method.name=[a]", "method.name"),  # a list: once a TypeError
+    ("data.img_size=[1,2", "data.img_size=\\[1,2"),  # broken YAML: once a parser traceback
 ])
 def test_impossible_values_name_the_key(override, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):

@@ -127,6 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
         e.add_argument("--epochs", type=int, default=None, help="budget: epochs per run (same for all)")
         e.add_argument("--max-steps", type=int, default=None, help="budget: stop every run after this many steps")
         e.add_argument("--minutes", type=float, default=None, help="budget: wall-clock training minutes per run")
+        e.add_argument("--budget", default="", help="the same as one spec: e.g. 1epochs, 500steps, 20min, 1epochs,20min")
         e.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
         e.add_argument("--eval-dataset", default=None, help="default: the pretraining dataset")
         e.add_argument("--eval-root", default=None)
@@ -226,12 +227,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _experiment(args) -> int:
-    from sslkd.experiments.compare import run_comparison
+    from sslkd.experiments.compare import budget_overrides, run_comparison
     from sslkd.experiments.table1 import DEFAULT_CONFIGS
 
     budget = ([f"train.epochs={args.epochs}"] if args.epochs else []) + \
         ([f"train.max_steps={args.max_steps}"] if args.max_steps else []) + \
-        ([f"train.time_budget_minutes={args.minutes}"] if args.minutes else [])
+        ([f"train.time_budget_minutes={args.minutes}"] if args.minutes else []) + budget_overrides(args.budget)
     table1 = args.experiment == "table1"
     name = "table1" if table1 else args.name
     run_comparison(args.configs or DEFAULT_CONFIGS, args.out, budget + args.overrides, args.eval_dataset,

@@ -26,6 +26,30 @@ from sslkd.train import Trainer
 LABELS = {"kd": "iBOT & KD", "rkd-d": "iBOT & RKD-D", "rkd-a": "iBOT & RKD-A", "rkd-da": "iBOT & RKD-DA"}
 
 
+BUDGET_UNITS = {"epochs": "train.epochs", "ep": "train.epochs", "steps": "train.max_steps",
+                "min": "train.time_budget_minutes", "minutes": "train.time_budget_minutes"}
+
+
+def budget_overrides(spec: str) -> list[str]:
+    """``--budget`` as config overrides: comma-separated ``<number><unit>`` with unit ``epochs``
+    (``ep``), ``steps`` or ``min``; e.g. ``1epochs,20min`` stops each run at one epoch or after
+    20 minutes of training, whichever comes first."""
+    out = []
+    for part in filter(None, (p.strip() for p in spec.split(","))):
+        number = part.rstrip("abcdefghijklmnopqrstuvwxyz")
+        unit = part[len(number):]
+        key = BUDGET_UNITS.get(unit)
+        try:
+            value = float(number)
+        except ValueError:
+            value = None
+        if key is None or value is None or value <= 0 or (key != "train.time_budget_minutes" and value % 1):
+            raise ValueError(f"--budget: cannot read '{part}'; use <number><unit> with unit epochs, steps "
+                             f"or min (whole epochs and steps), comma-separated, e.g. 1epochs,20min")
+        out.append(f"{key}={value if key == 'train.time_budget_minutes' else int(value)}")
+    return out
+
+
 def label_of(cfg: Config) -> str:
     """A row's name: the distillation mode of iBOT runs, else the config's ``name`` when it was
     set, else the method and backbone."""

@@ -17,7 +17,7 @@ METHODS: dict[str, type[Method]] = {"dino": DINO, "dmt": DMT, "ibot": IBOT, "mae
 
 def method_config_class(name: str) -> type:
     from sslkd.config import ConfigError
-    if name not in METHODS:
+    if not isinstance(name, str) or name not in METHODS:
         raise ConfigError(f"method.name: unknown method '{name}'; available: {', '.join(METHODS)}")
     return METHODS[name].config_class
 
