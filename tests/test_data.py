@@ -145,6 +145,12 @@ def test_imagefolder_errors_name_the_path(tmp_path):
         get_dataset("imagefolder", "train", root=tmp_path / "mixed")
     ds = get_dataset("imagefolder", "train", root=tmp_path / "mixed", img_size=8)
     assert ds.images.shape == (6, 8, 8, 3)
+    make_folder(tmp_path / "split" / "train")  # split folders but no test/: not the training images
+    with pytest.raises(DatasetError, match=r"split/test does not exist"):
+        get_dataset("imagefolder", "test", root=tmp_path / "split")
+    make_folder(tmp_path / "flat")  # a flat tree: its test split is its training images, said aloud
+    with pytest.warns(UserWarning, match="no test/ folder"):
+        get_dataset("imagefolder", "test", root=tmp_path / "flat")
 
 
 def test_imagenet32_npz_and_balanced_subset(tmp_path):

@@ -87,3 +87,23 @@ def test_compare_gives_configs_with_the_same_stem_their_own_run_folders():
         ["mocov3_cifar10_vit_tiny", "mae_cifar10_vit_tiny", "a"]
     with pytest.raises(ValueError, match="share a run folder"):
         run_names(["a/b.yaml", "a/b.yaml"])
+
+
+def test_an_interrupted_run_stops_the_experiment(tmp_path, capsys, monkeypatch):
+    """Ctrl-C during one run of an experiment stops there (resumable), not evaluating the stopped
+    run and training the next one."""
+    from sslkd.train import Trainer
+    cfg = tmp_path / "kd.yaml"
+    cfg.write_text("data: {name: synthetic, img_size: 16}\ndevice: cpu\n"
+                   "model: {backbone: vit_tiny, patch_size: 4, depth: 1}\n"
+                   "method: {name: ibot, out_dim: 32, hidden_dim: 32, bottleneck_dim: 16}\n"
+                   "train: {epochs: 1, batch_size: 64}\n")
+    (tmp_path / "kd2.yaml").write_text("_base_: kd.yaml\n")
+    calls = []
+    monkeypatch.setattr(Trainer, "fit", lambda self, resume=None: calls.append(1) or
+                        {"status": "interrupted", "step": 1, "train_seconds": 0.5})
+    assert main(["experiment", "compare", "--configs", str(cfg), str(tmp_path / "kd2.yaml"), "--name", "x",
+                 "--out", str(tmp_path / "out"), "--no-progress", "--eval-train-samples", "32",
+                 "--eval-test-samples", "16"]) == 1
+    assert "interrupted at step 1" in capsys.readouterr().err and len(calls) == 1
+    assert not (tmp_path / "out" / "x.md").exists()

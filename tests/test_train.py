@@ -175,6 +175,34 @@ def test_kill_9_during_checkpoint_write_leaves_a_resumable_run(tmp_path, data):
     assert not [p for p in tmp_path.iterdir() if ".tmp" in p.name]  # torn temp files are cleaned up
 
 
+def test_sigterm_to_the_process_group_with_loader_workers_checkpoints(tmp_path):
+    """docker stop / Slurm / Ctrl-C signal the whole process group, loader workers included: the
+    run must still checkpoint and exit cleanly (a worker dying first once crashed the loader)."""
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+    config = Path(__file__).parent.parent / "configs" / "dino" / "fashion_mnist_vit_tiny.yaml"
+    cmd = [sys.executable, "-m", "sslkd", "pretrain", "--config", str(config), "--no-progress",
+           "--set", "data.name=synthetic", "--set", "data.img_size=16", "--set", "model.depth=1",
+           "--set", "data.num_workers=2", "--set", "train.max_steps=400", "--set", "train.batch_size=16",
+           "--set", "train.log_every=1", "--set", f"output_dir={tmp_path}"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.time() + 240
+        while not ((tmp_path / "metrics.jsonl").is_file() and (tmp_path / "metrics.jsonl").stat().st_size):
+            assert proc.poll() is None and time.time() < deadline, proc.communicate()[1][-2000:]
+            time.sleep(0.2)
+        os.killpg(proc.pid, signal.SIGTERM)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert "Traceback" not in err and "interrupted at step" in err + out, err[-2000:]
+    assert json.loads(out.strip().splitlines()[-1])["status"] == "interrupted"
+    assert ckpt.list_checkpoints(tmp_path)
+
+
 def test_non_finite_loss_names_step_and_term(tmp_path, data):
     cfg = load_config(None, [f"output_dir={tmp_path}", "train.log_every=1", "train.ckpt_every_steps=1"], base=TINY)
     tr = Trainer(cfg, data, progress=False)
@@ -234,6 +262,7 @@ def test_resume_refuses_changed_settings_and_fresh_start_over_old_run(tmp_path, 
     with pytest.raises(ckpt.CheckpointError, match="different seed, method;"):
         Trainer(reseeded, data, progress=False).fit(resume="auto")
     assert len(ckpt.list_checkpoints(tmp_path)) == 1  # the refused resumptions left the run as it was
+    assert load_config(tmp_path / "config.yaml").seed == 0 and load_config(tmp_path / "config.yaml").train.batch_size == 16
     with pytest.raises(TrainingError, match="already holds checkpoints"):
         Trainer(cfg, data, progress=False).fit(resume=None)
 

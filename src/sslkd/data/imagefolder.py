@@ -57,10 +57,17 @@ def _decode(path: Path, channels: int, size: int | None) -> np.ndarray | None:
 def load_imagefolder(root: str | Path, split: str | None = None, img_size: int | None = None,
                      channels: int | None = None, on_corrupt: str = "fail",
                      use_cache: bool = True) -> ImageArrayDataset:
-    """Load ``root/<split>/<class>/*`` if that folder exists, else ``root/<class>/*``."""
+    """Load ``root/<split>/<class>/*`` if that folder exists, else ``root/<class>/*`` (a flat tree:
+    its test split is its training images, with a warning)."""
     root = Path(root)
     if split and (root / split).is_dir():
         root = root / split
+    elif split and any((root / s).is_dir() for s in ("train", "test")):
+        raise DatasetError(f"imagefolder: {root / split} does not exist (the tree has split folders; "
+                           f"expected root/{split}/<class>/<image>)")
+    elif split == "test":
+        warnings.warn(f"imagefolder: {root} has no test/ folder, so the test split is the training "
+                      f"images: kNN / linear figures on it measure fitting, not generalisation", stacklevel=2)
     files, labels, classes = scan(root)
     if channels is None:
         with Image.open(files[0]) as im:

@@ -21,7 +21,7 @@ from sslkd.eval.attention import cls_attention, plot_attention
 from sslkd.eval.curves import plot_curves
 from sslkd.eval.finetune import finetune
 from sslkd.methods import build_method
-from sslkd.train import Trainer
+from sslkd.train import Trainer, TrainingError
 
 LABELS = {"kd": "iBOT & KD", "rkd-d": "iBOT & RKD-D", "rkd-a": "iBOT & RKD-A", "rkd-da": "iBOT & RKD-DA"}
 
@@ -128,6 +128,9 @@ def run_comparison(configs: list[str], out: str | Path, overrides: list[str] | N
             raise ValueError(f"{run_name}: pretrained on {trainer.train_set.num_channels}-channel images, "
                              f"{dataset} has {ev_train.num_channels}")
         summary = trainer.fit(resume="auto")
+        if summary["status"] == "interrupted":  # Ctrl-C / SIGTERM stop the experiment, not just this run
+            raise TrainingError(f"{run_name}: interrupted at step {summary['step']} (checkpoint written); "
+                                f"run the same command again to resume the experiment")
         runs.append(Path(cfg.output_dir))
         labels.append(label_of(cfg))
         models = models_of(cfg)

@@ -42,6 +42,14 @@ from sslkd.train.schedules import cosine_schedule
 FORMAT = 1
 
 
+def _ignore_stop_signals(worker_id: int) -> None:  # noqa: ARG001
+    """Loader workers leave SIGINT/SIGTERM to the main process: Ctrl-C, ``docker stop`` or Slurm
+    signal the whole process group, and a worker dying first would crash the loader before the
+    main process has checkpointed (the loader stops its workers itself)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 class TrainingError(RuntimeError):
     """Training cannot go on (non-finite loss, ...); the message says where."""
 
@@ -208,6 +216,7 @@ class Trainer:
                           batch_size=t.batch_size // (t.accum_steps * self.world),
                           sampler=sampler, drop_last=True, num_workers=nw, pin_memory=self.device.type == "cuda",
                           persistent_workers=False, prefetch_factor=4 if nw else None,
+                          worker_init_fn=_ignore_stop_signals if nw else None,
                           # own generator: creating a loader must not consume the global RNG
                           # (a resumed run creates one mid-epoch)
                           generator=torch.Generator().manual_seed(self.cfg.seed + epoch))
@@ -321,10 +330,11 @@ class Trainer:
         cfg, t = self.cfg, self.cfg.train
         if self.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
+        resumed = self.resume(resume)  # first: a refused resumption must leave the folder's files alone
+        if self.is_main:
             (self.out / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
             from sslkd.report import environment
             (self.out / "env.json").write_text(json.dumps(environment(self.device), indent=1))
-        resumed = self.resume(resume)
         log = RunLog(self.out, self.is_main, self.steps_per_epoch,
                      {"lr": self.lr, "wd": self.wd, "momentum": self.momentum}, self._check_finite)
         old_handlers = {s: signal.signal(s, self._handle_signal) for s in (signal.SIGINT, signal.SIGTERM)}
