@@ -50,12 +50,16 @@ def test_curves_and_attention_commands(tmp_path):
     assert all(json.loads(line) for line in open(tmp_path / "kd" / "metrics.jsonl"))
 
 
-def test_experiment_table1_writes_table_curves_and_attention(tmp_path, capsys):
-    base = tmp_path / "kd.yaml"
-    base.write_text("data: {name: synthetic, img_size: 16}\ndevice: cpu\n"
+def tiny_ibot_yaml(path):
+    path.write_text("data: {name: synthetic, img_size: 16}\ndevice: cpu\n"
                     "model: {backbone: vit_tiny, patch_size: 4, depth: 1}\n"
                     "method: {name: ibot, out_dim: 32, hidden_dim: 32, bottleneck_dim: 16, distill: {mode: kd}}\n"
                     "train: {epochs: 1, batch_size: 64, log_every: 1}\n")
+    return path
+
+
+def test_experiment_table1_writes_table_curves_and_attention(tmp_path, capsys):
+    base = tiny_ibot_yaml(tmp_path / "kd.yaml")
     (tmp_path / "rkd_d.yaml").write_text("_base_: kd.yaml\nmethod: {distill: {mode: rkd-d}}\n")
     out = tmp_path / "t1"
     assert main(["experiment", "table1", "--configs", str(base), str(tmp_path / "rkd_d.yaml"), "--max-steps", "3",
@@ -93,11 +97,7 @@ def test_an_interrupted_run_stops_the_experiment(tmp_path, capsys, monkeypatch):
     """Ctrl-C during one run of an experiment stops there (resumable), not evaluating the stopped
     run and training the next one."""
     from sslkd.train import Trainer
-    cfg = tmp_path / "kd.yaml"
-    cfg.write_text("data: {name: synthetic, img_size: 16}\ndevice: cpu\n"
-                   "model: {backbone: vit_tiny, patch_size: 4, depth: 1}\n"
-                   "method: {name: ibot, out_dim: 32, hidden_dim: 32, bottleneck_dim: 16}\n"
-                   "train: {epochs: 1, batch_size: 64}\n")
+    cfg = tiny_ibot_yaml(tmp_path / "kd.yaml")
     (tmp_path / "kd2.yaml").write_text("_base_: kd.yaml\n")
     calls = []
     monkeypatch.setattr(Trainer, "fit", lambda self, resume=None: calls.append(1) or
