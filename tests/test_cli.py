@@ -71,3 +71,12 @@ def test_budget_spec_maps_to_the_config_keys(capsys):
             budget_overrides(bad)
     assert main(["experiment", "table1", "--budget", "10hours", "--out", "/nonexistent/x"]) == 1
     assert "cannot read '10hours'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv", [["eval", "knn", "--k", "0"], ["eval", "knn", "--temperature", "0"],
+                                  ["eval", "linear", "--epochs", "0"], ["eval", "finetune", "--epochs", "-1"],
+                                  ["eval", "knn", "--batch-size", "0"]])
+def test_evaluation_refuses_impossible_settings(argv, capsys):
+    with pytest.raises(SystemExit) as e:  # argparse: usage error, exit 2, before any work
+        main([*argv, "--checkpoint", "x", "--dataset", "digits"])
+    assert e.value.code == 2 and "must be positive" in capsys.readouterr().err

@@ -37,6 +37,12 @@ def test_unknown_key_names_closest():
     ("method.teacher_temp=0", "method.teacher_temp"),
     ("train.parallel=zero3", "train.parallel"),
     ("method.name=[a]", "method.name"),  # a list: once a TypeError
+    ("device=gpu", "device"),  # once a RuntimeError from torch
+    ("model.depth=0", "model.depth"),  # once a ViT without blocks
+    ("train.clip_grad=-1", "train.clip_grad"),
+    ("aug.global_crops_scale=[1.0,0.4]", "aug.global_crops_scale"),  # once torchvision's uniform_ error
+    ("data.img_size=-16", "data.img_size"),
+    ("aug.flip_p=2", "aug.flip_p"),
     ("data.img_size=[1,2", "data.img_size=\\[1,2"),  # broken YAML: once a parser traceback
 ])
 def test_impossible_values_name_the_key(override, key):

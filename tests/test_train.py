@@ -122,6 +122,9 @@ def test_checkpoint_refuses_pickled_code(tmp_path):
     torch.save({"format": 1, "x": Evil()}, tmp_path / "evil.pt")
     with pytest.raises(ckpt.CheckpointError, match="evil.pt"):
         ckpt.load(tmp_path / "evil.pt")
+    (tmp_path / "config.yaml").write_text("seed: 0\n")  # a wrong file is named as such, not as a threat
+    with pytest.raises(ckpt.CheckpointError, match="config.yaml: not a checkpoint file"):
+        ckpt.load(tmp_path / "config.yaml")
 
 
 def test_sigterm_writes_checkpoint_and_resumes(tmp_path, data):

@@ -1,4 +1,5 @@
-"""``sslkd`` command line: pretrain, eval, demo, info."""
+"""``sslkd``: self-supervised pretraining and distillation (pretrain, distill), evaluation (eval, attention,
+analyze, plot, report), paper experiments (experiment), export, bench, demo, info."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ def _add_eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backbone", default="vit_tiny", help="with --random-init")
     p.add_argument("--patch-size", type=int, default=4, help="with --random-init")
     p.add_argument("--device", default="auto")
-    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--batch-size", type=_positive(int), default=256)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="print one JSON line instead of a table")
 
@@ -35,6 +36,17 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--resume", default="auto", help="auto (default: newest valid checkpoint in "
                    "output_dir), a checkpoint path, or none")
     p.add_argument("--no-progress", action="store_true")
+
+
+def _positive(kind):
+    """An argparse type: ``kind`` (int or float) > 0, else a usage error naming the value."""
+    def parse(text: str):
+        value = kind(text)
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+        return value
+    parse.__name__ = kind.__name__
+    return parse
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -57,15 +69,15 @@ def build_parser() -> argparse.ArgumentParser:
     evs = ev.add_subparsers(dest="protocol", required=True)
     knn = evs.add_parser("knn", help="weighted kNN (k=20, T=0.07, cosine)")
     _add_eval_args(knn)
-    knn.add_argument("--k", type=int, default=20)
-    knn.add_argument("--temperature", type=float, default=0.07)
+    knn.add_argument("--k", type=_positive(int), default=20)
+    knn.add_argument("--temperature", type=_positive(float), default=0.07)
     lin = evs.add_parser("linear", help="linear probe on frozen features")
     _add_eval_args(lin)
-    lin.add_argument("--epochs", type=int, default=100)
+    lin.add_argument("--epochs", type=_positive(int), default=100)
     lin.add_argument("--lr", type=float, default=0.1)
     ft = evs.add_parser("finetune", help="full fine-tuning (AdamW, layer-wise lr decay, warm-up + cosine)")
     _add_eval_args(ft)
-    ft.add_argument("--epochs", type=int, default=30)
+    ft.add_argument("--epochs", type=_positive(int), default=30)
     ft.add_argument("--lr", type=float, default=1e-3, help="base rate for batch 256 (scaled with the batch)")
     ft.add_argument("--layer-decay", type=float, default=0.75)
     ft.add_argument("--weight-decay", type=float, default=0.05)
@@ -106,7 +118,7 @@ def build_parser() -> argparse.ArgumentParser:
     tsn.add_argument("--classes", type=int, nargs="*", default=None)
     dis = ans.add_parser("attention-distance", help="mean attention distance per layer (PNG)")
     dis.add_argument("checkpoints", nargs="+")
-    dis.add_argument("--images", type=int, default=64, help="test images averaged over")
+    dis.add_argument("--images", type=_positive(int), default=64, help="test images averaged over")
     for a in (con, tsn, dis):
         a.add_argument("--dataset", default=None, help="default: the checkpoint's dataset")
         a.add_argument("--root", default=None)

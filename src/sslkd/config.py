@@ -149,8 +149,22 @@ class Config:
             ("data.augment_on", self.data.augment_on in ("loader", "device"), "must be loader or device"),
             ("aug.local_crops_number", self.aug.local_crops_number >= 0, "must be >= 0"),
             ("model.patch_size", self.model.patch_size > 0, "must be positive"),
+            ("model.depth", self.model.depth is None or self.model.depth >= 1, "must be >= 1 (or null)"),
+            ("model.drop_path_rate", 0 <= self.model.drop_path_rate < 1, "must be in [0, 1)"),
+            ("train.clip_grad", self.train.clip_grad >= 0, "must be >= 0 (0: no clipping)"),
             ("eval.knn_k", self.eval.knn_k > 0, "must be positive"),
+            ("device", self.device in ("auto", "cpu", "cuda") or (self.device.startswith("cuda:")
+                                                                  and self.device[5:].isdigit()),
+             "must be auto, cpu, cuda or cuda:N"),
         ]
+        for key in ("data.img_size", "aug.global_crops_size", "aug.local_crops_size"):
+            checks.append((key, _get(self, key) is None or _get(self, key) > 0, "must be positive (or null)"))
+        for key in ("flip_p", "color_jitter_p", "grayscale_p", "solarize_p"):
+            checks.append((f"aug.{key}", 0 <= getattr(self.aug, key) <= 1, "must be a probability in [0, 1]"))
+        checks.append(("aug.blur_p", all(0 <= p <= 1 for p in self.aug.blur_p), "must be probabilities in [0, 1]"))
+        for key in ("global_crops_scale", "local_crops_scale"):
+            lo, hi = getattr(self.aug, key)
+            checks.append((f"aug.{key}", 0 < lo <= hi <= 1, "must be [low, high] with 0 < low <= high <= 1"))
         for key, ok, why in checks:
             if not ok:
                 raise ConfigError(f"{key}: {why} (got {_get(self, key)!r})")
