@@ -1,5 +1,6 @@
 import json
 
+import pytest
 import torch
 from PIL import Image
 
@@ -48,6 +49,10 @@ def test_curves_and_attention_commands(tmp_path):
     assert img.size[0] > 300 and len(set(img.convert("L").tobytes())) > 10
     assert main(["plot", "curves", str(tmp_path / "missing"), "--out", str(out)]) == 1
     assert all(json.loads(line) for line in open(tmp_path / "kd" / "metrics.jsonl"))
+    with open(tmp_path / "kd" / "metrics.jsonl", "a") as f:  # a run killed mid-write: a torn last record
+        f.write('{"step": 99, "loss": 1.')
+    with pytest.warns(UserWarning, match=r"metrics.jsonl:\d+: skipping a torn record"):
+        assert main(["plot", "curves", *runs, "--out", str(out)]) == 0
 
 
 def tiny_ibot_yaml(path):

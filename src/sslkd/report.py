@@ -19,7 +19,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
-from sslkd.eval.curves import plot_curves, read_metrics  # noqa: E402
+from sslkd.eval.curves import plot_curves, read_metrics, read_records  # noqa: E402
 
 SCHEDULES = ("lr", "wd", "momentum", "teacher_temp")
 COLLAPSE = ("teacher_entropy", "feature_std", "effective_rank")
@@ -71,8 +71,7 @@ def _lines(runs: dict[str, list[dict]], keys: tuple[str, ...], title: str) -> tu
 
 def _knn_records(run: Path) -> list[dict]:
     path = run / "metrics.jsonl"
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return [r for r in rows if "knn_top1" in r and "loss" not in r]
+    return [r for r in read_records(path) if "knn_top1" in r and "loss" not in r]
 
 
 def build_report(runs: list[str | Path], out: str | Path, dataset: str | None = None, root: str | None = None,

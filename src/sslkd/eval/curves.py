@@ -4,6 +4,7 @@ agreement per step, read from each run's ``metrics.jsonl``."""
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import matplotlib
@@ -20,11 +21,25 @@ def _is_diagnostic(key: str) -> bool:
     return key.rstrip("0123456789") in DIAGNOSTICS
 
 
+def read_records(path: Path) -> list[dict]:
+    """Every JSON record of a ``metrics.jsonl``; a torn line (a run killed mid-write) is skipped
+    with a warning naming the file and line."""
+    rows = []
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:
+            warnings.warn(f"{path}:{n}: skipping a torn record ({line[:60]!r})", stacklevel=2)
+    return rows
+
+
 def read_metrics(run: str | Path) -> list[dict]:
     path = Path(run) / "metrics.jsonl" if Path(run).is_dir() else Path(run)
     if not path.is_file():
         raise FileNotFoundError(f"no metrics.jsonl at {path}")
-    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    rows = read_records(path)
     by_step: dict[int, dict] = {}
     for r in rows:  # a resumed run may repeat steps: keep the latest record of each
         if "loss" in r:
