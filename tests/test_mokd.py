@@ -208,6 +208,13 @@ def test_analyze_commands(tmp_path, capsys):
     assert main(["analyze", "attention-distance", run, run + "@2", "--dataset", "synthetic",
                  "--out", str(tmp_path / "dist.png")]) == 0
     assert (tmp_path / "tsne.png").stat().st_size > 5000 and (tmp_path / "dist.png").stat().st_size > 5000
+    capsys.readouterr()
+    assert main(["attention", run + "@1", "--dataset", "synthetic", "--indices", "0",  # model 1: the ViT
+                 "--out", str(tmp_path / "att.png")]) == 0
+    assert main(["attention", run + "@2", "--dataset", "synthetic", "--out", str(tmp_path / "att2.png")]) == 1
+    assert "this model is a CNN" in capsys.readouterr().err
+    assert main(["export", run + "@x", "--out", str(tmp_path / "exp")]) == 1
+    assert "RUN@<model number>" in capsys.readouterr().err
 
 
 def test_table7_configs_switch_terms_and_compare_evaluates_both_models():

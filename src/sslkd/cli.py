@@ -100,7 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     curves.add_argument("--smooth", type=int, default=1, help="moving average over this many steps")
 
     att = sub.add_parser("attention", help="last-block CLS attention of every head (PNG grid)")
-    att.add_argument("checkpoint", help="checkpoint file or run folder")
+    att.add_argument("checkpoint", help="checkpoint file or run folder (RUN@2: MOKD's second model)")
     att.add_argument("--dataset", default=None, help="take images from this dataset's test split")
     att.add_argument("--root", default=None)
     att.add_argument("--indices", type=int, nargs="*", default=[0, 1, 2, 3])
@@ -220,8 +220,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "export":
             from sslkd.export import export
-            src, _, model = args.source.partition("@")
-            files = export(src, args.out, args.weights, int(model or 1), tuple(args.formats or ["safetensors"]))
+            src, model = _split_model(args.source)
+            files = export(src, args.out, args.weights, model, tuple(args.formats or ["safetensors"]))
             print(json.dumps({k: str(v) for k, v in files.items()}))
             return 0
         if args.command == "bench":
@@ -350,8 +350,8 @@ def _analyze(args) -> int:
     device = resolve_device(args.device)
     pres = []
     for spec in args.checkpoints:
-        path, _, model = spec.partition("@")
-        pres.append((spec, load_pretrained(path, args.weights, int(model or 1))))
+        path, model = _split_model(spec)
+        pres.append((spec, load_pretrained(path, args.weights, model)))
     first = pres[0][1]
     name = args.dataset or first.config.data.name
     root = args.root or (first.config.data.root if not args.dataset else None)
@@ -380,6 +380,14 @@ def _analyze(args) -> int:
     return 0
 
 
+def _split_model(spec: str) -> tuple[str, int]:
+    """``RUN`` or ``RUN@<n>`` (MOKD's model n) -> (path, n)."""
+    path, _, model = spec.partition("@")
+    if model and not model.isdigit():
+        raise ValueError(f"{spec}: expected RUN or RUN@<model number> (RUN@2: MOKD's second model)")
+    return path, int(model or 1)
+
+
 def _attention(args) -> int:
     import numpy as np
     import torch
@@ -389,7 +397,11 @@ def _attention(args) -> int:
     from sslkd.eval.attention import cls_attention, plot_attention
     from sslkd.pretrained import load_pretrained
 
-    pre = load_pretrained(args.checkpoint, args.weights)
+    path, model = _split_model(args.checkpoint)
+    pre = load_pretrained(path, args.weights, model)
+    if not getattr(pre.backbone, "is_vit", False):
+        other = " (a MOKD run: RUN@2 selects its second model)" if pre.config.method.name == "mokd" and model == 1 else ""
+        raise ValueError(f"{args.checkpoint}: attention maps need a ViT backbone, this model is a CNN{other}")
     size = pre.img_size
     if args.images:
         arrays = []
