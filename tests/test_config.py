@@ -43,6 +43,8 @@ def test_unknown_key_names_closest():
     ("aug.global_crops_scale=[1.0,0.4]", "aug.global_crops_scale"),  # once torchvision's uniform_ error
     ("data.img_size=-16", "data.img_size"),
     ("aug.flip_p=2", "aug.flip_p"),
+    ("model.backbone=vit_tinny", "model.backbone"),  # once a plain error at model building, exit 1
+    ("data.name=cifar11", "data.name"),
     ("data.img_size=[1,2", "data.img_size=\\[1,2"),  # broken YAML: once a parser traceback
 ])
 def test_impossible_values_name_the_key(override, key):

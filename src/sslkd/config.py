@@ -165,6 +165,10 @@ class Config:
         for key in ("global_crops_scale", "local_crops_scale"):
             lo, hi = getattr(self.aug, key)
             checks.append((f"aug.{key}", 0 < lo <= hi <= 1, "must be [low, high] with 0 < low <= high <= 1"))
+        from sslkd.data.registry import DATASETS  # late: data and models import torch
+        from sslkd.models.backbone import BACKBONES
+        checks += [("model.backbone", self.model.backbone in BACKBONES, f"must be one of {', '.join(BACKBONES)}"),
+                   ("data.name", self.data.name in DATASETS, f"must be one of {', '.join(DATASETS)}")]
         for key, ok, why in checks:
             if not ok:
                 raise ConfigError(f"{key}: {why} (got {_get(self, key)!r})")

@@ -74,6 +74,10 @@ class MOKDConfig(DINOConfig):
         for key in ("optimizer1", "optimizer2"):
             if getattr(self, key) not in ("auto", "sgd", "adamw"):
                 raise ConfigError(f"method.{key}: must be auto, sgd or adamw (got {getattr(self, key)!r})")
+        from sslkd.models.backbone import BACKBONES
+        if self.model2.backbone not in BACKBONES:
+            raise ConfigError(f"method.model2.backbone: must be one of {', '.join(BACKBONES)} "
+                              f"(got {self.model2.backbone!r})")
         if self.thead_depth < 1 and (self.self_thead or self.cross_thead):
             raise ConfigError("method.thead_depth: must be >= 1 when a T-Head term is on")
 
