@@ -75,8 +75,9 @@ def test_budget_spec_maps_to_the_config_keys(capsys):
 
 @pytest.mark.parametrize("argv", [["eval", "knn", "--k", "0"], ["eval", "knn", "--temperature", "0"],
                                   ["eval", "linear", "--epochs", "0"], ["eval", "finetune", "--epochs", "-1"],
-                                  ["eval", "knn", "--batch-size", "0"]])
+                                  ["eval", "knn", "--batch-size", "0"], ["attention", "--threshold", "1.5"]])
 def test_evaluation_refuses_impossible_settings(argv, capsys):
+    extra = ["x"] if argv[0] == "attention" else ["--checkpoint", "x", "--dataset", "digits"]
     with pytest.raises(SystemExit) as e:  # argparse: usage error, exit 2, before any work
-        main([*argv, "--checkpoint", "x", "--dataset", "digits"])
-    assert e.value.code == 2 and "must be positive" in capsys.readouterr().err
+        main([*argv, *extra])
+    assert e.value.code == 2 and "must be" in capsys.readouterr().err

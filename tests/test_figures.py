@@ -48,6 +48,7 @@ def test_curves_and_attention_commands(tmp_path):
     img = Image.open(att)
     assert img.size[0] > 300 and len(set(img.convert("L").tobytes())) > 10
     assert main(["plot", "curves", str(tmp_path / "missing"), "--out", str(out)]) == 1
+    assert main(["attention", runs[0], "--indices", "0", "5000", "--out", str(att)]) == 1  # not wrapped round
     assert all(json.loads(line) for line in open(tmp_path / "kd" / "metrics.jsonl"))
     with open(tmp_path / "kd" / "metrics.jsonl", "a") as f:  # a run killed mid-write: a torn last record
         f.write('{"step": 99, "loss": 1.')

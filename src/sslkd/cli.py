@@ -49,6 +49,14 @@ def _positive(kind):
     return parse
 
 
+def _share(text: str) -> float:
+    """An argparse type: a share in (0, 1]."""
+    value = float(text)
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sslkd", description=__doc__)
     parser.add_argument("--version", action="version", version=f"sslkd {__version__}")
@@ -105,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     att.add_argument("--root", default=None)
     att.add_argument("--indices", type=int, nargs="*", default=[0, 1, 2, 3])
     att.add_argument("--images", nargs="*", help="image files instead of --dataset")
-    att.add_argument("--threshold", type=float, default=None, help="keep this share of the mass (e.g. 0.6)")
+    att.add_argument("--threshold", type=_share, default=None, help="keep this share of the mass (e.g. 0.6)")
     att.add_argument("--weights", default="teacher", choices=["teacher", "student"])
     att.add_argument("--out", default="attention.png")
 
@@ -233,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"sslkd: config error: {e}", file=sys.stderr)
         return 2
-    except (DatasetError, CheckpointError, TrainingError, ValueError, FileNotFoundError) as e:
+    except (DatasetError, CheckpointError, TrainingError, ValueError, OSError) as e:  # OSError: names the file
         print(f"sslkd: error: {e}", file=sys.stderr)
         return 1
 
@@ -418,7 +426,10 @@ def _attention(args) -> int:
         ds = get_dataset(name, "test", root=args.root or pre.config.data.root, img_size=size)
         if ds.num_channels != pre.num_channels:
             raise ValueError(f"{name} has {ds.num_channels} channels, the checkpoint expects {pre.num_channels}")
-        images = ds.tensors()[0][[i % len(ds) for i in args.indices]]
+        bad = [i for i in args.indices if not 0 <= i < len(ds)]
+        if bad:
+            raise ValueError(f"--indices {' '.join(map(str, bad))}: {name}'s test split has images 0..{len(ds) - 1}")
+        images = ds.tensors()[0][args.indices]
     maps = cls_attention(pre.backbone, images, pre.mean, pre.std, args.threshold)
     print(plot_attention(images, maps, args.out, f"{pre.path} ({args.weights}), step {pre.step}"))
     return 0
