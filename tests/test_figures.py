@@ -113,3 +113,12 @@ def test_an_interrupted_run_stops_the_experiment(tmp_path, capsys, monkeypatch):
                  "--eval-test-samples", "16"]) == 1
     assert "interrupted at step 1" in capsys.readouterr().err and len(calls) == 1
     assert not (tmp_path / "out" / "x.md").exists()
+
+
+def test_compare_names_the_config_a_shared_override_does_not_fit(tmp_path, capsys):
+    ibot = tiny_ibot_yaml(tmp_path / "ibot.yaml")
+    (tmp_path / "dino.yaml").write_text("_base_: ibot.yaml\nmethod: {name: dino, distill: null}\n")
+    assert main(["experiment", "compare", "--configs", str(ibot), str(tmp_path / "dino.yaml"),
+                 "--set", "method.distill.mode=rkd-a", "--out", str(tmp_path / "out")]) == 2
+    assert "dino.yaml: override 'method.distill.mode=rkd-a'" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()  # nothing created before every config is valid

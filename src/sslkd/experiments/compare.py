@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from sslkd.config import Config, load_config
+from sslkd.config import Config, ConfigError, load_config
 from sslkd.data import get_dataset
 from sslkd.device import resolve_device
 from sslkd.eval import extract_features, knn_classify, linear_probe
@@ -89,9 +89,14 @@ def run_comparison(configs: list[str], out: str | Path, overrides: list[str] | N
     fine-tuning (:func:`sslkd.eval.finetune.finetune`, default recipe, warm-up a fifth of the
     epochs up to 3) of a copy of every backbone on the same subsets. Returns the table rows."""
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
     names = run_names(configs)
-    cfgs = [load_config(c, list(overrides or []) + [f"output_dir={out / n}"]) for c, n in zip(configs, names)]
+    cfgs = []
+    for c, n in zip(configs, names):
+        try:
+            cfgs.append(load_config(c, list(overrides or []) + [f"output_dir={out / n}"]))
+        except ConfigError as e:  # say which of the configs (the shared --set may fit only some)
+            raise ConfigError(f"{c}: {e}") from e
+    out.mkdir(parents=True, exist_ok=True)  # only once every config is valid
     first = cfgs[0]
     dataset = eval_dataset or first.data.name
     root = eval_root if eval_dataset else (eval_root or first.data.root)
