@@ -9,7 +9,6 @@ import torch
 from sslkd.config import load_config
 from sslkd.data import get_dataset
 from sslkd.losses import MoCoV3Loss
-from sslkd.methods import StepInfo
 from sslkd.methods.mae import mae_loss, patchify
 from sslkd.pretrained import load_pretrained
 from sslkd.train import Trainer

@@ -8,7 +8,6 @@ import torch
 
 from sslkd.config import load_config
 from sslkd.data import get_dataset
-from sslkd.methods import build_method
 from sslkd.train import Trainer, TrainingError
 from sslkd.train import checkpoint as ckpt
 

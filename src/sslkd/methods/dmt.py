@@ -20,7 +20,7 @@ from torch import nn
 from sslkd.losses.dmt import SpatialFusionLoss, TokenFusionLoss
 from sslkd.methods.base import Method, StepInfo
 from sslkd.models import Backbone
-from sslkd.models.teacher import FrozenTeacher, TeacherError, load_teacher
+from sslkd.models.teacher import TeacherError, load_teacher
 
 
 @dataclass
