@@ -53,6 +53,8 @@ def test_pretrain_then_eval_from_the_command_line(tmp_path, capsys):
     # a checkpoint for 1-channel images evaluated on 3-channel data is refused
     assert main(["eval", "knn", "--checkpoint", str(out), "--dataset", "synthetic"]) == 1
     assert "channels" in capsys.readouterr().err
+    assert main(["eval", "knn", "--checkpoint", str(out), "--dataset", "digits", "--img-size", "18"]) == 1
+    assert "not a multiple of the ViT's patch size 4" in capsys.readouterr().err
 
 
 def test_info_lists_registry(capsys):

@@ -48,6 +48,7 @@ def test_curves_and_attention_commands(tmp_path):
     img = Image.open(att)
     assert img.size[0] > 300 and len(set(img.convert("L").tobytes())) > 10
     assert main(["plot", "curves", str(tmp_path / "missing"), "--out", str(out)]) == 1
+    assert main(["plot", "curves", *runs, "--labels", "only-one", "--out", str(out)]) == 1
     assert main(["attention", runs[0], "--indices", "0", "5000", "--out", str(att)]) == 1  # not wrapped round
     assert all(json.loads(line) for line in open(tmp_path / "kd" / "metrics.jsonl"))
     with open(tmp_path / "kd" / "metrics.jsonl", "a") as f:  # a run killed mid-write: a torn last record
@@ -122,3 +123,9 @@ def test_compare_names_the_config_a_shared_override_does_not_fit(tmp_path, capsy
                  "--set", "method.distill.mode=rkd-a", "--out", str(tmp_path / "out")]) == 2
     assert "dino.yaml: override 'method.distill.mode=rkd-a'" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()  # nothing created before every config is valid
+
+
+def test_tsne_names_the_valid_classes(tmp_path):
+    from sslkd.eval.analysis import plot_tsne
+    with pytest.raises(ValueError, match=r"--classes 99: the dataset has classes 0..9"):
+        plot_tsne(torch.randn(20, 4), torch.arange(20) % 10, tmp_path / "t.png", [1, 99], [str(i) for i in range(10)])

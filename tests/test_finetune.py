@@ -51,3 +51,9 @@ def test_cli_finetune_writes_the_result_into_the_run(tmp_path, capsys):
                  "--epochs", "1", "--batch-size", "16", "--label-fraction", "0.5", "--json"]) == 0
     res = json.loads((tmp_path / "run" / "finetune_0.5.json").read_text())
     assert res["protocol"] == "finetune" and 0 <= res["top1"] <= 100 and res["label_fraction"] == 0.5
+    # a second trial moves the earlier result aside instead of erasing it
+    assert main(["eval", "finetune", "--checkpoint", str(tmp_path / "run"), "--dataset", "synthetic",
+                 "--epochs", "1", "--batch-size", "16", "--label-fraction", "0.5"]) == 0
+    kept = sorted((tmp_path / "run").glob("finetune_0.5.*.json"))
+    assert len(kept) == 1 and json.loads(kept[0].read_text()) == res
+    assert "previous result was kept" in capsys.readouterr().out

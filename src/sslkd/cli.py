@@ -8,6 +8,7 @@ import json
 import platform
 from pathlib import Path
 import sys
+import time
 
 from sslkd import __version__
 
@@ -92,7 +93,8 @@ def build_parser() -> argparse.ArgumentParser:
     ft.add_argument("--warmup-epochs", type=float, default=3.0)
     ft.add_argument("--label-fraction", type=float, default=1.0, help="class-balanced share of the labels (0.01, 0.1)")
     ft.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
-    ft.add_argument("--out", default=None, help="JSON result (default: RUN/finetune[_<fraction>].json)")
+    ft.add_argument("--out", default=None, help="JSON result (default: RUN/finetune[_<fraction>].json; "
+                    "an earlier one there is kept, renamed with its date)")
 
     demo = sub.add_parser("demo", help="pretrain DINO on the embedded digits data and compare kNN")
     demo.add_argument("--output-dir", default="runs/demo")
@@ -301,6 +303,8 @@ def _eval(args) -> int:
         size = args.img_size or pre.img_size
         if pre.backbone.is_vit is False and train.img_size != size:
             size = train.img_size  # CNNs take any size; keep the data's
+        elif pre.backbone.is_vit and size % pre.backbone.patch_size:
+            raise ValueError(f"--img-size {size} is not a multiple of the ViT's patch size {pre.backbone.patch_size}")
     else:
         torch.manual_seed(args.seed)
         size = train.img_size
@@ -337,6 +341,10 @@ def _finetune(args, backbone, train, test, mean, std, size, device, source) -> i
     if out is None and args.checkpoint and Path(args.checkpoint).is_dir():
         suffix = "" if args.label_fraction == 1 else f"_{args.label_fraction:g}"
         out = Path(args.checkpoint) / f"finetune{suffix}.json"
+    kept = None
+    if out and args.out is None and Path(out).is_file():  # a trial must not erase an earlier result
+        stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(Path(out).stat().st_mtime))
+        kept = Path(out).rename(Path(out).with_name(f"{Path(out).stem}.{stamp}.json"))
     if out:
         Path(out).write_text(json.dumps(res, indent=1))
     if args.json:
@@ -345,6 +353,8 @@ def _finetune(args, backbone, train, test, mean, std, size, device, source) -> i
         print(f"fine-tuning {args.epochs} epochs on {res['train_images']} labelled {args.dataset} images "
               f"({100 * args.label_fraction:g}% of the labels), {source}")
         print(f"top-1 {res['top1']:.2f}%  top-5 {res['top5']:.2f}%" + (f"  -> {out}" if out else ""))
+    if kept:
+        print(f"the previous result was kept as {kept}")
     return 0
 
 

@@ -37,6 +37,10 @@ def plot_tsne(features: torch.Tensor, labels: torch.Tensor, out: str | Path, cla
     import matplotlib.pyplot as plt
     from sklearn.manifold import TSNE
     labels = labels.cpu()
+    n_classes = len(class_names) if class_names is not None else int(labels.max()) + 1
+    bad = [c for c in classes or [] if not 0 <= c < n_classes]
+    if bad:
+        raise ValueError(f"--classes {' '.join(map(str, bad))}: the dataset has classes 0..{n_classes - 1}")
     keep = torch.ones_like(labels, dtype=torch.bool) if classes is None else torch.isin(labels, torch.tensor(classes))
     idx = keep.nonzero().flatten()
     if len(idx) > max_points:

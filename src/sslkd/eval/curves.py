@@ -50,12 +50,14 @@ def read_metrics(run: str | Path) -> list[dict]:
 def plot_curves(runs: list[str | Path], out: str | Path, labels: list[str] | None = None,
                 smooth: int = 1) -> Path:
     """PNG with two panels: every loss term (solid: total) and the teacher/student agreement."""
+    if labels and len(labels) != len(runs):
+        raise ValueError(f"{len(labels)} labels for {len(runs)} runs: give one label per run")
     fig, (ax_l, ax_a) = plt.subplots(1, 2, figsize=(12, 4.5))
     for i, run in enumerate(runs):
         rows = read_metrics(run)
         if not rows:
             raise ValueError(f"{run}: no training records")
-        label = (labels or [])[i] if labels and i < len(labels) else Path(run).name
+        label = labels[i] if labels else Path(run).name
         steps = [r["step"] for r in rows]
         color = f"C{i % 10}"
         for key in [k for k in rows[-1] if k not in SKIP and not _is_diagnostic(k)]:
