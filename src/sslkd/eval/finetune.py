@@ -73,7 +73,8 @@ def finetune(backbone: Backbone, train: ImageArrayDataset, test: ImageArrayDatas
     g = torch.Generator().manual_seed(seed)
     losses = []
     step = 0
-    for epoch in tqdm(range(epochs), disable=not progress, desc="fine-tune", unit="epoch"):
+    bar = tqdm(total=total, disable=not progress, desc="fine-tune", unit="step")  # per step: an ETA within minutes
+    for epoch in range(epochs):
         perm = torch.randperm(len(images), generator=g)
         running = 0.0
         for i in range(steps_per_epoch):
@@ -90,7 +91,11 @@ def finetune(backbone: Backbone, train: ImageArrayDataset, test: ImageArrayDatas
             opt.step()
             running += loss.item()
             step += 1
+            bar.update()
+            if i % 10 == 0:
+                bar.set_postfix(epoch=epoch + 1, loss=f"{running / (i + 1):.3f}", refresh=False)
         losses.append(running / steps_per_epoch)
+    bar.close()
     backbone.eval()
     correct1 = correct5 = 0
     timgs, tlabels = test.tensors()
