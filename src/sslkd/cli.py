@@ -8,7 +8,6 @@ import json
 import platform
 from pathlib import Path
 import sys
-import time
 
 from sslkd import __version__
 
@@ -200,6 +199,8 @@ def main(argv: list[str] | None = None) -> int:
     from sslkd.train import TrainingError
     from sslkd.train.checkpoint import CheckpointError
 
+    from sslkd.cli_eval import run_analyze, run_attention, run_eval, split_model
+
     args = build_parser().parse_args(argv)
     try:
         if args.command == "pretrain":
@@ -208,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
             args.overrides = [f"method.name={args.distill_method}", f"method.teacher={args.teacher}"] + args.overrides
             return _pretrain(args)
         if args.command == "eval":
-            return _eval(args)
+            return run_eval(args)
         if args.command == "demo":
             from sslkd.demo import run_demo
             run_demo(args.output_dir, args.overrides, progress=not args.no_progress)
@@ -218,11 +219,11 @@ def main(argv: list[str] | None = None) -> int:
             print(plot_curves(args.runs, args.out, args.labels, args.smooth))
             return 0
         if args.command == "attention":
-            return _attention(args)
+            return run_attention(args)
         if args.command == "experiment":
             return _experiment(args)
         if args.command == "analyze":
-            return _analyze(args)
+            return run_analyze(args)
         if args.command == "report":
             from sslkd.report import build_report
             print(build_report(args.runs, args.out, args.dataset, args.root, args.eval_train_samples,
@@ -230,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "export":
             from sslkd.export import export
-            src, model = _split_model(args.source)
+            src, model = split_model(args.source)
             files = export(src, args.out, args.weights, model, tuple(args.formats or ["safetensors"]))
             print(json.dumps({k: str(v) for k, v in files.items()}))
             return 0
@@ -280,169 +281,6 @@ def _pretrain(args) -> int:
     if trainer.is_main:
         print(json.dumps({k: v for k, v in summary.items() if not isinstance(v, dict)}))
     return 130 if summary["status"] == "interrupted" else 0
-
-
-def _eval(args) -> int:
-    import torch
-
-    from sslkd.data import get_dataset
-    from sslkd.eval import extract_features, knn_classify, linear_probe
-    from sslkd.models import build_backbone
-    from sslkd.pretrained import load_pretrained
-    from sslkd.device import resolve_device
-
-    device = resolve_device(args.device)
-    train = get_dataset(args.dataset, "train", root=args.root, img_size=args.img_size)
-    test = get_dataset(args.dataset, "test", root=args.root, img_size=args.img_size)
-    if args.checkpoint:
-        pre = load_pretrained(args.checkpoint, args.weights, args.model)
-        if pre.num_channels != train.num_channels:
-            raise ValueError(f"{pre.path} was trained on {pre.num_channels}-channel images but "
-                             f"{args.dataset} has {train.num_channels} channels")
-        backbone, mean, std, source = pre.backbone, pre.mean, pre.std, str(pre.path)
-        size = args.img_size or pre.img_size
-        if pre.backbone.is_vit is False and train.img_size != size:
-            size = train.img_size  # CNNs take any size; keep the data's
-        elif pre.backbone.is_vit and size % pre.backbone.patch_size:
-            raise ValueError(f"--img-size {size} is not a multiple of the ViT's patch size {pre.backbone.patch_size}")
-    else:
-        torch.manual_seed(args.seed)
-        size = train.img_size
-        backbone = build_backbone(args.backbone, size, args.patch_size, train.num_channels)
-        mean, std, source = train.mean, train.std, f"random init ({args.backbone})"
-    backbone.to(device)
-    if args.protocol == "finetune":
-        return _finetune(args, backbone, train, test, mean, std, size, device, source)
-    kw = dict(mean=mean, std=std, device=device, batch_size=args.batch_size, size=size, progress=True)
-    ftr, ltr = extract_features(backbone, train, **kw)
-    fte, lte = extract_features(backbone, test, **kw)
-    if args.protocol == "knn":
-        res = knn_classify(ftr, ltr, fte, lte, args.k, args.temperature, train.num_classes)
-        proto = f"kNN k={args.k} T={args.temperature}"
-    else:
-        res = linear_probe(ftr, ltr, fte, lte, train.num_classes, args.epochs, args.lr, seed=args.seed)
-        proto = f"linear probe {args.epochs} epochs"
-    if args.json:
-        print(json.dumps({"protocol": args.protocol, "source": source, "dataset": args.dataset, **res}))
-    else:
-        print(f"{proto} on {args.dataset} ({len(train)} train / {len(test)} test), {source}")
-        print(f"top-1 {res['top1']:.2f}%  top-5 {res['top5']:.2f}%")
-    return 0
-
-
-def _finetune(args, backbone, train, test, mean, std, size, device, source) -> int:
-    from sslkd.eval.finetune import finetune
-
-    res = finetune(backbone, train, test, mean, std, size, args.epochs, min(args.batch_size, len(train)), args.lr,
-                   args.layer_decay, args.weight_decay, args.warmup_epochs, label_fraction=args.label_fraction,
-                   precision=args.precision, device=device, seed=args.seed, progress=True)
-    res = {"protocol": "finetune", "source": source, "dataset": args.dataset, **res}
-    out = args.out
-    if out is None and args.checkpoint and Path(args.checkpoint).is_dir():
-        suffix = "" if args.label_fraction == 1 else f"_{args.label_fraction:g}"
-        out = Path(args.checkpoint) / f"finetune{suffix}.json"
-    kept = None
-    if out and args.out is None and Path(out).is_file():  # a trial must not erase an earlier result
-        stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(Path(out).stat().st_mtime))
-        kept = Path(out).rename(Path(out).with_name(f"{Path(out).stem}.{stamp}.json"))
-    if out:
-        Path(out).write_text(json.dumps(res, indent=1))
-    if args.json:
-        print(json.dumps(res))
-    else:
-        print(f"fine-tuning {args.epochs} epochs on {res['train_images']} labelled {args.dataset} images "
-              f"({100 * args.label_fraction:g}% of the labels), {source}")
-        print(f"top-1 {res['top1']:.2f}%  top-5 {res['top5']:.2f}%" + (f"  -> {out}" if out else ""))
-    if kept:
-        print(f"the previous result was kept as {kept}")
-    return 0
-
-
-def _analyze(args) -> int:
-    from sslkd.data import get_dataset
-    from sslkd.device import resolve_device
-    from sslkd.eval import extract_features
-    from sslkd.eval import analysis
-    from sslkd.pretrained import load_pretrained
-
-    device = resolve_device(args.device)
-    pres = []
-    for spec in args.checkpoints:
-        path, model = _split_model(spec)
-        pres.append((spec, load_pretrained(path, args.weights, model)))
-    first = pres[0][1]
-    name = args.dataset or first.config.data.name
-    root = args.root or (first.config.data.root if not args.dataset else None)
-    test = get_dataset(name, "test", root=root, img_size=first.img_size)
-    for spec, pre in pres:
-        if pre.num_channels != test.num_channels:
-            raise ValueError(f"{spec} was trained on {pre.num_channels}-channel images but {name} has "
-                             f"{test.num_channels} channels")
-    if args.analysis == "attention-distance":
-        images = test.tensors()[0][:args.images]
-        curves = {spec: analysis.attention_distance(pre.backbone.cpu(), images, pre.mean, pre.std)
-                  for spec, pre in pres}
-        for spec, d in curves.items():
-            print(f"{spec}: mean distance per layer (px) " + " ".join(f"{v:.1f}" for v in d.mean(1)))
-        print(analysis.plot_attention_distance(curves, args.out))
-        return 0
-    feats = [extract_features(pre.backbone.to(device), test, pre.mean, pre.std, device=device) for _, pre in pres]
-    if args.analysis == "tsne":
-        print(analysis.plot_tsne(feats[0][0], feats[0][1], args.out, args.classes, test.classes,
-                                 title=f"{args.checkpoints[0]} on {name}"))
-        return 0
-    train = get_dataset(name, "train", root=root, img_size=first.img_size)
-    tr = [extract_features(pre.backbone.to(device), train, pre.mean, pre.std, device=device) for _, pre in pres]
-    res = analysis.prediction_consistency(tr[0][0], feats[0][0], tr[1][0], feats[1][0], tr[0][1], feats[0][1])
-    print(json.dumps({"a": args.checkpoints[0], "b": args.checkpoints[1], **{k: round(v, 2) for k, v in res.items()}}))
-    return 0
-
-
-def _split_model(spec: str) -> tuple[str, int]:
-    """``RUN`` or ``RUN@<n>`` (MOKD's model n) -> (path, n)."""
-    path, _, model = spec.partition("@")
-    if model and not model.isdigit():
-        raise ValueError(f"{spec}: expected RUN or RUN@<model number> (RUN@2: MOKD's second model)")
-    return path, int(model or 1)
-
-
-def _attention(args) -> int:
-    import numpy as np
-    import torch
-    from PIL import Image
-
-    from sslkd.data import get_dataset
-    from sslkd.eval.attention import cls_attention, plot_attention
-    from sslkd.pretrained import load_pretrained
-
-    path, model = _split_model(args.checkpoint)
-    pre = load_pretrained(path, args.weights, model)
-    if not getattr(pre.backbone, "is_vit", False):
-        other = " (a MOKD run: RUN@2 selects its second model)" if pre.config.method.name == "mokd" and model == 1 else ""
-        raise ValueError(f"{args.checkpoint}: attention maps need a ViT backbone, this model is a CNN{other}")
-    size = pre.img_size
-    if args.images:
-        arrays = []
-        for path in args.images:
-            try:
-                with Image.open(path) as im:
-                    im = im.convert("L" if pre.num_channels == 1 else "RGB").resize((size, size), Image.BICUBIC)
-                    arrays.append(np.asarray(im, dtype=np.uint8).reshape(size, size, pre.num_channels))
-            except OSError as e:
-                raise ValueError(f"cannot read image {path}: {e}") from e
-        images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)
-    else:
-        name = args.dataset or pre.config.data.name
-        ds = get_dataset(name, "test", root=args.root or pre.config.data.root, img_size=size)
-        if ds.num_channels != pre.num_channels:
-            raise ValueError(f"{name} has {ds.num_channels} channels, the checkpoint expects {pre.num_channels}")
-        bad = [i for i in args.indices if not 0 <= i < len(ds)]
-        if bad:
-            raise ValueError(f"--indices {' '.join(map(str, bad))}: {name}'s test split has images 0..{len(ds) - 1}")
-        images = ds.tensors()[0][args.indices]
-    maps = cls_attention(pre.backbone, images, pre.mean, pre.std, args.threshold)
-    print(plot_attention(images, maps, args.out, f"{pre.path} ({args.weights}), step {pre.step}"))
-    return 0
 
 
 def _info() -> int:
