@@ -8,7 +8,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from sslkd.distributed import gather_batch
+from sslkd.distributed import from_main_process, gather_batch
 from sslkd.losses import FeatureQueue, RKDAngleLoss, RKDDistanceLoss
 
 
@@ -31,7 +31,8 @@ def _worker(rank, world, port, student, teacher, out):
         loss.backward()
         q = FeatureQueue(6, student.shape[1])
         q.enqueue(t)
-        out[rank] = {"loss": loss.detach(), "grad": s.grad / world, "queue": q.queue.clone()}  # / world: DDP's mean
+        out[rank] = {"loss": loss.detach(), "grad": s.grad / world, "queue": q.queue.clone(),  # / world: DDP's mean
+                     "chosen": from_main_process(f"checkpoint seen by rank {rank}")}
     finally:
         dist.destroy_process_group()
 
@@ -49,6 +50,8 @@ def test_rkd_over_global_batch_matches_one_process():
         torch.testing.assert_close(out[rank]["grad"], s.grad[rank * 4:(rank + 1) * 4])
         # the queue took both ranks' batches in rank order, keeping the newest 6 rows
         torch.testing.assert_close(out[rank]["queue"], torch.nn.functional.normalize(teacher, dim=-1)[-6:])
+        # a file-system choice (which checkpoint to resume) is rank 0's on every process
+        assert out[rank]["chosen"] == "checkpoint seen by rank 0"
 
 
 def test_gather_is_identity_without_process_group():

@@ -94,3 +94,14 @@ def any_process(flag: bool, device: torch.device | str = "cpu") -> bool:
     t = torch.tensor([1.0 if flag else 0.0], device=device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return bool(t.item())
+
+
+def from_main_process(value):
+    """Rank 0's ``value`` (a small picklable object, e.g. a path) on every process: a choice that
+    reads the file system (which checkpoint to resume) is made once, since another process may
+    list the folder a moment earlier and see less."""
+    if not is_distributed():
+        return value
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]

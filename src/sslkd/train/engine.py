@@ -26,7 +26,8 @@ from tqdm.auto import tqdm
 
 from sslkd.config import Config, to_dict
 from sslkd.device import autocast_dtype, resolve_device, tune_cpu_malloc
-from sslkd.distributed import all_reduce_mean, any_process, gather_batch, init_from_env, is_distributed
+from sslkd.distributed import (all_reduce_mean, any_process, from_main_process, gather_batch, init_from_env,
+                               is_distributed)
 from sslkd.data import ImageArrayDataset, get_dataset
 from sslkd.data.augment import MultiCropDataset, MultiCropTransform, RawDataset, SeededEpochSampler
 from sslkd.data.batch_augment import BatchMultiCrop
@@ -178,6 +179,8 @@ class Trainer:
         if self.is_main:
             ckpt.save_atomic({**state, "rng_cpu_ranks": rngs}, path)
             ckpt.prune(self.out, self.cfg.train.keep_last)
+        if is_distributed():  # no process goes on (to a resume, say) before the file is there
+            torch.distributed.barrier()
         return path
 
     def resume(self, spec: str | None) -> Path | None:
@@ -188,10 +191,12 @@ class Trainer:
                                     f"or choose another output_dir")
             return None
         if spec == "auto":
-            found = ckpt.find_resumable(self.out)
-            if found is None:
+            found = ckpt.find_resumable(self.out) if self.is_main else None
+            chosen = from_main_process(None if found is None else str(found[0]))
+            if chosen is None:
                 return None
-            path, state = found
+            path = Path(chosen)
+            state = found[1] if found is not None else ckpt.load(path)
         else:
             path, state = Path(spec), ckpt.load(spec)
         ckpt.check_compatible(state["config"], to_dict(self.cfg), path)
