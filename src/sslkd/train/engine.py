@@ -186,7 +186,7 @@ class Trainer:
     def resume(self, spec: str | None) -> Path | None:
         """``spec``: a checkpoint path, ``auto`` (newest valid in the output folder) or None."""
         if not spec:
-            if ckpt.list_checkpoints(self.out):
+            if from_main_process(bool(ckpt.list_checkpoints(self.out))):  # every process refuses, or none
                 raise TrainingError(f"{self.out} already holds checkpoints; resume with --resume auto "
                                     f"or choose another output_dir")
             return None
