@@ -30,7 +30,7 @@ def test_cls_attention_is_a_distribution_and_threshold_keeps_mass():
     assert (kept >= 0.6 - 1e-6).all() and (kept < 0.6 + raw.max()).all()
 
 
-def test_curves_and_attention_commands(tmp_path):
+def test_curves_and_attention_commands(tmp_path, capsys):
     data = get_dataset("synthetic", "train", img_size=16, num_samples=32)
     runs = []
     for mode in ("kd", "rkd-d"):
@@ -48,7 +48,9 @@ def test_curves_and_attention_commands(tmp_path):
     img = Image.open(att)
     assert img.size[0] > 300 and len(set(img.convert("L").tobytes())) > 10
     assert main(["plot", "curves", str(tmp_path / "missing"), "--out", str(out)]) == 1
+    capsys.readouterr()
     assert main(["plot", "curves", *runs, "--labels", "only-one", "--out", str(out)]) == 1
+    assert "1 labels for 2 runs" in capsys.readouterr().err
     assert main(["attention", runs[0], "--indices", "0", "5000", "--out", str(att)]) == 1  # not wrapped round
     assert all(json.loads(line) for line in open(tmp_path / "kd" / "metrics.jsonl"))
     with open(tmp_path / "kd" / "metrics.jsonl", "a") as f:  # a run killed mid-write: a torn last record

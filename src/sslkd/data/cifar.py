@@ -58,7 +58,7 @@ def load_cifar(name: str, split: str, root: str | Path | None, download_ok: bool
         root = Path.home() / ".cache" / "sslkd" / name
         if not download_ok and not (root / spec["folder"]).is_dir():
             raise DatasetError(f"{name}: no root given and no copy in {root}; pass --root DIR "
-                               f"(containing {spec['folder']}/) or --set data.download=true")
+                               f"(containing {spec['folder']}/), or pretrain with data.download: true")
     root = Path(root)
     folder = root if (root / spec["meta"]).is_file() else root / spec["folder"]
     if download_ok and not (folder / spec["meta"]).is_file():

@@ -60,7 +60,7 @@ def load_fashion_mnist(split: str, root: str | Path | None, download_ok: bool = 
             path = download(URL + stem + ".gz", root / f"{stem}.gz", FILES[stem])
         if path is None:
             raise DatasetError(f"fashion-mnist: {root / stem}[.gz] not found (install Debian's "
-                               f"dataset-fashion-mnist, pass --root DIR, or --set data.download=true)")
+                               f"dataset-fashion-mnist, pass --root DIR, or pretrain with data.download: true)")
         paths.append(path)
     images, labels = read_idx(paths[0]), read_idx(paths[1])
     if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):

@@ -179,8 +179,6 @@ class Trainer:
         if self.is_main:
             ckpt.save_atomic({**state, "rng_cpu_ranks": rngs}, path)
             ckpt.prune(self.out, self.cfg.train.keep_last)
-        if is_distributed():  # no process goes on (to a resume, say) before the file is there
-            torch.distributed.barrier()
         return path
 
     def resume(self, spec: str | None) -> Path | None:
