@@ -89,7 +89,8 @@ def _run(case, out, extra=(), resume=None):
     from sslkd.config import load_config
     from sslkd.data import get_dataset
     from sslkd.train import Trainer
-    cfg = load_config(None, [f"output_dir={out}", *CASES[case], *extra], base=BASE)
+    # fp32: a CPU with AVX512-BF16 would run `precision: auto` in bf16, where equal means ~1e-2
+    cfg = load_config(None, [f"output_dir={out}", "train.precision=fp32", *CASES[case], *extra], base=BASE)
     trainer = Trainer(cfg, get_dataset("synthetic", "train", img_size=16, num_samples=64), progress=False)
     trainer.fit(resume)
     return trainer

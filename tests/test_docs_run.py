@@ -15,7 +15,7 @@ from test_docs import ROOT, _commands
 
 from sslkd.cli import main
 
-PAGES = ["index.md", "dino.md", "ibot.md", "evaluation.md", "export-report.md", "seed.md", "howto-distill.md",
+PAGES = ["index.md", "data.md", "dino.md", "ibot.md", "evaluation.md", "export-report.md", "seed.md", "howto-distill.md",
          "mocov3.md", "mae.md", "dmt.md", "mokd.md"]  # producers before consumers (DMT reads the teachers)
 
 
@@ -61,6 +61,19 @@ def _sandbox(root, monkeypatch):
         labels = np.arange(n) % 10
         _idx(fashion / f"{prefix}-images-idx3-ubyte.gz", rng.integers(0, 255, (n, 28, 28)) // (1 + labels[:, None, None]))
         _idx(fashion / f"{prefix}-labels-idx1-ubyte.gz", labels)
+    # data.md's folders: unlabelled photos of many sizes (nested), and an ImageNet-layout tree
+    for i in range(20):
+        w, h = (int(v) for v in rng.integers(60, 200, 2))
+        path = root / "home" / "photos" / ("2024/trip" if i % 3 else "") / f"IMG_{i:04d}.jpg"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(path)
+    for split, n in (("train", 8), ("val", 4)):
+        for c in ("n01440764", "n01443537"):
+            folder = root / "home" / "imagenet" / split / c
+            folder.mkdir(parents=True)
+            for i in range(n):
+                w, h = (int(v) for v in rng.integers(60, 200, 2))
+                Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(folder / f"{i}.JPEG")
     monkeypatch.setenv("HOME", str(root / "home"))
     monkeypatch.setattr("sslkd.data.idx.DEBIAN_ROOT", root / "no-debian-copy")
     # the how-to's external teacher: a ViT-S/8 in DINO's own checkpoint layout

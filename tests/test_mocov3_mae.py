@@ -105,7 +105,8 @@ def test_mocov3_accumulation_contrasts_against_the_whole_batch(tmp_path):
     data = get_dataset("synthetic", "train", img_size=16, num_samples=32)
     cfg = load_config(None, [f"output_dir={tmp_path}", "method.name=mocov3", "model.depth=1", "method.hidden_dim=32",
                              "method.out_dim=16", "train.batch_size=16", "train.accum_steps=2", "device=cpu",
-                             "model.drop_path_rate=0.0", "train.clip_grad=0"])  # raw gradients
+                             "model.drop_path_rate=0.0", "train.clip_grad=0",  # raw gradients
+                             "train.precision=fp32"])  # `auto` is bf16 on a CPU with AVX512-BF16; `ref` runs fp32
     tr = Trainer(cfg, data, progress=False)
     loader = iter(tr._loader(0, 0))
     micro = [next(loader)[0], next(loader)[0]]

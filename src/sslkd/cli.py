@@ -4,6 +4,7 @@ analyze, plot, report), paper experiments (experiment), export, bench, demo, inf
 from __future__ import annotations
 
 import argparse
+import os
 import json
 import platform
 from pathlib import Path
@@ -25,6 +26,8 @@ def _add_eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--patch-size", type=int, default=4, help="with --random-init")
     p.add_argument("--device", default="auto")
     p.add_argument("--batch-size", type=_positive(int), default=256)
+    p.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1),
+                   help="loader processes decoding a folder of images (default: min(8, CPUs))")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", action="store_true", help="print one JSON line instead of a table")
 

@@ -20,6 +20,9 @@ def run_eval(args) -> int:
 
     device = resolve_device(args.device)
     train = get_dataset(args.dataset, "train", root=args.root, img_size=args.img_size)
+    if not train.num_classes:
+        raise ValueError(f"{train.name} has no labels (no unambiguous class folders): kNN, linear and "
+                         f"fine-tuning need root/train/<class>/<image> and root/val/<class>/<image>")
     test = get_dataset(args.dataset, "test", root=args.root, img_size=args.img_size)
     if args.checkpoint:
         pre = load_pretrained(args.checkpoint, args.weights, args.model)
@@ -40,7 +43,8 @@ def run_eval(args) -> int:
     backbone.to(device)
     if args.protocol == "finetune":
         return run_finetune(args, backbone, train, test, mean, std, size, device, source)
-    kw = dict(mean=mean, std=std, device=device, batch_size=args.batch_size, size=size, progress=True)
+    kw = dict(mean=mean, std=std, device=device, batch_size=args.batch_size, size=size, progress=True,
+              num_workers=args.workers)
     ftr, ltr = extract_features(backbone, train, **kw)
     fte, lte = extract_features(backbone, test, **kw)
     if args.protocol == "knn":
@@ -62,7 +66,7 @@ def run_finetune(args, backbone, train, test, mean, std, size, device, source) -
 
     res = finetune(backbone, train, test, mean, std, size, args.epochs, min(args.batch_size, len(train)), args.lr,
                    args.layer_decay, args.weight_decay, args.warmup_epochs, label_fraction=args.label_fraction,
-                   precision=args.precision, device=device, seed=args.seed, progress=True)
+                   precision=args.precision, device=device, seed=args.seed, progress=True, num_workers=args.workers)
     res = {"protocol": "finetune", "source": source, "dataset": args.dataset, **res}
     out = args.out
     if out is None and args.checkpoint and Path(args.checkpoint).is_dir():
@@ -86,7 +90,7 @@ def run_finetune(args, backbone, train, test, mean, std, size, device, source) -
 
 
 def run_analyze(args) -> int:
-    from sslkd.data import get_dataset
+    from sslkd.data import get_dataset, view_tensors
     from sslkd.device import resolve_device
     from sslkd.eval import extract_features
     from sslkd.eval import analysis
@@ -106,7 +110,7 @@ def run_analyze(args) -> int:
             raise ValueError(f"{spec} was trained on {pre.num_channels}-channel images but {name} has "
                              f"{test.num_channels} channels")
     if args.analysis == "attention-distance":
-        images = test.tensors()[0][:args.images]
+        images = view_tensors(test, range(min(args.images, len(test))), first.img_size)
         curves = {spec: analysis.attention_distance(pre.backbone.cpu(), images, pre.mean, pre.std)
                   for spec, pre in pres}
         for spec, d in curves.items():
@@ -138,7 +142,7 @@ def run_attention(args) -> int:
     import torch
     from PIL import Image
 
-    from sslkd.data import get_dataset
+    from sslkd.data import get_dataset, view_tensors
     from sslkd.eval.attention import cls_attention, plot_attention
     from sslkd.pretrained import load_pretrained
 
@@ -166,7 +170,7 @@ def run_attention(args) -> int:
         bad = [i for i in args.indices if not 0 <= i < len(ds)]
         if bad:
             raise ValueError(f"--indices {' '.join(map(str, bad))}: {name}'s test split has images 0..{len(ds) - 1}")
-        images = ds.tensors()[0][args.indices]
+        images = view_tensors(ds, args.indices, size)
     maps = cls_attention(pre.backbone, images, pre.mean, pre.std, args.threshold)
     print(plot_attention(images, maps, args.out, f"{pre.path} ({args.weights}), step {pre.step}"))
     return 0

@@ -32,7 +32,9 @@ class DataConfig:
     img_size: int | None = None  # resize images to this size; None keeps the dataset's size
     subset_fraction: float = 1.0
     num_workers: int = 0
-    on_corrupt: str = "fail"  # "fail" or "skip" a corrupt image file
+    on_corrupt: str = "fail"  # a file that cannot be decoded: fail (stop, naming it) or skip (replace, count)
+    in_memory: bool | None = None  # imagefolder: decode all images into memory (None: when small and one size)
+    labels: str = "auto"  # imagefolder: auto (class folders when unambiguous), folders, none
     augment_on: str = "loader"  # loader: per image in loader workers; device: whole batch on the training device
 
 
@@ -147,6 +149,7 @@ class Config:
             ("data.on_corrupt", self.data.on_corrupt in ("fail", "skip"), "must be fail or skip"),
             ("data.num_workers", self.data.num_workers >= 0, "must be >= 0"),
             ("data.augment_on", self.data.augment_on in ("loader", "device"), "must be loader or device"),
+            ("data.labels", self.data.labels in ("auto", "folders", "none"), "must be auto, folders or none"),
             ("aug.local_crops_number", self.aug.local_crops_number >= 0, "must be >= 0"),
             ("model.patch_size", self.model.patch_size > 0, "must be positive"),
             ("model.depth", self.model.depth is None or self.model.depth >= 1, "must be >= 1 (or null)"),

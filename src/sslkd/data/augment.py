@@ -19,6 +19,9 @@ import torch
 from torch.utils.data import Dataset, Sampler
 from torchvision.transforms import InterpolationMode, v2
 
+from sslkd.data.base import DatasetError
+from sslkd.data.folder import CorruptImageError
+
 
 def _blur(size: int, p: float) -> v2.Transform:
     k = max(3, int(round(0.1 * size)) | 1)  # odd, ~10% of the crop (23 px at 224)
@@ -85,8 +88,26 @@ class MultiCropTransform:
         return crops
 
 
+def load_or_replace(base: Dataset, index: int, seed: int, tries: int = 16) -> tuple[torch.Tensor, int, str]:
+    """``base[index]``, or, if its file cannot be decoded (corrupt, truncated, deleted), another
+    image drawn from ``seed``. Returns ``(image, label, bad)`` where ``bad`` lists the files that
+    failed (newline-separated, ``""`` for none): the training loop counts them, or stops on them
+    under ``data.on_corrupt: fail``, in the main process."""
+    bad: list[str] = []
+    g = torch.Generator().manual_seed(seed)
+    for _ in range(tries):
+        try:
+            img, label = base[index]
+            return img, label, "\n".join(bad)
+        except CorruptImageError as e:
+            bad.append(str(e))
+            index = int(torch.randint(len(base), (1,), generator=g))  # type: ignore[arg-type]
+    raise DatasetError(f"{tries} files in a row could not be decoded, last: {bad[-1]}")
+
+
 class MultiCropDataset(Dataset):
-    """Wraps a uint8 dataset; item ``(index, seed)`` -> ``(crops, label)`` drawn with that seed."""
+    """Wraps a uint8 dataset; item ``(index, seed)`` -> ``(crops, label, bad)`` drawn with that seed
+    (``bad``: see :func:`load_or_replace`)."""
 
     def __init__(self, base: Dataset, transform: MultiCropTransform) -> None:
         self.base, self.transform = base, transform
@@ -94,19 +115,19 @@ class MultiCropDataset(Dataset):
     def __len__(self) -> int:
         return len(self.base)  # type: ignore[arg-type]
 
-    def __getitem__(self, item: tuple[int, int]) -> tuple[list[torch.Tensor], int]:
+    def __getitem__(self, item: tuple[int, int]) -> tuple[list[torch.Tensor], int, str]:
         index, seed = item
-        img, label = self.base[index]
+        img, label, bad = load_or_replace(self.base, index, seed)
         # v2 transforms draw from torch's global generator: fork it so that the draw depends only
         # on the seed (not on worker count or the model's dropout draws) and leaves it untouched.
         with torch.random.fork_rng(devices=[]):
             torch.default_generator.manual_seed(seed)  # CPU only: CUDA streams stay untouched
             crops = self.transform(img)
-        return crops, label
+        return crops, label, bad
 
 
 class RawDataset(Dataset):
-    """Item ``(index, seed)`` -> ``(uint8 image, label, seed)``: for augmentation on the device."""
+    """Item ``(index, seed)`` -> ``(uint8 image, label, seed, bad)``: for augmentation on the device."""
 
     def __init__(self, base: Dataset) -> None:
         self.base = base
@@ -114,9 +135,9 @@ class RawDataset(Dataset):
     def __len__(self) -> int:
         return len(self.base)  # type: ignore[arg-type]
 
-    def __getitem__(self, item: tuple[int, int]) -> tuple[torch.Tensor, int, int]:
-        img, label = self.base[item[0]]
-        return img, label, item[1]
+    def __getitem__(self, item: tuple[int, int]) -> tuple[torch.Tensor, int, int, str]:
+        img, label, bad = load_or_replace(self.base, *item)
+        return img, label, item[1], bad
 
 
 class SeededEpochSampler(Sampler[tuple[int, int]]):

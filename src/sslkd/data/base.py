@@ -14,6 +14,10 @@ class DatasetError(RuntimeError):
     """A dataset that cannot be read; the message names the path and what was expected."""
 
 
+class NoHeldOutSplitError(DatasetError):
+    """The data has no test split (only training images): accuracy cannot be measured on it."""
+
+
 @dataclass
 class ImageArrayDataset(Dataset):
     """Images as a uint8 array ``[N, H, W, C]`` with integer labels ``[N]``.
@@ -67,11 +71,17 @@ class ImageArrayDataset(Dataset):
 
 
 def channel_stats(images: np.ndarray, max_images: int = 10000) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """Per-channel mean/std in [0, 1] of (at most ``max_images`` evenly spaced) images."""
-    step = max(1, len(images) // max_images)
-    x = images[::step].astype(np.float64) / 255.0
-    mean = x.mean(axis=(0, 1, 2))
-    std = x.std(axis=(0, 1, 2)).clip(min=1e-3)
+    """Per-channel mean/std in [0, 1] of (at most ``max_images`` evenly spaced) images, in two
+    passes over chunks: memory stays at one chunk of float64, whatever the image size."""
+    sample = images[::max(1, len(images) // max_images)]
+    c, n = images.shape[-1], sample[..., 0].size
+
+    def chunks():
+        for i in range(0, len(sample), 256):
+            yield sample[i:i + 256].reshape(-1, c).astype(np.float64) / 255.0
+
+    mean = sum(x.sum(0) for x in chunks()) / n
+    std = np.sqrt(sum(((x - mean) ** 2).sum(0) for x in chunks()) / n).clip(min=1e-3)
     return tuple(round(float(m), 4) for m in mean), tuple(round(float(s), 4) for s in std)
 
 

@@ -1,7 +1,16 @@
-"""Any ``root/class/image`` tree (ImageNet, ImageNet-100, exported STL-10, the CIFAR-10 here).
+"""Any folder of images: ``root/train`` + ``root/val`` (or ``test``), or one folder of any depth.
 
-Images are decoded once (threads: PIL releases the GIL) and cached as uint8 arrays under
-``$SSLKD_CACHE`` (default ``~/.cache/sslkd``), keyed by the tree's file list and sizes.
+Two ways of reading the same tree, chosen by ``in_memory`` (``None``: automatically):
+
+- **lazy** (:class:`~sslkd.data.folder.ImageFolderDataset`): files decoded per item in the loader
+  workers at their own size; memory holds paths, not images. Photos, ImageNet, anything large.
+- **in memory** (:class:`~sslkd.data.base.ImageArrayDataset`): every image decoded once (threads:
+  PIL releases the GIL) into one uint8 array, cached under ``$SSLKD_CACHE``. Faster for small
+  images of one size (the CIFAR-10 tree here), chosen when the decoded set is small.
+
+Splits: ``train`` is ``root/train`` when it exists, else ``root`` itself; ``test`` is
+``root/val`` or ``root/test``. A tree without a held-out split has no ``test``: a figure on
+training images measures fitting, and is never reported as test accuracy.
 """
 
 from __future__ import annotations
@@ -15,76 +24,105 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from sslkd.data.base import DatasetError, ImageArrayDataset
+from sslkd.data.base import DatasetError, ImageArrayDataset, NoHeldOutSplitError
+from sslkd.data.folder import (CorruptImageError, FolderIndex, ImageFolderDataset, cache_dir, decode,
+                               guess_channels, scan_folder)
 
-EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp"}
-IMAGENET_MEAN_STD = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("SSLKD_CACHE", Path.home() / ".cache" / "sslkd"))
+IN_MEMORY_MAX_BYTES = 2 << 30  # decoded uint8 bytes up to which `auto` reads a tree into memory
+HELD_OUT = ("val", "test")
 
 
-def scan(root: Path) -> tuple[list[Path], list[int], list[str]]:
-    """Files, labels and class names of a class-per-folder tree (classes sorted by name)."""
+def split_root(root: Path, split: str) -> Path:
+    """The folder of ``split`` in ``root`` (see the module docstring); a clear error if none."""
     if not root.is_dir():
-        raise DatasetError(f"imagefolder: {root} does not exist or is not a folder "
-                           f"(expected root/<class>/<image> files)")
-    classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
-    if not classes:
-        raise DatasetError(f"imagefolder: {root} has no class sub-folders (expected root/<class>/<image>)")
-    files, labels = [], []
-    for label, cls in enumerate(classes):
-        found = sorted(p for p in (root / cls).rglob("*") if p.suffix.lower() in EXTENSIONS)
-        files += found
-        labels += [label] * len(found)
-    if not files:
-        raise DatasetError(f"imagefolder: no image files ({', '.join(sorted(EXTENSIONS))}) under {root}")
-    return files, labels, classes
+        raise DatasetError(f"imagefolder: {root} does not exist or is not a folder")
+    if split == "train":
+        return root / "train" if (root / "train").is_dir() else root
+    for name in HELD_OUT:
+        if (root / name).is_dir():
+            return root / name
+    raise NoHeldOutSplitError(f"imagefolder: {root} has no held-out split ({root}/val or {root}/test does not exist); "
+                       f"accuracy needs images the model was not fitted on: arrange root/train/<class>/... "
+                       f"and root/val/<class>/...")
 
 
-def _decode(path: Path, channels: int, size: int | None) -> np.ndarray | None:
-    try:
-        with Image.open(path) as im:
-            im = im.convert("L" if channels == 1 else "RGB")
-            if size is not None and im.size != (size, size):
-                im = im.resize((size, size), Image.BICUBIC)
-            return np.asarray(im, dtype=np.uint8).reshape(im.size[1], im.size[0], channels)
-    except Exception:  # PIL raises many types for broken files
-        return None
+def _header_sizes(root: Path, paths: list[str], sample: int = 16) -> set[tuple[int, int]]:
+    sizes = set()
+    for i in np.linspace(0, len(paths) - 1, min(sample, len(paths))).astype(int):
+        try:
+            with Image.open(root / paths[i]) as im:
+                sizes.add(im.size)
+        except OSError:
+            continue
+    return sizes
+
+
+def choose_in_memory(index: FolderIndex, channels: int, img_size: int | None) -> tuple[bool, str]:
+    """``auto``: in memory when the sampled images share one size and the decoded set fits in
+    :data:`IN_MEMORY_MAX_BYTES`; photos of several sizes are read lazily so that crops come from
+    each original (``img_size`` never squashes them to a square, unless ``in_memory`` is asked
+    for). Returns the choice and the reason."""
+    sizes = _header_sizes(index.root, index.paths)
+    if len(sizes) > 1:
+        return False, "images of several sizes"
+    w, h = (img_size, img_size) if img_size else next(iter(sizes), (224, 224))
+    need = len(index.paths) * w * h * channels
+    if need > IN_MEMORY_MAX_BYTES:
+        return False, f"{need / 2**30:.1f} GiB decoded > {IN_MEMORY_MAX_BYTES / 2**30:.0f} GiB"
+    return True, f"{len(index.paths)} images of {w}x{h}, {need / 2**20:.0f} MiB decoded"
 
 
 def load_imagefolder(root: str | Path, split: str | None = None, img_size: int | None = None,
-                     channels: int | None = None, on_corrupt: str = "fail",
-                     use_cache: bool = True) -> ImageArrayDataset:
-    """Load ``root/<split>/<class>/*`` if that folder exists, else ``root/<class>/*`` (a flat tree:
-    its test split is its training images, with a warning)."""
-    root = Path(root)
-    if split and (root / split).is_dir():
-        root = root / split
-    elif split and any((root / s).is_dir() for s in ("train", "test")):
-        raise DatasetError(f"imagefolder: {root / split} does not exist (the tree has split folders; "
-                           f"expected root/{split}/<class>/<image>)")
-    elif split == "test":
-        warnings.warn(f"imagefolder: {root} has no test/ folder, so the test split is the training "
-                      f"images: kNN / linear figures on it measure fitting, not generalisation", stacklevel=2)
-    files, labels, classes = scan(root)
-    if channels is None:
-        with Image.open(files[0]) as im:
-            channels = 1 if im.mode in ("L", "1", "I;16", "I") else 3
+                     channels: int | None = None, on_corrupt: str = "fail", use_cache: bool = True,
+                     in_memory: bool | None = None, labels: str = "auto",
+                     verbose: bool = False) -> ImageArrayDataset | ImageFolderDataset:
+    """The ``split`` of the tree at ``root`` (``None``: ``root`` itself), lazy or in memory."""
+    root = Path(root).expanduser()
+    folder = split_root(root, split) if split else root
+    index = scan_folder(folder, labels, use_cache)
+    if index.ignored:
+        warnings.warn(f"imagefolder: ignored {index.ignored} non-image file(s) under {folder} "
+                      f"(e.g. {index.ignored_example})", stacklevel=2)
+    channels = channels or guess_channels(folder, index.paths)
+    why = "data.in_memory set"
+    if in_memory is None:
+        in_memory, why = choose_in_memory(index, channels, img_size)
+    if verbose:
+        print(f"imagefolder {folder}: {len(index.paths)} images, "
+              f"{len(index.classes) or 'no'} classes, {'in memory' if in_memory else 'read lazily'} ({why})")
+    if not in_memory:
+        return ImageFolderDataset(index, channels, img_size or 224)
+    return _load_in_memory(index, channels, img_size, on_corrupt, use_cache)
+
+
+def _decode_array(path: Path, channels: int, size: int | None) -> np.ndarray | None:
+    try:
+        im = decode(path, channels)
+    except CorruptImageError:
+        return None
+    if size is not None and im.size != (size, size):
+        im = im.resize((size, size), Image.BICUBIC)
+    return np.asarray(im, dtype=np.uint8).reshape(im.size[1], im.size[0], channels)
+
+
+def _load_in_memory(index: FolderIndex, channels: int, img_size: int | None, on_corrupt: str,
+                    use_cache: bool) -> ImageArrayDataset:
+    root = index.root
+    files = [root / p for p in index.paths]
     key = hashlib.sha1(f"{root.resolve()}|{img_size}|{channels}|{on_corrupt}".encode())
     for f in files:
         key.update(f"{f.relative_to(root)}:{f.stat().st_size}".encode())
     cached = cache_dir() / f"imagefolder-{key.hexdigest()[:16]}.npz"
+    classes = index.classes
     if use_cache and cached.is_file():
         try:
             with np.load(cached) as z:
                 return ImageArrayDataset(z["images"], z["labels"], classes, name=f"imagefolder:{root}",
                                          skipped=int(z["skipped"]))
         except Exception:
-            warnings.warn(f"ignoring unreadable cache {cached}")
+            warnings.warn(f"ignoring unreadable cache {cached}", stacklevel=2)
     with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 1) * 2)) as pool:
-        decoded = list(pool.map(lambda p: _decode(p, channels, img_size), files))
+        decoded = list(pool.map(lambda p: _decode_array(p, channels, img_size), files))
     bad = [f for f, d in zip(files, decoded) if d is None]
     if bad and on_corrupt == "fail":
         raise DatasetError(f"imagefolder: cannot decode {bad[0]}" +
@@ -92,7 +130,7 @@ def load_imagefolder(root: str | Path, split: str | None = None, img_size: int |
                            "; set data.on_corrupt=skip to skip and count them")
     keep = [i for i, d in enumerate(decoded) if d is not None]
     if bad:
-        warnings.warn(f"imagefolder: skipped {len(bad)} corrupt file(s) under {root}, first {bad[0]}")
+        warnings.warn(f"imagefolder: skipped {len(bad)} corrupt file(s) under {root}, first {bad[0]}", stacklevel=2)
     if not keep:
         raise DatasetError(f"imagefolder: none of the images under {root} could be decoded")
     shapes = {decoded[i].shape for i in keep}
@@ -101,15 +139,16 @@ def load_imagefolder(root: str | Path, split: str | None = None, img_size: int |
         for i in keep:
             first.setdefault(decoded[i].shape, files[i])
         desc = ", ".join(f"{s[1]}x{s[0]} (e.g. {p})" for s, p in list(first.items())[:3])
-        raise DatasetError(f"imagefolder: {root} mixes image sizes: {desc}; set data.img_size to resize")
+        raise DatasetError(f"imagefolder: {root} mixes image sizes: {desc}; read it lazily "
+                           f"(data.in_memory=false) or set data.img_size to resize")
     images = np.stack([decoded[i] for i in keep])
-    lab = np.asarray([labels[i] for i in keep], dtype=np.int64)
+    lab = index.labels[keep]
     if use_cache:
         try:
             cached.parent.mkdir(parents=True, exist_ok=True)
-            tmp = cached.with_suffix(".tmp.npz")
+            tmp = cached.with_name(cached.stem + f".{os.getpid()}.tmp.npz")
             np.savez(tmp, images=images, labels=lab, skipped=len(bad))
             os.replace(tmp, cached)
         except OSError as e:
-            warnings.warn(f"could not write cache {cached}: {e}")
+            warnings.warn(f"could not write cache {cached}: {e}", stacklevel=2)
     return ImageArrayDataset(images, lab, classes, name=f"imagefolder:{root}", skipped=len(bad))

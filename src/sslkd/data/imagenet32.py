@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from sslkd.data.base import DatasetError, ImageArrayDataset, balanced_subset
-from sslkd.data.imagefolder import IMAGENET_MEAN_STD
+from sslkd.data.folder import IMAGENET_MEAN_STD
 
 
 def load_imagenet32(split: str, root: str | Path | None, subset_fraction: float = 1.0,

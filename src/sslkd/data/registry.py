@@ -8,6 +8,7 @@ from typing import Any, Callable
 import numpy as np
 
 from sslkd.data.base import DatasetError, ImageArrayDataset, balanced_subset, resize_images
+from sslkd.data.folder import ImageFolderDataset
 
 
 def _cifar(name: str) -> Callable[..., ImageArrayDataset]:
@@ -25,9 +26,10 @@ def _fashion(split, root, download=False, **_):
 def _imagefolder(split, root, img_size=None, on_corrupt="fail", **kw):
     from sslkd.data.imagefolder import load_imagefolder
     if root is None:
-        raise DatasetError("imagefolder: pass --root DIR (a root/<class>/<image> tree)")
-    return load_imagefolder(root, split, img_size=img_size, on_corrupt=on_corrupt,
-                            channels=kw.get("channels"))
+        raise DatasetError("imagefolder: pass --root DIR (a folder of images, or root/train + root/val)")
+    return load_imagefolder(root, split, img_size=img_size, on_corrupt=on_corrupt, channels=kw.get("channels"),
+                            in_memory=kw.get("in_memory"), labels=kw.get("labels", "auto"),
+                            verbose=kw.get("verbose", False))
 
 
 def _imagenet32(split, root, subset_fraction=1.0, seed=0, **_):
@@ -62,10 +64,12 @@ _SELF_SUBSETTING = {"imagenet32"}
 
 def get_dataset(name: str, split: str = "train", root: str | Path | None = None, download: bool = False,
                 img_size: int | None = None, subset_fraction: float = 1.0, seed: int = 0,
-                on_corrupt: str = "fail", **kwargs: Any) -> ImageArrayDataset:
+                on_corrupt: str = "fail", **kwargs: Any) -> ImageArrayDataset | ImageFolderDataset:
     """Load dataset ``name`` (see :data:`DATASETS`) as uint8 images and integer labels.
 
-    ``img_size`` resizes every image; ``subset_fraction`` keeps a class-balanced seeded fraction.
+    ``img_size`` resizes every image (a lazily read folder keeps each file's own size and takes
+    it as its nominal training size); ``subset_fraction`` keeps a class-balanced seeded fraction.
+    ``imagefolder`` also takes ``in_memory`` (None: automatic) and ``labels`` (auto/folders/none).
     Errors (missing root, wrong checksum, truncated file, empty folder) raise
     :class:`DatasetError` naming the path; nothing falls back to another dataset.
     """
@@ -75,6 +79,10 @@ def get_dataset(name: str, split: str = "train", root: str | Path | None = None,
         raise DatasetError(f"split must be 'train' or 'test', got '{split}'")
     ds = DATASETS[name](split, root, download=download, img_size=img_size, seed=seed,
                         subset_fraction=subset_fraction, on_corrupt=on_corrupt, **kwargs)
+    if getattr(ds, "lazy", False):  # read from files: crops are cut from each original image
+        if subset_fraction < 1:
+            ds = ds.subset(balanced_subset(ds.labels, subset_fraction, seed))
+        return ds
     if img_size is not None and name not in _SELF_RESIZING and ds.img_size != img_size:
         ds = ImageArrayDataset(resize_images(ds.images, img_size), ds.labels, ds.classes, ds.name,
                                ds.mean, ds.std, ds.skipped)

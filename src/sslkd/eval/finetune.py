@@ -12,14 +12,17 @@ so ViTs and CNNs alike). Weight decay skips biases, norms and embeddings' specia
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from sslkd.data.base import ImageArrayDataset, balanced_subset
+from sslkd.data.folder import EvalCrops, TrainCrops
 from sslkd.data.batch_augment import BatchMultiCrop
 from sslkd.device import autocast_dtype
 from sslkd.eval.features import normalize_batch
@@ -46,17 +49,21 @@ def finetune(backbone: Backbone, train: ImageArrayDataset, test: ImageArrayDatas
              img_size: int | None = None, epochs: int = 30, batch_size: int = 128, lr: float = 1e-3,
              layer_decay: float = 0.75, weight_decay: float = 0.05, warmup_epochs: float = 3.0,
              crop_scale: tuple[float, float] = (0.35, 1.0), label_fraction: float = 1.0, precision: str = "auto",
-             device: torch.device | str = "cpu", seed: int = 0, progress: bool = False) -> dict:
+             device: torch.device | str = "cpu", seed: int = 0, progress: bool = False,
+             num_workers: int = 0) -> dict:
     """Fine-tune ``backbone`` (in place) plus a new linear head on ``train`` and return test
     ``top1``/``top5`` (%), the number of labelled images used and the per-epoch training loss."""
     if not 0 < label_fraction <= 1:
         raise ValueError(f"label fraction must be in (0, 1], got {label_fraction}")
     device = torch.device(device)
     torch.manual_seed(seed)
-    images, labels = train.tensors()
+    lazy = getattr(train, "lazy", False)  # a folder read from files: crops cut per image by loader workers
+    images, labels = (None, torch.as_tensor(train.labels)) if lazy else train.tensors()
+    keep = torch.arange(len(labels))
     if label_fraction < 1:
         keep = torch.from_numpy(balanced_subset(np.asarray(labels), label_fraction, seed))
-        images, labels = images[keep], labels[keep]
+        labels = labels[keep]
+        images = None if lazy else images[keep]
     size = img_size or train.img_size
     head = nn.Linear(backbone.embed_dim, train.num_classes).to(device)
     nn.init.trunc_normal_(head.weight, std=2e-5)
@@ -65,7 +72,7 @@ def finetune(backbone: Backbone, train: ImageArrayDataset, test: ImageArrayDatas
     groups = _param_groups(backbone, head, weight_decay, layer_decay)
     base = lr * batch_size / 256
     opt = torch.optim.AdamW(groups, lr=base, fused=device.type == "cuda")
-    steps_per_epoch = max(1, len(images) // batch_size)
+    steps_per_epoch = max(1, len(labels) // batch_size)
     total, warm = epochs * steps_per_epoch, int(warmup_epochs * steps_per_epoch)
     aug = BatchMultiCrop(train.num_channels, mean, std, size, size, global_scale=crop_scale, color_jitter_p=0.0,
                          grayscale_p=0.0, blur_p=(0.0, 0.0, 0.0), solarize_p=0.0)
@@ -75,12 +82,19 @@ def finetune(backbone: Backbone, train: ImageArrayDataset, test: ImageArrayDatas
     step = 0
     bar = tqdm(total=total, disable=not progress, desc="fine-tune", unit="step")  # per step: an ETA within minutes
     for epoch in range(epochs):
-        perm = torch.randperm(len(images), generator=g)
+        perm = torch.randperm(len(labels), generator=g)
         running = 0.0
+        if lazy:
+            view = TrainCrops(train, size, crop_scale, keep[perm].numpy())
+            batches = iter(DataLoader(view, batch_size, drop_last=True, num_workers=num_workers))
         for i in range(steps_per_epoch):
             idx = perm[i * batch_size:(i + 1) * batch_size]
-            x = aug(images[idx].to(device), seed * 1_000_003 + step)[0]
-            y = labels[idx].to(device)
+            if lazy:
+                x, y = next(batches)
+                x, y = normalize_batch(x.to(device), mean, std), y.to(device)
+            else:
+                x = aug(images[idx].to(device), seed * 1_000_003 + step)[0]
+                y = labels[idx].to(device)
             scale = (step + 1) / warm if step < warm else 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
             for grp in opt.param_groups:
                 grp["lr"] = base * scale * grp.get("lr_scale", 1.0)
@@ -97,17 +111,35 @@ def finetune(backbone: Backbone, train: ImageArrayDataset, test: ImageArrayDatas
         losses.append(running / steps_per_epoch)
     bar.close()
     backbone.eval()
-    correct1 = correct5 = 0
-    timgs, tlabels = test.tensors()
+    correct1 = correct5 = n = 0
     with torch.no_grad():
-        for i in range(0, len(timgs), 256):
-            x = normalize_batch(timgs[i:i + 256].to(device), mean, std, size)
+        for x, y in _test_batches(test, size, num_workers):
+            x = normalize_batch(x.to(device), mean, std, size)
             with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
                 logits = head(backbone(x)).float()
-            y = tlabels[i:i + 256].to(device)
+            y = y.to(device)
             top = logits.topk(min(5, logits.shape[1]), 1).indices
             correct1 += (top[:, 0] == y).sum().item()
             correct5 += (top == y[:, None]).any(1).sum().item()
-    n = len(timgs)
-    return {"top1": 100 * correct1 / n, "top5": 100 * correct5 / n, "train_images": len(images),
+            n += len(y)
+    return {"top1": 100 * correct1 / n, "top5": 100 * correct5 / n, "train_images": len(labels),
             "label_fraction": label_fraction, "epochs": epochs, "epoch_loss": losses}
+
+
+def _test_batches(test, size: int, num_workers: int, batch_size: int = 256):
+    """uint8 test batches and labels: slices in memory, or the streamed evaluation view of a folder
+    (files that cannot be decoded dropped, with a warning)."""
+    if not getattr(test, "lazy", False):
+        images, labels = test.tensors()
+        for i in range(0, len(images), batch_size):
+            yield images[i:i + batch_size], labels[i:i + batch_size]
+        return
+    skipped = []
+    for x, y, errors in DataLoader(EvalCrops(test, size), batch_size, num_workers=num_workers):
+        ok = torch.tensor([not e for e in errors])
+        skipped += [e for e in errors if e]
+        if ok.any():
+            yield x[ok], y[ok]
+    if skipped:
+        warnings.warn(f"fine-tuning: {len(skipped)} test file(s) could not be decoded, first: {skipped[0]}",
+                      stacklevel=2)

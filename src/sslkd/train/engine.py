@@ -28,7 +28,8 @@ from sslkd.config import Config, to_dict
 from sslkd.device import autocast_dtype, resolve_device, tune_cpu_malloc
 from sslkd.distributed import (all_reduce_mean, any_process, from_main_process, gather_batch, init_from_env,
                                is_distributed)
-from sslkd.data import ImageArrayDataset, get_dataset
+from sslkd.data import DatasetError, ImageArrayDataset, NoHeldOutSplitError, get_dataset
+from sslkd.train.inputs import bad_file_errors, data_kwargs, ignore_stop_signals, load_datasets
 from sslkd.data.augment import MultiCropDataset, MultiCropTransform, RawDataset, SeededEpochSampler
 from sslkd.data.batch_augment import BatchMultiCrop
 from sslkd.eval import extract_features, knn_classify
@@ -43,24 +44,8 @@ from sslkd.train.schedules import cosine_schedule
 FORMAT = 1
 
 
-def _ignore_stop_signals(worker_id: int) -> None:  # noqa: ARG001
-    """Loader workers leave SIGINT/SIGTERM to the main process: Ctrl-C, ``docker stop`` or Slurm
-    signal the whole process group, and a worker dying first would crash the loader before the
-    main process has checkpointed (the loader stops its workers itself)."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-
-
 class TrainingError(RuntimeError):
     """Training cannot go on (non-finite loss, ...); the message says where."""
-
-
-def load_datasets(cfg: Config) -> tuple[ImageArrayDataset, ImageArrayDataset | None]:
-    d = cfg.data
-    kw = dict(root=d.root, download=d.download, img_size=d.img_size, seed=cfg.seed, on_corrupt=d.on_corrupt)
-    train = get_dataset(d.name, "train", subset_fraction=d.subset_fraction, **kw)
-    test = get_dataset(d.name, "test", **kw) if cfg.eval.knn_every else None
-    return train, test
 
 
 class Trainer:
@@ -77,7 +62,7 @@ class Trainer:
         if self.world > 1 and self.device.type == "cuda":
             self.device = torch.device("cuda", local_rank)
         if train_set is None:
-            train_set, test_set = load_datasets(cfg)
+            train_set, test_set = load_datasets(cfg, verbose=self.is_main)
         self.train_set, self.test_set = train_set, test_set
         self.out = Path(cfg.output_dir)
         self.progress = progress and self.is_main
@@ -114,6 +99,13 @@ class Trainer:
         self.transform = MultiCropTransform.from_config(aug, train_set.img_size, train_set.num_channels,
                                                         train_set.mean, train_set.std, multiple=patch)
         self.batch_aug = BatchMultiCrop.from_transform(self.transform) if cfg.data.augment_on == "device" else None
+        if getattr(train_set, "lazy", False):
+            if self.batch_aug is not None:
+                raise TrainingError("data.augment_on=device batches whole images of one size; a folder read "
+                                    "lazily (images of their own sizes) is augmented in the loader workers")
+            # JPEGs decode at 1/2-1/8 scale while the smallest global crop keeps >= its output pixels
+            train_set.draft = math.ceil(self.transform.global_size / math.sqrt(min(aug.global_crops_scale)))
+        self.skipped_files = 0  # files that could not be decoded, replaced (data.on_corrupt=skip)
         self.optimizers = self._build_optimizers()
         lr = t.base_lr * t.batch_size / 256
         warm = round(t.warmup_epochs * self.steps_per_epoch)
@@ -139,6 +131,7 @@ class Trainer:
                  # one optimiser: its state (the layout of single-optimiser runs); several: a list
                  "optimizer": opt_states[0] if len(opt_states) == 1 else opt_states,
                  "scaler": self.scaler.state_dict(), "rng_cpu": torch.get_rng_state(),
+                 "skipped_files": self.skipped_files,
                  "data": {"num_channels": self.train_set.num_channels, "img_size": self.train_set.img_size,
                           "mean": list(self.train_set.mean), "std": list(self.train_set.std),
                           "dataset": self.cfg.data.name}}
@@ -168,6 +161,7 @@ class Trainer:
             torch.cuda.set_rng_state(state["rng_cuda"], self.device)
         self.step = self._saved_step = int(state["step"])
         self.train_seconds = float(state.get("train_seconds", 0.0))
+        self.skipped_files = int(state.get("skipped_files", 0))
 
     def save(self) -> Path:
         """Write ``checkpoint-<step>.pt`` (the main process only) and keep the last ``keep_last``."""
@@ -219,7 +213,7 @@ class Trainer:
                           batch_size=t.batch_size // (t.accum_steps * self.world),
                           sampler=sampler, drop_last=True, num_workers=nw, pin_memory=self.device.type == "cuda",
                           persistent_workers=False, prefetch_factor=4 if nw else None,
-                          worker_init_fn=_ignore_stop_signals if nw else None,
+                          worker_init_fn=ignore_stop_signals if nw else None,
                           # own generator: creating a loader must not consume the global RNG
                           # (a resumed run creates one mid-epoch)
                           generator=torch.Generator().manual_seed(self.cfg.seed + epoch))
@@ -229,11 +223,24 @@ class Trainer:
         workers, or as a whole batch on the training device (``data.augment_on: device``), keyed by
         the first image's seed so that a resumed run draws the same views."""
         for item in self._loader(epoch, start):
+            self._count_bad_files(item[-1])
             if self.batch_aug is None:
                 yield item[0]
             else:
-                images, _, seeds = item
+                images, _, seeds, _ = item
                 yield self.batch_aug(images.to(self.device, non_blocking=True), int(seeds[0]) % 2**62)
+
+    def _count_bad_files(self, bad: list[str]) -> None:
+        """Files the workers could not decode (and replaced by other images): stop naming the
+        first (``data.on_corrupt: fail``, before any step uses the batch) or count and warn."""
+        errors = bad_file_errors(bad)
+        if not errors:
+            return
+        if self.cfg.data.on_corrupt == "fail":
+            raise DatasetError(f"{errors[0]}; set data.on_corrupt=skip to skip and count such files")
+        self.skipped_files += len(errors)
+        for e in errors:
+            tqdm.write(f"skipped: {e}")
 
     def _build_optimizers(self) -> list[torch.optim.Optimizer]:
         return build_optimizers(self.method.optimizer_specs(), self.cfg.train.base_lr, self.device.type == "cuda")
@@ -312,14 +319,21 @@ class Trainer:
     def knn(self) -> dict[str, float]:
         e = self.cfg.eval
         if self.test_set is None:
-            self.test_set = get_dataset(self.cfg.data.name, "test", root=self.cfg.data.root,
-                                        img_size=self.cfg.data.img_size, seed=self.cfg.seed)
+            self.test_set = get_dataset(self.cfg.data.name, "test", **data_kwargs(self.cfg))
         bb = self.method.eval_backbone("teacher")
         size = self.cfg.aug.global_crops_size
         kw = dict(mean=self.train_set.mean, std=self.train_set.std, device=self.device, size=size)
         ftr, ltr = extract_features(bb, self.train_set, max_samples=e.knn_max_train, **kw)
         fte, lte = extract_features(bb, self.test_set, **kw)
         return knn_classify(ftr, ltr, fte, lte, e.knn_k, e.knn_t, self.train_set.num_classes)
+
+    def _knn_possible(self) -> bool:
+        if self.test_set is None:
+            try:
+                self.test_set = get_dataset(self.cfg.data.name, "test", **data_kwargs(self.cfg))
+            except NoHeldOutSplitError:
+                return False
+        return True
 
     def _handle_signal(self, signum, frame) -> None:  # noqa: ARG002
         """First SIGINT/SIGTERM: finish the step, checkpoint, exit. A second one aborts at once."""
@@ -364,7 +378,7 @@ class Trainer:
                     self.train_seconds, mark = self.train_seconds + now - mark, now
                     micro = []
                     seen += t.batch_size
-                    log.add(self.step - 1, losses, metrics)
+                    log.add(self.step - 1, losses, {**metrics, "skipped_files": torch.tensor(self.skipped_files)})
                     bar.update(1)
                     if self.step % t.log_every == 0 or self.step == end:
                         rate = seen / max(time.perf_counter() - tic, 1e-9)
@@ -404,11 +418,13 @@ class Trainer:
             log.close()
             for s, h in old_handlers.items():
                 signal.signal(s, h)
-        return {**last, "status": status, "step": self.step, "train_seconds": round(self.train_seconds, 1)}
+        return {**last, "status": status, "step": self.step, "train_seconds": round(self.train_seconds, 1),
+                "skipped_files": self.skipped_files}
 
     def _end_of_epoch(self, epoch: int, log: RunLog, last: dict) -> None:
         e = self.cfg.eval
-        if e.knn_every and (epoch % e.knn_every == 0 or epoch == self.cfg.train.epochs):  # every process embeds
+        due = e.knn_every and (epoch % e.knn_every == 0 or epoch == self.cfg.train.epochs)
+        if due and self.train_set.num_classes and self._knn_possible():  # every process embeds
             res = self.knn()
             last.update({"knn_top1": res["top1"], "knn_top5": res["top5"]})
             log.record({"step": self.step, "epoch": epoch, "knn_top1": res["top1"], "knn_top5": res["top5"]},

@@ -1,0 +1,48 @@
+"""What the training engine reads: its datasets (by config), and what the loader workers report.
+
+The workers decode, augment and replace files that cannot be decoded; the main process decides
+what a bad file means (``data.on_corrupt``), so the decision and the count live in one place.
+"""
+
+from __future__ import annotations
+
+import signal
+from typing import Any
+
+from sslkd.config import Config
+from sslkd.data import ImageArrayDataset, NoHeldOutSplitError, get_dataset
+
+
+def ignore_stop_signals(worker_id: int) -> None:  # noqa: ARG001
+    """Loader workers leave SIGINT/SIGTERM to the main process: Ctrl-C, ``docker stop`` or Slurm
+    signal the whole process group, and a worker dying first would crash the loader before the
+    main process has checkpointed (the loader stops its workers itself)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+def data_kwargs(cfg: Config) -> dict[str, Any]:
+    d = cfg.data
+    return dict(root=d.root, download=d.download, img_size=d.img_size, seed=cfg.seed, on_corrupt=d.on_corrupt,
+                in_memory=d.in_memory, labels=d.labels)
+
+
+def load_datasets(cfg: Config, verbose: bool = False) -> tuple[ImageArrayDataset, ImageArrayDataset | None]:
+    """The training set and, when kNN is monitored, the test set (None if the data has no labels
+    or no held-out split: the monitor is then skipped, said once, rather than scored on fitting)."""
+    d = cfg.data
+    train = get_dataset(d.name, "train", subset_fraction=d.subset_fraction, verbose=verbose, **data_kwargs(cfg))
+    test = None
+    if cfg.eval.knn_every and train.num_classes:
+        try:
+            test = get_dataset(d.name, "test", **data_kwargs(cfg))
+        except NoHeldOutSplitError as e:
+            print(f"kNN monitor off: {e}")
+    elif cfg.eval.knn_every and verbose:
+        print(f"kNN monitor off: {train.name} has no labels")
+    return train, test
+
+
+def bad_file_errors(bad: list[str]) -> list[str]:
+    """The error messages of a batch's undecodable files (its items' newline-joined ``bad``)."""
+    return [e for b in bad if b for e in b.split("\n")]
