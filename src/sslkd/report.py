@@ -78,7 +78,7 @@ def build_report(runs: list[str | Path], out: str | Path, dataset: str | None = 
                  eval_train_samples: int | None = 5000, eval_test_samples: int | None = 1000,
                  linear_epochs: int = 50, device: str = "auto", progress: bool = False) -> Path:
     """Write the HTML report of ``runs`` (run folders) to ``out``; returns its path."""
-    from sslkd.data import get_dataset
+    from sslkd.data import get_dataset, view_tensors
     from sslkd.device import resolve_device
     from sslkd.eval import extract_features, knn_classify, linear_probe
     from sslkd.eval.analysis import plot_tsne
@@ -154,8 +154,7 @@ def build_report(runs: list[str | Path], out: str | Path, dataset: str | None = 
                      "fine-tune top-1": f"{ft['top1']:.2f}" if "top1" in ft else "not run",
                      **{f"fine-tune top-1, {float(k):.0%} labels": f"{v['top1']:.2f}" for k, v in semi.items()}})
         with tempfile.TemporaryDirectory() as tmp:
-            images = test.tensors()[0]
-            images = images[torch.linspace(0, len(images) - 1, 4).long()]
+            images = view_tensors(test, torch.linspace(0, len(test) - 1, 4).long().tolist(), pre.img_size)
             if getattr(pre.backbone, "is_vit", False):
                 maps = cls_attention(pre.backbone.cpu(), images, pre.mean, pre.std)
                 att = _file_png(plot_attention(images, maps, Path(tmp) / "att.png", f"{n}: last-block CLS attention"))

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from sslkd.config import Config, ConfigError, load_config
-from sslkd.data import get_dataset
+from sslkd.data import get_dataset, view_tensors
 from sslkd.device import resolve_device
 from sslkd.eval import extract_features, knn_classify, linear_probe
 from sslkd.eval.attention import cls_attention, plot_attention
@@ -144,8 +144,8 @@ def run_comparison(configs: list[str], out: str | Path, overrides: list[str] | N
             label = labels[-1] if len(models) == 1 else f"{labels[-1]}: {arch} (model {model})"
             rows.append({"pretrain": label, "steps": summary["step"],
                          "minutes": summary["train_seconds"] / 60, **evaluate(backbone)})
-            test_images = ev_test.tensors()[0]
-            images = test_images[torch.linspace(0, len(test_images) - 1, 6).long()]  # spread over the classes
+            spread = torch.linspace(0, len(ev_test) - 1, 6).long().tolist()  # over the classes
+            images = view_tensors(ev_test, spread, trainer.method.img_size)
             if getattr(backbone, "is_vit", False) and images.shape[-1] == trainer.method.img_size:
                 maps = cls_attention(backbone.cpu(), images, ev_train.mean, ev_train.std)
                 suffix = "" if len(models) == 1 else f"_model{model}"
