@@ -1,10 +1,14 @@
 """Reading a folder of photos: loader speed per core against torchvision + DINO, and memory vs size.
 
 ``speed``: images/s of one process on one core (``torch.set_num_threads(1)``, no workers) for
-the DINO/iBOT multi-crop at 224 (2 x 224 + 10 x 96 crops) on generated ~500 x 375 JPEGs of
-~100 KB, sslkd's lazy folder against the reference pipeline (torchvision ``ImageFolder`` + DINO's
-``DataAugmentationDINO`` as in its ``main_dino.py``: PIL transforms, ``ImageFilter`` blur). The two
-are timed in alternation (A B B A ...; medians), so that the machine's drift hits both alike.
+the DINO/iBOT multi-crop at 224 (2 x 224 + 10 x 96 crops) on generated ~500 x 375 JPEGs, the
+reference pipeline (torchvision ``ImageFolder`` + DINO's ``DataAugmentationDINO`` as in its
+``main_dino.py``: PIL transforms, ``ImageFilter`` blur) against sslkd's lazy folder with (a) the
+torchvision-v2 tensor transform, (b) the PIL transform with uint8 crops (normalised per batch),
+(c) workers that only crop, colour applied per batch (``BatchMultiCrop.colour``: on the CPU here,
+on the GPU under ``data.augment_on: device``). Per-batch work is timed on the same core and
+counted; the workers' share alone is reported too. Pipelines alternate (A B C D D C B A ...;
+medians), so that the machine's drift hits all alike.
 
 ``memory``: peak RSS of ``sslkd pretrain`` (its main process, and its largest loader worker) on
 generated folders of 256-512 px JPEGs of two sizes; what must not grow is the difference.
@@ -91,6 +95,9 @@ def speed(args) -> dict:
     from sslkd.config import AugConfig
     from sslkd.data import get_dataset
     from sslkd.data.augment import MultiCropDataset, MultiCropTransform
+    from sslkd.data.batch_augment import BatchMultiCrop
+    from sslkd.data.pil_augment import PILMultiCrop
+    from sslkd.eval import normalize_batch
 
     torch.set_num_threads(1)
     tmp = Path(tempfile.mkdtemp(prefix="sslkd_jpegs_"))
@@ -101,31 +108,63 @@ def speed(args) -> dict:
     aug = AugConfig(local_crops_number=args.local_crops, local_crops_size=96)
     t = MultiCropTransform.from_config(aug, 224, 3, ds.mean, ds.std, multiple=16)
     ds.draft = int(np.ceil(224 / np.sqrt(0.4)))
-    ours = MultiCropDataset(ds, t)
+    tensor_path = MultiCropDataset(ds, t)
+    pil_path = MultiCropDataset(ds, PILMultiCrop.from_transform(t))
+    crop_path = MultiCropDataset(ds, PILMultiCrop.from_transform(t, crop_only=True))
+    colour = BatchMultiCrop.from_transform(t)
+    batch = 32
 
-    def run_ref() -> float:
-        tic = time.perf_counter()
-        for i in range(len(ref)):
-            crops, _ = ref[i]
-        return len(ref) / (time.perf_counter() - tic)
+    def timed(items, on_batch=None) -> tuple[float, float]:
+        """(img/s of everything on this core, img/s of the per-image (worker) part alone)."""
+        worker = device = 0.0
+        for start in range(0, len(items), batch):
+            tic = time.perf_counter()
+            got = [items[i] for i in range(start, min(start + batch, len(items)))]
+            worker += time.perf_counter() - tic
+            if on_batch is not None:
+                tic = time.perf_counter()
+                on_batch(got)
+                device += time.perf_counter() - tic
+        return len(items) / (worker + device), len(items) / worker
 
-    def run_ours() -> float:
-        tic = time.perf_counter()
-        for i in range(len(ours)):
-            crops, _, _ = ours[(i, i)]
-        return len(ours) / (time.perf_counter() - tic)
+    def stack(got):
+        return [torch.stack([g[0][k] for g in got]) for k in range(len(got[0][0]))]
 
-    assert [c.shape for c in ref[0][0]] == [c.shape for c in ours[(0, 0)][0]]  # the same crops
-    r, o = [], []
-    for k in range(args.rounds):
-        for fn, acc in ((run_ref, r), (run_ours, o)) if k % 2 == 0 else ((run_ours, o), (run_ref, r)):
-            acc.append(fn())
-    res = {"bench": "folder_loader_speed", "date": time.strftime("%Y-%m-%d"), "images": args.images,
-           "jpeg_kb": round(float(kb), 1), "size": "500x375", "crops": f"2x224 + {args.local_crops}x96",
-           "threads": 1, "reference_img_s": round(float(np.median(r)), 2), "sslkd_img_s": round(float(np.median(o)), 2),
-           "ratio": round(float(np.median(o) / np.median(r)), 3), "rounds_ref": [round(x, 2) for x in r],
-           "rounds_sslkd": [round(x, 2) for x in o]}
-    return res
+    runs = {
+        "reference": lambda: timed(_Indexed(ref, lambda i: ref[i])),
+        "sslkd_tensor": lambda: timed(_Indexed(tensor_path, lambda i: tensor_path[(i, i)])),
+        "sslkd_pil": lambda: timed(_Indexed(pil_path, lambda i: pil_path[(i, i)]),
+                                   lambda got: [normalize_batch(v, ds.mean, ds.std) for v in stack(got)]),
+        "sslkd_crop_then_batch_colour": lambda: timed(_Indexed(crop_path, lambda i: crop_path[(i, i)]),
+                                                      lambda got: colour.colour(stack(got), 0)),
+    }
+    shapes = [tuple(c.shape) for c in ref[0][0]]
+    assert shapes == [tuple(c.shape) for c in pil_path[(0, 0)][0]] == [tuple(c.shape) for c in tensor_path[(0, 0)][0]]
+    results: dict[str, list[tuple[float, float]]] = {k: [] for k in runs}
+    order = list(runs)
+    for r in range(args.rounds):
+        for name in (order if r % 2 == 0 else order[::-1]):
+            results[name].append(runs[name]())
+    med = {k: (float(np.median([a for a, _ in v])), float(np.median([b for _, b in v]))) for k, v in results.items()}
+    base = med["reference"][0]
+    return {"bench": "folder_loader_speed", "date": time.strftime("%Y-%m-%d"), "images": args.images,
+            "jpeg_kb": round(float(kb), 1), "size": "500x375", "crops": f"2x224 + {args.local_crops}x96",
+            "threads": 1, "rounds": args.rounds,
+            "img_s_per_core": {k: round(v[0], 2) for k, v in med.items()},
+            "worker_img_s_per_core": {k: round(v[1], 2) for k, v in med.items()},
+            "ratio_to_reference": {k: round(v[0] / base, 3) for k, v in med.items()},
+            "worker_ratio_to_reference": {k: round(v[1] / base, 3) for k, v in med.items()}}
+
+
+class _Indexed:
+    def __init__(self, ds, get) -> None:
+        self.n, self.get = len(ds), get
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int):
+        return self.get(i)
 
 
 def _pretrain_rss(root: Path, steps: int, out: Path) -> dict:

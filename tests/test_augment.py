@@ -23,11 +23,11 @@ def test_views_depend_only_on_seed_and_leave_global_rng_alone():
     mc = MultiCropDataset(ds, t)
     torch.manual_seed(1)
     state = torch.get_rng_state()
-    a, _, bad = mc[(3, 42)]
-    assert bad == ""
+    a, _, seed, bad = mc[(3, 42)]
+    assert bad == "" and seed == 42
     assert torch.equal(torch.get_rng_state(), state)
-    b, _, _ = mc[(3, 42)]
-    c, _, _ = mc[(3, 43)]
+    b, _, _, _ = mc[(3, 42)]
+    c, _, _, _ = mc[(3, 43)]
     assert all(torch.equal(x, y) for x, y in zip(a, b))
     assert not torch.equal(a[0], c[0])
     assert not torch.equal(a[0], a[1])  # the two global views differ

@@ -13,7 +13,9 @@ from sslkd.config import AugConfig
 from sslkd.data import DatasetError, get_dataset
 from sslkd.data import folder as folder_mod
 from sslkd.data.augment import MultiCropTransform
+from sslkd.data.batch_augment import _rotate_hue
 from sslkd.data.folder import CorruptImageError, EvalCrops, ImageFolderDataset, decode, scan_folder
+from sslkd.data.pil_augment import PILMultiCrop, _hue
 
 
 def _rgb(rng, w, h):
@@ -132,6 +134,12 @@ def test_crop_aspect_ratio_follows_the_original_image(tmp_path):
     red = t(img)[0][0] * 255
     span = float(red.max() - red.min())
     assert 100 < span < 130  # 133/300 of the 255 range, minus the outer half-pixels
+    # the PIL path the training loop uses for photos: the same crop, uint8
+    pil = PILMultiCrop.from_transform(t)
+    torch.manual_seed(0)
+    crop = pil(ds.pil_item(0)[0])[0]
+    assert crop.dtype == torch.uint8 and tuple(crop.shape) == (3, 32, 32)
+    assert 100 < float(crop[0].max()) - float(crop[0].min()) < 130
     # the evaluation view keeps the aspect ratio too: shorter side 37, centre 32 x 32
     ev, _, _ = EvalCrops(ds, 32)[0]
     assert tuple(ev.shape) == (3, 32, 32) and float(ev[0].max()) - float(ev[0].min()) < 80
@@ -242,3 +250,31 @@ def test_streaming_features_equal_for_any_worker_count(tmp_path):
     b, lb = extract_features(net, ds, (0.5,) * 3, (0.25,) * 3, size=16, batch_size=4, num_workers=2)
     assert a.shape == (10, 4) and torch.allclose(a, b) and torch.equal(la, lb)
     assert la.tolist() == [0] * 5 + [1] * 5
+
+
+def test_pil_hue_is_the_batch_paths_rotation_and_views_follow_the_seed():
+    rng = np.random.default_rng(0)
+    arr = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
+    got = np.asarray(_hue(Image.fromarray(arr), 0.07), dtype=np.float64)
+    x = torch.from_numpy(arr).permute(2, 0, 1)[None].double() / 255
+    want = (_rotate_hue(x, torch.tensor([0.07 * 2 * np.pi], dtype=torch.float64)).clamp(0, 1) * 255)[0]
+    assert np.abs(got - want.permute(1, 2, 0).numpy()).max() <= 1.0  # PIL rounds to 8 bits
+    t = MultiCropTransform.from_config(AugConfig(local_crops_number=2, local_crops_size=16), 32, 3, (0.5,) * 3,
+                                       (0.25,) * 3)
+    pil, im = PILMultiCrop.from_transform(t), Image.fromarray(rng.integers(0, 256, (50, 70, 3), dtype=np.uint8))
+    views = []
+    for seed in (1, 1, 2):
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            views.append(pil(im))
+    assert [tuple(v.shape) for v in views[0]] == [(3, 32, 32)] * 2 + [(3, 16, 16)] * 2
+    assert all(torch.equal(a, b) for a, b in zip(views[0], views[1]))
+    assert not torch.equal(views[0][0], views[2][0])
+
+
+def test_photos_train_with_colour_on_the_device(tmp_path, capsys):
+    make_tree(tmp_path / "photos", per_class=4)
+    out = tmp_path / "run"
+    assert main(["pretrain", "--config", str(_config(tmp_path, tmp_path / "photos", out)),
+                 "--set", "data.augment_on=device", "--set", "train.max_steps=2", "--no-progress"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["step"] == 2

@@ -35,7 +35,7 @@ class DataConfig:
     on_corrupt: str = "fail"  # a file that cannot be decoded: fail (stop, naming it) or skip (replace, count)
     in_memory: bool | None = None  # imagefolder: decode all images into memory (None: when small and one size)
     labels: str = "auto"  # imagefolder: auto (class folders when unambiguous), folders, none
-    augment_on: str = "loader"  # loader: per image in loader workers; device: whole batch on the training device
+    augment_on: str = "loader"  # loader: per image in loader workers; device: batched on the training device (photos: workers crop, the device colours)
 
 
 @dataclass

@@ -13,7 +13,8 @@ resumed run sees exactly the views the uninterrupted run would have seen.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
 
 import torch
 from torch.utils.data import Dataset, Sampler
@@ -21,6 +22,7 @@ from torchvision.transforms import InterpolationMode, v2
 
 from sslkd.data.base import DatasetError
 from sslkd.data.folder import CorruptImageError
+from sslkd.data.pil_augment import PILMultiCrop
 
 
 def _blur(size: int, p: float) -> v2.Transform:
@@ -88,16 +90,16 @@ class MultiCropTransform:
         return crops
 
 
-def load_or_replace(base: Dataset, index: int, seed: int, tries: int = 16) -> tuple[torch.Tensor, int, str]:
+def load_or_replace(base: Dataset, index: int, seed: int, tries: int = 16, pil: bool = False) -> tuple[Any, int, str]:
     """``base[index]``, or, if its file cannot be decoded (corrupt, truncated, deleted), another
     image drawn from ``seed``. Returns ``(image, label, bad)`` where ``bad`` lists the files that
     failed (newline-separated, ``""`` for none): the training loop counts them, or stops on them
-    under ``data.on_corrupt: fail``, in the main process."""
+    under ``data.on_corrupt: fail``, in the main process. ``pil``: the image as PIL (a lazy folder)."""
     bad: list[str] = []
     g = torch.Generator().manual_seed(seed)
     for _ in range(tries):
         try:
-            img, label = base[index]
+            img, label = base.pil_item(index) if pil else base[index]  # type: ignore[attr-defined]
             return img, label, "\n".join(bad)
         except CorruptImageError as e:
             bad.append(str(e))
@@ -106,24 +108,26 @@ def load_or_replace(base: Dataset, index: int, seed: int, tries: int = 16) -> tu
 
 
 class MultiCropDataset(Dataset):
-    """Wraps a uint8 dataset; item ``(index, seed)`` -> ``(crops, label, bad)`` drawn with that seed
-    (``bad``: see :func:`load_or_replace`)."""
+    """Wraps a uint8 dataset; item ``(index, seed)`` -> ``(crops, label, seed, bad)`` drawn with that
+    seed (``bad``: see :func:`load_or_replace`). A lazily read folder (``base.lazy``) hands PIL
+    images to a :class:`~sslkd.data.pil_augment.PILMultiCrop`, whose crops are uint8."""
 
-    def __init__(self, base: Dataset, transform: MultiCropTransform) -> None:
+    def __init__(self, base: Dataset, transform: Callable[[Any], list[torch.Tensor]]) -> None:
         self.base, self.transform = base, transform
+        self.pil = getattr(base, "lazy", False) and isinstance(transform, PILMultiCrop)
 
     def __len__(self) -> int:
         return len(self.base)  # type: ignore[arg-type]
 
-    def __getitem__(self, item: tuple[int, int]) -> tuple[list[torch.Tensor], int, str]:
+    def __getitem__(self, item: tuple[int, int]) -> tuple[list[torch.Tensor], int, int, str]:
         index, seed = item
-        img, label, bad = load_or_replace(self.base, index, seed)
+        img, label, bad = load_or_replace(self.base, index, seed, pil=self.pil)
         # v2 transforms draw from torch's global generator: fork it so that the draw depends only
         # on the seed (not on worker count or the model's dropout draws) and leaves it untouched.
         with torch.random.fork_rng(devices=[]):
             torch.default_generator.manual_seed(seed)  # CPU only: CUDA streams stay untouched
             crops = self.transform(img)
-        return crops, label, bad
+        return crops, label, seed, bad
 
 
 class RawDataset(Dataset):

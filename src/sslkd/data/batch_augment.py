@@ -139,12 +139,22 @@ class BatchMultiCrop:
         views = []
         for i, (size, scale) in enumerate([(self.global_size, self.global_scale)] * 2
                                           + [(self.local_size, self.local_scale)] * self.local_number):
-            v = self._jitter(self._crop(x, self._boxes(g, n, h, w, scale), size, g), g)
-            v = self._blur(v, self.blur_p[min(i, 2)], size, g)
-            if i == 1:
-                v = self._solarize(v, self.solarize_p, g)
-            views.append(self._finish(v))
+            views.append(self._colour(self._crop(x, self._boxes(g, n, h, w, scale), size, g), i, g))
         return views
+
+    def _colour(self, v: torch.Tensor, i: int, g: torch.Generator) -> torch.Tensor:
+        """View ``i``'s photometric ops (jitter, grayscale, blur, solarize on the second global),
+        then normalisation."""
+        v = self._blur(self._jitter(v, g), self.blur_p[min(i, 2)], v.shape[-1], g)
+        if i == 1:
+            v = self._solarize(v, self.solarize_p, g)
+        return self._finish(v)
+
+    def colour(self, crops: list[torch.Tensor], key: int) -> list[torch.Tensor]:
+        """The photometric half for views already cropped and flipped per image (uint8 ``[B, C, s, s]``
+        each, globals first: loader workers cut them from photos of any size), drawn from ``key``."""
+        g = torch.Generator(crops[0].device).manual_seed(key)
+        return [self._colour(c.float() / 255, i, g) for i, c in enumerate(crops)]
 
 
 def _rotate_hue(x: torch.Tensor, angle: torch.Tensor) -> torch.Tensor:

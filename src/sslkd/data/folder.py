@@ -221,6 +221,10 @@ class ImageFolderDataset(Dataset):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         return pil_to_uint8(self.image(i, self.draft)), int(self.labels[i])
 
+    def pil_item(self, i: int) -> tuple[Image.Image, int]:
+        """``(PIL image, label)``: for augmentations that work on PIL images."""
+        return self.image(i, self.draft), int(self.labels[i])
+
     @property
     def num_channels(self) -> int:
         return self.channels

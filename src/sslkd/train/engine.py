@@ -29,14 +29,15 @@ from sslkd.device import autocast_dtype, resolve_device, tune_cpu_malloc
 from sslkd.distributed import (all_reduce_mean, any_process, from_main_process, gather_batch, init_from_env,
                                is_distributed)
 from sslkd.data import DatasetError, ImageArrayDataset, NoHeldOutSplitError, get_dataset
-from sslkd.train.inputs import bad_file_errors, data_kwargs, ignore_stop_signals, load_datasets
 from sslkd.data.augment import MultiCropDataset, MultiCropTransform, RawDataset, SeededEpochSampler
 from sslkd.data.batch_augment import BatchMultiCrop
-from sslkd.eval import extract_features, knn_classify
+from sslkd.data.pil_augment import PILMultiCrop
+from sslkd.eval import extract_features, knn_classify, normalize_batch
 from sslkd.methods import Method, StepInfo, build_method
 from sslkd.train import checkpoint as ckpt
 from sslkd.train import fsdp
 from sslkd.train.gradcache import cache_batch_gradients, set_rng_state
+from sslkd.train.inputs import bad_file_errors, data_kwargs, ignore_stop_signals, load_datasets
 from sslkd.train.optim import build_optimizers, clip_per_tensor, compile_networks, set_hparams
 from sslkd.train.runlog import RunLog
 from sslkd.train.schedules import cosine_schedule
@@ -99,10 +100,14 @@ class Trainer:
         self.transform = MultiCropTransform.from_config(aug, train_set.img_size, train_set.num_channels,
                                                         train_set.mean, train_set.std, multiple=patch)
         self.batch_aug = BatchMultiCrop.from_transform(self.transform) if cfg.data.augment_on == "device" else None
-        if getattr(train_set, "lazy", False):
-            if self.batch_aug is not None:
-                raise TrainingError("data.augment_on=device batches whole images of one size; a folder read "
-                                    "lazily (images of their own sizes) is augmented in the loader workers")
+        self.lazy = getattr(train_set, "lazy", False)
+        self.worker_aug = self.transform  # what the loader workers apply to each image
+        if self.lazy:  # photos: PIL's C code in the workers, uint8 crops (colour on the device if asked)
+            if aug.paired and self.batch_aug is not None:
+                raise TrainingError("paired views (DMT) of a folder read lazily are made in the loader workers: "
+                                    "set data.augment_on=loader")
+            if not aug.paired:
+                self.worker_aug = PILMultiCrop.from_transform(self.transform, crop_only=self.batch_aug is not None)
             # JPEGs decode at 1/2-1/8 scale while the smallest global crop keeps >= its output pixels
             train_set.draft = math.ceil(self.transform.global_size / math.sqrt(min(aug.global_crops_scale)))
         self.skipped_files = 0  # files that could not be decoded, replaced (data.on_corrupt=skip)
@@ -208,7 +213,8 @@ class Trainer:
         sampler = SeededEpochSampler(len(self.train_set), self.cfg.seed, epoch, start // self.world,
                                      self.rank, self.world)
         nw = self.cfg.data.num_workers
-        data = RawDataset(self.train_set) if self.batch_aug else MultiCropDataset(self.train_set, self.transform)
+        whole = self.batch_aug is not None and not self.lazy  # whole uint8 images to the device
+        data = RawDataset(self.train_set) if whole else MultiCropDataset(self.train_set, self.worker_aug)
         return DataLoader(data,
                           batch_size=t.batch_size // (t.accum_steps * self.world),
                           sampler=sampler, drop_last=True, num_workers=nw, pin_memory=self.device.type == "cuda",
@@ -225,7 +231,14 @@ class Trainer:
         for item in self._loader(epoch, start):
             self._count_bad_files(item[-1])
             if self.batch_aug is None:
-                yield item[0]
+                views = item[0]
+                if views[0].dtype == torch.uint8:  # the workers' PIL crops: normalised here, on the device
+                    views = [normalize_batch(v.to(self.device, non_blocking=True), self.train_set.mean,
+                                             self.train_set.std) for v in views]
+                yield views
+            elif self.lazy:  # cropped per photo by the workers, coloured as a batch here
+                crops = [v.to(self.device, non_blocking=True) for v in item[0]]
+                yield self.batch_aug.colour(crops, int(item[2][0]) % 2**62)
             else:
                 images, _, seeds, _ = item
                 yield self.batch_aug(images.to(self.device, non_blocking=True), int(seeds[0]) % 2**62)
