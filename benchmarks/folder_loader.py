@@ -15,6 +15,7 @@ generated folders of 256-512 px JPEGs of two sizes; what must not grow is the di
 
     python benchmarks/folder_loader.py speed --images 96 --rounds 4
     python benchmarks/folder_loader.py memory --sizes 2000 20000 --steps 10
+    python benchmarks/folder_loader.py scan --files 1000000
 """
 
 from __future__ import annotations
@@ -207,6 +208,30 @@ def memory(args) -> dict:
             "worker_growth_mb": round(last["worker_rss_mb"] - first["worker_rss_mb"], 1)}
 
 
+def scan(args) -> dict:
+    """Index build and reuse time of a tree of ``--files`` empty ``.jpg`` files in 1,000 folders."""
+    from sslkd.data.folder import scan_folder
+
+    tmp = Path(tempfile.mkdtemp(prefix="sslkd_scan_"))
+    tic = time.perf_counter()
+    for i in range(args.files):
+        d = tmp / f"n{i % 1000:04d}"
+        if i < 1000:
+            d.mkdir()
+        (d / f"{i:07d}.jpg").touch()
+    made = time.perf_counter() - tic
+    os.environ["SSLKD_CACHE"] = str(tmp) + "_cache"
+    tic = time.perf_counter()
+    first = scan_folder(tmp)
+    cold = time.perf_counter() - tic
+    tic = time.perf_counter()
+    scan_folder(tmp)
+    warm = time.perf_counter() - tic
+    return {"bench": "folder_scan", "date": time.strftime("%Y-%m-%d"), "files": len(first.paths), "folders": 1000,
+            "classes": len(first.classes), "create_s": round(made, 1), "scan_s": round(cold, 2),
+            "cached_s": round(warm, 2), "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="what", required=True)
@@ -217,10 +242,12 @@ def main() -> None:
     m = sub.add_parser("memory")
     m.add_argument("--sizes", type=int, nargs="+", default=[2000, 20000])
     m.add_argument("--steps", type=int, default=10)
-    for q in (s, m):
+    c = sub.add_parser("scan")
+    c.add_argument("--files", type=int, default=1_000_000)
+    for q in (s, m, c):
         q.add_argument("--out", default=None, help="also write the JSON here")
     args = p.parse_args()
-    res = speed(args) if args.what == "speed" else memory(args)
+    res = {"speed": speed, "memory": memory, "scan": scan}[args.what](args)
     print(json.dumps(res))
     if args.out:
         Path(args.out).write_text(json.dumps(res, indent=1) + "\n")

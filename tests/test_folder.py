@@ -85,6 +85,10 @@ def test_every_mode_decodes_to_8bit_with_orientation_applied(tmp_path):
     (tmp_path / "bad.jpg").write_bytes(b"\xff\xd8 not really")
     with pytest.raises(CorruptImageError, match="bad.jpg"):
         decode(tmp_path / "bad.jpg", 3)
+    ds = ImageFolderDataset(scan_folder(tmp_path, labels="none", use_cache=False), 3)
+    (tmp_path / "png.png").unlink()  # deleted after the scan (mid-run): the same case as corrupt
+    with pytest.raises(CorruptImageError, match="png.png"):
+        ds[[Path(ds.path(i)).name for i in range(len(ds))].index("png.png")]
     full = (tmp_path / "jpg.jpg").read_bytes()
     (tmp_path / "cut.jpg").write_bytes(full[:len(full) // 2])  # truncated: corrupt, not silently grey
     with pytest.raises(CorruptImageError, match="cut.jpg"):
