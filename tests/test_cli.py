@@ -83,3 +83,18 @@ def test_evaluation_refuses_impossible_settings(argv, capsys):
     with pytest.raises(SystemExit) as e:  # argparse: usage error, exit 2, before any work
         main([*argv, *extra])
     assert e.value.code == 2 and "must be" in capsys.readouterr().err
+
+
+def test_knn_over_several_k_prints_each_and_the_best(capsys):
+    """MOKD reports kNN as the best over k in {10, 20, 100, 200}: `--k 10,20,100,200`."""
+    args = ["eval", "knn", "--random-init", "--dataset", "digits", "--backbone", "vit_tiny", "--k", "1,20,100"]
+    assert main(args + ["--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    tops = {int(k): r["top1"] for k, r in res["per_k"].items()}
+    assert set(tops) == {1, 20, 100} and res["top1"] == max(tops.values()) and tops[res["k"]] == res["top1"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "k=1: top-1" in out and "k=100: top-1" in out and "best of 1,20,100" in out
+    with pytest.raises(SystemExit) as e:  # a usage error naming the value
+        main(["eval", "knn", "--random-init", "--dataset", "digits", "--k", "10,0"])
+    assert e.value.code == 2 and "must be positive, got 0" in capsys.readouterr().err

@@ -120,3 +120,18 @@ def test_dmt_takes_teachers_made_by_sslkd_mocov3_and_mae(tmp_path):
                              "device=cpu"])
     summary = Trainer(cfg, data, progress=False).fit()
     assert summary["step"] == 2 and np.isfinite(summary["loss"])
+
+
+def test_student_view_is_colour_jittered_only_never_gray():
+    """DMT: "color jitter is only applied to the students": with jitter off and grayscale certain,
+    the student's view equals the teachers' (per image and batched)."""
+    from sslkd.config import AugConfig
+    from sslkd.data.augment import MultiCropTransform
+    from sslkd.data.batch_augment import BatchMultiCrop
+    aug = AugConfig(paired=True, color_jitter_p=0.0, grayscale_p=1.0, blur_p=(1.0, 1.0, 1.0), solarize_p=1.0)
+    t = MultiCropTransform.from_config(aug, 16, 3, (0.5,) * 3, (0.25,) * 3)
+    img = torch.randint(0, 256, (3, 16, 16), dtype=torch.uint8)
+    plain, student = t(img)
+    assert torch.equal(plain, student)
+    plain, student = BatchMultiCrop.from_transform(t)(img[None], 0)
+    assert torch.equal(plain, student)

@@ -197,3 +197,37 @@ def test_unshared_head_teacher_projects_patches_with_its_cls_layer_as_ibot():
         torch.testing.assert_close(s.project_patches(z), s.patch_last_layer(z))
     with pytest.raises(ConfigError, match="shared_head_teacher"):
         load_config(None, ["method.patch_out_dim=64"], base=base)
+
+
+def test_patch_rkd_relates_only_the_views_the_student_saw_masked(tmp_path):
+    """Patch-level RKD is masked image modelling on structures: the groups are the (view, image)
+    pairs with a masked patch, unless ``distill.patch_images: all``; the sum is divided by the
+    step's masked views per shard, so a batch split into micro-batches gives the same loss."""
+    data = get_dataset("synthetic", "train", img_size=16, num_samples=32)
+    base = [f"output_dir={tmp_path}", "method.name=ibot", "model.depth=1", "method.out_dim=32",
+            "method.hidden_dim=32", "method.bottleneck_dim=16", "method.mask_prob=0.5", "model.drop_path_rate=0.0",
+            "train.batch_size=8", "device=cpu", "method.distill.mode=rkd-d", "method.distill.levels=patch"]
+    info = StepInfo(0, 0.0, 8, 1)
+    groups = {}
+    for which in ("masked", "all"):
+        cfg = load_config(None, base + [f"method.distill.patch_images={which}"])
+        tr = Trainer(cfg, data, progress=False)
+        method = tr.method
+        views = next(iter(tr._loader(0, 0)))[0]
+        seen = []
+        real = method._relational
+        method._relational = lambda s, t: seen.append(s.shape[0]) or real(s, t)
+        with torch.no_grad():
+            losses, _ = method(views, info)
+        vmasks, has = method.masks(2, 4, 4, info, 8)
+        groups[which] = seen[-1]
+        if which == "masked":
+            assert 0 < seen[-1] == int(vmasks.flatten(2).any(-1).sum()) < 16  # some views unmasked
+            # halves of the batch as two micro-batches: the mean of their losses is the whole's
+            halves = []
+            for micro in range(2):
+                part = [v[micro * 4:(micro + 1) * 4] for v in views]
+                with torch.no_grad():
+                    halves.append(method(part, StepInfo(0, 0.0, 8, 1, accum_steps=2, micro=micro))[0]["rkd_patch"])
+            torch.testing.assert_close(sum(halves) / 2, losses["rkd_patch"], rtol=1e-5, atol=1e-7)
+    assert groups["all"] == 16

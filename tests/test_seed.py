@@ -195,6 +195,10 @@ def test_sslkd_checkpoint_teacher_with_head(teacher_run):
     assert t.out_dim == 32 and "sslkd dino" in report.layout
     t2, _ = load_teacher(teacher_run)
     assert t2.out_dim == 192
+    # SEED's default: the head where the checkpoint has one (the teacher's output embedding)
+    from sslkd.methods.seed import SEEDConfig
+    t3, report3 = load_teacher(teacher_run, features=SEEDConfig().teacher_features)
+    assert t3.out_dim == 32 and "features: projection head bottleneck" in str(report3)
     assert not any(p.requires_grad for p in t.parameters())
     t.train()
     assert not t.training
@@ -220,3 +224,14 @@ def test_seed_trains_from_cli_teacher_frozen_and_resumes(tmp_path, teacher_run):
         assert torch.equal(state[f"teacher.{k}"], v), k
     # the student is what evaluation reads, without the teacher file
     assert main(["eval", "knn", "--checkpoint", str(tmp_path / "run"), "--dataset", "synthetic", "--json"]) == 0
+
+
+def test_seed_configs_use_moco_v2_augmentation():
+    """SEED's view is MoCo v2's (blur p = 0.5, saturation 0.4, crop scale 0.2-1), not DINO's
+    always-blurred first global crop."""
+    from pathlib import Path
+    for path in sorted((Path(__file__).resolve().parents[1] / "configs" / "seed").glob("*.yaml")):
+        cfg = load_config(str(path))
+        a = cfg.aug
+        assert a.blur_p[0] == 0.5 and a.saturation == 0.4 and tuple(a.global_crops_scale) == (0.2, 1.0), path
+        assert cfg.method.teacher_features == "auto", path

@@ -238,6 +238,27 @@ def test_last_layer_frozen_during_first_epoch(tmp_path, data):
     assert not torch.equal(tr.method.student.head.last_layer.weight_v, last)
 
 
+def test_one_epoch_run_trains_the_last_layer_after_the_default_freeze(tmp_path, data):
+    """The default freeze is 1% of the run (DINO/iBOT: 1 of 100+ epochs), not one epoch: a run of
+    one epoch (Table 1's) trains its last layer once the freeze ends."""
+    cfg = load_config(None, [f"output_dir={tmp_path}", "train.epochs=1", "train.warmup_epochs=0",
+                             "train.freeze_last_layer=null", "method.norm_last_layer=false"], base=TINY)
+    tr = Trainer(cfg, data, progress=False)
+    assert tr.freeze_steps == 1  # ceil(1% of the run's steps)
+    last = tr.method.student.head.last_layer.weight_v.clone()
+    batch = next(iter(tr._loader(0, 0)))[0]
+    tr.train_step([batch])
+    assert torch.equal(tr.method.student.head.last_layer.weight_v, last)
+    tr.train_step([batch])  # step 2, still epoch 0
+    assert not torch.equal(tr.method.student.head.last_layer.weight_v, last)
+    # a freeze that covers the whole run is refused, naming the key
+    cfg = load_config(None, [f"output_dir={tmp_path}", "train.epochs=1", "train.freeze_last_layer=1"], base=TINY)
+    with pytest.raises(TrainingError, match="train.freeze_last_layer=1 epochs .* covers the whole run"):
+        Trainer(cfg, data, progress=False)
+    cfg = load_config(None, [f"output_dir={tmp_path}", "train.epochs=1", "train.freeze_last_layer=0.5"], base=TINY)
+    assert Trainer(cfg, data, progress=False).freeze_steps == round(0.5 * tr.steps_per_epoch)
+
+
 def test_per_param_clipping_bounds_each_tensor(tmp_path, data):
     cfg = load_config(None, [f"output_dir={tmp_path}", "train.clip_mode=per_param", "train.clip_grad=1e-3"],
                       base=TINY)

@@ -41,6 +41,16 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true")
 
 
+def _positive_list(kind):
+    """An argparse type: comma-separated positive values of ``kind`` (one value is a list of one)."""
+    one = _positive(kind)
+
+    def parse(text: str):
+        return [one(part) for part in text.split(",") if part.strip()] or [one(text)]
+    parse.__name__ = f"comma-separated {kind.__name__}"
+    return parse
+
+
 def _positive(kind):
     """An argparse type: ``kind`` (int or float) > 0, else a usage error naming the value."""
     def parse(text: str):
@@ -80,7 +90,8 @@ def build_parser() -> argparse.ArgumentParser:
     evs = ev.add_subparsers(dest="protocol", required=True)
     knn = evs.add_parser("knn", help="weighted kNN (k=20, T=0.07, cosine)")
     _add_eval_args(knn)
-    knn.add_argument("--k", type=_positive(int), default=20)
+    knn.add_argument("--k", type=_positive_list(int), default=[20],
+                     help="neighbours; a list (10,20,100,200: MOKD's protocol) prints each and the best")
     knn.add_argument("--temperature", type=_positive(float), default=0.07)
     lin = evs.add_parser("linear", help="linear probe on frozen features")
     _add_eval_args(lin)

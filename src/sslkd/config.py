@@ -81,7 +81,9 @@ class TrainConfig:
     momentum_teacher_end: float = 1.0
     clip_grad: float = 3.0  # 0 disables
     clip_mode: str = "norm"  # "norm": global norm; "per_param": per tensor, as iBOT's code
-    freeze_last_layer: int = 1  # epochs during which the head's last layer is not updated
+    # epochs during which the head's last layer is not updated (None: the first 1% of the run, what
+    # DINO/iBOT's 1 of 100-800 epochs means; a freeze covering the whole run is refused)
+    freeze_last_layer: float | None = None
     precision: str = "auto"  # auto (bf16 where native, else fp32) | fp32 | bf16 | fp16
     tune_malloc: bool = True  # CPU runs: glibc malloc keeps freed memory (sslkd.device.tune_cpu_malloc)
     compile: bool = False  # torch.compile each backbone and head (first steps pay the compilation)
@@ -130,7 +132,8 @@ class Config:
             ("train.warmup_epochs", self.train.warmup_epochs >= 0, "must be >= 0"),
             ("train.momentum_teacher", 0 <= self.train.momentum_teacher <= 1, "must be in [0, 1]"),
             ("train.momentum_teacher_end", 0 <= self.train.momentum_teacher_end <= 1, "must be in [0, 1]"),
-            ("train.freeze_last_layer", self.train.freeze_last_layer >= 0, "must be >= 0"),
+            ("train.freeze_last_layer", self.train.freeze_last_layer is None or self.train.freeze_last_layer >= 0,
+             "must be >= 0 (or null: 1% of the run)"),
             ("train.ckpt_every_steps", self.train.ckpt_every_steps >= 0, "must be >= 0"),
             ("train.max_steps", self.train.max_steps is None or self.train.max_steps >= 1, "must be >= 1"),
             ("train.time_budget_minutes", self.train.time_budget_minutes is None or self.train.time_budget_minutes > 0,

@@ -72,7 +72,8 @@ class MultiCropTransform:
         # paired (DMT): one crop, given plain (for frozen teachers) and colour-jittered (for the student)
         self.paired = paired
         self.pair_crop = v2.Compose(crop(self.global_size, global_scale))
-        self.pair_colour, self.pair_finish = v2.Compose(colour), v2.Compose(finish)
+        # DMT: "color jitter is only applied to the students" (no grayscale, blur or solarize)
+        self.pair_colour, self.pair_finish = v2.Compose(colour[:1]), v2.Compose(finish)
 
     @classmethod
     def from_config(cls, aug, img_size: int, channels: int, mean, std, multiple: int = 1) -> "MultiCropTransform":

@@ -45,6 +45,8 @@ class BatchMultiCrop:
         self.flip_p, self.jitter_p, self.gray_p = flip_p, color_jitter_p, grayscale_p
         self.brightness, self.contrast, self.saturation, self.hue = brightness, contrast, saturation, hue
         self.blur_p, self.solarize_p, self.paired = blur_p, solarize_p, paired
+        if paired:  # DMT: the student's view is colour-jittered only, never turned gray
+            self.gray_p = 0.0
 
     @classmethod
     def from_transform(cls, t) -> "BatchMultiCrop":

@@ -99,7 +99,7 @@ class Method(nn.Module, abc.ABC):
         return [[p for _, p in self.trainable_parameters()]]
 
     def last_layer_parameters(self) -> list[nn.Parameter]:
-        """Parameters frozen during the first ``train.freeze_last_layer`` epochs."""
+        """Parameters frozen at the start of the run (``train.freeze_last_layer``)."""
         return [p for n, p in self.named_parameters() if "last_layer" in n and p.requires_grad]
 
     def load_for_eval(self, state: dict[str, torch.Tensor]) -> None:

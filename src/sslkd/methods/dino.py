@@ -24,7 +24,7 @@ class DINOConfig:
     student_temp: float = 0.1
     teacher_temp: float = 0.04
     warmup_teacher_temp: float = 0.04
-    warmup_teacher_temp_epochs: int = 0
+    warmup_teacher_temp_epochs: float = 0  # below 1: a share of an epoch, for runs of one epoch or less
     center_momentum: float = 0.9
 
     def validate(self) -> None:
@@ -37,12 +37,19 @@ class DINOConfig:
                 raise ConfigError(f"method.{key}: must be positive (got {getattr(self, key)})")
 
 
+def warmup_temp(start: float, end: float, warm_epochs: float, epoch: float) -> float:
+    """Linear warmup from ``start`` to ``end`` over ``warm_epochs``: one value per epoch as
+    DINO/iBOT's ``linspace(start, end, W)``, or, for a warmup shorter than an epoch (a short run
+    keeping the paper's share, e.g. MOKD's 30 of 100 epochs as 0.3 of one), per step."""
+    if warm_epochs <= 0 or epoch >= warm_epochs:
+        return end
+    frac = epoch / warm_epochs if warm_epochs < 1 else int(epoch) / max(warm_epochs - 1, 1)
+    return start + frac * (end - start)
+
+
 def teacher_temperature(mcfg, epoch: float) -> float:
-    """Linear warmup from ``warmup_teacher_temp`` to ``teacher_temp`` over the warmup epochs."""
-    if mcfg.warmup_teacher_temp_epochs <= 0 or epoch >= mcfg.warmup_teacher_temp_epochs:
-        return mcfg.teacher_temp
-    frac = int(epoch) / max(mcfg.warmup_teacher_temp_epochs - 1, 1)  # DINO: linspace(start, end, W)
-    return mcfg.warmup_teacher_temp + frac * (mcfg.teacher_temp - mcfg.warmup_teacher_temp)
+    """The teacher temperature at ``epoch`` (``warmup_teacher_temp`` -> ``teacher_temp``)."""
+    return warmup_temp(mcfg.warmup_teacher_temp, mcfg.teacher_temp, mcfg.warmup_teacher_temp_epochs, epoch)
 
 
 class Encoder(nn.Module):

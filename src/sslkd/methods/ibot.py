@@ -14,7 +14,9 @@ instance-to-instance terms with RKD on structures:
   gradient-aware all-gather, see :mod:`sslkd.distributed`), for each (teacher global view,
   different student view) pair, as DINO pairs views;
 - patch level: relations over the patch tokens of each image, teacher unmasked view against
-  the student's masked view of the same crop (masked image modelling on structures).
+  the student's masked view of the same crop (masked image modelling on structures): only the
+  views the student saw masked form structures (``distill.patch_images: masked``; ``all`` also
+  relates the ~half of the views iBOT leaves unmasked).
 
 ``distill.features`` chooses what enters the relations: ``head`` (the projection head's
 outputs, as in the paper) or ``bottleneck`` (the head's L2-normalised bottleneck).
@@ -31,7 +33,7 @@ from sslkd.data.masking import MaskGenerator
 from sslkd.distributed import gather_batch
 from sslkd.losses import DINOLoss, IBOTPatchLoss, RKDAngleLoss, RKDDistanceLoss
 from sslkd.methods.base import Method, StepInfo, cached_gradient_term, ema_teacher, ema_update
-from sslkd.methods.dino import DINOConfig, collapse_metrics
+from sslkd.methods.dino import DINOConfig, collapse_metrics, warmup_temp
 from sslkd.models import IBOTHead, ViTBackbone
 
 MODES = ("kd", "rkd-d", "rkd-a", "rkd-da")
@@ -48,6 +50,9 @@ class DistillConfig:
     student_temp: float = 0.1
     teacher_temp: float = 0.04
     features: str = "head"  # head | bottleneck
+    # patch level: structures of the images the student saw masked (the seed's masked image modelling
+    # on structures) | all images (unmasked ones too: sslkd's behaviour before 2026-11-29)
+    patch_images: str = "masked"
     angle_chunk: int = 32
 
 
@@ -83,6 +88,7 @@ class IBOTConfig(DINOConfig):
         d = self.distill
         for key, value, allowed in (("distill.mode", d.mode, MODES), ("distill.combine", d.combine, ("replace", "add")),
                                     ("distill.levels", d.levels, ("cls", "patch", "both")),
+                                    ("distill.patch_images", d.patch_images, ("masked", "all")),
                                     ("distill.loss", d.loss, ("ce", "huber")),
                                     ("distill.features", d.features, ("head", "bottleneck")),
                                     ("mask_mode", self.mask_mode, ("block", "random")),
@@ -105,13 +111,6 @@ class IBOTConfig(DINOConfig):
             if not ok:
                 value = getattr(d, key.split(".")[1]) if key.startswith("distill.") else getattr(self, key)
                 raise ConfigError(f"method.{key}: impossible value {value!r}")
-
-
-def warmup_temp(start: float, end: float, warm_epochs: int, epoch: float) -> float:
-    """Per-epoch ``np.linspace(start, end, warm_epochs)`` (iBOT's schedule), then ``end``."""
-    if warm_epochs <= 0 or epoch >= warm_epochs:
-        return end
-    return start + int(epoch) / max(warm_epochs - 1, 1) * (end - start)
 
 
 class IBOTEncoder(nn.Module):
@@ -290,8 +289,16 @@ class IBOT(Method):
             head = d.features == "head"
             s_rel = s_patch if head else by_view(s["patch_z"])
             t_rel = t_patch if head else by_view(t["patch_z"])
-            # one batched call over the [2B] groups of patch tokens (a per-image loop was ~6x slower on a GPU)
-            losses["rkd_patch"] = self._relational(s_rel.flatten(0, 1), t_rel.flatten(0, 1))
+            # one batched call over the groups of patch tokens (a per-image loop was ~6x slower on a GPU)
+            s_rel, t_rel = s_rel.flatten(0, 1), t_rel.flatten(0, 1)
+            if d.patch_images == "all":
+                losses["rkd_patch"] = self._relational(s_rel, t_rel)
+            else:  # masked views only; sum / (masked views per shard of the step): exact when split
+                sel = vmask.any(-1).flatten()
+                n = int(sel.sum())
+                per_shard = (enc["has_masked"].sum() / info.shards).clamp_min(1).to(s_rel.device)
+                losses["rkd_patch"] = self._relational(s_rel[sel], t_rel[sel]) * n / per_shard if n \
+                    else s_rel.sum() * 0.0
             total = total + rkd_weight * m.lambda2 * losses["rkd_patch"]
         metrics = collapse_metrics(self.cls_loss.teacher_probs(t_cls_out, temp), enc["s_feat"][:2], s_cls_out, t_cls_out)
         metrics["mask_ratio"] = masks.float().mean()

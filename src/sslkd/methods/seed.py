@@ -30,7 +30,9 @@ class SEEDConfig:
     name: str = "seed"
     teacher: str = ""  # sslkd run folder / checkpoint, a .pth/.safetensors file, or timm:<model>
     teacher_weights: str = "teacher"  # teacher (EMA / momentum encoder) | student
-    teacher_features: str = "backbone"  # backbone (CLS/pooled) | head (sslkd head; DINO: bottleneck)
+    # auto: the teacher's projection head where its checkpoint has one (SEED distils the teacher's output
+    # embedding; DINO/iBOT heads: their bottleneck), else its backbone | head | backbone (CLS/pooled)
+    teacher_features: str = "auto"
     teacher_arch: str | None = None  # external files: vit_small, resnet50, ...
     teacher_patch_size: int = 16
     teacher_img_size: int | None = None  # resize the student's crop for the teacher (None: as is)
@@ -48,7 +50,8 @@ class SEEDConfig:
         from sslkd.config import ConfigError
         checks = [("teacher", bool(self.teacher), "must name the teacher (a run, a file or timm:<model>)"),
                   ("teacher_weights", self.teacher_weights in ("teacher", "student"), "must be teacher or student"),
-                  ("teacher_features", self.teacher_features in ("backbone", "head"), "must be backbone or head"),
+                  ("teacher_features", self.teacher_features in ("auto", "backbone", "head"),
+                   "must be auto, backbone or head"),
                   ("queue_size", self.queue_size >= 1, "must be >= 1"),
                   ("tau_s", self.tau_s > 0, "must be positive"), ("tau_t", self.tau_t > 0, "must be positive"),
                   ("loss", self.loss in ("seed", "l2", "cosine"), "must be seed, l2 or cosine"),

@@ -51,9 +51,11 @@ class LoadReport:
     missing: list[str] = field(default_factory=list)
     unexpected: list[str] = field(default_factory=list)
     resampled: list[str] = field(default_factory=list)
+    features: str = "backbone"  # what the teacher outputs: its backbone's features or its projection head's
 
     def __str__(self) -> str:
-        parts = [f"teacher {self.source} ({self.layout} layout): {self.loaded} tensors loaded"]
+        parts = [f"teacher {self.source} ({self.layout} layout): {self.loaded} tensors loaded, "
+                 f"features: {self.features}"]
         for name in ("missing", "unexpected", "resampled"):
             keys = getattr(self, name)
             if keys:
@@ -119,15 +121,17 @@ def load_teacher(source: str | Path, which: str = "teacher", features: str = "ba
     """Load a frozen teacher from ``source`` (see the module doc for what it may be).
 
     ``which``: the ``teacher`` (EMA / momentum) or ``student`` weights where a file has both.
-    ``features``: ``backbone`` (CLS / pooled features) or ``head`` (an sslkd checkpoint's
-    projection head; for DINO/iBOT heads its L2-normalised bottleneck). ``arch``, ``patch_size``,
+    ``features``: ``backbone`` (CLS / pooled features), ``head`` (an sslkd checkpoint's
+    projection head; for DINO/iBOT heads its L2-normalised bottleneck) or ``auto`` (the head where
+    the checkpoint has one, else the backbone: another project's file or timm model, whose
+    projection head is not kept; the report says which). ``arch``, ``patch_size``,
     ``img_size``, ``in_chans``, ``small_stem``, ``depth`` describe the model of an external file (an sslkd
     checkpoint carries its own); ``img_size`` is also the size inputs are resized to.
     ``strict``: a model tensor absent from the file is an error (else only reported)."""
     if which not in ("teacher", "student"):
         raise TeacherError(f"teacher weights must be 'teacher' or 'student', got '{which}'")
-    if features not in ("backbone", "head"):
-        raise TeacherError(f"teacher features must be 'backbone' or 'head', got '{features}'")
+    if features not in ("backbone", "head", "auto"):
+        raise TeacherError(f"teacher features must be 'backbone', 'head' or 'auto', got '{features}'")
     source = str(source)
     if source.startswith("timm:"):
         return _from_timm(source[5:], img_size, in_chans)
@@ -174,14 +178,17 @@ def _from_sslkd(path: Path, which: str, features: str, img_size: int | None) -> 
     if isinstance(net, nn.ModuleList):  # MOKD: its first model
         net = net[0]
     head = None
-    if features == "head":
+    if features in ("head", "auto"):
         head = getattr(net, "head", None)
-        if head is None:
+        if head is None and features == "head":
             raise TeacherError(f"{ckpt_path}: the {method.cfg.method.name} network has no projection head")
-        head = _Bottleneck(head) if isinstance(head, DINOHead) else head
+        if isinstance(head, DINOHead):
+            head = _Bottleneck(head)
     backbone = net.backbone
     report = LoadReport(str(ckpt_path), f"sslkd {method.cfg.method.name}",
-                        loaded=len(backbone.state_dict()) + (len(head.state_dict()) if head else 0))
+                        loaded=len(backbone.state_dict()) + (len(head.state_dict()) if head else 0),
+                        features="backbone" if head is None else
+                        f"projection head{' bottleneck' if isinstance(head, _Bottleneck) else ''}")
     return FrozenTeacher(backbone, head, img_size or method.img_size), report
 
 

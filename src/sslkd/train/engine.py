@@ -2,7 +2,8 @@
 
 AdamW with ``lr = base_lr * batch / 256``, linear warmup + cosine decay, cosine weight decay,
 cosine EMA momentum, gradient clipping (global norm, or per tensor as iBOT's code does), the head's
-last layer frozen for the first epoch(s), bf16 autocast, gradient accumulation (EMA and centres
+last layer frozen at the start (1% of the run unless set), bf16 autocast, gradient accumulation
+(EMA and centres
 step once per optimiser step), checkpoints that make a resumed run continue bit for bit, JSONL +
 TensorBoard metrics, a progress bar, kNN monitoring, and a clean stop on SIGINT/SIGTERM.
 """
@@ -15,6 +16,7 @@ import json
 import math
 import signal
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -111,6 +113,7 @@ class Trainer:
             # JPEGs decode at 1/2-1/8 scale while the smallest global crop keeps >= its output pixels
             train_set.draft = math.ceil(self.transform.global_size / math.sqrt(min(aug.global_crops_scale)))
         self.skipped_files = 0  # files that could not be decoded, replaced (data.on_corrupt=skip)
+        self.freeze_steps = self._freeze_steps()
         self.optimizers = self._build_optimizers()
         lr = t.base_lr * t.batch_size / 256
         warm = round(t.warmup_epochs * self.steps_per_epoch)
@@ -255,6 +258,24 @@ class Trainer:
         for e in errors:
             tqdm.write(f"skipped: {e}")
 
+    def _freeze_steps(self) -> int:
+        """Steps during which the head's last layer is not updated: ``train.freeze_last_layer``
+        epochs, or 1% of the planned run (DINO/iBOT: 1 of 100-800 epochs). A freeze that covers
+        the whole run is refused: the last layer would stay at its random prototypes."""
+        t = self.cfg.train
+        planned = self.total_steps if t.max_steps is None else min(self.total_steps, t.max_steps)
+        if t.freeze_last_layer is None:
+            return math.ceil(0.01 * planned)
+        steps = round(t.freeze_last_layer * self.steps_per_epoch)
+        if steps and steps >= planned and any(True for _ in self.method.last_layer_parameters()):
+            why = (f"train.freeze_last_layer={t.freeze_last_layer:g} epochs ({steps} steps) covers the whole run of "
+                   f"{planned} steps: the head's last layer would never train. DINO/iBOT freeze it for 1 of 100-800 "
+                   f"epochs; leave the key unset (1% of the run) or lower it")
+            if steps >= self.total_steps:
+                raise TrainingError(why)
+            warnings.warn(why + " (train.max_steps cuts this run short)", stacklevel=2)  # a trial of a longer run
+        return steps
+
     def _build_optimizers(self) -> list[torch.optim.Optimizer]:
         return build_optimizers(self.method.optimizer_specs(), self.cfg.train.base_lr, self.device.type == "cuda")
 
@@ -307,7 +328,7 @@ class Trainer:
                 losses_sum[k] = losses_sum.get(k, 0) + v.detach().float() / len(micro_batches)
             for k, v in metrics.items():
                 metrics_sum[k] = metrics_sum.get(k, 0) + v.detach().float() / len(micro_batches)
-        if info.epoch < t.freeze_last_layer:
+        if self.step < self.freeze_steps:
             for p in self.method.last_layer_parameters():
                 p.grad = None
         for opt in self.optimizers:
