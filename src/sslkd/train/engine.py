@@ -16,7 +16,6 @@ import json
 import math
 import signal
 import time
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +29,7 @@ from sslkd.config import Config, to_dict
 from sslkd.device import autocast_dtype, resolve_device, tune_cpu_malloc
 from sslkd.distributed import (all_reduce_mean, any_process, from_main_process, gather_batch, init_from_env,
                                is_distributed)
-from sslkd.data import DatasetError, ImageArrayDataset, NoHeldOutSplitError, get_dataset
+from sslkd.data import ImageArrayDataset, NoHeldOutSplitError, get_dataset
 from sslkd.data.augment import MultiCropDataset, MultiCropTransform, RawDataset, SeededEpochSampler
 from sslkd.data.batch_augment import BatchMultiCrop
 from sslkd.data.pil_augment import PILMultiCrop
@@ -39,10 +38,10 @@ from sslkd.methods import Method, StepInfo, build_method
 from sslkd.train import checkpoint as ckpt
 from sslkd.train import fsdp
 from sslkd.train.gradcache import cache_batch_gradients, set_rng_state
-from sslkd.train.inputs import bad_file_errors, data_kwargs, ignore_stop_signals, load_datasets
+from sslkd.train.inputs import count_bad_files, data_kwargs, ignore_stop_signals, load_datasets
 from sslkd.train.optim import build_optimizers, clip_per_tensor, compile_networks, set_hparams
 from sslkd.train.runlog import RunLog
-from sslkd.train.schedules import cosine_schedule
+from sslkd.train.schedules import cosine_schedule, freeze_steps
 
 FORMAT = 1
 
@@ -113,7 +112,11 @@ class Trainer:
             # JPEGs decode at 1/2-1/8 scale while the smallest global crop keeps >= its output pixels
             train_set.draft = math.ceil(self.transform.global_size / math.sqrt(min(aug.global_crops_scale)))
         self.skipped_files = 0  # files that could not be decoded, replaced (data.on_corrupt=skip)
-        self.freeze_steps = self._freeze_steps()
+        try:
+            self.freeze_steps = freeze_steps(t.freeze_last_layer, self.steps_per_epoch, self.total_steps,
+                                             t.max_steps, any(True for _ in self.method.last_layer_parameters()))
+        except ValueError as e:
+            raise TrainingError(str(e)) from None
         self.optimizers = self._build_optimizers()
         lr = t.base_lr * t.batch_size / 256
         warm = round(t.warmup_epochs * self.steps_per_epoch)
@@ -247,34 +250,8 @@ class Trainer:
                 yield self.batch_aug(images.to(self.device, non_blocking=True), int(seeds[0]) % 2**62)
 
     def _count_bad_files(self, bad: list[str]) -> None:
-        """Files the workers could not decode (and replaced by other images): stop naming the
-        first (``data.on_corrupt: fail``, before any step uses the batch) or count and warn."""
-        errors = bad_file_errors(bad)
-        if not errors:
-            return
-        if self.cfg.data.on_corrupt == "fail":
-            raise DatasetError(f"{errors[0]}; set data.on_corrupt=skip to skip and count such files")
-        self.skipped_files += len(errors)
-        for e in errors:
-            tqdm.write(f"skipped: {e}")
-
-    def _freeze_steps(self) -> int:
-        """Steps during which the head's last layer is not updated: ``train.freeze_last_layer``
-        epochs, or 1% of the planned run (DINO/iBOT: 1 of 100-800 epochs). A freeze that covers
-        the whole run is refused: the last layer would stay at its random prototypes."""
-        t = self.cfg.train
-        planned = self.total_steps if t.max_steps is None else min(self.total_steps, t.max_steps)
-        if t.freeze_last_layer is None:
-            return math.ceil(0.01 * planned)
-        steps = round(t.freeze_last_layer * self.steps_per_epoch)
-        if steps and steps >= planned and any(True for _ in self.method.last_layer_parameters()):
-            why = (f"train.freeze_last_layer={t.freeze_last_layer:g} epochs ({steps} steps) covers the whole run of "
-                   f"{planned} steps: the head's last layer would never train. DINO/iBOT freeze it for 1 of 100-800 "
-                   f"epochs; leave the key unset (1% of the run) or lower it")
-            if steps >= self.total_steps:
-                raise TrainingError(why)
-            warnings.warn(why + " (train.max_steps cuts this run short)", stacklevel=2)  # a trial of a longer run
-        return steps
+        """Files the workers could not decode (and replaced): stop, or count them and say so."""
+        self.skipped_files += count_bad_files(bad, self.cfg.data.on_corrupt, tqdm.write)
 
     def _build_optimizers(self) -> list[torch.optim.Optimizer]:
         return build_optimizers(self.method.optimizer_specs(), self.cfg.train.base_lr, self.device.type == "cuda")

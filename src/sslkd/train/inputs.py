@@ -7,10 +7,11 @@ what a bad file means (``data.on_corrupt``), so the decision and the count live 
 from __future__ import annotations
 
 import signal
+from collections.abc import Callable
 from typing import Any
 
 from sslkd.config import Config
-from sslkd.data import ImageArrayDataset, NoHeldOutSplitError, get_dataset
+from sslkd.data import DatasetError, ImageArrayDataset, NoHeldOutSplitError, get_dataset
 
 
 def ignore_stop_signals(worker_id: int) -> None:  # noqa: ARG001
@@ -43,6 +44,13 @@ def load_datasets(cfg: Config, verbose: bool = False) -> tuple[ImageArrayDataset
     return train, test
 
 
-def bad_file_errors(bad: list[str]) -> list[str]:
-    """The error messages of a batch's undecodable files (its items' newline-joined ``bad``)."""
-    return [e for b in bad if b for e in b.split("\n")]
+def count_bad_files(bad: list[str], on_corrupt: str, say: Callable[[str], Any] = print) -> int:
+    """A batch's undecodable files (its items' newline-joined ``bad`` messages; the workers
+    replaced them): under ``fail`` stop naming the first, before any step uses the batch; under
+    ``skip`` say each and return how many."""
+    errors = [e for b in bad if b for e in b.split("\n")]
+    if errors and on_corrupt == "fail":
+        raise DatasetError(f"{errors[0]}; set data.on_corrupt=skip to skip and count such files")
+    for e in errors:
+        say(f"skipped: {e}")
+    return len(errors)

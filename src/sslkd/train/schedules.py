@@ -1,6 +1,9 @@
-"""Per-iteration schedules (learning rate, weight decay, EMA momentum)."""
+"""Per-iteration schedules (learning rate, weight decay, EMA momentum, the last layer's freeze)."""
 
 from __future__ import annotations
+
+import math
+import warnings
 
 import numpy as np
 
@@ -19,3 +22,23 @@ def cosine_schedule(base: float, final: float, total_steps: int, warmup_steps: i
     out = np.concatenate([warm, cos])
     assert len(out) == total_steps
     return out
+
+
+def freeze_steps(epochs: float | None, steps_per_epoch: int, total_steps: int, max_steps: int | None,
+                 has_last_layer: bool = True) -> int:
+    """Steps during which the head's last layer is not updated: ``epochs`` (``train.freeze_last_layer``)
+    or, when None, the first 1% of the planned run (DINO/iBOT: 1 of 100-800 epochs). A freeze that
+    covers the whole run is refused (the last layer would keep its random prototypes), or warned
+    about when only ``max_steps`` cuts the run short (a trial of a longer run)."""
+    planned = total_steps if max_steps is None else min(total_steps, max_steps)
+    if epochs is None:
+        return math.ceil(0.01 * planned)
+    steps = round(epochs * steps_per_epoch)
+    if steps and steps >= planned and has_last_layer:
+        why = (f"train.freeze_last_layer={epochs:g} epochs ({steps} steps) covers the whole run of {planned} "
+               f"steps: the head's last layer would never train. DINO/iBOT freeze it for 1 of 100-800 epochs; "
+               f"leave the key unset (1% of the run) or lower it")
+        if steps >= total_steps:
+            raise ValueError(why)
+        warnings.warn(why + " (train.max_steps cuts this run short)", stacklevel=3)
+    return steps
