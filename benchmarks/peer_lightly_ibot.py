@@ -37,7 +37,9 @@ from sslkd.device import autocast_dtype, resolve_device, tune_cpu_malloc
 TIMM = {"vit_tiny": "vit_tiny_patch16_224", "vit_small": "vit_small_patch16_224", "vit_base": "vit_base_patch16_224"}
 
 
-def lightly_step(a: BenchArgs, device: torch.device):
+def lightly_step(a: BenchArgs, device: torch.device, lr: float = 1e-4, return_models: bool = False):
+    """lightly's iBOT training step on a list of views (globals first); with ``return_models`` also
+    the (student, teacher) backbones, for evaluation (``peer_lightly_train.py``)."""
     from lightly.loss import DINOLoss, IBOTPatchLoss
     from lightly.models.modules import DINOProjectionHead, MaskedVisionTransformerTIMM
     from lightly.models.utils import random_block_mask, update_drop_path_rate, update_momentum
@@ -58,7 +60,7 @@ def lightly_step(a: BenchArgs, device: torch.device):
     dino = DINOLoss(output_dim=a.out_dim, teacher_temp=0.04).to(device)
     ibot = IBOTPatchLoss(output_dim=a.out_dim, teacher_temp=0.04).to(device)
     params = list(student_bb.parameters()) + list(student_head.parameters())
-    opt = torch.optim.AdamW(params, lr=1e-4, fused=device.type == "cuda")
+    opt = torch.optim.AdamW(params, lr=lr, fused=device.type == "cuda")
     dtype = autocast_dtype(a.precision, device)
     h = w = a.img // a.patch
 
@@ -88,7 +90,7 @@ def lightly_step(a: BenchArgs, device: torch.device):
         update_momentum(student_head, teacher_head, m=0.996)
         return loss
 
-    return step
+    return (step, (student_bb, teacher_bb)) if return_models else step
 
 
 def measure(step, views, steps: int, device: torch.device) -> tuple[float, float]:

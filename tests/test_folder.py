@@ -282,3 +282,32 @@ def test_photos_train_with_colour_on_the_device(tmp_path, capsys):
     assert main(["pretrain", "--config", str(_config(tmp_path, tmp_path / "photos", out)),
                  "--set", "data.augment_on=device", "--set", "train.max_steps=2", "--no-progress"]) == 0
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["step"] == 2
+
+
+def test_held_out_split_is_labelled_by_the_training_classes(tmp_path):
+    from sslkd.data import held_out
+    make_tree(tmp_path / "d" / "train", classes=("ant", "bee", "cat"), per_class=2)
+    make_tree(tmp_path / "d" / "val", classes=("bee", "cat"), per_class=2, seed=1)  # no 'ant' images
+    train = get_dataset("imagefolder", "train", root=tmp_path / "d")
+    test = held_out("imagefolder", train, root=tmp_path / "d")
+    assert test.classes == ["ant", "bee", "cat"] and test.labels.tolist() == [1, 1, 2, 2]  # not [0, 0, 1, 1]
+    write_photo(tmp_path / "d" / "val" / "dog" / "x", "jpg", 50, 40, np.random.default_rng(0))
+    with pytest.raises(DatasetError, match="outside the training classes .*dog"):
+        held_out("imagefolder", train, root=tmp_path / "d")
+    # held-out images never become training images: val/ without train/ is refused for training
+    make_tree(tmp_path / "e" / "val", per_class=2)
+    make_tree(tmp_path / "e", classes=("x", "y"), per_class=2)
+    with pytest.raises(DatasetError, match="has val/ but no train/"):
+        get_dataset("imagefolder", "train", root=tmp_path / "e")
+
+
+def test_in_memory_cache_follows_the_labels_mode(tmp_path):
+    root = tmp_path / "t"
+    for c, n in (("a", 2), ("b", 1)):
+        (root / c).mkdir(parents=True)
+        for i in range(n):
+            Image.new("RGB", (8, 8), (i * 40, 0, 0)).save(root / c / f"{i}.png")
+    (root / "b" / "deeper").mkdir()
+    Image.new("RGB", (8, 8)).save(root / "b" / "deeper" / "z.png")  # uneven depth: auto = unlabelled
+    assert get_dataset("imagefolder", "train", root=root).labels.tolist() == [-1] * 4
+    assert get_dataset("imagefolder", "train", root=root, labels="folders").labels.tolist() == [0, 0, 1, 1]

@@ -248,3 +248,8 @@ def test_configs_follow_the_papers_training_recipe():
         assert teacher_temperature(m, 0) == 0.04 and teacher_temperature(m, 29.5) == 0.07
         m.warmup_teacher_temp_epochs = 0.3  # a one-epoch run: the same 30%, per step
         assert teacher_temperature(m, 0.15) == pytest.approx(0.055) and teacher_temperature(m, 0.3) == 0.07
+
+
+def test_fractional_warmup_of_several_epochs_never_overshoots():
+    from sslkd.methods.dino import warmup_temp
+    assert [warmup_temp(0.04, 0.07, 2.5, e) for e in (0, 1.5, 2.2, 3)] == pytest.approx([0.04, 0.055, 0.07, 0.07])

@@ -12,7 +12,7 @@ import time
 def run_eval(args) -> int:
     import torch
 
-    from sslkd.data import get_dataset
+    from sslkd.data import get_dataset, held_out
     from sslkd.eval import extract_features, knn_classify, linear_probe
     from sslkd.models import build_backbone
     from sslkd.pretrained import load_pretrained
@@ -23,7 +23,7 @@ def run_eval(args) -> int:
     if not train.num_classes:
         raise ValueError(f"{train.name} has no labels (no unambiguous class folders): kNN, linear and "
                          f"fine-tuning need root/train/<class>/<image> and root/val/<class>/<image>")
-    test = get_dataset(args.dataset, "test", root=args.root, img_size=args.img_size)
+    test = held_out(args.dataset, train, root=args.root, img_size=args.img_size)
     if args.checkpoint:
         pre = load_pretrained(args.checkpoint, args.weights, args.model)
         if pre.num_channels != train.num_channels:

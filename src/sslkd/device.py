@@ -70,3 +70,16 @@ def tune_cpu_malloc(keep_mb: int = 1024, pad_mb: int = 256) -> bool:
     _malloc_tuned = bool(libc.mallopt(_M_MMAP_MAX, 0) and libc.mallopt(_M_TRIM_THRESHOLD, keep_mb << 20)
                          and libc.mallopt(_M_TOP_PAD, pad_mb << 20))
     return _malloc_tuned
+
+
+def reset_cpu_malloc() -> None:
+    """glibc's defaults again (loader workers forked from a tuned process decode images of every
+    size: with the heap kept, each worker would hold its largest image's worth for good)."""
+    global _malloc_tuned
+    if not _malloc_tuned:
+        return
+    libc = ctypes.CDLL("libc.so.6")
+    libc.mallopt(_M_MMAP_MAX, 65536)
+    libc.mallopt(_M_TRIM_THRESHOLD, 128 << 10)
+    libc.mallopt(_M_TOP_PAD, 0)
+    _malloc_tuned = False

@@ -78,7 +78,7 @@ def build_report(runs: list[str | Path], out: str | Path, dataset: str | None = 
                  eval_train_samples: int | None = 5000, eval_test_samples: int | None = 1000,
                  linear_epochs: int = 50, device: str = "auto", progress: bool = False) -> Path:
     """Write the HTML report of ``runs`` (run folders) to ``out``; returns its path."""
-    from sslkd.data import get_dataset, view_tensors
+    from sslkd.data import get_dataset, held_out, view_tensors
     from sslkd.device import resolve_device
     from sslkd.eval import extract_features, knn_classify, linear_probe
     from sslkd.eval.analysis import plot_tsne
@@ -139,7 +139,7 @@ def build_report(runs: list[str | Path], out: str | Path, dataset: str | None = 
         name = dataset or d.name
         kw = {"root": root or d.root} if (root or d.root) else {}
         train = get_dataset(name, "train", img_size=pre.img_size if name == "synthetic" else None, **kw)
-        test = get_dataset(name, "test", img_size=pre.img_size if name == "synthetic" else None, **kw)
+        test = held_out(name, train, img_size=pre.img_size if name == "synthetic" else None, **kw)
         fkw = dict(mean=pre.mean, std=pre.std, device=dev, progress=progress)
         bb = pre.backbone.to(dev)
         ftr, ltr = extract_features(bb, train, max_samples=eval_train_samples, **fkw)

@@ -84,8 +84,16 @@ def _walk(root: Path) -> tuple[list[str], list[tuple[str, int]], int, str]:
     return paths, dirs, ignored, example
 
 
-def _labels(paths: list[str], mode: str, root: Path) -> tuple[np.ndarray, list[str]]:
+def _labels(paths: list[str], mode: str, root: Path, classes: list[str] | None = None) -> tuple[np.ndarray, list[str]]:
     tops = [p.split("/", 1)[0] if "/" in p else None for p in paths]
+    if classes is not None:  # a held-out split: the training split's classes, looked up by folder name
+        lookup = {c: i for i, c in enumerate(classes)}
+        unknown = sorted({str(t) for t in tops if t not in lookup})
+        if unknown:
+            raise DatasetError(f"imagefolder: {root} has images outside the training classes "
+                               f"({', '.join(unknown[:5])}{' ...' if len(unknown) > 5 else ''}; 'None': loose "
+                               f"in the folder); a held-out split needs <class>/<image> with the training classes")
+        return np.asarray([lookup[t] for t in tops], dtype=np.int64), list(classes)
     depths = {p.count("/") for p in paths}
     if mode == "none" or (mode == "auto" and (None in tops or len(set(tops)) < 2 or len(depths) > 1)):
         return np.full(len(paths), -1, dtype=np.int64), []
@@ -97,11 +105,13 @@ def _labels(paths: list[str], mode: str, root: Path) -> tuple[np.ndarray, list[s
     return np.asarray([lookup[t] for t in tops], dtype=np.int64), classes
 
 
-def scan_folder(root: str | Path, labels: str = "auto", use_cache: bool = True) -> FolderIndex:
+def scan_folder(root: str | Path, labels: str = "auto", use_cache: bool = True,
+                classes: list[str] | None = None) -> FolderIndex:
     """Index every image file below ``root`` (recursively; hidden files and folders skipped).
 
     ``labels``: ``auto`` (class folders when the layout is unambiguous), ``folders`` (the first
-    folder level is the class, always), ``none``."""
+    folder level is the class, always), ``none``. ``classes``: the training split's class names,
+    which a held-out split's folders must use (its labels are their indices)."""
     root = Path(root)
     if labels not in ("auto", "folders", "none"):
         raise DatasetError(f"data.labels must be auto, folders or none, got '{labels}'")
@@ -135,8 +145,8 @@ def scan_folder(root: str | Path, labels: str = "auto", use_cache: bool = True) 
                 warnings.warn(f"could not write the file index cache {cached}: {e}", stacklevel=2)
     if not paths:
         raise DatasetError(f"imagefolder: no image files ({', '.join(sorted(EXTENSIONS))}) under {root}")
-    lab, classes = _labels(paths, labels, root)
-    return FolderIndex(root, paths, lab, classes, ignored, example)
+    lab, found = _labels(paths, labels, root, classes)
+    return FolderIndex(root, paths, lab, found, ignored, example)
 
 
 def decode(path: str | Path, channels: int, draft: int | None = None) -> Image.Image:

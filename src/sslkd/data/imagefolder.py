@@ -37,7 +37,13 @@ def split_root(root: Path, split: str) -> Path:
     if not root.is_dir():
         raise DatasetError(f"imagefolder: {root} does not exist or is not a folder")
     if split == "train":
-        return root / "train" if (root / "train").is_dir() else root
+        if (root / "train").is_dir():
+            return root / "train"
+        held = [n for n in HELD_OUT if (root / n).is_dir()]
+        if held:  # training on root would take the held-out images in
+            raise DatasetError(f"imagefolder: {root} has {held[0]}/ but no train/: put the training images in "
+                               f"{root}/train (or point data.root at a folder without a held-out split)")
+        return root
     for name in HELD_OUT:
         if (root / name).is_dir():
             return root / name
@@ -74,12 +80,13 @@ def choose_in_memory(index: FolderIndex, channels: int, img_size: int | None) ->
 
 def load_imagefolder(root: str | Path, split: str | None = None, img_size: int | None = None,
                      channels: int | None = None, on_corrupt: str = "fail", use_cache: bool = True,
-                     in_memory: bool | None = None, labels: str = "auto",
-                     verbose: bool = False) -> ImageArrayDataset | ImageFolderDataset:
-    """The ``split`` of the tree at ``root`` (``None``: ``root`` itself), lazy or in memory."""
+                     in_memory: bool | None = None, labels: str = "auto", verbose: bool = False,
+                     classes: list[str] | None = None) -> ImageArrayDataset | ImageFolderDataset:
+    """The ``split`` of the tree at ``root`` (``None``: ``root`` itself), lazy or in memory;
+    ``classes``: the training split's (a held-out split is labelled by them)."""
     root = Path(root).expanduser()
     folder = split_root(root, split) if split else root
-    index = scan_folder(folder, labels, use_cache)
+    index = scan_folder(folder, labels, use_cache, classes)
     if index.ignored:
         warnings.warn(f"imagefolder: ignored {index.ignored} non-image file(s) under {folder} "
                       f"(e.g. {index.ignored_example})", stacklevel=2)
@@ -107,13 +114,13 @@ def _decode_array(path: Path, channels: int, size: int | None) -> np.ndarray | N
 
 def _load_in_memory(index: FolderIndex, channels: int, img_size: int | None, on_corrupt: str,
                     use_cache: bool) -> ImageArrayDataset:
-    root = index.root
+    root, classes = index.root, index.classes
     files = [root / p for p in index.paths]
-    key = hashlib.sha1(f"{root.resolve()}|{img_size}|{channels}|{on_corrupt}".encode())
+    key = hashlib.sha1(f"v2|{root.resolve()}|{img_size}|{channels}|{on_corrupt}|{classes}".encode())
+    key.update(index.labels.tobytes())
     for f in files:
         key.update(f"{f.relative_to(root)}:{f.stat().st_size}".encode())
     cached = cache_dir() / f"imagefolder-{key.hexdigest()[:16]}.npz"
-    classes = index.classes
     if use_cache and cached.is_file():
         try:
             with np.load(cached) as z:

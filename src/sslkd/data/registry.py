@@ -29,7 +29,7 @@ def _imagefolder(split, root, img_size=None, on_corrupt="fail", **kw):
         raise DatasetError("imagefolder: pass --root DIR (a folder of images, or root/train + root/val)")
     return load_imagefolder(root, split, img_size=img_size, on_corrupt=on_corrupt, channels=kw.get("channels"),
                             in_memory=kw.get("in_memory"), labels=kw.get("labels", "auto"),
-                            verbose=kw.get("verbose", False))
+                            verbose=kw.get("verbose", False), classes=kw.get("classes"))
 
 
 def _imagenet32(split, root, subset_fraction=1.0, seed=0, **_):
@@ -69,7 +69,8 @@ def get_dataset(name: str, split: str = "train", root: str | Path | None = None,
 
     ``img_size`` resizes every image (a lazily read folder keeps each file's own size and takes
     it as its nominal training size); ``subset_fraction`` keeps a class-balanced seeded fraction.
-    ``imagefolder`` also takes ``in_memory`` (None: automatic) and ``labels`` (auto/folders/none).
+    ``imagefolder`` also takes ``in_memory`` (None: automatic), ``labels`` (auto/folders/none)
+    and, for a held-out split, ``classes`` and ``channels`` of the training split (:func:`held_out`).
     Errors (missing root, wrong checksum, truncated file, empty folder) raise
     :class:`DatasetError` naming the path; nothing falls back to another dataset.
     """
@@ -91,3 +92,12 @@ def get_dataset(name: str, split: str = "train", root: str | Path | None = None,
         ds = ImageArrayDataset(np.ascontiguousarray(ds.images[keep]), ds.labels[keep], ds.classes,
                                ds.name, ds.mean, ds.std, ds.skipped)
     return ds
+
+
+def held_out(name: str, train: ImageArrayDataset | ImageFolderDataset, **kwargs: Any):
+    """The test split of dataset ``name``, read as ``train`` was: its classes (a folder's labels are
+    looked up by class name), channels and way of reading."""
+    if name == "imagefolder":
+        kwargs.update(classes=train.classes, channels=train.num_channels,
+                      in_memory=not getattr(train, "lazy", False))
+    return get_dataset(name, "test", **kwargs)

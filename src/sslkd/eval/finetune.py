@@ -65,6 +65,7 @@ def finetune(backbone: Backbone, train: ImageArrayDataset, test: ImageArrayDatas
         labels = labels[keep]
         images = None if lazy else images[keep]
     size = img_size or train.img_size
+    batch_size = min(batch_size, len(labels))  # a small label fraction: one batch of them all
     head = nn.Linear(backbone.embed_dim, train.num_classes).to(device)
     nn.init.trunc_normal_(head.weight, std=2e-5)
     nn.init.zeros_(head.bias)

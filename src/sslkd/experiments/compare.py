@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from sslkd.config import Config, ConfigError, load_config
-from sslkd.data import get_dataset, view_tensors
+from sslkd.data import get_dataset, held_out, view_tensors
 from sslkd.device import resolve_device
 from sslkd.eval import extract_features, knn_classify, linear_probe
 from sslkd.eval.attention import cls_attention, plot_attention
@@ -102,7 +102,7 @@ def run_comparison(configs: list[str], out: str | Path, overrides: list[str] | N
     root = eval_root if eval_dataset else (eval_root or first.data.root)
     size = first.aug.global_crops_size or first.data.img_size
     ev_train = get_dataset(dataset, "train", root=root, img_size=size)
-    ev_test = get_dataset(dataset, "test", root=root, img_size=size)
+    ev_test = held_out(dataset, ev_train, root=root, img_size=size)
     device = resolve_device(first.device)
     ft_train, ft_test = _subset(ev_train, eval_train_samples), _subset(ev_test, eval_test_samples)
 

@@ -3,6 +3,8 @@ across multi-crop views."""
 
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass
 
 import torch
@@ -43,7 +45,7 @@ def warmup_temp(start: float, end: float, warm_epochs: float, epoch: float) -> f
     keeping the paper's share, e.g. MOKD's 30 of 100 epochs as 0.3 of one), per step."""
     if warm_epochs <= 0 or epoch >= warm_epochs:
         return end
-    frac = epoch / warm_epochs if warm_epochs < 1 else int(epoch) / max(warm_epochs - 1, 1)
+    frac = epoch / warm_epochs if warm_epochs < 1 else min(1.0, int(epoch) / max(math.ceil(warm_epochs) - 1, 1))
     return start + frac * (end - start)
 
 

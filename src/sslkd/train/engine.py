@@ -29,7 +29,7 @@ from sslkd.config import Config, to_dict
 from sslkd.device import autocast_dtype, resolve_device, tune_cpu_malloc
 from sslkd.distributed import (all_reduce_mean, any_process, from_main_process, gather_batch, init_from_env,
                                is_distributed)
-from sslkd.data import ImageArrayDataset, NoHeldOutSplitError, get_dataset
+from sslkd.data import ImageArrayDataset, NoHeldOutSplitError, held_out
 from sslkd.data.augment import MultiCropDataset, MultiCropTransform, RawDataset, SeededEpochSampler
 from sslkd.data.batch_augment import BatchMultiCrop
 from sslkd.data.pil_augment import PILMultiCrop
@@ -109,8 +109,12 @@ class Trainer:
                                     "set data.augment_on=loader")
             if not aug.paired:
                 self.worker_aug = PILMultiCrop.from_transform(self.transform, crop_only=self.batch_aug is not None)
-            # JPEGs decode at 1/2-1/8 scale while the smallest global crop keeps >= its output pixels
-            train_set.draft = math.ceil(self.transform.global_size / math.sqrt(min(aug.global_crops_scale)))
+            # JPEGs decode at 1/2-1/8 scale while the smallest crop (global or local, at the narrowest
+            # aspect ratio 3:4) keeps at least its output pixels
+            need = [self.transform.global_size / math.sqrt(min(aug.global_crops_scale))]
+            if aug.local_crops_number:
+                need.append(self.transform.local_size / math.sqrt(min(aug.local_crops_scale)))
+            train_set.draft = math.ceil(max(need) / math.sqrt(3 / 4))
         self.skipped_files = 0  # files that could not be decoded, replaced (data.on_corrupt=skip)
         try:
             self.freeze_steps = freeze_steps(t.freeze_last_layer, self.steps_per_epoch, self.total_steps,
@@ -235,7 +239,8 @@ class Trainer:
         workers, or as a whole batch on the training device (``data.augment_on: device``), keyed by
         the first image's seed so that a resumed run draws the same views."""
         for item in self._loader(epoch, start):
-            self._count_bad_files(item[-1])
+            if self.lazy:  # only files decoded while training can fail (the check is collective)
+                self._count_bad_files(item[-1])
             if self.batch_aug is None:
                 views = item[0]
                 if views[0].dtype == torch.uint8:  # the workers' PIL crops: normalised here, on the device
@@ -251,7 +256,7 @@ class Trainer:
 
     def _count_bad_files(self, bad: list[str]) -> None:
         """Files the workers could not decode (and replaced): stop, or count them and say so."""
-        self.skipped_files += count_bad_files(bad, self.cfg.data.on_corrupt, tqdm.write)
+        self.skipped_files += count_bad_files(bad, self.cfg.data.on_corrupt, tqdm.write, self.device)
 
     def _build_optimizers(self) -> list[torch.optim.Optimizer]:
         return build_optimizers(self.method.optimizer_specs(), self.cfg.train.base_lr, self.device.type == "cuda")
@@ -330,10 +335,11 @@ class Trainer:
     def knn(self) -> dict[str, float]:
         e = self.cfg.eval
         if self.test_set is None:
-            self.test_set = get_dataset(self.cfg.data.name, "test", **data_kwargs(self.cfg))
+            self.test_set = held_out(self.cfg.data.name, self.train_set, **data_kwargs(self.cfg))
         bb = self.method.eval_backbone("teacher")
         size = self.cfg.aug.global_crops_size
-        kw = dict(mean=self.train_set.mean, std=self.train_set.std, device=self.device, size=size)
+        kw = dict(mean=self.train_set.mean, std=self.train_set.std, device=self.device, size=size,
+                  num_workers=self.cfg.data.num_workers)  # a folder read lazily: decoded by workers
         ftr, ltr = extract_features(bb, self.train_set, max_samples=e.knn_max_train, **kw)
         fte, lte = extract_features(bb, self.test_set, **kw)
         return knn_classify(ftr, ltr, fte, lte, e.knn_k, e.knn_t, self.train_set.num_classes)
@@ -341,7 +347,7 @@ class Trainer:
     def _knn_possible(self) -> bool:
         if self.test_set is None:
             try:
-                self.test_set = get_dataset(self.cfg.data.name, "test", **data_kwargs(self.cfg))
+                self.test_set = held_out(self.cfg.data.name, self.train_set, **data_kwargs(self.cfg))
             except NoHeldOutSplitError:
                 return False
         return True

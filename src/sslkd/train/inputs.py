@@ -10,8 +10,12 @@ import signal
 from collections.abc import Callable
 from typing import Any
 
+import torch
+
 from sslkd.config import Config
-from sslkd.data import DatasetError, ImageArrayDataset, NoHeldOutSplitError, get_dataset
+from sslkd.device import reset_cpu_malloc
+from sslkd.distributed import is_distributed
+from sslkd.data import DatasetError, ImageArrayDataset, NoHeldOutSplitError, get_dataset, held_out
 
 
 def ignore_stop_signals(worker_id: int) -> None:  # noqa: ARG001
@@ -20,6 +24,7 @@ def ignore_stop_signals(worker_id: int) -> None:  # noqa: ARG001
     main process has checkpointed (the loader stops its workers itself)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    reset_cpu_malloc()  # decoding photos of every size: freed buffers go back to the system
 
 
 def data_kwargs(cfg: Config) -> dict[str, Any]:
@@ -36,21 +41,30 @@ def load_datasets(cfg: Config, verbose: bool = False) -> tuple[ImageArrayDataset
     test = None
     if cfg.eval.knn_every and train.num_classes:
         try:
-            test = get_dataset(d.name, "test", **data_kwargs(cfg))
+            test = held_out(d.name, train, **data_kwargs(cfg))
         except NoHeldOutSplitError as e:
-            print(f"kNN monitor off: {e}")
+            if verbose:
+                print(f"kNN monitor off: {e}")
     elif cfg.eval.knn_every and verbose:
         print(f"kNN monitor off: {train.name} has no labels")
     return train, test
 
 
-def count_bad_files(bad: list[str], on_corrupt: str, say: Callable[[str], Any] = print) -> int:
+def count_bad_files(bad: list[str], on_corrupt: str, say: Callable[[str], Any] = print,
+                    device: torch.device | str = "cpu") -> int:
     """A batch's undecodable files (its items' newline-joined ``bad`` messages; the workers
     replaced them): under ``fail`` stop naming the first, before any step uses the batch; under
-    ``skip`` say each and return how many."""
+    ``skip`` say each and return how many, summed over processes (every process then holds the
+    same count, and all of them stop together: one stopping alone would hang the others)."""
     errors = [e for b in bad if b for e in b.split("\n")]
-    if errors and on_corrupt == "fail":
-        raise DatasetError(f"{errors[0]}; set data.on_corrupt=skip to skip and count such files")
+    total = len(errors)
+    if is_distributed():
+        t = torch.tensor([total], device=device)
+        torch.distributed.all_reduce(t)
+        total = int(t)
+    if total and on_corrupt == "fail":
+        first = errors[0] if errors else f"a file another process read could not be decoded ({total} in this batch)"
+        raise DatasetError(f"{first}; set data.on_corrupt=skip to skip and count such files")
     for e in errors:
         say(f"skipped: {e}")
-    return len(errors)
+    return total
