@@ -277,6 +277,19 @@ def test_pil_hue_is_the_batch_paths_rotation_and_views_follow_the_seed():
 
 
 def test_photos_train_with_colour_on_the_device(tmp_path, capsys):
+    """Workers crop, the batch is coloured on the device: ``colour`` is the recipe's photometric half
+    (no op left on: normalisation only; jitter on: changed, the same for the same key)."""
+    from sslkd.data.batch_augment import BatchMultiCrop
+    crops = [torch.randint(0, 256, (4, 3, 16, 16), dtype=torch.uint8) for _ in range(3)]
+    mean, std = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
+    off = BatchMultiCrop(3, mean, std, 16, 16, local_number=1, color_jitter_p=0.0, grayscale_p=0.0,
+                         blur_p=(0.0, 0.0, 0.0), solarize_p=0.0)
+    m, sd = torch.tensor(mean)[None, :, None, None], torch.tensor(std)[None, :, None, None]
+    for got, c in zip(off.colour(crops, 7), crops):
+        torch.testing.assert_close(got, (c.float() / 255 - m) / sd)
+    on = BatchMultiCrop(3, mean, std, 16, 16, local_number=1, color_jitter_p=1.0)
+    a, b = on.colour(crops, 7), on.colour(crops, 7)
+    assert all(torch.equal(x, y) for x, y in zip(a, b)) and not torch.allclose(a[0], off.colour(crops, 7)[0])
     make_tree(tmp_path / "photos", per_class=4)
     out = tmp_path / "run"
     assert main(["pretrain", "--config", str(_config(tmp_path, tmp_path / "photos", out)),

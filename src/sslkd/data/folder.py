@@ -243,10 +243,6 @@ class ImageFolderDataset(Dataset):
     def num_classes(self) -> int:
         return len(self.classes)
 
-    @property
-    def labelled(self) -> bool:
-        return bool(self.classes)
-
     def subset(self, indices: np.ndarray) -> "ImageFolderDataset":
         """The dataset of the images at ``indices`` (a data.subset_fraction)."""
         index = FolderIndex(Path(self.root), [self.path(int(i))[len(self.root) + 1:] for i in indices],
