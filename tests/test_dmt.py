@@ -74,8 +74,8 @@ def test_dmt_trains_a_student_from_two_frozen_teachers(tmp_path):
     import timm
 
     from sslkd.cli import main
-    from sslkd.models.teacher import load_teacher
-    from sslkd.train import checkpoint as ckpt
+    from sslkd.teachers import load_teacher
+    from sslkd import checkpoint as ckpt
     paths = []
     for seed in (0, 1):  # two different "self-supervised" ViT-Tiny teachers (MAE / iBOT layouts)
         torch.manual_seed(seed)

@@ -9,7 +9,7 @@ import torch
 from sslkd.config import load_config
 from sslkd.data import get_dataset
 from sslkd.losses import MoCoV3Loss
-from sslkd.methods.mae import mae_loss, patchify
+from sslkd.losses import MAELoss, patchify
 from sslkd.pretrained import load_pretrained
 from sslkd.train import Trainer
 
@@ -49,10 +49,10 @@ def test_patchify_and_mae_loss_only_on_masked_patches():
     mask = torch.tensor([[1, 0, 1, 0], [0, 0, 1, 1]], dtype=torch.float32)
     tn = (target - target.mean(-1, keepdim=True)) / (target.var(-1, keepdim=True) + 1e-6).sqrt()
     naive = np.mean([((pred[b, n] - tn[b, n]) ** 2).mean().item() for b in range(2) for n in range(4) if mask[b, n]])
-    np.testing.assert_allclose(mae_loss(pred, target, mask).item(), naive, rtol=1e-6)
+    np.testing.assert_allclose(MAELoss()(pred, target, mask).item(), naive, rtol=1e-6)
     pred2 = pred.clone()
     pred2[mask == 0] += 100.0  # visible patches do not count
-    torch.testing.assert_close(mae_loss(pred2, target, mask), mae_loss(pred, target, mask))
+    torch.testing.assert_close(MAELoss()(pred2, target, mask), MAELoss()(pred, target, mask))
 
 
 def test_mae_encoder_sees_only_visible_patches(tmp_path):

@@ -2,7 +2,7 @@ import math
 
 import numpy as np
 
-from sslkd.train.schedules import cosine_schedule
+from sslkd.schedules import cosine_schedule
 
 
 def test_cosine_with_warmup():

@@ -12,9 +12,10 @@ from sslkd.cli import main
 from sslkd.config import load_config
 from sslkd.data import get_dataset
 from sslkd.losses import EmbeddingRegressionLoss, FeatureQueue, SEEDLoss
-from sslkd.models.teacher import TeacherError, load_teacher
+from sslkd.errors import TeacherError
+from sslkd.teachers import load_teacher
 from sslkd.train import Trainer
-from sslkd.train import checkpoint as ckpt
+from sslkd import checkpoint as ckpt
 
 TEACHER_RUN = {
     "device": "cpu",

@@ -9,7 +9,8 @@ import torch
 from sslkd.config import load_config
 from sslkd.data import get_dataset
 from sslkd.train import Trainer, TrainingError
-from sslkd.train import checkpoint as ckpt
+from sslkd import checkpoint as ckpt
+from sslkd.train.resume import check_compatible
 
 TINY = {
     "device": "cpu",
@@ -153,7 +154,7 @@ import os, signal, sys, torch
 from sslkd.config import load_config
 from sslkd.data import get_dataset
 from sslkd.train import Trainer
-from sslkd.train import checkpoint as ckpt
+from sslkd import checkpoint as ckpt
 real_save = torch.save
 def dying_save(obj, f, *a, **k):
     if obj.get("step") == 3:  # the third checkpoint: half written, then the machine is gone
@@ -331,7 +332,7 @@ def test_compatibility_check_reads_keys_added_since_as_their_defaults(tmp_path):
     now = to_dict(load_config(None, ["method.name=ibot"], base=TINY))
     old = json.loads(json.dumps(now))
     del old["model"]["init_seed"], old["method"]["shared_head_teacher"]  # a checkpoint from before these keys
-    ckpt.check_compatible(old, now, tmp_path / "c.pt")
+    check_compatible(old, now, tmp_path / "c.pt")
     changed = {**now, "model": {**now["model"], "init_seed": 5}}
     with pytest.raises(ckpt.CheckpointError, match=r"different model; .*\(model.init_seed: None -> 5\)"):
-        ckpt.check_compatible(old, changed, tmp_path / "c.pt")
+        check_compatible(old, changed, tmp_path / "c.pt")

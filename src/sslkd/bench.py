@@ -25,6 +25,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from sslkd.config import load_config
 from sslkd.data.base import ImageArrayDataset
 from sslkd.methods import StepInfo
+from sslkd.train import Trainer
 
 
 @dataclass
@@ -103,8 +104,6 @@ def synthetic_dataset(n: int, img: int, channels: int = 3) -> ImageArrayDataset:
 
 def run_bench(a: BenchArgs, extra: list[str] | None = None) -> dict:
     """Measure and return the figures (see the module docstring)."""
-    from sslkd.train import Trainer
-
     with tempfile.TemporaryDirectory() as out:
         cfg = load_config(None, _overrides(a, out) + list(extra or []))
         n = a.batch * max(a.data_batches + 2, 4)

@@ -9,7 +9,7 @@ import torch
 
 from sslkd.config import load_config
 from sslkd.data import get_dataset
-from sslkd.eval import extract_features, knn_classify
+from sslkd.eval import evaluate, knn_classify
 from sslkd.methods import build_method
 from sslkd.train import Trainer
 
@@ -43,10 +43,7 @@ def run_demo(output_dir: str = "runs/demo", overrides: list[str] | None = None, 
     k, t = cfg.eval.knn_k, cfg.eval.knn_t
 
     def knn_of(backbone) -> dict:
-        kw = dict(mean=train.mean, std=train.std)
-        ftr, ltr = extract_features(backbone, train, **kw)
-        fte, lte = extract_features(backbone, test, **kw)
-        return knn_classify(ftr, ltr, fte, lte, k, t, 10)
+        return evaluate(backbone, train, test, ("knn",), k=k, temperature=t)["knn"]
 
     raw = knn_classify(train.tensors()[0].flatten(1).float(), torch.from_numpy(train.labels), test.tensors()[0].flatten(1).float(),
                        torch.from_numpy(test.labels), k, t, 10)

@@ -7,7 +7,11 @@ import platform
 import sys
 import warnings
 
+import timm
 import torch
+import torchvision
+
+from sslkd import __version__
 
 _M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_MAX = -1, -2, -4  # glibc's <malloc.h> mallopt parameters
 _malloc_tuned = False
@@ -83,3 +87,12 @@ def reset_cpu_malloc() -> None:
     libc.mallopt(_M_TRIM_THRESHOLD, 128 << 10)
     libc.mallopt(_M_TOP_PAD, 0)
     _malloc_tuned = False
+
+
+def environment(device: torch.device | None = None) -> dict[str, str]:
+    """Versions and hardware of this process (written to each run as ``env.json`` at its start)."""
+    device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({platform.machine()})"
+    return {"sslkd": __version__, "python": platform.python_version(), "torch": torch.__version__,
+            "torchvision": torchvision.__version__, "timm": timm.__version__, "platform": platform.platform(),
+            "device": dev, "threads": str(torch.get_num_threads()), "native_bf16": str(native_bf16(device))}

@@ -11,6 +11,9 @@ ranks restores exactly the single-process gradient of the global-batch loss.
 
 from __future__ import annotations
 
+import datetime
+import os
+
 import torch
 import torch.distributed as dist
 
@@ -63,8 +66,6 @@ def init_from_env(device: str = "auto") -> tuple[int, int, int]:
     """Join the process group that ``torchrun`` describes (``WORLD_SIZE``, ``RANK``, ``LOCAL_RANK``,
     ``MASTER_ADDR``/``MASTER_PORT`` or a rendezvous endpoint); NCCL on GPUs, gloo on CPUs. Returns
     ``(rank, world_size, local_rank)``; ``(0, 1, 0)`` outside torchrun. Idempotent."""
-    import datetime
-    import os
     world = int(os.environ.get("WORLD_SIZE", "1"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
     if world > 1 and not dist.is_initialized():

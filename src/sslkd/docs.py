@@ -7,9 +7,11 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import re
+import typing
 
 from sslkd.config import AugConfig, DataConfig, EvalConfig, ModelConfig, TrainConfig
 from sslkd.methods import METHODS
+from sslkd.schema import describe
 
 
 def _comments(cls) -> dict[str, str]:
@@ -28,6 +30,7 @@ def _rows(prefix: str, cls) -> list[str]:
     for klass in reversed(cls.__mro__):
         if dataclasses.is_dataclass(klass):
             notes.update(_comments(klass))
+    hints = typing.get_type_hints(cls, include_extras=True)
     for f in dataclasses.fields(cls):
         if f.default is not dataclasses.MISSING:
             default = f.default
@@ -38,7 +41,7 @@ def _rows(prefix: str, cls) -> list[str]:
         if dataclasses.is_dataclass(default):
             rows += _rows(f"{prefix}{f.name}.", type(default))
             continue
-        ftype = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+        ftype = describe(hints[f.name])
         cells = [f"`{prefix}{f.name}`", f"`{ftype}`", f"`{default!r}`", notes.get(f.name, "")]
         rows.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
     return rows
@@ -47,7 +50,7 @@ def _rows(prefix: str, cls) -> list[str]:
 def config_keys_markdown() -> str:
     """The whole reference page."""
     lines = ["# Config keys", "",
-             "Generated from `sslkd/config.py` and each method's config dataclass by `python -m sslkd.docs`.",
+             "Generated from the config dataclasses (`sslkd/config.py`, `sslkd/models/backbone.py`, each method's) by `python -m sslkd.docs`.",
              "Any key can be set in a YAML file or with `--set key=value`; an unknown key, a wrong type or an",
              "impossible value is rejected before any work, naming the key.", ""]
     for section, cls in (("data", DataConfig), ("aug", AugConfig), ("model", ModelConfig), ("train", TrainConfig),

@@ -22,10 +22,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import timm
 import torch
+from safetensors.torch import load_file, save_file
 from torch import nn
 
-from sslkd.models.backbone import CNNBackbone, ViTBackbone
+from sslkd.models.backbone import CNNBackbone, ViTBackbone, apply_small_stem
 from sslkd.pretrained import load_pretrained
 
 FORMATS = ("safetensors", "timm", "onnx")
@@ -57,6 +59,25 @@ def _describe(backbone: nn.Module) -> tuple[nn.Module, str, dict, str]:
     raise ValueError(f"cannot export a {type(backbone).__name__}")
 
 
+def timm_module(backbone: nn.Module) -> nn.Module:
+    """The plain timm model inside an sslkd backbone, whose ``forward`` gives sslkd's features."""
+    return _describe(backbone)[0]
+
+
+def load_export(folder: str | Path) -> nn.Module:
+    """The timm model of an ``export`` folder (``config.json`` + ``model.safetensors``), with
+    sslkd's small-image stem where the export says so (:data:`SMALL_STEM_RECIPE`), in eval mode."""
+    folder = Path(folder)
+    cfg = json.loads((folder / "config.json").read_text())
+    model = timm.create_model(cfg["architecture"], **cfg["model_args"])
+    if cfg.get("sslkd", {}).get("stem") == "small":
+        apply_small_stem(model)
+    if "global_pool" not in cfg["model_args"] and hasattr(model, "reset_classifier"):
+        model.reset_classifier(0, "avg")
+    model.load_state_dict(load_file(str(folder / "model.safetensors")))
+    return model.eval()
+
+
 def export(source: str | Path, out: str | Path, weights: str = "teacher", model: int = 1,
            formats: tuple[str, ...] = ("safetensors",)) -> dict[str, Path]:
     """Write the backbone of checkpoint/run ``source`` into folder ``out``; returns the files."""
@@ -71,8 +92,6 @@ def export(source: str | Path, out: str | Path, weights: str = "teacher", model:
     files: dict[str, Path] = {}
     c = args["in_chans"]
     if {"safetensors", "timm"} & set(formats):
-        from safetensors.torch import save_file
-
         state = {k: v.detach().contiguous().clone() for k, v in net.state_dict().items()}
         save_file(state, str(out / "model.safetensors"), metadata={"format": "pt", "architecture": arch})
         cfg = {"architecture": arch, "num_classes": 0, "num_features": int(pre.backbone.embed_dim),

@@ -5,10 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from sslkd import checkpoint as ckpt
 from sslkd.config import Config, from_dict
 from sslkd.methods import Method, build_method
 from sslkd.models import Backbone
-from sslkd.train import checkpoint as ckpt
 
 
 @dataclass
@@ -23,22 +23,11 @@ class Pretrained:
     path: Path | None
 
 
-def resolve_checkpoint(path: str | Path) -> Path:
-    """A checkpoint file, or a run folder (its newest checkpoint)."""
-    path = Path(path)
-    if path.is_dir():
-        found = ckpt.list_checkpoints(path)
-        if not found:
-            raise ckpt.CheckpointError(f"no checkpoint-<step>.pt in {path}")
-        return found[0]
-    return path
-
-
 def load_method(path: str | Path) -> tuple[Method, dict, Path]:
     """The whole method (networks, heads, buffers) of an ``sslkd pretrain`` checkpoint or run folder,
     with the checkpoint's state and path; built for evaluation (a distillation method does not
     reload its frozen source teacher)."""
-    path = resolve_checkpoint(path)
+    path = ckpt.resolve_checkpoint(path)
     state = ckpt.load(path)
     cfg = from_dict(Config, state["config"])
     data = state["data"]

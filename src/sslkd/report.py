@@ -19,25 +19,16 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
+from sslkd.data import get_dataset, held_out, view_tensors  # noqa: E402
+from sslkd.device import environment, resolve_device  # noqa: E402
+from sslkd.eval import evaluate  # noqa: E402
+from sslkd.eval.analysis import plot_tsne  # noqa: E402
+from sslkd.eval.attention import cls_attention, plot_attention  # noqa: E402
 from sslkd.eval.curves import plot_curves, read_metrics, read_records  # noqa: E402
+from sslkd.pretrained import load_pretrained  # noqa: E402
 
 SCHEDULES = ("lr", "wd", "momentum", "teacher_temp")
 COLLAPSE = ("teacher_entropy", "feature_std", "effective_rank")
-
-
-def environment(device: torch.device | None = None) -> dict[str, str]:
-    """Versions and hardware of this process (written to each run as ``env.json`` at its start)."""
-    import timm
-    import torchvision
-
-    from sslkd import __version__
-    from sslkd.device import native_bf16
-
-    device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({platform.machine()})"
-    return {"sslkd": __version__, "python": platform.python_version(), "torch": torch.__version__,
-            "torchvision": torchvision.__version__, "timm": timm.__version__, "platform": platform.platform(),
-            "device": dev, "threads": str(torch.get_num_threads()), "native_bf16": str(native_bf16(device))}
 
 
 def _png(fig) -> str:
@@ -78,13 +69,6 @@ def build_report(runs: list[str | Path], out: str | Path, dataset: str | None = 
                  eval_train_samples: int | None = 5000, eval_test_samples: int | None = 1000,
                  linear_epochs: int = 50, device: str = "auto", progress: bool = False) -> Path:
     """Write the HTML report of ``runs`` (run folders) to ``out``; returns its path."""
-    from sslkd.data import get_dataset, held_out, view_tensors
-    from sslkd.device import resolve_device
-    from sslkd.eval import extract_features, knn_classify, linear_probe
-    from sslkd.eval.analysis import plot_tsne
-    from sslkd.eval.attention import cls_attention, plot_attention
-    from sslkd.pretrained import load_pretrained
-
     paths = [Path(r) for r in runs]
     for p in paths:
         if not (p / "metrics.jsonl").is_file():
@@ -140,15 +124,14 @@ def build_report(runs: list[str | Path], out: str | Path, dataset: str | None = 
         kw = {"root": root or d.root} if (root or d.root) else {}
         train = get_dataset(name, "train", img_size=pre.img_size if name == "synthetic" else None, **kw)
         test = held_out(name, train, img_size=pre.img_size if name == "synthetic" else None, **kw)
-        fkw = dict(mean=pre.mean, std=pre.std, device=dev, progress=progress)
-        bb = pre.backbone.to(dev)
-        ftr, ltr = extract_features(bb, train, max_samples=eval_train_samples, **fkw)
-        fte, lte = extract_features(bb, test, max_samples=eval_test_samples, **fkw)
-        k = knn_classify(ftr, ltr, fte, lte, pre.config.eval.knn_k, pre.config.eval.knn_t, train.num_classes)
-        lin = linear_probe(ftr, ltr, fte, lte, train.num_classes, epochs=linear_epochs)
+        res = evaluate(pre.backbone.to(dev), train, test, ("knn", "linear"), mean=pre.mean, std=pre.std,
+                       device=dev, k=pre.config.eval.knn_k, temperature=pre.config.eval.knn_t,
+                       linear_epochs=linear_epochs, max_train=eval_train_samples, max_test=eval_test_samples,
+                       progress=progress, return_features=True)
+        k, lin, (fte, lte) = res["knn"], res["linear"], res["test_features"]
         ft = json.loads((p / "finetune.json").read_text()) if (p / "finetune.json").is_file() else {}
         semi = {f.stem.split("_", 1)[1]: json.loads(f.read_text()) for f in sorted(p.glob("finetune_*.json"))}
-        rows.append({"run": n, "step": pre.step, "dataset": name, "eval train/test": f"{len(ftr)}/{len(fte)}",
+        rows.append({"run": n, "step": pre.step, "dataset": name, "eval train/test": f"{res['train_images']}/{res['test_images']}",
                      "kNN top-1": f"{k['top1']:.2f}", "kNN top-5": f"{k['top5']:.2f}",
                      "linear top-1": f"{lin['top1']:.2f}", "linear top-5": f"{lin['top5']:.2f}",
                      "fine-tune top-1": f"{ft['top1']:.2f}" if "top1" in ft else "not run",

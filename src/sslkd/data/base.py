@@ -9,9 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-
-class DatasetError(RuntimeError):
-    """A dataset that cannot be read; the message names the path and what was expected."""
+from sslkd.errors import DatasetError
 
 
 class NoHeldOutSplitError(DatasetError):

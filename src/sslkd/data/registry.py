@@ -8,23 +8,25 @@ from typing import Any, Callable
 import numpy as np
 
 from sslkd.data.base import DatasetError, ImageArrayDataset, balanced_subset, resize_images
+from sslkd.data.cifar import load_cifar
 from sslkd.data.folder import ImageFolderDataset
+from sslkd.data.idx import load_fashion_mnist
+from sslkd.data.imagefolder import load_imagefolder
+from sslkd.data.imagenet32 import load_imagenet32
+from sslkd.data.toy import load_digits, make_synthetic
 
 
 def _cifar(name: str) -> Callable[..., ImageArrayDataset]:
     def load(split, root, download=False, **_):
-        from sslkd.data.cifar import load_cifar
         return load_cifar(name, split, root, download)
     return load
 
 
 def _fashion(split, root, download=False, **_):
-    from sslkd.data.idx import load_fashion_mnist
     return load_fashion_mnist(split, root, download)
 
 
 def _imagefolder(split, root, img_size=None, on_corrupt="fail", **kw):
-    from sslkd.data.imagefolder import load_imagefolder
     if root is None:
         raise DatasetError("imagefolder: pass --root DIR (a folder of images, or root/train + root/val)")
     return load_imagefolder(root, split, img_size=img_size, on_corrupt=on_corrupt, channels=kw.get("channels"),
@@ -33,17 +35,14 @@ def _imagefolder(split, root, img_size=None, on_corrupt="fail", **kw):
 
 
 def _imagenet32(split, root, subset_fraction=1.0, seed=0, **_):
-    from sslkd.data.imagenet32 import load_imagenet32
     return load_imagenet32(split, root, subset_fraction, seed)
 
 
 def _digits(split, root=None, img_size=None, **_):
-    from sslkd.data.toy import load_digits
     return load_digits(split, img_size or 16)
 
 
 def _synthetic(split, root=None, img_size=None, seed=0, **kw):
-    from sslkd.data.toy import make_synthetic
     return make_synthetic(split, kw.get("num_samples"), kw.get("num_classes", 10), img_size or 32,
                           kw.get("channels", 3), seed)
 

@@ -11,13 +11,13 @@ so ViTs and CNNs alike). Weight decay skips biases, norms and embeddings' specia
 
 from __future__ import annotations
 
-import math
 import warnings
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from timm.optim import param_groups_layer_decay
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
@@ -27,11 +27,10 @@ from sslkd.data.batch_augment import BatchMultiCrop
 from sslkd.device import autocast_dtype
 from sslkd.eval.features import normalize_batch
 from sslkd.models import Backbone
+from sslkd.schedules import cosine_schedule
 
 
 def _param_groups(backbone: Backbone, head: nn.Linear, weight_decay: float, layer_decay: float) -> list[dict]:
-    from timm.optim import param_groups_layer_decay
-
     net = getattr(backbone, "vit", None) or getattr(backbone, "net", None) or backbone
     groups = param_groups_layer_decay(net, weight_decay=weight_decay, layer_decay=layer_decay,
                                       no_weight_decay_list=getattr(net, "no_weight_decay", lambda: set())())
@@ -75,6 +74,7 @@ def finetune(backbone: Backbone, train: ImageArrayDataset, test: ImageArrayDatas
     opt = torch.optim.AdamW(groups, lr=base, fused=device.type == "cuda")
     steps_per_epoch = max(1, len(labels) // batch_size)
     total, warm = epochs * steps_per_epoch, int(warmup_epochs * steps_per_epoch)
+    scales = cosine_schedule(1.0, 0.0, total, warm, warmup_start=1.0 / max(warm, 1))  # x base lr per step
     aug = BatchMultiCrop(train.num_channels, mean, std, size, size, global_scale=crop_scale, color_jitter_p=0.0,
                          grayscale_p=0.0, blur_p=(0.0, 0.0, 0.0), solarize_p=0.0)
     dtype = autocast_dtype(precision, device)
@@ -96,9 +96,8 @@ def finetune(backbone: Backbone, train: ImageArrayDataset, test: ImageArrayDatas
             else:
                 x = aug(images[idx].to(device), seed * 1_000_003 + step)[0]
                 y = labels[idx].to(device)
-            scale = (step + 1) / warm if step < warm else 0.5 * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
             for grp in opt.param_groups:
-                grp["lr"] = base * scale * grp.get("lr_scale", 1.0)
+                grp["lr"] = base * float(scales[step]) * grp.get("lr_scale", 1.0)
             with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
                 loss = F.cross_entropy(head(backbone(x)).float(), y)
             opt.zero_grad(set_to_none=True)

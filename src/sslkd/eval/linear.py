@@ -12,6 +12,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from sslkd.schedules import cosine_schedule
+
 
 def linear_probe(train_features: torch.Tensor, train_labels: torch.Tensor, test_features: torch.Tensor,
                  test_labels: torch.Tensor, num_classes: int | None = None, epochs: int = 100,
@@ -28,16 +30,18 @@ def linear_probe(train_features: torch.Tensor, train_labels: torch.Tensor, test_
     torch.nn.init.zeros_(layer.bias)
     opt = torch.optim.SGD(layer.parameters(), lr=lr, momentum=0.9, weight_decay=weight_decay)
     steps_per_epoch = max(1, (len(xtr) + batch_size - 1) // batch_size)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs * steps_per_epoch)
+    lrs = cosine_schedule(lr, 0.0, epochs * steps_per_epoch)
+    step = 0
     for _ in range(epochs):
         perm = torch.randperm(len(xtr), generator=g)
         for i in range(0, len(xtr), batch_size):
             idx = perm[i:i + batch_size]
+            opt.param_groups[0]["lr"] = float(lrs[step])
+            step += 1
             loss = F.cross_entropy(layer(xtr[idx]), train_labels[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            sched.step()
     with torch.no_grad():
         pred = layer(xte).topk(min(5, num_classes), dim=1).indices
     truth = test_labels.view(-1, 1)

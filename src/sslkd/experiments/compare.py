@@ -16,7 +16,7 @@ import torch
 from sslkd.config import Config, ConfigError, load_config
 from sslkd.data import get_dataset, held_out, view_tensors
 from sslkd.device import resolve_device
-from sslkd.eval import extract_features, knn_classify, linear_probe
+from sslkd.eval import evaluate
 from sslkd.eval.attention import cls_attention, plot_attention
 from sslkd.eval.curves import plot_curves
 from sslkd.eval.finetune import finetune
@@ -106,14 +106,13 @@ def run_comparison(configs: list[str], out: str | Path, overrides: list[str] | N
     device = resolve_device(first.device)
     ft_train, ft_test = _subset(ev_train, eval_train_samples), _subset(ev_test, eval_test_samples)
 
-    def evaluate(backbone) -> dict:
-        kw = dict(mean=ev_train.mean, std=ev_train.std, device=device, progress=progress)
-        ftr, ltr = extract_features(backbone.to(device), ev_train, max_samples=eval_train_samples, **kw)
-        fte, lte = extract_features(backbone, ev_test, max_samples=eval_test_samples, **kw)
-        lin = linear_probe(ftr, ltr, fte, lte, ev_train.num_classes, epochs=linear_epochs)
-        knn = knn_classify(ftr, ltr, fte, lte, first.eval.knn_k, first.eval.knn_t, ev_train.num_classes)
+    def scores(backbone) -> dict:
+        res = evaluate(backbone.to(device), ev_train, ev_test, ("knn", "linear"), device=device,
+                       k=first.eval.knn_k, temperature=first.eval.knn_t, linear_epochs=linear_epochs,
+                       max_train=eval_train_samples, max_test=eval_test_samples, progress=progress)
+        lin, knn = res["linear"], res["knn"]
         row = {"linear_top1": lin["top1"], "linear_top5": lin["top5"], "knn_top1": knn["top1"],
-               "knn_top5": knn["top5"], "eval_train": len(ftr), "eval_test": len(fte)}
+               "knn_top5": knn["top5"], "eval_train": res["train_images"], "eval_test": res["test_images"]}
         if finetune_epochs > 0:
             ft = finetune(copy.deepcopy(backbone), ft_train, ft_test, ev_train.mean, ev_train.std, size,
                           epochs=finetune_epochs, warmup_epochs=min(3.0, finetune_epochs / 5), precision=first.train.precision,
@@ -125,7 +124,7 @@ def run_comparison(configs: list[str], out: str | Path, overrides: list[str] | N
     if random_init:
         torch.manual_seed(first.init_seed)
         rand = build_method(first, ev_train.num_channels, ev_train.img_size, eval_only=True).eval_backbone("teacher")
-        rows.append({"pretrain": "Random init", "steps": 0, "minutes": 0.0, **evaluate(rand)})
+        rows.append({"pretrain": "Random init", "steps": 0, "minutes": 0.0, **scores(rand)})
     runs, labels = [], []
     for run_name, cfg in zip(names, cfgs):
         trainer = Trainer(cfg, progress=progress)
@@ -143,7 +142,7 @@ def run_comparison(configs: list[str], out: str | Path, overrides: list[str] | N
             backbone = trainer.method.eval_backbone("teacher", model)
             label = labels[-1] if len(models) == 1 else f"{labels[-1]}: {arch} (model {model})"
             rows.append({"pretrain": label, "steps": summary["step"],
-                         "minutes": summary["train_seconds"] / 60, **evaluate(backbone)})
+                         "minutes": summary["train_seconds"] / 60, **scores(backbone)})
             spread = torch.linspace(0, len(ev_test) - 1, 6).long().tolist()  # over the classes
             images = view_tensors(ev_test, spread, trainer.method.img_size)
             if getattr(backbone, "is_vit", False) and images.shape[-1] == trainer.method.img_size:

@@ -7,6 +7,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from sslkd.distributed import gather_batch
+
 
 def _f32(x: torch.Tensor) -> torch.Tensor:
     """At least float32 (half precision upcast; float64 kept, for tests against a float64 formula)."""
@@ -98,7 +100,6 @@ class FeatureQueue(nn.Module):
 
     @torch.no_grad()
     def enqueue(self, x: torch.Tensor) -> None:
-        from sslkd.distributed import gather_batch
         x = gather_batch(F.normalize(x.detach().float(), dim=-1), differentiable=False)
         k = len(self.queue)
         x = x[-k:]  # a batch larger than the queue keeps its newest rows

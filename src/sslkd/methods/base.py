@@ -8,13 +8,15 @@ from __future__ import annotations
 
 import abc
 import copy
+import math
 import warnings
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from sslkd.models import Backbone, build_backbone
+from sslkd.errors import NoSuchModelError
+from sslkd.models import Backbone, ViTBackbone, build_backbone
 
 
 @dataclass
@@ -44,7 +46,21 @@ class StepInfo:
 
 
 class Method(nn.Module, abc.ABC):
-    """Base class. Subclasses set ``student`` (trained) and usually ``teacher`` (EMA copy)."""
+    """Base class. Subclasses set ``student`` (trained) and usually ``teacher`` (EMA copy), and
+    declare what the engine must know about them as class attributes (the engine never asks
+    for a method by name):
+
+    - ``config_class``: the typed dataclass of the ``method`` config section;
+    - ``paired_views``: the views are one crop twice, plain and colour-jittered (DMT);
+    - ``num_models``: how many models it trains (``eval_backbone(model=...)``);
+    - ``needs_teachers``: training needs frozen teachers, loaded by the engine from the config
+      (a :class:`~sslkd.models.teacher.TeacherConfig`) and passed as ``teachers``.
+    """
+
+    config_class: type
+    paired_views: bool = False
+    needs_teachers: bool = False
+    num_models: int = 1  # models trained side by side, each evaluable (MOKD: 2)
 
     def __init__(self, cfg, in_chans: int, img_size: int, eval_only: bool = False) -> None:
         super().__init__()
@@ -81,6 +97,12 @@ class Method(nn.Module, abc.ABC):
         return build_backbone(mc.backbone, self.img_size, mc.patch_size, self.in_chans, mc.drop_path_rate,
                               mc.small_stem, mc.depth)
 
+    def crop_multiple(self) -> int:
+        """What crop sizes must be a multiple of: the patch size of every ViT the method trains
+        (their least common multiple; 1 for CNNs)."""
+        sizes = {m.patch_size for m in self.modules() if isinstance(m, ViTBackbone)}
+        return math.lcm(*sizes) if sizes else 1
+
     def on_optimizer_step(self, momentum: float) -> None:
         """Once per optimiser step (not per micro-batch): EMA teacher, centres."""
 
@@ -106,11 +128,17 @@ class Method(nn.Module, abc.ABC):
         """Load a checkpoint's ``method`` state into a method built with ``eval_only``."""
         self.load_state_dict(state)
 
+    def check_model(self, model: int) -> None:
+        """Refuse a model index this method does not train (:class:`NoSuchModelError`)."""
+        if not 1 <= model <= self.num_models:
+            n = self.num_models
+            trains = "one model" if n == 1 else f"models {', '.join(map(str, range(1, n)))} and {n}"
+            raise NoSuchModelError(f"{type(self).__name__} trains {trains}; there is no model {model}")
+
     def eval_backbone(self, which: str = "teacher", model: int = 1) -> Backbone:
         """The backbone evaluated by kNN/linear probes (``teacher`` or ``student``; ``model`` for
         methods that train several)."""
-        if model != 1:
-            raise ValueError(f"{type(self).__name__} trains one model; --model {model} does not exist")
+        self.check_model(model)
         return (self.teacher if which == "teacher" else self.student).backbone
 
 

@@ -1,7 +1,7 @@
 """DMT: several frozen self-supervised ViT teachers fused into one student ViT.
 
 Teachers (``method.teachers``: sslkd runs, other projects' checkpoints or ``timm:`` names, see
-:func:`sslkd.models.teacher.load_teacher`) keep their final LayerNorm and lose any decoder; they
+:func:`sslkd.teachers.load_teachers`, passed in as ``teachers``) keep their final LayerNorm and lose any decoder; they
 must share one width ``D``. The student ViT (width ``D'``) is followed by a light adapter
 ``Linear(D', D)`` on every token. Teachers see the crop plain, the student sees the same crop
 colour-jittered (``aug.paired``, set automatically). ``L = TFD + SFD`` (no weights) over the sum
@@ -17,42 +17,42 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from sslkd.errors import ConfigError, TeacherError
 from sslkd.losses.dmt import SpatialFusionLoss, TokenFusionLoss
 from sslkd.methods.base import Method, StepInfo
+from sslkd.methods.registry import register
 from sslkd.models import Backbone
-from sslkd.models.teacher import TeacherError, load_teacher
+from sslkd.models.teacher import FrozenTeacher, TeacherConfig
+from sslkd.schema import Literal
 
 
 @dataclass
-class DMTConfig:
+class DMTConfig(TeacherConfig):
     name: str = "dmt"
-    teachers: list[str] = field(default_factory=list)
-    teacher_weights: str = "teacher"
-    teacher_arch: str | None = None  # external files (all of them): vit_small, vit_base, ...
-    teacher_patch_size: int = 16
-    teacher_img_size: int | None = None  # resize the crop for the teachers (None: as is)
-    loss: str = "kl"  # kl (the paper's) | mse
-    tfd: bool = True
-    sfd: bool = True
-    resample: bool = False
+    teachers: list[str] = field(default_factory=list)  # sslkd runs, weight files or timm:<model> names (ViTs of one width)
+    loss: Literal["kl", "mse"] = "kl"  # kl (the paper's) | mse
+    tfd: bool = True  # token fusion distillation term
+    sfd: bool = True  # spatial fusion distillation term
+    resample: bool = False  # resample a teacher's token grid that differs from the student's
+
+    def teacher_sources(self) -> list[str]:
+        return list(self.teachers)
 
     def validate(self) -> None:
-        from sslkd.config import ConfigError
         if not self.teachers:
             raise ConfigError("method.teachers: name at least one teacher (run, file or timm:<model>)")
-        if self.loss not in ("kl", "mse"):
-            raise ConfigError(f"method.loss: must be kl or mse (got {self.loss!r})")
         if not (self.tfd or self.sfd):
             raise ConfigError("method.tfd / method.sfd: at least one term must be on")
-        if self.teacher_weights not in ("teacher", "student"):
-            raise ConfigError(f"method.teacher_weights: must be teacher or student (got {self.teacher_weights!r})")
 
 
+@register("dmt")
 class DMT(Method):
     config_class = DMTConfig
     paired_views = True  # the engine's augmentation gives [plain crop, colour-jittered crop]
+    needs_teachers = True
 
-    def __init__(self, cfg, in_chans: int, img_size: int, eval_only: bool = False) -> None:
+    def __init__(self, cfg, in_chans: int, img_size: int, eval_only: bool = False,
+                 teachers: list[FrozenTeacher] | None = None) -> None:
         super().__init__(cfg, in_chans, img_size, eval_only)
         m = cfg.method
         self.student = self.build_backbone()
@@ -60,14 +60,12 @@ class DMT(Method):
             raise TeacherError(f"DMT distils tokens into a ViT student, got '{cfg.model.backbone}'")
         if eval_only:
             return
-        teachers = []
-        for source in m.teachers:
-            t, report = load_teacher(source, m.teacher_weights, "backbone", m.teacher_arch, m.teacher_patch_size,
-                                     m.teacher_img_size, in_chans)
+        if not teachers:
+            raise TeacherError("DMT needs its frozen teachers: pass teachers=[...] "
+                               "(sslkd.teachers.load_teachers(cfg.method, in_chans))")
+        for source, t in zip(m.teachers, teachers):
             if not t.backbone.is_vit:
                 raise TeacherError(f"teacher {source} is not a ViT: DMT fuses token sequences")
-            t.report = report
-            teachers.append(t)
         widths = {t.backbone.embed_dim for t in teachers}
         if len(widths) != 1:
             raise TeacherError(f"DMT's teachers must share one width, got {sorted(widths)}")
@@ -101,6 +99,5 @@ class DMT(Method):
 
     def eval_backbone(self, which: str = "teacher", model: int = 1) -> Backbone:
         """The student ViT (the teachers are the frozen source models)."""
-        if model != 1:
-            raise ValueError(f"DMT trains one model; --model {model} does not exist")
+        self.check_model(model)
         return self.student

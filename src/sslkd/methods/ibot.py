@@ -32,28 +32,30 @@ from torch import nn
 from sslkd.data.masking import MaskGenerator
 from sslkd.distributed import gather_batch
 from sslkd.losses import DINOLoss, IBOTPatchLoss, RKDAngleLoss, RKDDistanceLoss
+from sslkd.errors import ConfigError
 from sslkd.methods.base import Method, StepInfo, cached_gradient_term, ema_teacher, ema_update
-from sslkd.methods.dino import DINOConfig, collapse_metrics, warmup_temp
+from sslkd.methods.collapse import collapse_metrics
+from sslkd.methods.dino import DINOConfig
+from sslkd.methods.registry import register
 from sslkd.models import IBOTHead, ViTBackbone
-
-MODES = ("kd", "rkd-d", "rkd-a", "rkd-da")
-
+from sslkd.schedules import warmup_temp
+from sslkd.schema import Annotated, Fraction, Literal, NonNegativeFloat, Positive, PositiveFloat, Probability, Range
 
 @dataclass
 class DistillConfig:
-    mode: str = "kd"  # kd | rkd-d | rkd-a | rkd-da
-    combine: str = "replace"  # replace: RKD instead of KD; add: KD + weight * RKD
-    weight: float = 1.0
-    levels: str = "both"  # cls | patch | both: where RKD applies
-    loss: str = "ce"  # ce (the paper's) | huber (RKD's)
-    delta: float = 1.0
-    student_temp: float = 0.1
-    teacher_temp: float = 0.04
-    features: str = "head"  # head | bottleneck
+    mode: Literal["kd", "rkd-d", "rkd-a", "rkd-da"] = "kd"  # kd | rkd-d | rkd-a | rkd-da
+    combine: Literal["replace", "add"] = "replace"  # replace: RKD instead of KD; add: KD + weight * RKD
+    weight: NonNegativeFloat = 1.0  # RKD's weight under combine: add
+    levels: Literal["cls", "patch", "both"] = "both"  # cls | patch | both: where RKD applies
+    loss: Literal["ce", "huber"] = "ce"  # ce (the paper's) | huber (RKD's)
+    delta: PositiveFloat = 1.0  # Huber threshold
+    student_temp: PositiveFloat = 0.1  # relational CE: student temperature
+    teacher_temp: PositiveFloat = 0.04  # relational CE: teacher temperature
+    features: Literal["head", "bottleneck"] = "head"  # head | bottleneck
     # patch level: structures of the images the student saw masked (the seed's masked image modelling
     # on structures) | all images (unmasked ones too: sslkd's behaviour before 2026-11-29)
-    patch_images: str = "masked"
-    angle_chunk: int = 32
+    patch_images: Literal["masked", "all"] = "masked"
+    angle_chunk: Positive = 32  # RKD-A: anchors per chunk (memory)
 
 
 @dataclass
@@ -61,56 +63,34 @@ class IBOTConfig(DINOConfig):
     """DINO's keys (CLS level) plus iBOT's patch-level, masking and distillation keys."""
 
     name: str = "ibot"
-    out_dim: int = 8192
-    patch_out_dim: int | None = None  # None: out_dim
+    out_dim: Positive = 8192  # CLS prototypes
+    patch_out_dim: Positive | None = None  # None: out_dim
     shared_head: bool = True  # False: the student's patch tokens get their own last layer
     # iBOT's shared_head_teacher: with shared_head False, the teacher still projects its patch tokens
     # with its CLS last layer (the EMA of the student's); False: with its own (the EMA of the student's
     # patch last layer)
     shared_head_teacher: bool = True
-    teacher_patch_temp: float = 0.07
-    warmup_teacher_patch_temp: float = 0.04
-    center_momentum2: float = 0.9
-    lambda1: float = 1.0
-    lambda2: float = 1.0
-    mask_mode: str = "block"  # block | random
-    mask_ratio: tuple[float, float] = (0.1, 0.5)
-    mask_prob: float = 0.5
-    mask_min_aspect: float = 0.3
+    teacher_patch_temp: PositiveFloat = 0.07  # patch-level teacher temperature after the warmup
+    warmup_teacher_patch_temp: PositiveFloat = 0.04  # ... at the start
+    center_momentum2: Probability = 0.9  # EMA momentum of the patch centre
+    lambda1: NonNegativeFloat = 1.0  # weight of the CLS term
+    lambda2: NonNegativeFloat = 1.0  # weight of the patch term
+    mask_mode: Literal["block", "random"] = "block"  # block | random
+    mask_ratio: tuple[Annotated[float, Range(ge=0, lt=1)], Annotated[float, Range(ge=0, lt=1)]] = (0.1, 0.5)  # share of masked patches, drawn per image in [low, high]
+    mask_prob: Probability = 0.5  # share of the images that are masked
+    mask_min_aspect: Fraction = 0.3  # block masks: smallest aspect ratio
     # the patch centre's statistic: all (iBOT: every patch token of the teacher) | masked (lightly's
     # IBOTPatchLoss: the masked positions only; the teacher's head then skips the unmasked patches)
-    patch_center: str = "all"
+    patch_center: Literal["all", "masked"] = "all"
     distill: DistillConfig = field(default_factory=DistillConfig)
 
     def validate(self) -> None:
-        from sslkd.config import ConfigError
-        super().validate()
-        d = self.distill
-        for key, value, allowed in (("distill.mode", d.mode, MODES), ("distill.combine", d.combine, ("replace", "add")),
-                                    ("distill.levels", d.levels, ("cls", "patch", "both")),
-                                    ("distill.patch_images", d.patch_images, ("masked", "all")),
-                                    ("distill.loss", d.loss, ("ce", "huber")),
-                                    ("distill.features", d.features, ("head", "bottleneck")),
-                                    ("mask_mode", self.mask_mode, ("block", "random")),
-                                    ("patch_center", self.patch_center, ("all", "masked"))):
-            if value not in allowed:
-                raise ConfigError(f"method.{key}: '{value}' is not one of {', '.join(allowed)}")
         if not self.shared_head and self.shared_head_teacher and self.patch_out_dim not in (None, self.out_dim):
             raise ConfigError(f"method.shared_head_teacher: the teacher's CLS last layer has out_dim={self.out_dim} "
                               f"outputs, patch_out_dim={self.patch_out_dim}; set them equal or shared_head_teacher=false")
         lo, hi = self.mask_ratio
-        if not 0 <= lo <= hi < 1:
-            raise ConfigError(f"method.mask_ratio: need 0 <= low <= high < 1, got {self.mask_ratio}")
-        checks = [("mask_prob", 0 <= self.mask_prob <= 1), ("mask_min_aspect", 0 < self.mask_min_aspect <= 1),
-                  ("teacher_patch_temp", self.teacher_patch_temp > 0),
-                  ("warmup_teacher_patch_temp", self.warmup_teacher_patch_temp > 0),
-                  ("center_momentum2", 0 <= self.center_momentum2 <= 1), ("distill.angle_chunk", d.angle_chunk >= 1),
-                  ("distill.delta", d.delta > 0), ("distill.student_temp", d.student_temp > 0),
-                  ("distill.teacher_temp", d.teacher_temp > 0)]
-        for key, ok in checks:
-            if not ok:
-                value = getattr(d, key.split(".")[1]) if key.startswith("distill.") else getattr(self, key)
-                raise ConfigError(f"method.{key}: impossible value {value!r}")
+        if lo > hi:
+            raise ConfigError(f"method.mask_ratio: need low <= high, got {self.mask_ratio}")
 
 
 class IBOTEncoder(nn.Module):
@@ -147,6 +127,7 @@ class IBOTEncoder(nn.Module):
         return out
 
 
+@register("ibot")
 class IBOT(Method):
     config_class = IBOTConfig
 

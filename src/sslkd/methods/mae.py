@@ -20,49 +20,30 @@ import torch
 from timm.models.vision_transformer import Block
 from torch import nn
 
+from sslkd.errors import ConfigError
+from sslkd.losses.mae import MAELoss, patchify
 from sslkd.methods.base import Method, StepInfo
+from sslkd.methods.registry import register
 from sslkd.models import ViTBackbone
+from sslkd.schema import Annotated, Positive, Range
 
 
 @dataclass
 class MAEConfig:
     name: str = "mae"
-    mask_ratio: float = 0.75
-    decoder_dim: int = 128
-    decoder_depth: int = 2
-    decoder_heads: int = 4
-    norm_pix_loss: bool = True
+    mask_ratio: Annotated[float, Range(gt=0, lt=1)] = 0.75  # share of the patches hidden from the encoder
+    decoder_dim: Positive = 128  # decoder width
+    decoder_depth: Positive = 2  # decoder blocks
+    decoder_heads: Positive = 4  # decoder attention heads
+    norm_pix_loss: bool = True  # targets normalised per patch (the paper's default)
 
     def validate(self) -> None:
-        from sslkd.config import ConfigError
-        if not 0 < self.mask_ratio < 1:
-            raise ConfigError(f"method.mask_ratio: must be in (0, 1) (got {self.mask_ratio})")
-        for key in ("decoder_dim", "decoder_depth", "decoder_heads"):
-            if getattr(self, key) <= 0:
-                raise ConfigError(f"method.{key}: must be positive (got {getattr(self, key)})")
         if self.decoder_dim % self.decoder_heads:
             raise ConfigError(f"method.decoder_dim={self.decoder_dim} is not divisible by "
                               f"method.decoder_heads={self.decoder_heads}")
 
 
-def patchify(x: torch.Tensor, p: int) -> torch.Tensor:
-    """``[B, C, H, W] -> [B, N, p*p*C]`` (row-major patches, pixels in (p, p, C) order)."""
-    b, c, h, w = x.shape
-    x = x.reshape(b, c, h // p, p, w // p, p)
-    return x.permute(0, 2, 4, 3, 5, 1).reshape(b, (h // p) * (w // p), p * p * c)
-
-
-def mae_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, norm_pix: bool = True) -> torch.Tensor:
-    """Mean over masked patches (``mask [B, N]``, 1 = masked) of the per-patch MSE, float32."""
-    pred, target = pred.float(), target.float()
-    if norm_pix:
-        mean, var = target.mean(-1, keepdim=True), target.var(-1, keepdim=True)
-        target = (target - mean) / (var + 1e-6).sqrt()
-    per_patch = ((pred - target) ** 2).mean(-1)
-    m = mask.float()
-    return (per_patch * m).sum() / m.sum().clamp_min(1)
-
-
+@register("mae")
 class MAE(Method):
     config_class = MAEConfig
 
@@ -85,6 +66,7 @@ class MAE(Method):
         self.decoder_pred = nn.Linear(m.decoder_dim, p * p * in_chans)
         nn.init.normal_(self.mask_token, std=0.02)
         nn.init.trunc_normal_(self.decoder_pos, std=0.02)
+        self.loss_fn = MAELoss(m.norm_pix_loss)
 
     def trainable_parameters(self) -> list[tuple[str, nn.Parameter]]:
         """Encoder and decoder (the backbone's iBOT mask token is never used: no gradient)."""
@@ -108,10 +90,9 @@ class MAE(Method):
         full.scatter_(1, ids[..., None].expand(-1, -1, full.shape[-1]), latent[:, 1:])
         y = self.decoder(torch.cat([latent[:, :1], full], 1) + self.decoder_pos.to(latent.dtype))
         pred = self.decoder_pred(self.decoder_norm(y))[:, 1:]
-        loss = mae_loss(pred, patchify(x, p), mask, self.cfg.method.norm_pix_loss)
+        loss = self.loss_fn(pred, patchify(x, p), mask)
         return {"loss": loss, "mae": loss.detach()}, {"mask_ratio": mask.mean()}
 
     def eval_backbone(self, which: str = "teacher", model: int = 1):
-        if model != 1:
-            raise ValueError(f"MAE trains one model; --model {model} does not exist")
+        self.check_model(model)
         return self.student.backbone

@@ -21,37 +21,21 @@ from torch import nn
 
 from sslkd.losses.mocov3 import MoCoV3Loss
 from sslkd.methods.base import Method, StepInfo, cached_gradient_term, ema_teacher, ema_update
-from sslkd.methods.dino import Encoder
+from sslkd.methods.registry import register
+from sslkd.models import Encoder, moco_mlp
+from sslkd.schema import NonNegative, Positive, PositiveFloat
 
 
 @dataclass
 class MoCoV3Config:
     name: str = "mocov3"
-    hidden_dim: int = 4096
-    out_dim: int = 256
-    proj_layers: int = 0  # 0: the paper's (3 for ViTs, 2 for CNNs)
-    temperature: float = 0.2
-
-    def validate(self) -> None:
-        from sslkd.config import ConfigError
-        for key in ("hidden_dim", "out_dim", "temperature"):
-            if getattr(self, key) <= 0:
-                raise ConfigError(f"method.{key}: must be positive (got {getattr(self, key)})")
-        if self.proj_layers < 0:
-            raise ConfigError(f"method.proj_layers: must be >= 0 (got {self.proj_layers})")
+    hidden_dim: Positive = 4096  # projector / predictor MLP width
+    out_dim: Positive = 256  # embedding width
+    proj_layers: NonNegative = 0  # 0: the paper's (3 for ViTs, 2 for CNNs)
+    temperature: PositiveFloat = 0.2  # InfoNCE temperature
 
 
-def mlp(in_dim: int, hidden: int, out: int, layers: int, last_bn: bool = True) -> nn.Sequential:
-    """MoCo v3's MLP: (Linear - BN - ReLU) x (layers - 1), Linear, then a BN without affine
-    (projector; the predictor has none)."""
-    mods: list[nn.Module] = []
-    dims = [in_dim] + [hidden] * (layers - 1)
-    for a, b in zip(dims[:-1], dims[1:]):
-        mods += [nn.Linear(a, b, bias=False), nn.BatchNorm1d(b), nn.ReLU(inplace=True)]
-    mods += [nn.Linear(dims[-1], out, bias=False)] + ([nn.BatchNorm1d(out, affine=False)] if last_bn else [])
-    return nn.Sequential(*mods)
-
-
+@register("mocov3")
 class MoCoV3(Method):
     config_class = MoCoV3Config
 
@@ -60,8 +44,8 @@ class MoCoV3(Method):
         m = cfg.method
         backbone = self.build_backbone()
         layers = m.proj_layers or (3 if backbone.is_vit else 2)
-        self.student = Encoder(backbone, mlp(backbone.embed_dim, m.hidden_dim, m.out_dim, layers))
-        self.predictor = mlp(m.out_dim, m.hidden_dim, m.out_dim, 2, last_bn=False)
+        self.student = Encoder(backbone, moco_mlp(backbone.embed_dim, m.hidden_dim, m.out_dim, layers))
+        self.predictor = moco_mlp(m.out_dim, m.hidden_dim, m.out_dim, 2, last_bn=False)
         self.teacher = ema_teacher(self.student)
         self.loss_fn = MoCoV3Loss(m.temperature)
 

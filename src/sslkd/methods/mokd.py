@@ -2,7 +2,7 @@
 
 Each model ``i`` (``model`` is model 1, ``method.model2`` model 2; any two backbone families)
 is a student with an EMA teacher, an MLP-Head (DINO's head) and a T-Head
-(:class:`~sslkd.models.thead.THead`, on the global crops). With ``j`` the other model and DINO's
+(:class:`~sslkd.models.heads.THead`, on the global crops). With ``j`` the other model and DINO's
 centred, sharpened cross-entropy ``H(target, student)`` averaged over pairs of different views:
 
 - ``L_sm_i``: MLP-Head against its own EMA teacher (DINO, multi-crop);
@@ -29,55 +29,40 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from sslkd.errors import ConfigError
 from sslkd.losses import DINOLoss
 from sslkd.methods.base import Method, StepInfo, ema_teacher, ema_update
-from sslkd.methods.dino import DINOConfig, collapse_metrics, teacher_temperature
-from sslkd.models import Backbone, DINOHead, build_backbone
-from sslkd.models.thead import THead
-
-
-@dataclass
-class Model2Config:
-    backbone: str = "vit_tiny"
-    patch_size: int = 4
-    drop_path_rate: float = 0.1
-    small_stem: bool = True
-    depth: int | None = None
-    init_seed: int | None = None  # None: model 1's initialisation seed + 1 (two twins must not start equal)
+from sslkd.methods.collapse import collapse_metrics
+from sslkd.methods.dino import DINOConfig
+from sslkd.methods.registry import register
+from sslkd.models import Backbone, DINOHead, ModelConfig, THead, build_backbone
+from sslkd.schedules import warmup_temp
+from sslkd.schema import Literal, NonNegative, NonNegativeFloat, PositiveFloat
 
 
 @dataclass
 class MOKDConfig(DINOConfig):
-    """DINO's head and temperature keys (shared by both models) plus MOKD's."""
+    """DINO's head and temperature keys (shared by both models) plus MOKD's. ``model2`` is a
+    ``model`` section; its ``init_seed`` None means model 1's initialisation seed + 1 (two twins
+    must not start equal)."""
 
     name: str = "mokd"
-    model2: Model2Config = field(default_factory=Model2Config)
-    lambda1: float = 0.1
-    lambda2: float = 1.0
+    model2: ModelConfig = field(default_factory=ModelConfig)  # the second model (as the model section)
+    lambda1: NonNegativeFloat = 0.1  # weight of model 1's cross terms
+    lambda2: NonNegativeFloat = 1.0  # weight of model 2's cross terms
     self_mlp: bool = True  # L_sm
     self_thead: bool = True  # L_st
     cross_mlp: bool = True  # L_cm
     cross_thead: bool = True  # L_ct (cross-attention feature search)
-    thead_width: int = 0  # 0: the ViT's width (the larger ViT's if both are ViTs), else 384
-    thead_depth: int = 3
-    optimizer1: str = "auto"  # auto (the paper: SGD for a CNN, AdamW for a ViT) | sgd | adamw
-    optimizer2: str = "auto"
-    sgd_lr: float = 0.1  # the paper's ResNet base lr (x batch/256), with train.base_lr's schedule shape
-    sgd_weight_decay: float = 1.0e-4
+    thead_width: NonNegative = 0  # 0: the ViT's width (the larger ViT's if both are ViTs), else 384
+    thead_depth: NonNegative = 3  # T-Head transformer blocks
+    optimizer1: Literal["auto", "sgd", "adamw"] = "auto"  # auto (the paper: SGD for a CNN, AdamW for a ViT) | sgd | adamw
+    optimizer2: Literal["auto", "sgd", "adamw"] = "auto"  # the same for model 2
+    sgd_lr: PositiveFloat = 0.1  # the paper's ResNet base lr (x batch/256), with train.base_lr's schedule shape
+    sgd_weight_decay: NonNegativeFloat = 1.0e-4  # SGD's weight decay (constant)
 
     def validate(self) -> None:
-        super().validate()
-        from sslkd.config import ConfigError
-        for key in ("lambda1", "lambda2"):
-            if not 0 <= getattr(self, key):
-                raise ConfigError(f"method.{key}: must be >= 0 (got {getattr(self, key)})")
-        for key in ("optimizer1", "optimizer2"):
-            if getattr(self, key) not in ("auto", "sgd", "adamw"):
-                raise ConfigError(f"method.{key}: must be auto, sgd or adamw (got {getattr(self, key)!r})")
-        from sslkd.models.backbone import BACKBONES
-        if self.model2.backbone not in BACKBONES:
-            raise ConfigError(f"method.model2.backbone: must be one of {', '.join(BACKBONES)} "
-                              f"(got {self.model2.backbone!r})")
+        self.model2.validate("method.model2.")
         if self.thead_depth < 1 and (self.self_thead or self.cross_thead):
             raise ConfigError("method.thead_depth: must be >= 1 when a T-Head term is on")
 
@@ -97,8 +82,10 @@ class MOKDNet(nn.Module):
         return out
 
 
+@register("mokd")
 class MOKD(Method):
     config_class = MOKDConfig
+    num_models = 2
 
     def __init__(self, cfg, in_chans: int, img_size: int, eval_only: bool = False) -> None:
         super().__init__(cfg, in_chans, img_size, eval_only)
@@ -150,8 +137,7 @@ class MOKD(Method):
         return [[p for p in s.parameters() if p.requires_grad] for s in self.student]
 
     def eval_backbone(self, which: str = "teacher", model: int = 1) -> Backbone:
-        if model not in (1, 2):
-            raise ValueError(f"MOKD trains models 1 and 2, not {model}")
+        self.check_model(model)
         return (self.teacher if which == "teacher" else self.student)[model - 1].backbone
 
     def forward(self, views: list[torch.Tensor], info: StepInfo):
@@ -164,7 +150,7 @@ class MOKD(Method):
         m = self.cfg.method
         n_global = 2
         use_t = m.self_thead or m.cross_thead
-        temp = teacher_temperature(m, info.epoch)
+        temp = warmup_temp(m.warmup_teacher_temp, m.teacher_temp, m.warmup_teacher_temp_epochs, info.epoch)
         stack = torch.stack
         t_out, s_out = [], []
         with torch.no_grad():

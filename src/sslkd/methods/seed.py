@@ -7,7 +7,8 @@ the batch (of every process) is enqueued after the loss. Ablations: ``loss: l2 |
 regression to the teacher embedding, the paper's simple baseline) and ``ssl_weight > 0`` (plus the
 student's own in-batch InfoNCE between its two global views).
 
-The teacher (see :func:`sslkd.models.teacher.load_teacher`) is frozen and saved in checkpoints;
+The teacher (read by :func:`sslkd.teachers.load_teachers`, passed in as ``teachers``) is frozen and
+saved in checkpoints;
 evaluation always reads the student (``eval_backbone`` ignores ``which``).
 """
 
@@ -18,69 +19,60 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from sslkd.errors import ConfigError, TeacherError
 from sslkd.losses.seed import EmbeddingRegressionLoss, FeatureQueue, InfoNCELoss, SEEDLoss
 from sslkd.methods.base import Method, StepInfo
-from sslkd.methods.dino import Encoder
-from sslkd.models import Backbone
-from sslkd.models.teacher import FrozenTeacher, TeacherError, load_teacher
+from sslkd.methods.registry import register
+from sslkd.models import Backbone, Encoder, projection_mlp
+from sslkd.models.teacher import FrozenTeacher, TeacherConfig
+from sslkd.schema import Literal, NonNegative, NonNegativeFloat, Positive, PositiveFloat
 
 
 @dataclass
-class SEEDConfig:
+class SEEDConfig(TeacherConfig):
     name: str = "seed"
     teacher: str = ""  # sslkd run folder / checkpoint, a .pth/.safetensors file, or timm:<model>
-    teacher_weights: str = "teacher"  # teacher (EMA / momentum encoder) | student
     # auto: the teacher's projection head where its checkpoint has one (SEED distils the teacher's output
     # embedding; DINO/iBOT heads: their bottleneck), else its backbone | head | backbone (CLS/pooled)
-    teacher_features: str = "auto"
-    teacher_arch: str | None = None  # external files: vit_small, resnet50, ...
-    teacher_patch_size: int = 16
-    teacher_img_size: int | None = None  # resize the student's crop for the teacher (None: as is)
-    teacher_small_stem: bool = False
-    hidden_dim: int = 0  # student head's hidden width (0: the student's width)
+    teacher_features: Literal["auto", "backbone", "head"] = "auto"
+    hidden_dim: NonNegative = 0  # student head's hidden width (0: the student's width)
     use_bn_in_head: bool = False  # SEED's code (MoCo v2's head) has none
-    queue_size: int = 65536
-    tau_s: float = 0.2
-    tau_t: float = 0.01  # the paper's review; the official code's default is 1e-4
-    loss: str = "seed"  # seed | l2 | cosine
-    ssl_weight: float = 0.0  # > 0: + the student's own InfoNCE between its two global views
-    ssl_temp: float = 0.2
+    queue_size: Positive = 65536  # teacher embeddings kept as negatives
+    tau_s: PositiveFloat = 0.2  # student temperature
+    tau_t: PositiveFloat = 0.01  # teacher temperature (the paper's review; the official code's default is 1e-4)
+    loss: Literal["seed", "l2", "cosine"] = "seed"  # seed | l2 | cosine (regression baselines)
+    ssl_weight: NonNegativeFloat = 0.0  # > 0: + the student's own InfoNCE between its two global views
+    ssl_temp: PositiveFloat = 0.2  # temperature of that InfoNCE
+
+    def teacher_sources(self) -> list[str]:
+        return [self.teacher]
+
+    def teacher_output(self) -> str:
+        return self.teacher_features
 
     def validate(self) -> None:
-        from sslkd.config import ConfigError
-        checks = [("teacher", bool(self.teacher), "must name the teacher (a run, a file or timm:<model>)"),
-                  ("teacher_weights", self.teacher_weights in ("teacher", "student"), "must be teacher or student"),
-                  ("teacher_features", self.teacher_features in ("auto", "backbone", "head"),
-                   "must be auto, backbone or head"),
-                  ("queue_size", self.queue_size >= 1, "must be >= 1"),
-                  ("tau_s", self.tau_s > 0, "must be positive"), ("tau_t", self.tau_t > 0, "must be positive"),
-                  ("loss", self.loss in ("seed", "l2", "cosine"), "must be seed, l2 or cosine"),
-                  ("ssl_weight", self.ssl_weight >= 0, "must be >= 0"),
-                  ("hidden_dim", self.hidden_dim >= 0, "must be >= 0")]
-        for key, ok, why in checks:
-            if not ok:
-                raise ConfigError(f"method.{key}: {why} (got {getattr(self, key)!r})")
+        if not self.teacher:
+            raise ConfigError("method.teacher: must name the teacher (a run, a file or timm:<model>)")
 
 
-def projection_mlp(in_dim: int, hidden_dim: int, out_dim: int, use_bn: bool = True) -> nn.Sequential:
-    """SEED's / MoCo v2's student head: Linear - ReLU - Linear (``use_bn``: a BatchNorm after the
-    first Linear, not in SEED's code)."""
-    return nn.Sequential(nn.Linear(in_dim, hidden_dim), nn.BatchNorm1d(hidden_dim) if use_bn else nn.Identity(),
-                         nn.ReLU(inplace=True), nn.Linear(hidden_dim, out_dim))
-
-
+@register("seed")
 class SEED(Method):
     config_class = SEEDConfig
 
-    def __init__(self, cfg, in_chans: int, img_size: int, eval_only: bool = False) -> None:
+    needs_teachers = True
+
+    def __init__(self, cfg, in_chans: int, img_size: int, eval_only: bool = False,
+                 teachers: list[FrozenTeacher] | None = None) -> None:
         super().__init__(cfg, in_chans, img_size, eval_only)
         m = cfg.method
         backbone = self.build_backbone()
         if eval_only:  # evaluation reads only the student's backbone: no teacher file needed
             self.student = Encoder(backbone, nn.Identity())
             return
-        self.teacher: FrozenTeacher = self.load_teacher()
-        self.report = self.teacher.report
+        if not teachers or len(teachers) != 1:
+            raise TeacherError("SEED distils one frozen teacher: pass teachers=[...] "
+                               "(sslkd.teachers.load_teachers(cfg.method, in_chans))")
+        self.teacher: FrozenTeacher = teachers[0]
         dim = self.teacher.out_dim
         head = projection_mlp(backbone.embed_dim, m.hidden_dim or backbone.embed_dim, dim, m.use_bn_in_head)
         self.student = Encoder(backbone, head)
@@ -88,16 +80,6 @@ class SEED(Method):
         self.seed_loss = SEEDLoss(m.tau_s, m.tau_t)
         self.regression = EmbeddingRegressionLoss(m.loss) if m.loss != "seed" else None
         self.ssl_loss = InfoNCELoss(m.ssl_temp)
-
-    def load_teacher(self) -> FrozenTeacher:
-        m = self.cfg.method
-        teacher, report = load_teacher(m.teacher, m.teacher_weights, m.teacher_features, m.teacher_arch,
-                                       m.teacher_patch_size, m.teacher_img_size, self.in_chans, m.teacher_small_stem)
-        if teacher.in_chans != self.in_chans:
-            raise TeacherError(f"teacher {m.teacher} takes {teacher.in_chans}-channel images, "
-                               f"the data has {self.in_chans}")
-        teacher.report = report
-        return teacher
 
     def forward(self, views: list[torch.Tensor], info: StepInfo):
         x = views[0]
@@ -128,6 +110,5 @@ class SEED(Method):
 
     def eval_backbone(self, which: str = "teacher", model: int = 1) -> Backbone:
         """The student's backbone (the teacher is the frozen source model, evaluated on its own)."""
-        if model != 1:
-            raise ValueError(f"SEED trains one model; --model {model} does not exist")
+        self.check_model(model)
         return self.student.backbone

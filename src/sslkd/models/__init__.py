@@ -1,7 +1,9 @@
-"""Backbones (one interface over timm) and projection heads."""
+"""Backbones (one interface over timm), projection heads, frozen teachers."""
 
-from sslkd.models.backbone import BACKBONES, Backbone, CNNBackbone, ViTBackbone, build_backbone
-from sslkd.models.heads import DINOHead, IBOTHead, WeightNormLinear
+from sslkd.models.backbone import BACKBONES, Backbone, CNNBackbone, ModelConfig, ViTBackbone, build_backbone, is_vit
+from sslkd.models.encoder import Encoder, forward_views
+from sslkd.models.heads import DINOHead, IBOTHead, THead, WeightNormLinear, moco_mlp, projection_mlp
 
-__all__ = ["BACKBONES", "Backbone", "CNNBackbone", "DINOHead", "IBOTHead", "ViTBackbone", "WeightNormLinear",
-           "build_backbone"]
+__all__ = ["BACKBONES", "Backbone", "CNNBackbone", "DINOHead", "Encoder", "IBOTHead", "ModelConfig", "THead",
+           "ViTBackbone", "WeightNormLinear", "build_backbone", "forward_views", "is_vit", "moco_mlp",
+           "projection_mlp"]

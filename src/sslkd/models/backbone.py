@@ -12,16 +12,41 @@
 from __future__ import annotations
 
 import abc
+from dataclasses import dataclass
 
 import timm
 import torch
 from torch import nn
+
+from sslkd.errors import ConfigError
+from sslkd.schema import NonNegativeFloat, Positive
 
 VITS = {"vit_tiny": "vit_tiny_patch16_224", "vit_small": "vit_small_patch16_224",
         "vit_base": "vit_base_patch16_224"}
 CNNS = {"resnet18": "resnet18", "resnet34": "resnet34", "resnet50": "resnet50", "resnet101": "resnet101",
         "mobilenetv3_large": "mobilenetv3_large_100", "efficientnet_b0": "efficientnet_b0"}
 BACKBONES = sorted(VITS) + sorted(CNNS)
+
+
+@dataclass
+class ModelConfig:
+    backbone: str = "vit_tiny"  # one of BACKBONES (sslkd info lists them)
+    patch_size: Positive = 4  # ViTs: patch side in pixels
+    drop_path_rate: NonNegativeFloat = 0.1  # stochastic depth of the student (the teacher has none)
+    small_stem: bool = True  # CNNs: 3x3 stride-1 stem without max-pool, for small images
+    depth: Positive | None = None  # ViT depth override (None: the architecture's own)
+    init_seed: int | None = None  # seeds weights and drop-path draws (None: `seed`); data order, crops, masks keep `seed`
+
+    def validate(self, prefix: str = "model.") -> None:
+        if self.backbone not in BACKBONES:
+            raise ConfigError(f"{prefix}backbone: must be one of {', '.join(BACKBONES)} (got {self.backbone!r})")
+        if self.drop_path_rate >= 1:
+            raise ConfigError(f"{prefix}drop_path_rate: must be < 1 (got {self.drop_path_rate})")
+
+
+def is_vit(name: str) -> bool:
+    """Whether backbone ``name`` is a ViT (patch tokens, a mask token, a patch size)."""
+    return name in VITS
 
 
 class Backbone(nn.Module, abc.ABC):
@@ -121,15 +146,17 @@ def build_backbone(name: str, img_size: int = 32, patch_size: int = 4, in_chans:
         net = timm.create_model(CNNS[name], pretrained=False, in_chans=in_chans, num_classes=0,
                                 global_pool="", drop_path_rate=drop_path_rate, **kwargs)
         if small_stem:
-            _small_stem(net, name)
+            apply_small_stem(net)
         return CNNBackbone(net, in_chans)
     raise ValueError(f"unknown backbone '{name}'; available: {', '.join(BACKBONES)}")
 
 
-def _small_stem(net: nn.Module, name: str) -> None:
-    if name.startswith("resnet"):
+def apply_small_stem(net: nn.Module) -> None:
+    """sslkd's small-image stem, in place: a ResNet's stem becomes a 3x3 stride-1 convolution
+    without max-pool; a MobileNet's / EfficientNet's stem convolution loses its stride."""
+    if hasattr(net, "conv1"):
         old = net.conv1
         net.conv1 = nn.Conv2d(old.in_channels, old.out_channels, 3, 1, 1, bias=False)
         net.maxpool = nn.Identity()
-    else:  # mobilenet / efficientnet: keep the stem conv, drop its stride
+    else:
         net.conv_stem.stride = (1, 1)

@@ -1,7 +1,8 @@
 """Frozen teachers for distillation (SEED, DMT): a backbone (+ its projection head where the
-source has one sslkd can use) in eval mode, without gradients, from
+source has one sslkd can use) in eval mode, without gradients, and how a method's config names
+them (:class:`TeacherConfig`). This module reads other projects' weights; an sslkd run as a teacher
+is read by :mod:`sslkd.teachers` (it rebuilds the run's method). Sources:
 
-- an sslkd checkpoint or run folder (``sslkd pretrain`` output; EMA ``teacher`` or ``student``);
 - a local file in the layouts other projects publish, remapped onto the timm model:
 
   ============  ==========================================================================
@@ -29,16 +30,36 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import timm
 import torch
+from safetensors.torch import load_file
 import torch.nn.functional as F
+from timm.layers import resample_abs_pos_embed
 from torch import nn
 
+from sslkd.errors import TeacherError
 from sslkd.models.backbone import VITS, Backbone, CNNBackbone, ViTBackbone, build_backbone
 from sslkd.models.heads import DINOHead
+from sslkd.schema import Literal, Positive
 
 
-class TeacherError(ValueError):
-    """A teacher that cannot be loaded as asked; the message says why and what to do."""
+@dataclass
+class TeacherConfig:
+    """How a distillation method's frozen teachers are read (SEED, DMT extend it with their sources)."""
+
+    teacher_weights: Literal["teacher", "student"] = "teacher"  # the EMA / momentum weights, or the student's
+    teacher_arch: str | None = None  # another project's file: its architecture (vit_small, resnet50, ...)
+    teacher_patch_size: Positive = 16  # another project's ViT file: its patch size
+    teacher_img_size: Positive | None = None  # resize the student's crop for the teacher (None: as is)
+    teacher_small_stem: bool = False  # another project's CNN file: built with sslkd's small-image stem
+
+    def teacher_sources(self) -> list[str]:
+        """The teachers: sslkd run folders / checkpoints, weight files or ``timm:<model>`` names."""
+        raise NotImplementedError
+
+    def teacher_output(self) -> str:
+        """What the teachers output: ``backbone`` features, their ``head``'s, or ``auto``."""
+        return "backbone"
 
 
 @dataclass
@@ -97,7 +118,7 @@ class FrozenTeacher(nn.Module):
         return torch.cat([cls[:, None], tok], 1)
 
 
-class _Bottleneck(nn.Module):
+class Bottleneck(nn.Module):
     """A DINO/iBOT head cut before its prototype layer: the L2-normalised bottleneck."""
 
     def __init__(self, head: DINOHead) -> None:
@@ -114,24 +135,12 @@ def backbone_in_chans(backbone: Backbone) -> int:
     return next(m for m in backbone.modules() if isinstance(m, nn.Conv2d)).in_channels
 
 
-def load_teacher(source: str | Path, which: str = "teacher", features: str = "backbone",
-                 arch: str | None = None, patch_size: int = 16, img_size: int | None = None,
-                 in_chans: int = 3, small_stem: bool = False, strict: bool = True, depth: int | None = None
-                 ) -> tuple[FrozenTeacher, LoadReport]:
-    """Load a frozen teacher from ``source`` (see the module doc for what it may be).
-
-    ``which``: the ``teacher`` (EMA / momentum) or ``student`` weights where a file has both.
-    ``features``: ``backbone`` (CLS / pooled features), ``head`` (an sslkd checkpoint's
-    projection head; for DINO/iBOT heads its L2-normalised bottleneck) or ``auto`` (the head where
-    the checkpoint has one, else the backbone: another project's file or timm model, whose
-    projection head is not kept; the report says which). ``arch``, ``patch_size``,
-    ``img_size``, ``in_chans``, ``small_stem``, ``depth`` describe the model of an external file (an sslkd
-    checkpoint carries its own); ``img_size`` is also the size inputs are resized to.
-    ``strict``: a model tensor absent from the file is an error (else only reported)."""
-    if which not in ("teacher", "student"):
-        raise TeacherError(f"teacher weights must be 'teacher' or 'student', got '{which}'")
-    if features not in ("backbone", "head", "auto"):
-        raise TeacherError(f"teacher features must be 'backbone', 'head' or 'auto', got '{features}'")
+def load_external(source: str | Path, which: str = "teacher", features: str = "backbone",
+                  arch: str | None = None, patch_size: int = 16, img_size: int | None = None,
+                  in_chans: int = 3, small_stem: bool = False, strict: bool = True, depth: int | None = None
+                  ) -> tuple[FrozenTeacher, LoadReport]:
+    """A frozen teacher from another project's file or ``timm:<model>`` (see the module doc); the
+    arguments as :func:`sslkd.teachers.load_teacher`'s."""
     source = str(source)
     if source.startswith("timm:"):
         return _from_timm(source[5:], img_size, in_chans)
@@ -139,8 +148,6 @@ def load_teacher(source: str | Path, which: str = "teacher", features: str = "ba
     if not path.exists():
         raise TeacherError(f"teacher not found: {path} (expected an sslkd run folder or checkpoint, a "
                            f".pth/.safetensors file, or timm:<model name>)")
-    if path.is_dir() or _is_sslkd_checkpoint(path):
-        return _from_sslkd(path, which, features, img_size)
     if features == "head":
         raise TeacherError(f"{path}: only sslkd checkpoints carry a projection head sslkd can use; "
                            f"use features 'backbone'")
@@ -160,40 +167,7 @@ def load_teacher(source: str | Path, which: str = "teacher", features: str = "ba
     return FrozenTeacher(backbone, None, img_size), report
 
 
-def _is_sslkd_checkpoint(path: Path) -> bool:
-    if path.suffix == ".safetensors":
-        return False
-    from sslkd.train import checkpoint as ckpt
-    try:
-        ckpt.load(path)
-    except ckpt.CheckpointError:
-        return False
-    return True
-
-
-def _from_sslkd(path: Path, which: str, features: str, img_size: int | None) -> tuple[FrozenTeacher, LoadReport]:
-    from sslkd.pretrained import load_method
-    method, _, ckpt_path = load_method(path)
-    net = method.teacher if which == "teacher" and hasattr(method, "teacher") else method.student
-    if isinstance(net, nn.ModuleList):  # MOKD: its first model
-        net = net[0]
-    head = None
-    if features in ("head", "auto"):
-        head = getattr(net, "head", None)
-        if head is None and features == "head":
-            raise TeacherError(f"{ckpt_path}: the {method.cfg.method.name} network has no projection head")
-        if isinstance(head, DINOHead):
-            head = _Bottleneck(head)
-    backbone = net.backbone
-    report = LoadReport(str(ckpt_path), f"sslkd {method.cfg.method.name}",
-                        loaded=len(backbone.state_dict()) + (len(head.state_dict()) if head else 0),
-                        features="backbone" if head is None else
-                        f"projection head{' bottleneck' if isinstance(head, _Bottleneck) else ''}")
-    return FrozenTeacher(backbone, head, img_size or method.img_size), report
-
-
 def _from_timm(name: str, img_size: int | None, in_chans: int) -> tuple[FrozenTeacher, LoadReport]:
-    import timm
     vit = name.split(".")[0] in {v for v in VITS.values()} or name.startswith("vit_")
     kw = dict(dynamic_img_size=True) if vit else dict(global_pool="")
     try:
@@ -208,7 +182,6 @@ def _from_timm(name: str, img_size: int | None, in_chans: int) -> tuple[FrozenTe
 
 def _read(path: Path) -> dict:
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
         try:
             return load_file(str(path))
         except Exception as e:
@@ -276,7 +249,6 @@ def load_into(backbone: Backbone, state: dict[str, torch.Tensor], layout: str = 
         if k not in target:
             continue
         if k == "pos_embed" and v.shape != target[k].shape and v.ndim == 3 and v.shape[-1] == target[k].shape[-1]:
-            from timm.layers import resample_abs_pos_embed
             n = inner.num_prefix_tokens
             grid = int((target[k].shape[1] - n) ** 0.5)
             v = resample_abs_pos_embed(v, (grid, grid), num_prefix_tokens=n)

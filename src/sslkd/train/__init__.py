@@ -1,6 +1,6 @@
-"""Training engine, schedules and checkpoints."""
+"""The training engine: a method, its data and schedules, checkpoints and resumption."""
 
-from sslkd.train.engine import Trainer, TrainingError
-from sslkd.train.schedules import cosine_schedule
+from sslkd.errors import TrainingError
+from sslkd.train.engine import Trainer
 
-__all__ = ["Trainer", "TrainingError", "cosine_schedule"]
+__all__ = ["Trainer", "TrainingError"]

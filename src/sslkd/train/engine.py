@@ -25,29 +25,28 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from sslkd import checkpoint as ckpt
 from sslkd.config import Config, to_dict
-from sslkd.device import autocast_dtype, resolve_device, tune_cpu_malloc
+from sslkd.device import autocast_dtype, environment, resolve_device, tune_cpu_malloc
 from sslkd.distributed import (all_reduce_mean, any_process, from_main_process, gather_batch, init_from_env,
                                is_distributed)
 from sslkd.data import ImageArrayDataset, NoHeldOutSplitError, held_out
 from sslkd.data.augment import MultiCropDataset, MultiCropTransform, RawDataset, SeededEpochSampler
 from sslkd.data.batch_augment import BatchMultiCrop
 from sslkd.data.pil_augment import PILMultiCrop
-from sslkd.eval import extract_features, knn_classify, normalize_batch
-from sslkd.methods import Method, StepInfo, build_method
-from sslkd.train import checkpoint as ckpt
+from sslkd.errors import TrainingError
+from sslkd.eval import evaluate, normalize_batch
+from sslkd.methods import METHODS, Method, StepInfo, build_method
+from sslkd.schedules import cosine_schedule, freeze_steps
+from sslkd.teachers import load_teachers
 from sslkd.train import fsdp
 from sslkd.train.gradcache import cache_batch_gradients, set_rng_state
 from sslkd.train.inputs import count_bad_files, data_kwargs, ignore_stop_signals, load_datasets
 from sslkd.train.optim import build_optimizers, clip_per_tensor, compile_networks, set_hparams
 from sslkd.train.runlog import RunLog
-from sslkd.train.schedules import cosine_schedule, freeze_steps
+from sslkd.train.resume import check_compatible
 
 FORMAT = 1
-
-
-class TrainingError(RuntimeError):
-    """Training cannot go on (non-finite loss, ...); the message says where."""
 
 
 class Trainer:
@@ -79,7 +78,13 @@ class Trainer:
 
         torch.manual_seed(cfg.init_seed)
         img_size = cfg.aug.global_crops_size or train_set.img_size
-        self.method: Method = build_method(cfg, train_set.num_channels, img_size).to(self.device)
+        teachers = None
+        if METHODS[cfg.method.name].needs_teachers:
+            teachers = load_teachers(cfg.method, train_set.num_channels)
+            if self.is_main:
+                for teacher in teachers:
+                    print(teacher.report)
+        self.method: Method = build_method(cfg, train_set.num_channels, img_size, teachers=teachers).to(self.device)
         if t.compile:
             compile_networks(self.method)
         self.model: torch.nn.Module = self.method  # what the step calls: the method, or its DDP wrapper
@@ -93,11 +98,11 @@ class Trainer:
                 self.model = DDP(self.method, device_ids=[local_rank] if self.device.type == "cuda" else None,
                                  find_unused_parameters=True)
             torch.manual_seed(cfg.seed + 1000 * self.rank)  # own drop-path streams; weights come from rank 0
-        patch = cfg.model.patch_size if cfg.model.backbone.startswith("vit") else 1
+        patch = self.method.crop_multiple()
         if cfg.data.img_size is None and cfg.aug.global_crops_size is None and train_set.img_size % patch:
             raise TrainingError(f"{cfg.data.name} images are {train_set.img_size}px, not divisible by "
                                 f"model.patch_size={patch}; set data.img_size")
-        aug = dataclasses.replace(cfg.aug, paired=True) if getattr(self.method, "paired_views", False) else cfg.aug
+        aug = dataclasses.replace(cfg.aug, paired=True) if self.method.paired_views else cfg.aug
         self.transform = MultiCropTransform.from_config(aug, train_set.img_size, train_set.num_channels,
                                                         train_set.mean, train_set.std, multiple=patch)
         self.batch_aug = BatchMultiCrop.from_transform(self.transform) if cfg.data.augment_on == "device" else None
@@ -116,11 +121,8 @@ class Trainer:
                 need.append(self.transform.local_size / math.sqrt(min(aug.local_crops_scale)))
             train_set.draft = math.ceil(max(need) / math.sqrt(3 / 4))
         self.skipped_files = 0  # files that could not be decoded, replaced (data.on_corrupt=skip)
-        try:
-            self.freeze_steps = freeze_steps(t.freeze_last_layer, self.steps_per_epoch, self.total_steps,
-                                             t.max_steps, any(True for _ in self.method.last_layer_parameters()))
-        except ValueError as e:
-            raise TrainingError(str(e)) from None
+        self.freeze_steps = freeze_steps(t.freeze_last_layer, self.steps_per_epoch, self.total_steps,
+                                         t.max_steps, any(True for _ in self.method.last_layer_parameters()))
         self.optimizers = self._build_optimizers()
         lr = t.base_lr * t.batch_size / 256
         warm = round(t.warmup_epochs * self.steps_per_epoch)
@@ -206,7 +208,7 @@ class Trainer:
             state = found[1] if found is not None else ckpt.load(path)
         else:
             path, state = Path(spec), ckpt.load(spec)
-        ckpt.check_compatible(state["config"], to_dict(self.cfg), path)
+        check_compatible(state["config"], to_dict(self.cfg), path)
         self.load_state_dict(state)
         if self.is_main:
             for newer in ckpt.list_checkpoints(self.out):  # a resumed past must not outrank the new run
@@ -336,13 +338,10 @@ class Trainer:
         e = self.cfg.eval
         if self.test_set is None:
             self.test_set = held_out(self.cfg.data.name, self.train_set, **data_kwargs(self.cfg))
-        bb = self.method.eval_backbone("teacher")
-        size = self.cfg.aug.global_crops_size
-        kw = dict(mean=self.train_set.mean, std=self.train_set.std, device=self.device, size=size,
-                  num_workers=self.cfg.data.num_workers)  # a folder read lazily: decoded by workers
-        ftr, ltr = extract_features(bb, self.train_set, max_samples=e.knn_max_train, **kw)
-        fte, lte = extract_features(bb, self.test_set, **kw)
-        return knn_classify(ftr, ltr, fte, lte, e.knn_k, e.knn_t, self.train_set.num_classes)
+        res = evaluate(self.method.eval_backbone("teacher"), self.train_set, self.test_set, ("knn",),
+                       size=self.cfg.aug.global_crops_size, device=self.device, k=e.knn_k, temperature=e.knn_t,
+                       max_train=e.knn_max_train, num_workers=self.cfg.data.num_workers)
+        return {"top1": res["knn"]["top1"], "top5": res["knn"]["top5"]}
 
     def _knn_possible(self) -> bool:
         if self.test_set is None:
@@ -367,7 +366,6 @@ class Trainer:
         resumed = self.resume(resume)  # first: a refused resumption must leave the folder's files alone
         if self.is_main:
             (self.out / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
-            from sslkd.report import environment
             (self.out / "env.json").write_text(json.dumps(environment(self.device), indent=1))
         log = RunLog(self.out, self.is_main, self.steps_per_epoch,
                      {"lr": self.lr, "wd": self.wd, "momentum": self.momentum}, self._check_finite)

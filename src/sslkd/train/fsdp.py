@@ -22,15 +22,14 @@ from typing import Any
 import torch
 from torch import nn
 from torch.distributed.fsdp import FSDPModule, fully_shard, register_fsdp_forward_method
+from timm.models.vision_transformer import Block
 from torch.distributed.tensor import DTensor, distribute_tensor
+
+from sslkd.models import Backbone
 
 
 def shard_method(method: nn.Module) -> nn.Module:
     """Shard ``method`` in place over the default process group; returns it."""
-    from timm.models.vision_transformer import Block
-
-    from sslkd.models.backbone import Backbone
-
     backbones = [m for m in method.modules() if isinstance(m, Backbone)]
     for m in list(method.modules()):
         if isinstance(m, Block):

@@ -4,6 +4,9 @@ that follow the engine's schedule shape at each optimiser's own height."""
 from __future__ import annotations
 
 import torch
+import torch._dynamo
+
+from sslkd.models import Backbone, DINOHead, THead, ViTBackbone, WeightNormLinear
 
 
 def build_optimizers(specs: list[dict], base_lr: float, fused: bool = False) -> list[torch.optim.Optimizer]:
@@ -56,12 +59,6 @@ def compile_networks(method: torch.nn.Module) -> None:
     """``torch.compile`` the heavy parts of every backbone and head of ``method`` in place
     (parameter names and checkpoints unchanged): ViT blocks, CNN feature extractors, head MLPs and
     last layers, T-Head blocks. Masking, the losses and the EMA stay eager."""
-    from sslkd.models.backbone import Backbone, ViTBackbone
-    from sslkd.models.heads import DINOHead, WeightNormLinear
-    from sslkd.models.thead import THead
-
-    import torch._dynamo
-
     # each ViT block has its own drop-path rate, a constant to dynamo: one graph per block (12+)
     key = "recompile_limit" if hasattr(torch._dynamo.config, "recompile_limit") else "cache_size_limit"
     setattr(torch._dynamo.config, key, max(getattr(torch._dynamo.config, key), 64))

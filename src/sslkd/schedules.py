@@ -1,4 +1,5 @@
-"""Per-iteration schedules (learning rate, weight decay, EMA momentum, the last layer's freeze)."""
+"""Schedules, one home for all: per-step values (learning rate, weight decay, EMA momentum) for
+pretraining, linear probes and fine-tuning; the teacher temperature's warmup; the last layer's freeze."""
 
 from __future__ import annotations
 
@@ -6,6 +7,8 @@ import math
 import warnings
 
 import numpy as np
+
+from sslkd.errors import TrainingError
 
 
 def cosine_schedule(base: float, final: float, total_steps: int, warmup_steps: int = 0,
@@ -39,6 +42,17 @@ def freeze_steps(epochs: float | None, steps_per_epoch: int, total_steps: int, m
                f"steps: the head's last layer would never train. DINO/iBOT freeze it for 1 of 100-800 epochs; "
                f"leave the key unset (1% of the run) or lower it")
         if steps >= total_steps:
-            raise ValueError(why)
+            raise TrainingError(why)
         warnings.warn(why + " (train.max_steps cuts this run short)", stacklevel=3)
     return steps
+
+
+def warmup_temp(start: float, end: float, warm_epochs: float, epoch: float) -> float:
+    """Linear warmup from ``start`` to ``end`` over ``warm_epochs`` (DINO/iBOT/MOKD's teacher
+    temperature): one value per epoch as DINO/iBOT's ``linspace(start, end, W)``, or, for a warmup
+    shorter than an epoch (a short run keeping the paper's share, e.g. MOKD's 30 of 100 epochs as
+    0.3 of one), per step."""
+    if warm_epochs <= 0 or epoch >= warm_epochs:
+        return end
+    frac = epoch / warm_epochs if warm_epochs < 1 else min(1.0, int(epoch) / max(math.ceil(warm_epochs) - 1, 1))
+    return start + frac * (end - start)

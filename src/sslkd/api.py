@@ -1,0 +1,145 @@
+"""The Python API, for notebooks: the same code path as the CLI (which calls these functions).
+
+    import sslkd
+    run = sslkd.pretrain("configs/dino/digits_vit_tiny.yaml", output_dir="runs/nb", train__epochs=2)
+    print(sslkd.evaluate(run, "digits", protocol="knn")["top1"])
+    model = sslkd.load_backbone(run)            # the timm model: model(x) -> features [B, D]
+
+Config keys are keyword arguments: a top-level key (``output_dir="runs/x"``), a dotted key with
+``__`` for the dot (``train__epochs=2``), or a section mapping (``train={"epochs": 2}``).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from sslkd.config import Config, load_config, to_dict
+from sslkd.data import get_dataset, held_out
+from sslkd.device import resolve_device
+from sslkd.eval import PROTOCOLS
+from sslkd.eval import evaluate as evaluate_features
+from sslkd.eval.finetune import finetune
+from sslkd.export import load_export, timm_module
+from sslkd.models import Backbone
+from sslkd.pretrained import load_pretrained
+from sslkd.train import Trainer
+
+
+@dataclass
+class Run:
+    """A pretraining run: its folder, resolved config and the summary ``fit`` returned."""
+
+    path: Path
+    config: Config
+    summary: dict
+
+    def backbone(self, which: str = "teacher", model: int = 1) -> nn.Module:
+        """The run's backbone as a plain timm model (see :func:`load_backbone`)."""
+        return load_backbone(self.path, which, model)
+
+
+def config(source: str | Path | Config | dict | None = None, overrides: list[str] | None = None,
+           **values: Any) -> Config:
+    """A validated :class:`Config` from a YAML path, a config, a mapping or nothing (defaults),
+    with keyword values (``train__epochs=2``, ``train={"epochs": 2}``) and ``key=value`` strings."""
+    nested: dict = {}
+    for key, value in values.items():
+        node, parts = nested, key.replace("__", ".").split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = value
+    if isinstance(source, Config):
+        return load_config(None, overrides, base=to_dict(source), values=nested)
+    if isinstance(source, dict):
+        return load_config(None, overrides, base=source, values=nested)
+    return load_config(source, overrides, values=nested)
+
+
+def pretrain(source: str | Path | Config | dict | None = None, *, overrides: list[str] | None = None,
+             resume: str | None = "auto", progress: bool = True, **values: Any) -> Run:
+    """Pretrain (or resume: ``resume="auto"`` continues a run found in ``output_dir``) the config
+    :func:`config` builds from the arguments; under ``torchrun`` every process calls this."""
+    cfg = config(source, overrides, **values)
+    trainer = Trainer(cfg, progress=progress)  # joins torchrun's process group, if any
+    summary = trainer.fit(resume=None if resume in (None, "none") else resume)
+    return Run(Path(cfg.output_dir), cfg, summary)
+
+
+def load_backbone(source: str | Path | Run, which: str = "teacher", model: int = 1) -> nn.Module:
+    """A plain timm model whose ``forward`` gives the features sslkd evaluates (the ViT's CLS
+    token after the final norm, a CNN's average-pooled map), from a run folder, a checkpoint or
+    an ``sslkd export`` folder (``model.safetensors`` + ``config.json``)."""
+    path = source.path if isinstance(source, Run) else Path(source)
+    if (path / "config.json").is_file() and (path / "model.safetensors").is_file():
+        return load_export(path)
+    return timm_module(load_pretrained(path, which, model).backbone).eval()
+
+
+def eval_datasets(dataset: str, root: str | None = None, img_size: int | None = None) -> tuple:
+    """``(train, test)`` of a labelled dataset: its training split and its held-out split
+    labelled by the training classes; a dataset without labels is an error."""
+    train = get_dataset(dataset, "train", root=root, img_size=img_size)
+    if not train.num_classes:
+        raise ValueError(f"{train.name} has no labels (no unambiguous class folders): kNN, linear and "
+                         f"fine-tuning need root/train/<class>/<image> and root/val/<class>/<image>")
+    return train, held_out(dataset, train, root=root, img_size=img_size)
+
+
+def evaluate(source: str | Path | Run | nn.Module, dataset: str | tuple = "cifar10", protocol: str = "knn", *,
+             root: str | None = None, which: str = "teacher", model: int = 1, img_size: int | None = None,
+             device: str = "auto", batch_size: int = 256, workers: int = 0, k: int | list[int] = 20,
+             temperature: float = 0.07, epochs: int | None = None, lr: float | None = None, seed: int = 0,
+             finetune_args: dict | None = None, progress: bool = False) -> dict:
+    """Accuracy (%) of a backbone on ``dataset``'s held-out split, learnt from its training split
+    (``dataset``: a name, with ``root`` for folders, or a ``(train, test)`` pair of datasets).
+
+    ``source``: a run folder or checkpoint (its ``which`` weights, ``model`` 2 for MOKD's second
+    model), a :class:`Run`, or a backbone (``nn.Module`` mapping images to features; normalised
+    with the dataset's statistics). ``protocol``: ``knn`` (``k``: one or a list, the best is
+    reported; ``temperature``), ``linear`` (``epochs`` default 100, ``lr`` 0.1) or ``finetune``
+    (a copy is not made: the backbone is trained in place; ``epochs`` default 30, ``lr`` 1e-3,
+    ``finetune_args`` the rest of :func:`sslkd.eval.finetune.finetune`'s keywords). Returns
+    ``{"top1", "top5", "protocol", "source", "dataset", ...}``."""
+    if protocol not in (*PROTOCOLS, "finetune"):
+        raise ValueError(f"unknown protocol '{protocol}'; available: {', '.join((*PROTOCOLS, 'finetune'))}")
+    dev = resolve_device(device)
+    train, test = dataset if isinstance(dataset, tuple) else eval_datasets(dataset, root, img_size)
+    dataset = train.name if isinstance(dataset, tuple) else dataset
+    if isinstance(source, nn.Module):
+        backbone, mean, std, size, label = source, train.mean, train.std, img_size or train.img_size, "a backbone"
+    else:
+        pre = load_pretrained(source.path if isinstance(source, Run) else source, which, model)
+        if pre.num_channels != train.num_channels:
+            raise ValueError(f"{pre.path} was trained on {pre.num_channels}-channel images but "
+                             f"{dataset} has {train.num_channels} channels")
+        backbone, mean, std, label = pre.backbone, pre.mean, pre.std, str(pre.path)
+        size = img_size or pre.img_size
+        if not pre.backbone.is_vit and train.img_size != size:
+            size = train.img_size  # CNNs take any size; keep the data's
+        elif pre.backbone.is_vit and size % pre.backbone.patch_size:
+            raise ValueError(f"image size {size} is not a multiple of the ViT's patch size {pre.backbone.patch_size}")
+    backbone.to(dev)
+    head = {"protocol": protocol, "source": label, "dataset": dataset}
+    if protocol == "finetune":
+        if not isinstance(backbone, Backbone):
+            raise ValueError("fine-tuning needs an sslkd backbone: pass a run, a checkpoint or build_backbone(...)")
+        res = finetune(backbone, train, test, mean, std, size, epochs or 30, min(batch_size, len(train)), lr or 1e-3,
+                       device=dev, seed=seed, progress=progress, num_workers=workers, **(finetune_args or {}))
+        return {**head, **res, "test_images": len(test)}
+    res = evaluate_features(backbone, train, test, (protocol,), mean=mean, std=std, size=size, device=dev, k=k,
+                            temperature=temperature, linear_epochs=epochs or 100, linear_lr=lr or 0.1, seed=seed,
+                            batch_size=batch_size, num_workers=workers, progress=progress)
+    return {**head, **res[protocol], "train_images": res["train_images"], "test_images": res["test_images"]}
+
+
+def summary_line(summary: dict) -> str:
+    """The one JSON line ``sslkd pretrain`` prints at the end of a run."""
+    return json.dumps({k: v for k, v in summary.items() if not isinstance(v, dict)})
+
+
+__all__ = ["Run", "config", "eval_datasets", "evaluate", "load_backbone", "pretrain", "summary_line"]

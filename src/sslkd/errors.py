@@ -1,0 +1,31 @@
+"""The errors sslkd raises for things a user can fix; each message names the key, file or value
+and what to do. The CLI prints them in one line (no traceback)."""
+
+from __future__ import annotations
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be run; the message names the offending key."""
+
+
+class DatasetError(RuntimeError):
+    """A dataset that cannot be read; the message names the path and what was expected."""
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot be written or read."""
+
+
+class TeacherError(ValueError):
+    """A teacher that cannot be loaded as asked; the message says why and what to do."""
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (non-finite loss, ...); the message says where."""
+
+
+class NoSuchModelError(ValueError):
+    """A model index a method does not have (MOKD trains two models, the others one)."""
+
+
+USER_ERRORS = (ConfigError, DatasetError, CheckpointError, TeacherError, TrainingError)

@@ -1,0 +1,88 @@
+"""Frozen teachers from any source, for the distillation methods (SEED, DMT).
+
+A teacher can be an sslkd run (its method is rebuilt from the checkpoint, so this module sits
+above :mod:`sslkd.methods`), another project's weight file or a ``timm:`` name
+(:mod:`sslkd.models.teacher`). :func:`load_teachers` reads what a method's :class:`TeacherConfig`
+names; the training engine passes the result to the method (``build_method(..., teachers=)``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from torch import nn
+
+from sslkd import checkpoint as ckpt
+from sslkd.errors import CheckpointError, TeacherError
+from sslkd.models import DINOHead
+from sslkd.models.teacher import Bottleneck, FrozenTeacher, LoadReport, TeacherConfig, load_external
+from sslkd.pretrained import load_method
+
+
+def load_teacher(source: str | Path, which: str = "teacher", features: str = "backbone",
+                 arch: str | None = None, patch_size: int = 16, img_size: int | None = None,
+                 in_chans: int = 3, small_stem: bool = False, strict: bool = True, depth: int | None = None
+                 ) -> tuple[FrozenTeacher, LoadReport]:
+    """Load a frozen teacher from ``source``: an sslkd run folder or checkpoint, a weight file in
+    another project's layout or ``timm:<model>`` (:mod:`sslkd.models.teacher`).
+
+    ``which``: the ``teacher`` (EMA / momentum) or ``student`` weights where a file has both.
+    ``features``: ``backbone`` (CLS / pooled features), ``head`` (an sslkd checkpoint's
+    projection head; for DINO/iBOT heads its L2-normalised bottleneck) or ``auto`` (the head where
+    the checkpoint has one, else the backbone: another project's file or timm model, whose
+    projection head is not kept; the report says which). ``arch``, ``patch_size``,
+    ``img_size``, ``in_chans``, ``small_stem``, ``depth`` describe the model of an external file (an sslkd
+    checkpoint carries its own); ``img_size`` is also the size inputs are resized to.
+    ``strict``: a model tensor absent from the file is an error (else only reported)."""
+    if which not in ("teacher", "student"):
+        raise TeacherError(f"teacher weights must be 'teacher' or 'student', got '{which}'")
+    if features not in ("backbone", "head", "auto"):
+        raise TeacherError(f"teacher features must be 'backbone', 'head' or 'auto', got '{features}'")
+    path = Path(str(source))
+    if not str(source).startswith("timm:") and (path.is_dir() or _is_sslkd_checkpoint(path)):
+        return _from_sslkd(path, which, features, img_size)
+    return load_external(source, which, features, arch, patch_size, img_size, in_chans, small_stem, strict, depth)
+
+
+def load_teachers(mcfg: TeacherConfig, in_chans: int) -> list[FrozenTeacher]:
+    """The teachers ``mcfg`` names, each with its :class:`LoadReport` as ``.report``; a teacher
+    made for another number of channels than the data's is an error."""
+    teachers = []
+    for source in mcfg.teacher_sources():
+        t, report = load_teacher(source, mcfg.teacher_weights, mcfg.teacher_output(), mcfg.teacher_arch,
+                                 mcfg.teacher_patch_size, mcfg.teacher_img_size, in_chans, mcfg.teacher_small_stem)
+        if t.in_chans != in_chans:
+            raise TeacherError(f"teacher {source} takes {t.in_chans}-channel images, the data has {in_chans}")
+        t.report = report
+        teachers.append(t)
+    return teachers
+
+
+def _is_sslkd_checkpoint(path: Path) -> bool:
+    if path.suffix == ".safetensors" or not path.is_file():
+        return False
+    try:
+        ckpt.load(path)
+    except CheckpointError:
+        return False
+    return True
+
+
+def _from_sslkd(path: Path, which: str, features: str, img_size: int | None) -> tuple[FrozenTeacher, LoadReport]:
+    method, _, ckpt_path = load_method(path)
+    net = method.teacher if which == "teacher" and hasattr(method, "teacher") else method.student
+    if isinstance(net, nn.ModuleList):  # MOKD: its first model
+        net = net[0]
+    head = None
+    if features in ("head", "auto"):
+        head = getattr(net, "head", None)
+        if head is None and features == "head":
+            raise TeacherError(f"{ckpt_path}: the {method.cfg.method.name} network has no projection head")
+        if isinstance(head, DINOHead):
+            head = Bottleneck(head)
+    backbone = net.backbone
+    report = LoadReport(str(ckpt_path), f"sslkd {method.cfg.method.name}",
+                        loaded=len(backbone.state_dict()) + (len(head.state_dict()) if head else 0),
+                        features="backbone" if head is None else
+                        f"projection head{' bottleneck' if isinstance(head, Bottleneck) else ''}")
+    return FrozenTeacher(backbone, head, img_size or method.img_size), report
