@@ -38,15 +38,17 @@ from PIL import Image, ImageFilter, ImageOps
 def photo(rng: np.random.Generator, w: int, h: int, grain: bool = True) -> Image.Image:
     """A photo-like image: smooth shapes (low-frequency noise) plus fine grain, ~100 KB at 500 x 375."""
     low = Image.fromarray(rng.integers(0, 256, (h // 16 + 1, w // 16 + 1, 3), dtype=np.uint8)).resize(
-        (w, h), Image.BICUBIC)
+        (w, h), Image.BICUBIC
+    )
     if not grain:  # fast to make (the memory benchmark writes 20,000)
         return low
     grain = rng.normal(0, 9, (h, w, 3))
     return Image.fromarray((np.asarray(low, np.float32) + grain).clip(0, 255).astype(np.uint8))
 
 
-def make_jpegs(root: Path, n: int, sizes: tuple[int, int] | None = None, classes: int = 10, seed: int = 0,
-               grain: bool = True) -> Path:
+def make_jpegs(
+    root: Path, n: int, sizes: tuple[int, int] | None = None, classes: int = 10, seed: int = 0, grain: bool = True
+) -> Path:
     rng = np.random.default_rng(seed)
     for i in range(n):
         w, h = sizes or (int(rng.integers(256, 513)), int(rng.integers(256, 513)))
@@ -78,13 +80,25 @@ def dino_reference(local_number: int = 10):
     """DINO's DataAugmentationDINO (main_dino.py), on PIL images, as a callable."""
     from torchvision import transforms as T
 
-    flip_jitter = T.Compose([T.RandomHorizontalFlip(p=0.5),
-                             T.RandomApply([T.ColorJitter(0.4, 0.4, 0.2, 0.1)], p=0.8), T.RandomGrayscale(p=0.2)])
+    flip_jitter = T.Compose(
+        [
+            T.RandomHorizontalFlip(p=0.5),
+            T.RandomApply([T.ColorJitter(0.4, 0.4, 0.2, 0.1)], p=0.8),
+            T.RandomGrayscale(p=0.2),
+        ]
+    )
     norm = T.Compose([T.ToTensor(), T.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))])
     bicubic = T.InterpolationMode.BICUBIC
     g1 = T.Compose([T.RandomResizedCrop(224, scale=(0.4, 1.0), interpolation=bicubic), flip_jitter, _Blur(1.0), norm])
-    g2 = T.Compose([T.RandomResizedCrop(224, scale=(0.4, 1.0), interpolation=bicubic), flip_jitter, _Blur(0.1),
-                    _Solarize(0.2), norm])
+    g2 = T.Compose(
+        [
+            T.RandomResizedCrop(224, scale=(0.4, 1.0), interpolation=bicubic),
+            flip_jitter,
+            _Blur(0.1),
+            _Solarize(0.2),
+            norm,
+        ]
+    )
     lo = T.Compose([T.RandomResizedCrop(96, scale=(0.05, 0.4), interpolation=bicubic), flip_jitter, _Blur(0.5), norm])
     return lambda img: [g1(img), g2(img)] + [lo(img) for _ in range(local_number)]
 
@@ -134,27 +148,37 @@ def speed(args) -> dict:
     runs = {
         "reference": lambda: timed(_Indexed(ref, lambda i: ref[i])),
         "sslkd_tensor": lambda: timed(_Indexed(tensor_path, lambda i: tensor_path[(i, i)])),
-        "sslkd_pil": lambda: timed(_Indexed(pil_path, lambda i: pil_path[(i, i)]),
-                                   lambda got: [normalize_batch(v, ds.mean, ds.std) for v in stack(got)]),
-        "sslkd_crop_then_batch_colour": lambda: timed(_Indexed(crop_path, lambda i: crop_path[(i, i)]),
-                                                      lambda got: colour.colour(stack(got), 0)),
+        "sslkd_pil": lambda: timed(
+            _Indexed(pil_path, lambda i: pil_path[(i, i)]),
+            lambda got: [normalize_batch(v, ds.mean, ds.std) for v in stack(got)],
+        ),
+        "sslkd_crop_then_batch_colour": lambda: timed(
+            _Indexed(crop_path, lambda i: crop_path[(i, i)]), lambda got: colour.colour(stack(got), 0)
+        ),
     }
     shapes = [tuple(c.shape) for c in ref[0][0]]
     assert shapes == [tuple(c.shape) for c in pil_path[(0, 0)][0]] == [tuple(c.shape) for c in tensor_path[(0, 0)][0]]
     results: dict[str, list[tuple[float, float]]] = {k: [] for k in runs}
     order = list(runs)
     for r in range(args.rounds):
-        for name in (order if r % 2 == 0 else order[::-1]):
+        for name in order if r % 2 == 0 else order[::-1]:
             results[name].append(runs[name]())
     med = {k: (float(np.median([a for a, _ in v])), float(np.median([b for _, b in v]))) for k, v in results.items()}
     base = med["reference"][0]
-    return {"bench": "folder_loader_speed", "date": time.strftime("%Y-%m-%d"), "images": args.images,
-            "jpeg_kb": round(float(kb), 1), "size": "500x375", "crops": f"2x224 + {args.local_crops}x96",
-            "threads": 1, "rounds": args.rounds,
-            "img_s_per_core": {k: round(v[0], 2) for k, v in med.items()},
-            "worker_img_s_per_core": {k: round(v[1], 2) for k, v in med.items()},
-            "ratio_to_reference": {k: round(v[0] / base, 3) for k, v in med.items()},
-            "worker_ratio_to_reference": {k: round(v[1] / base, 3) for k, v in med.items()}}
+    return {
+        "bench": "folder_loader_speed",
+        "date": time.strftime("%Y-%m-%d"),
+        "images": args.images,
+        "jpeg_kb": round(float(kb), 1),
+        "size": "500x375",
+        "crops": f"2x224 + {args.local_crops}x96",
+        "threads": 1,
+        "rounds": args.rounds,
+        "img_s_per_core": {k: round(v[0], 2) for k, v in med.items()},
+        "worker_img_s_per_core": {k: round(v[1], 2) for k, v in med.items()},
+        "ratio_to_reference": {k: round(v[0] / base, 3) for k, v in med.items()},
+        "worker_ratio_to_reference": {k: round(v[1] / base, 3) for k, v in med.items()},
+    }
 
 
 class _Indexed:
@@ -176,13 +200,20 @@ def _pretrain_rss(root: Path, steps: int, out: Path) -> dict:
         "model: {backbone: vit_tiny, patch_size: 16, depth: 2}\n"
         "method: {name: dino, out_dim: 256, hidden_dim: 256, bottleneck_dim: 64}\n"
         f"train: {{epochs: 1, batch_size: 32, max_steps: {steps}}}\neval: {{knn_every: 0}}\n"
-        f"output_dir: {out}\ndevice: cpu\n")
-    code = ("import resource, sys, json; from sslkd.cli import main; rc = main(sys.argv[1:]); "
-            "print(json.dumps({'main_rss_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "
-            "'worker_rss_mb': resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024})); sys.exit(rc)")
+        f"output_dir: {out}\ndevice: cpu\n"
+    )
+    code = (
+        "import resource, sys, json; from sslkd.cli import main; rc = main(sys.argv[1:]); "
+        "print(json.dumps({'main_rss_mb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "
+        "'worker_rss_mb': resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024})); sys.exit(rc)"
+    )
     tic = time.perf_counter()
-    r = subprocess.run([sys.executable, "-c", code, "pretrain", "--config", str(cfg), "--no-progress"],
-                       capture_output=True, text=True, env={**os.environ, "SSLKD_CACHE": str(out) + "_cache"})
+    r = subprocess.run(
+        [sys.executable, "-c", code, "pretrain", "--config", str(cfg), "--no-progress"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "SSLKD_CACHE": str(out) + "_cache"},
+    )
     if r.returncode:
         raise SystemExit(r.stderr[-2000:])
     return {**json.loads(r.stdout.strip().splitlines()[-1]), "seconds": round(time.perf_counter() - tic, 1)}
@@ -192,7 +223,9 @@ def memory(args) -> dict:
     tmp = Path(tempfile.mkdtemp(prefix="sslkd_mem_"))
     rows = []
     biggest = max(args.sizes)
-    make_jpegs(tmp / "all", biggest, seed=1, grain=False)  # the smaller sets are prefixes of the big one, in their own trees
+    make_jpegs(
+        tmp / "all", biggest, seed=1, grain=False
+    )  # the smaller sets are prefixes of the big one, in their own trees
     files = sorted((tmp / "all").rglob("*.jpg"))
     for n in sorted(args.sizes):
         root = tmp / f"n{n}"
@@ -203,9 +236,14 @@ def memory(args) -> dict:
         rows.append({"images": n, **{k: round(v, 1) for k, v in row.items()}})
         print(json.dumps(rows[-1]), flush=True)
     first, last = rows[0], rows[-1]
-    return {"bench": "folder_memory", "date": time.strftime("%Y-%m-%d"), "steps": args.steps, "rows": rows,
-            "main_growth_mb": round(last["main_rss_mb"] - first["main_rss_mb"], 1),
-            "worker_growth_mb": round(last["worker_rss_mb"] - first["worker_rss_mb"], 1)}
+    return {
+        "bench": "folder_memory",
+        "date": time.strftime("%Y-%m-%d"),
+        "steps": args.steps,
+        "rows": rows,
+        "main_growth_mb": round(last["main_rss_mb"] - first["main_rss_mb"], 1),
+        "worker_growth_mb": round(last["worker_rss_mb"] - first["worker_rss_mb"], 1),
+    }
 
 
 def scan(args) -> dict:
@@ -227,9 +265,17 @@ def scan(args) -> dict:
     tic = time.perf_counter()
     scan_folder(tmp)
     warm = time.perf_counter() - tic
-    return {"bench": "folder_scan", "date": time.strftime("%Y-%m-%d"), "files": len(first.paths), "folders": 1000,
-            "classes": len(first.classes), "create_s": round(made, 1), "scan_s": round(cold, 2),
-            "cached_s": round(warm, 2), "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)}
+    return {
+        "bench": "folder_scan",
+        "date": time.strftime("%Y-%m-%d"),
+        "files": len(first.paths),
+        "folders": 1000,
+        "classes": len(first.classes),
+        "create_s": round(made, 1),
+        "scan_s": round(cold, 2),
+        "cached_s": round(warm, 2),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
+    }
 
 
 def main() -> None:

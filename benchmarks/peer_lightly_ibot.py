@@ -30,7 +30,7 @@ import timm
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from sslkd.bench import BenchArgs, _overrides, matmul_peak, run_bench, synthetic_dataset, sync
+from sslkd.bench import BenchArgs, _overrides, matmul_peak, run_bench, sync, synthetic_dataset
 from sslkd.config import load_config
 from sslkd.device import autocast_dtype, resolve_device, tune_cpu_malloc
 
@@ -44,8 +44,9 @@ def lightly_step(a: BenchArgs, device: torch.device, lr: float = 1e-4, return_mo
     from lightly.models.modules import DINOProjectionHead, MaskedVisionTransformerTIMM
     from lightly.models.utils import random_block_mask, update_drop_path_rate, update_momentum
 
-    vit = timm.create_model(TIMM[a.backbone], img_size=a.img, patch_size=a.patch, num_classes=0,
-                            dynamic_img_size=True, pos_embed="learn")
+    vit = timm.create_model(
+        TIMM[a.backbone], img_size=a.img, patch_size=a.patch, num_classes=0, dynamic_img_size=True, pos_embed="learn"
+    )
     teacher_bb = MaskedVisionTransformerTIMM(vit=vit, antialias=False, pos_embed_initialization="skip")
     student_bb = copy.deepcopy(teacher_bb)
     update_drop_path_rate(student_bb.vit, drop_path_rate=0.1, mode="uniform")
@@ -81,8 +82,9 @@ def lightly_step(a: BenchArgs, device: torch.device, lr: float = 1e-4, return_mo
             s_masked = student_head(s_feat[mask])
             s_loc = student_head(student_bb.encode(loc)[:, 0]) if len(views) > 2 else s_cls[:0]
         s_all = torch.cat([s_cls, s_loc]).float()
-        loss = dino(teacher_out=t_cls.float().chunk(2), student_out=s_all.chunk(len(views)), teacher_temp=0.04) \
-            + ibot(teacher_out=t_masked.float(), student_out=s_masked.float(), mask=block, teacher_temp=0.04)
+        loss = dino(teacher_out=t_cls.float().chunk(2), student_out=s_all.chunk(len(views)), teacher_temp=0.04) + ibot(
+            teacher_out=t_masked.float(), student_out=s_masked.float(), mask=block, teacher_temp=0.04
+        )
         loss.backward()
         student_head.cancel_last_layer_gradients(1)
         opt.step()
@@ -128,27 +130,50 @@ def interleaved(lstep, a: BenchArgs, views, overrides: list[str], pairs: int, de
             sync(device)
             times[name].append(time.perf_counter() - t0)
     med = {k: statistics.median(v) for k, v in times.items()}
-    return {"pairs": pairs, "sslkd_img_per_s": round(a.batch / med["sslkd"], 2),
-            "lightly_img_per_s": round(a.batch / med["lightly"], 2), "ratio": round(med["lightly"] / med["sslkd"], 3)}
+    return {
+        "pairs": pairs,
+        "sslkd_img_per_s": round(a.batch / med["sslkd"], 2),
+        "lightly_img_per_s": round(a.batch / med["lightly"], 2),
+        "ratio": round(med["lightly"] / med["sslkd"], 3),
+    }
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--backbone", default="vit_tiny", choices=sorted(TIMM))
-    for name, default in (("img", 32), ("patch", 4), ("batch", 64), ("local-crops", 6), ("local-img", 16),
-                          ("out-dim", 8192), ("steps", 5)):
+    for name, default in (
+        ("img", 32),
+        ("patch", 4),
+        ("batch", 64),
+        ("local-crops", 6),
+        ("local-img", 16),
+        ("out-dim", 8192),
+        ("steps", 5),
+    ):
         p.add_argument(f"--{name}", type=int, default=default)
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
     p.add_argument("--compile", action="store_true", help="sslkd side only (lightly's example does not compile)")
     p.add_argument("--device", default="auto")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="sslkd config overrides")
+    p.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help="sslkd config overrides"
+    )
     p.add_argument("--pairs", type=int, default=6, help="alternated sslkd/lightly steps for the interleaved ratio")
     p.add_argument("--default-malloc", action="store_true", help="CPU: glibc's malloc defaults for both steps")
     args = p.parse_args()
-    a = BenchArgs(backbone=args.backbone, img=args.img, patch=args.patch, batch=args.batch,
-                  local_crops=args.local_crops, local_img=args.local_img, out_dim=args.out_dim, steps=args.steps,
-                  precision=args.precision, compile=args.compile, device=args.device, data_batches=2)
+    a = BenchArgs(
+        backbone=args.backbone,
+        img=args.img,
+        patch=args.patch,
+        batch=args.batch,
+        local_crops=args.local_crops,
+        local_img=args.local_img,
+        out_dim=args.out_dim,
+        steps=args.steps,
+        precision=args.precision,
+        compile=args.compile,
+        device=args.device,
+        data_batches=2,
+    )
     device = resolve_device(args.device)
     malloc = "n/a"
     if device.type == "cpu":
@@ -165,14 +190,26 @@ def main() -> None:
     l_sec, l_flops = measure(step, views, a.steps, device)
     l_mem = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
     ours = run_bench(a, args.overrides)
-    lightly = {"img_per_s": round(a.batch / l_sec, 1), "step_s": round(l_sec, 4),
-               "gflop_per_img": round(l_flops / a.batch / 1e9, 3),
-               "peak_fraction": round(l_flops / l_sec / 1e9 / peak, 3),
-               "peak_mem_mb": round(l_mem, 1) if l_mem else None}
-    print(json.dumps({"device": ours["device"], "config": ours["config"], "malloc": malloc, "sslkd": ours,
-                      "lightly": lightly,
-                      "speedup_vs_lightly": round(ours["img_per_s"] / lightly["img_per_s"], 3),
-                      "interleaved": interleaved(step, a, views, args.overrides, args.pairs, device) if args.pairs else None}))
+    lightly = {
+        "img_per_s": round(a.batch / l_sec, 1),
+        "step_s": round(l_sec, 4),
+        "gflop_per_img": round(l_flops / a.batch / 1e9, 3),
+        "peak_fraction": round(l_flops / l_sec / 1e9 / peak, 3),
+        "peak_mem_mb": round(l_mem, 1) if l_mem else None,
+    }
+    print(
+        json.dumps(
+            {
+                "device": ours["device"],
+                "config": ours["config"],
+                "malloc": malloc,
+                "sslkd": ours,
+                "lightly": lightly,
+                "speedup_vs_lightly": round(ours["img_per_s"] / lightly["img_per_s"], 3),
+                "interleaved": interleaved(step, a, views, args.overrides, args.pairs, device) if args.pairs else None,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -20,9 +20,9 @@ import time
 from pathlib import Path
 
 import torch
+from peer_lightly_ibot import lightly_step
 from torch.utils.data import DataLoader
 
-from peer_lightly_ibot import lightly_step
 from sslkd.bench import BenchArgs
 from sslkd.config import AugConfig
 from sslkd.data import get_dataset
@@ -57,8 +57,16 @@ def main() -> None:
     device = torch.device("cpu")
     train = get_dataset("imagefolder", "train", root=args.root)
     test = get_dataset("imagefolder", "test", root=args.root)
-    a = BenchArgs(backbone="vit_tiny", img=32, patch=args.patch, batch=args.batch, local_crops=args.local_crops,
-                  local_img=16, out_dim=args.out_dim, precision=args.precision)
+    a = BenchArgs(
+        backbone="vit_tiny",
+        img=32,
+        patch=args.patch,
+        batch=args.batch,
+        local_crops=args.local_crops,
+        local_img=16,
+        out_dim=args.out_dim,
+        precision=args.precision,
+    )
     step, (student_bb, teacher_bb) = lightly_step(a, device, lr=args.lr, return_models=True)
     aug = AugConfig(local_crops_number=args.local_crops, local_crops_size=16)
     t = MultiCropTransform.from_config(aug, 32, 3, train.mean, train.std, multiple=args.patch)
@@ -72,14 +80,28 @@ def main() -> None:
     steps, epoch, tic = 0, 0, time.perf_counter()
     budget = args.minutes * 60
     while time.perf_counter() - tic < budget:
-        loader = DataLoader(data, batch_size=args.batch, sampler=SeededEpochSampler(len(train), 0, epoch),
-                            drop_last=True, num_workers=args.workers, prefetch_factor=4 if args.workers else None)
+        loader = DataLoader(
+            data,
+            batch_size=args.batch,
+            sampler=SeededEpochSampler(len(train), 0, epoch),
+            drop_last=True,
+            num_workers=args.workers,
+            prefetch_factor=4 if args.workers else None,
+        )
         for views, *_ in loader:
             loss = step([v.to(device) for v in views])
             steps += 1
             if steps % 50 == 0:
-                print(json.dumps({"step": steps, "loss": round(float(loss), 4),
-                                  "minutes": round((time.perf_counter() - tic) / 60, 2)}), flush=True)
+                print(
+                    json.dumps(
+                        {
+                            "step": steps,
+                            "loss": round(float(loss), 4),
+                            "minutes": round((time.perf_counter() - tic) / 60, 2),
+                        }
+                    ),
+                    flush=True,
+                )
             if time.perf_counter() - tic >= budget:
                 break
         epoch += 1
@@ -87,10 +109,16 @@ def main() -> None:
     f_tr, l_tr = extract_features(_CLS(teacher_bb), train, **kw)
     f_te, l_te = extract_features(_CLS(teacher_bb), test, **kw)
     res = knn_classify(f_tr, l_tr, f_te, l_te, 20, 0.07, 10)
-    out = {"bench": "peer_lightly_train", "date": time.strftime("%Y-%m-%d"), "minutes": round(minutes, 2),
-           "steps": steps, "config": {k: v for k, v in vars(args).items() if k != "out"},
-           "lightly_knn_top1": round(res["top1"], 2), "random_init_knn_top1": round(random_init["top1"], 2),
-           "raw_pixels_knn_top1": round(raw["top1"], 2)}
+    out = {
+        "bench": "peer_lightly_train",
+        "date": time.strftime("%Y-%m-%d"),
+        "minutes": round(minutes, 2),
+        "steps": steps,
+        "config": {k: v for k, v in vars(args).items() if k != "out"},
+        "lightly_knn_top1": round(res["top1"], 2),
+        "random_init_knn_top1": round(random_init["top1"], 2),
+        "raw_pixels_knn_top1": round(raw["top1"], 2),
+    }
     print(json.dumps(out))
     if args.out:
         Path(args.out).write_text(json.dumps(out, indent=1) + "\n")

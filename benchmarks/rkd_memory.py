@@ -48,9 +48,18 @@ def one(loss_name: str, batch: int, dim: int, device: str = "cpu") -> dict:
     if cuda:
         torch.cuda.synchronize()
     sec = time.perf_counter() - tic
-    peak = torch.cuda.max_memory_allocated() / 2**20 if cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"loss": f"rkd-{loss_name[0]}", "batch": batch, "dim": dim, "seconds": round(sec, 4), "first_call_s": round(first, 4),
-            "inputs_mb": round(2 * batch * dim * 4 / 2**20, 1), "peak_extra_mb": round(peak - base, 1)}
+    peak = (
+        torch.cuda.max_memory_allocated() / 2**20 if cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    )
+    return {
+        "loss": f"rkd-{loss_name[0]}",
+        "batch": batch,
+        "dim": dim,
+        "seconds": round(sec, 4),
+        "first_call_s": round(first, 4),
+        "inputs_mb": round(2 * batch * dim * 4 / 2**20, 1),
+        "peak_extra_mb": round(peak - base, 1),
+    }
 
 
 def main() -> None:
@@ -65,8 +74,9 @@ def main() -> None:
         return
     for name in args.losses:
         for b in args.batches:
-            out = subprocess.run([sys.executable, __file__, "--child", name, str(b), str(args.dim)],
-                                 capture_output=True, text=True)
+            out = subprocess.run(
+                [sys.executable, __file__, "--child", name, str(b), str(args.dim)], capture_output=True, text=True
+            )
             if out.returncode:
                 sys.exit(f"rkd-{name} at batch {b} failed:\n{out.stderr}")
             print(out.stdout.strip(), flush=True)

@@ -25,8 +25,20 @@ HERE = Path(__file__).parent
 
 def bench(args, **axes) -> dict:
     cfg = {"batch": args.base_batch, "local_crops": 6, "img": 32, **axes}
-    cmd = [sys.executable, "-m", "sslkd", "bench", "--steps", str(args.steps), "--data-batches", "1",
-           "--device", args.device, "--precision", args.precision]
+    cmd = [
+        sys.executable,
+        "-m",
+        "sslkd",
+        "bench",
+        "--steps",
+        str(args.steps),
+        "--data-batches",
+        "1",
+        "--device",
+        args.device,
+        "--precision",
+        args.precision,
+    ]
     for k, v in cfg.items():
         cmd += [f"--{k.replace('_', '-')}", str(v)]
     out = subprocess.run(cmd, capture_output=True, text=True)
@@ -34,29 +46,48 @@ def bench(args, **axes) -> dict:
         sys.exit(f"{' '.join(cmd)} failed:\n{out.stderr[-2000:]}")
     r = json.loads(out.stdout.strip().splitlines()[-1])
     mem = r["peak_mem_mb"] if r["peak_mem_mb"] is not None else r["max_rss_mb"]
-    return {"axis": next(iter(axes)), **cfg, "step_s": r["step_s"], "img_per_s": r["img_per_s"],
-            "gflop_per_img": r["gflop_per_img"], "peak_fraction": r["peak_fraction"], "mem_mb": mem,
-            "device": r["device"]}
+    return {
+        "axis": next(iter(axes)),
+        **cfg,
+        "step_s": r["step_s"],
+        "img_per_s": r["img_per_s"],
+        "gflop_per_img": r["gflop_per_img"],
+        "peak_fraction": r["peak_fraction"],
+        "mem_mb": mem,
+        "device": r["device"],
+    }
 
 
 def rkd(args, batch: int) -> dict:
-    code = ("import json,sys; sys.path.insert(0, %r); import rkd_memory as m; "
-            "print(json.dumps(m.one('angle', %d, %d, %r)))" % (str(HERE), batch, args.rkd_dim, args.device))
+    code = (
+        f"import json,sys; sys.path.insert(0, {str(HERE)!r}); import rkd_memory as m; "
+        f"print(json.dumps(m.one('angle', {batch:d}, {args.rkd_dim:d}, {args.device!r})))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     if out.returncode:
         sys.exit(f"RKD-A at batch {batch} failed:\n{out.stderr[-2000:]}")
     r = json.loads(out.stdout)
-    return {"axis": "rkd_batch", "batch": batch, "step_s": r["seconds"], "mem_mb": r["peak_extra_mb"],
-            "dim": args.rkd_dim}
+    return {
+        "axis": "rkd_batch",
+        "batch": batch,
+        "step_s": r["seconds"],
+        "mem_mb": r["peak_extra_mb"],
+        "dim": args.rkd_dim,
+    }
 
 
 def plot(rows: list[dict], path: Path, title: str) -> None:
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    axes = [("batch", "batch", "batch size"), ("local_crops", "local_crops", "local crops (16 px)"),
-            ("img", "img", "image size (patch 4: (img/4)^2 tokens)"), ("rkd_batch", "batch", "RKD-A batch (loss alone)")]
+    axes = [
+        ("batch", "batch", "batch size"),
+        ("local_crops", "local_crops", "local crops (16 px)"),
+        ("img", "img", "image size (patch 4: (img/4)^2 tokens)"),
+        ("rkd_batch", "batch", "RKD-A batch (loss alone)"),
+    ]
     fig, ax = plt.subplots(2, 4, figsize=(16, 6.5))
     for i, (axis, key, label) in enumerate(axes):
         pts = sorted((r for r in rows if r["axis"] == axis), key=lambda r: r[key])
@@ -93,8 +124,11 @@ def main() -> None:
     p.add_argument("--out", default="benchmarks/results/scaling")
     args = p.parse_args()
     rows: list[dict] = []
-    points = [dict(batch=b) for b in args.batches] + \
-        [dict(local_crops=c) for c in args.crops if c != 6] + [dict(img=s, local_img=s // 2) for s in args.imgs if s != 32]
+    points = (
+        [dict(batch=b) for b in args.batches]
+        + [dict(local_crops=c) for c in args.crops if c != 6]
+        + [dict(img=s, local_img=s // 2) for s in args.imgs if s != 32]
+    )
     for axes in points:
         rows.append(bench(args, **axes))
         print(json.dumps(rows[-1]), flush=True)
@@ -107,8 +141,12 @@ def main() -> None:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.with_suffix(".jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    plot(rows, out.with_suffix(".png"), f"iBOT ViT-Tiny/4 step on {base['device']} ({args.precision}); "
-         f"base: batch {args.base_batch}, 32 px, 2 + 6 crops")
+    plot(
+        rows,
+        out.with_suffix(".png"),
+        f"iBOT ViT-Tiny/4 step on {base['device']} ({args.precision}); "
+        f"base: batch {args.base_batch}, 32 px, 2 + 6 crops",
+    )
     print(f"wrote {out.with_suffix('.jsonl')} and {out.with_suffix('.png')}")
 
 

@@ -22,10 +22,11 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from sslkd.bench import matmul_peak
+from sslkd.bench import sync as _sync
 from sslkd.config import load_config
-from sslkd.methods import StepInfo, build_method
 from sslkd.device import autocast_dtype
-from sslkd.bench import matmul_peak, sync as _sync
+from sslkd.methods import StepInfo, build_method
 
 
 class RefHead(nn.Module):
@@ -33,8 +34,9 @@ class RefHead(nn.Module):
 
     def __init__(self, d: int, out: int, hidden: int, bottleneck: int) -> None:
         super().__init__()
-        self.mlp = nn.Sequential(nn.Linear(d, hidden), nn.GELU(), nn.Linear(hidden, hidden), nn.GELU(),
-                                 nn.Linear(hidden, bottleneck))
+        self.mlp = nn.Sequential(
+            nn.Linear(d, hidden), nn.GELU(), nn.Linear(hidden, hidden), nn.GELU(), nn.Linear(hidden, bottleneck)
+        )
         self.last = nn.utils.parametrizations.weight_norm(nn.Linear(bottleneck, out, bias=False))
         self.last.parametrizations.weight.original0.data.fill_(1)
         self.last.parametrizations.weight.original0.requires_grad = False
@@ -45,8 +47,14 @@ class RefHead(nn.Module):
 
 def reference_step_fn(args, device):
     """timm ViT + a DINO loss written the obvious way (python loops over view pairs and params)."""
-    vit = timm.create_model("vit_tiny_patch16_224", img_size=args.img, patch_size=args.patch, num_classes=0,
-                            dynamic_img_size=True, drop_path_rate=0.1)
+    vit = timm.create_model(
+        "vit_tiny_patch16_224",
+        img_size=args.img,
+        patch_size=args.patch,
+        num_classes=0,
+        dynamic_img_size=True,
+        drop_path_rate=0.1,
+    )
     student = nn.Sequential(vit, RefHead(192, args.out_dim, 2048, 256)).to(device)
     teacher = copy.deepcopy(student)
     for p in teacher.parameters():
@@ -86,10 +94,18 @@ def reference_step_fn(args, device):
 def sslkd_step_fn(args, device):
     from sslkd.train import Trainer  # noqa: F401  (engine import check)
 
-    cfg = load_config(None, [
-        f"model.backbone={args.backbone}", f"model.patch_size={args.patch}", f"method.out_dim={args.out_dim}",
-        f"aug.local_crops_number={args.local_crops}", f"train.precision={args.precision}", "output_dir=/tmp/bench",
-        f"train.batch_size={args.batch}"])
+    cfg = load_config(
+        None,
+        [
+            f"model.backbone={args.backbone}",
+            f"model.patch_size={args.patch}",
+            f"method.out_dim={args.out_dim}",
+            f"aug.local_crops_number={args.local_crops}",
+            f"train.precision={args.precision}",
+            "output_dir=/tmp/bench",
+            f"train.batch_size={args.batch}",
+        ],
+    )
     method = build_method(cfg, 3, args.img).to(device)
     params = [p for _, p in method.trainable_parameters()]
     opt = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.04, fused=device.type == "cuda")
@@ -140,8 +156,9 @@ def main() -> None:
     device = torch.device(args.device)
     torch.manual_seed(0)
     views = [torch.randn(args.batch, 3, args.img, args.img, device=device) for _ in range(2)]
-    views += [torch.randn(args.batch, 3, args.local_img, args.local_img, device=device)
-              for _ in range(args.local_crops)]
+    views += [
+        torch.randn(args.batch, 3, args.local_img, args.local_img, device=device) for _ in range(args.local_crops)
+    ]
     peak32 = matmul_peak(device, torch.float32)
     peak16 = matmul_peak(device, torch.bfloat16)
     if device.type == "cuda":
@@ -157,13 +174,21 @@ def main() -> None:
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu x{torch.get_num_threads()}",
         "config": vars(args),
         "matmul_peak_gflops": {"fp32": round(peak32, 1), "bf16": round(peak16, 1)},
-        "sslkd": {"img_per_s": round(args.batch / s_sec, 1), "step_s": round(s_sec, 4),
-                  "gflop_per_img": round(s_flops / args.batch / 1e9, 3),
-                  "gflops": round(s_flops / s_sec / 1e9, 1), "peak_fraction": round(s_flops / s_sec / 1e9 / peak, 3),
-                  "peak_mem_mb": round(s_mem / 2**20, 1) if s_mem else None},
-        "reference": {"img_per_s": round(args.batch / r_sec, 1), "step_s": round(r_sec, 4),
-                      "gflops": round(r_flops / r_sec / 1e9, 1), "peak_fraction": round(r_flops / r_sec / 1e9 / peak, 3),
-                      "peak_mem_mb": round(r_mem / 2**20, 1) if r_mem else None},
+        "sslkd": {
+            "img_per_s": round(args.batch / s_sec, 1),
+            "step_s": round(s_sec, 4),
+            "gflop_per_img": round(s_flops / args.batch / 1e9, 3),
+            "gflops": round(s_flops / s_sec / 1e9, 1),
+            "peak_fraction": round(s_flops / s_sec / 1e9 / peak, 3),
+            "peak_mem_mb": round(s_mem / 2**20, 1) if s_mem else None,
+        },
+        "reference": {
+            "img_per_s": round(args.batch / r_sec, 1),
+            "step_s": round(r_sec, 4),
+            "gflops": round(r_flops / r_sec / 1e9, 1),
+            "peak_fraction": round(r_flops / r_sec / 1e9 / peak, 3),
+            "peak_mem_mb": round(r_mem / 2**20, 1) if r_mem else None,
+        },
         "speedup_vs_reference": round(r_sec / s_sec, 3),
         "process_max_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
     }

@@ -15,9 +15,20 @@ MEAN, STD = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
 
 
 def _aug(**kw):
-    base = dict(channels=3, mean=MEAN, std=STD, global_size=16, local_size=8, global_scale=(1.0, 1.0),
-                local_number=0, flip_p=0.0, color_jitter_p=0.0, grayscale_p=0.0, blur_p=(0.0, 0.0, 0.0),
-                solarize_p=0.0)
+    base = dict(
+        channels=3,
+        mean=MEAN,
+        std=STD,
+        global_size=16,
+        local_size=8,
+        global_scale=(1.0, 1.0),
+        local_number=0,
+        flip_p=0.0,
+        color_jitter_p=0.0,
+        grayscale_p=0.0,
+        blur_p=(0.0, 0.0, 0.0),
+        solarize_p=0.0,
+    )
     return BatchMultiCrop(**(base | kw))
 
 
@@ -70,8 +81,9 @@ def test_brightness_scales_each_image_by_one_factor_in_range():
 
 def test_grayscale_solarize_and_blur():
     x = _images()
-    g = _unnorm(_aug(color_jitter_p=1.0, brightness=0.0, contrast=0.0, saturation=0.0, hue=0.0,
-                     grayscale_p=1.0)(x, 0)[0])
+    g = _unnorm(
+        _aug(color_jitter_p=1.0, brightness=0.0, contrast=0.0, saturation=0.0, hue=0.0, grayscale_p=1.0)(x, 0)[0]
+    )
     torch.testing.assert_close(g[:, 0], g[:, 1], atol=1e-5, rtol=0)
     torch.testing.assert_close(g[:, 0], g[:, 2], atol=1e-5, rtol=0)
     s = _unnorm(_aug(solarize_p=1.0)(x, 0)[1])  # the second global crop only
@@ -93,11 +105,27 @@ def test_hue_rotation_keeps_luma_and_full_turn_is_identity():
 
 def test_trainer_with_device_augmentation_resumes_the_same_views_and_learns(tmp_path):
     data = get_dataset("synthetic", "train", img_size=16, num_samples=64)
-    cfg = load_config(None, [f"output_dir={tmp_path}", "method.name=dino", "model.depth=1", "method.out_dim=64",
-                             "method.hidden_dim=64", "method.bottleneck_dim=32", "train.batch_size=16",
-                             "train.epochs=6", "train.warmup_epochs=1", "train.freeze_last_layer=0",
-                             "model.drop_path_rate=0.0", "aug.local_crops_number=2", "device=cpu",
-                             "data.augment_on=device", "train.log_every=4", "train.base_lr=2e-3"])
+    cfg = load_config(
+        None,
+        [
+            f"output_dir={tmp_path}",
+            "method.name=dino",
+            "model.depth=1",
+            "method.out_dim=64",
+            "method.hidden_dim=64",
+            "method.bottleneck_dim=32",
+            "train.batch_size=16",
+            "train.epochs=6",
+            "train.warmup_epochs=1",
+            "train.freeze_last_layer=0",
+            "model.drop_path_rate=0.0",
+            "aug.local_crops_number=2",
+            "device=cpu",
+            "data.augment_on=device",
+            "train.log_every=4",
+            "train.base_lr=2e-3",
+        ],
+    )
     tr = Trainer(cfg, data, progress=False)
     whole = list(tr._batches(1, 0))
     later = list(tr._batches(1, 32))  # resuming at the third batch of epoch 1
@@ -105,7 +133,7 @@ def test_trainer_with_device_augmentation_resumes_the_same_views_and_learns(tmp_
     for a, b in zip(whole[2:], later):
         assert all(torch.equal(p, q) for p, q in zip(a, b))
     tr.fit()
-    rec = [json.loads(line) for line in open(tmp_path / "metrics.jsonl") if '"loss"' in line]
+    rec = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines() if '"loss"' in line]
     assert np.mean([r["loss"] for r in rec[-3:]]) < np.mean([r["loss"] for r in rec[:3]])
 
 

@@ -15,7 +15,9 @@ def test_bench_figures_are_consistent():
     a = BenchArgs(batch=8, img=16, patch=8, local_crops=2, local_img=8, out_dim=64, steps=2, data_batches=2)
     r = run_bench(a, ["model.depth=1", "method.hidden_dim=32", "method.bottleneck_dim=16", "data.num_workers=0"])
     assert abs(r["img_per_s"] - a.batch / r["step_s"]) / r["img_per_s"] < 0.02
-    assert set(r["split_s"]) == {"forward", "backward", "optimizer", "ema"} and all(v >= 0 for v in r["split_s"].values())
+    assert set(r["split_s"]) == {"forward", "backward", "optimizer", "ema"} and all(
+        v >= 0 for v in r["split_s"].values()
+    )
     assert r["gflop_per_img"] > 0 and r["matmul_peak_gflops"]["fp32"] > 0
     assert abs(r["achieved_gflops"] - r["gflop_per_img"] * r["img_per_s"]) / r["achieved_gflops"] < 0.02
     assert 0 < r["peak_fraction"] < 2  # a tiny model: far below the peak, never far above
@@ -31,9 +33,36 @@ def test_bench_flops_grow_with_local_crops():
 
 
 def test_bench_cli_prints_one_json_line(capsys):
-    assert main(["bench", "--method", "dino", "--batch", "4", "--img", "16", "--patch", "8", "--local-crops", "0",
-                 "--out-dim", "32", "--steps", "1", "--data-batches", "1", "--set", "model.depth=1",
-                 "--set", "data.num_workers=0", "--set", "method.hidden_dim=32"]) == 0
+    assert (
+        main(
+            [
+                "bench",
+                "--method",
+                "dino",
+                "--batch",
+                "4",
+                "--img",
+                "16",
+                "--patch",
+                "8",
+                "--local-crops",
+                "0",
+                "--out-dim",
+                "32",
+                "--steps",
+                "1",
+                "--data-batches",
+                "1",
+                "--set",
+                "model.depth=1",
+                "--set",
+                "data.num_workers=0",
+                "--set",
+                "method.hidden_dim=32",
+            ]
+        )
+        == 0
+    )
     line = capsys.readouterr().out.strip().splitlines()[-1]
     assert json.loads(line)["config"]["method"] == "dino"
 

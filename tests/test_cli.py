@@ -37,7 +37,8 @@ def test_pretrain_then_eval_from_the_command_line(tmp_path, capsys):
         "data: {name: digits, img_size: 16}\n"
         "model: {backbone: vit_tiny, patch_size: 4, depth: 1}\n"
         "method: {name: dino, out_dim: 64, hidden_dim: 64, bottleneck_dim: 32}\n"
-        f"train: {{epochs: 1, batch_size: 64, max_steps: 2}}\noutput_dir: {out}\ndevice: cpu\n")
+        f"train: {{epochs: 1, batch_size: 64, max_steps: 2}}\noutput_dir: {out}\ndevice: cpu\n"
+    )
     # the console entry point itself, once, in a fresh interpreter
     r = run_cli("pretrain", "--config", str(cfg), "--no-progress")
     assert r.returncode == 0, r.stderr
@@ -47,8 +48,9 @@ def test_pretrain_then_eval_from_the_command_line(tmp_path, capsys):
     assert main(["eval", "knn", "--checkpoint", str(out), "--dataset", "digits", "--json"]) == 0
     res = json.loads(capsys.readouterr().out)
     assert 0 < res["top1"] <= res["top5"] <= 100
-    assert main(["eval", "linear", "--random-init", "--dataset", "digits", "--backbone", "vit_tiny",
-                 "--epochs", "5"]) == 0
+    assert (
+        main(["eval", "linear", "--random-init", "--dataset", "digits", "--backbone", "vit_tiny", "--epochs", "5"]) == 0
+    )
     assert "top-1" in capsys.readouterr().out
     # a checkpoint for 1-channel images evaluated on 3-channel data is refused
     assert main(["eval", "knn", "--checkpoint", str(out), "--dataset", "synthetic"]) == 1
@@ -65,6 +67,7 @@ def test_info_lists_registry(capsys):
 
 def test_budget_spec_maps_to_the_config_keys(capsys):
     from sslkd.experiments.compare import budget_overrides
+
     assert budget_overrides("1epochs,20min") == ["train.epochs=1", "train.time_budget_minutes=20.0"]
     assert budget_overrides("500steps") == ["train.max_steps=500"]
     assert budget_overrides("2ep, 1.5min") == ["train.epochs=2", "train.time_budget_minutes=1.5"]
@@ -75,9 +78,17 @@ def test_budget_spec_maps_to_the_config_keys(capsys):
     assert "cannot read '10hours'" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("argv", [["eval", "knn", "--k", "0"], ["eval", "knn", "--temperature", "0"],
-                                  ["eval", "linear", "--epochs", "0"], ["eval", "finetune", "--epochs", "-1"],
-                                  ["eval", "knn", "--batch-size", "0"], ["attention", "--threshold", "1.5"]])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["eval", "knn", "--k", "0"],
+        ["eval", "knn", "--temperature", "0"],
+        ["eval", "linear", "--epochs", "0"],
+        ["eval", "finetune", "--epochs", "-1"],
+        ["eval", "knn", "--batch-size", "0"],
+        ["attention", "--threshold", "1.5"],
+    ],
+)
 def test_evaluation_refuses_impossible_settings(argv, capsys):
     extra = ["x"] if argv[0] == "attention" else ["--checkpoint", "x", "--dataset", "digits"]
     with pytest.raises(SystemExit) as e:  # argparse: usage error, exit 2, before any work

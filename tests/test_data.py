@@ -17,7 +17,7 @@ def make_cifar10(root: Path, n_per_batch=4):
     folder = root / "cifar-10-batches-py"
     folder.mkdir(parents=True)
     rng = np.random.default_rng(0)
-    names = ["data_batch_%d" % i for i in range(1, 6)] + ["test_batch"]
+    names = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
     for name in names:
         data = rng.integers(0, 256, (n_per_batch, 3072), dtype=np.uint8)
         labels = list(rng.integers(0, 10, n_per_batch))
@@ -52,6 +52,7 @@ def test_cifar_truncated_and_malicious_pickles_are_named(tmp_path):
     class Evil:
         def __reduce__(self):
             return (print, ("pwned",))
+
     (folder / "data_batch_3").write_bytes(pickle.dumps({b"data": Evil()}))
     with pytest.raises(DatasetError, match="refusing to load builtins.print"):
         get_dataset("cifar10", "train", root=tmp_path)
@@ -157,8 +158,11 @@ def test_imagenet32_npz_and_balanced_subset(tmp_path):
     rng = np.random.default_rng(0)
     for b in (1, 2):
         labels = np.repeat(np.arange(1, 6), 20)  # classes 1..5, 20 each
-        np.savez(tmp_path / f"train_data_batch_{b}.npz",
-                 data=rng.integers(0, 256, (100, 3072), dtype=np.uint8), labels=labels)
+        np.savez(
+            tmp_path / f"train_data_batch_{b}.npz",
+            data=rng.integers(0, 256, (100, 3072), dtype=np.uint8),
+            labels=labels,
+        )
     full = get_dataset("imagenet32", "train", root=tmp_path)
     assert full.images.shape == (200, 32, 32, 3) and full.labels.min() == 0 and full.num_classes == 5
     sub = get_dataset("imagenet32", "train", root=tmp_path, subset_fraction=0.1, seed=3)

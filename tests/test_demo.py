@@ -10,7 +10,9 @@ def _check(tmp_path, capsys, overrides, margin):
     out = capsys.readouterr().out
     assert "DINO pretrained" in out and "random init" in out
     assert table["DINO pretrained"]["top1"] >= table["random init"]["top1"] + margin, table
-    rec = [json.loads(line) for line in open(tmp_path / "demo" / "metrics.jsonl") if '"loss"' in line]
+    rec = [
+        json.loads(line) for line in (tmp_path / "demo" / "metrics.jsonl").read_text().splitlines() if '"loss"' in line
+    ]
     assert sum(r["loss"] for r in rec[-5:]) / 5 < sum(r["loss"] for r in rec[2:7]) / 5
     assert (tmp_path / "demo" / f"checkpoint-{rec[-1]['step']}.pt").is_file()
 

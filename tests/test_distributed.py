@@ -24,15 +24,20 @@ def _worker(rank, world, port, student, teacher, out):
     torch.set_num_threads(1)
     try:
         b = len(student) // world
-        s = student[rank * b:(rank + 1) * b].clone().requires_grad_(True)
-        t = teacher[rank * b:(rank + 1) * b]
-        loss = sum(fn(gather_batch(s), gather_batch(t, differentiable=False))
-                   for fn in (RKDDistanceLoss(), RKDAngleLoss()))
+        s = student[rank * b : (rank + 1) * b].clone().requires_grad_(True)
+        t = teacher[rank * b : (rank + 1) * b]
+        loss = sum(
+            fn(gather_batch(s), gather_batch(t, differentiable=False)) for fn in (RKDDistanceLoss(), RKDAngleLoss())
+        )
         loss.backward()
         q = FeatureQueue(6, student.shape[1])
         q.enqueue(t)
-        out[rank] = {"loss": loss.detach(), "grad": s.grad / world, "queue": q.queue.clone(),  # / world: DDP's mean
-                     "chosen": from_main_process(f"checkpoint seen by rank {rank}")}
+        out[rank] = {
+            "loss": loss.detach(),
+            "grad": s.grad / world,
+            "queue": q.queue.clone(),  # / world: DDP's mean
+            "chosen": from_main_process(f"checkpoint seen by rank {rank}"),
+        }
     finally:
         dist.destroy_process_group()
 
@@ -47,7 +52,7 @@ def test_rkd_over_global_batch_matches_one_process():
     ref.backward()
     for rank in range(2):
         torch.testing.assert_close(out[rank]["loss"], ref.detach())
-        torch.testing.assert_close(out[rank]["grad"], s.grad[rank * 4:(rank + 1) * 4])
+        torch.testing.assert_close(out[rank]["grad"], s.grad[rank * 4 : (rank + 1) * 4])
         # the queue took both ranks' batches in rank order, keeping the newest 6 rows
         torch.testing.assert_close(out[rank]["queue"], torch.nn.functional.normalize(teacher, dim=-1)[-6:])
         # a file-system choice (which checkpoint to resume) is rank 0's on every process
@@ -67,8 +72,14 @@ BASE = {
     "aug": {"local_crops_number": 2, "local_crops_size": 8},
     "model": {"backbone": "vit_tiny", "patch_size": 4, "depth": 1, "drop_path_rate": 0.0},
     "method": {"name": "dino", "out_dim": 64, "hidden_dim": 64, "bottleneck_dim": 32},
-    "train": {"epochs": 1, "batch_size": 16, "warmup_epochs": 0, "log_every": 1, "freeze_last_layer": 0,
-              "max_steps": 3},
+    "train": {
+        "epochs": 1,
+        "batch_size": 16,
+        "warmup_epochs": 0,
+        "log_every": 1,
+        "freeze_last_layer": 0,
+        "max_steps": 3,
+    },
 }
 IBOT = {"name": "ibot", "out_dim": 64, "hidden_dim": 64, "bottleneck_dim": 32, "mask_prob": 0.5}
 CASES = {
@@ -79,8 +90,11 @@ CASES = {
 
 
 OTHER = {
-    "mokd": ['method={"name": "mokd", "out_dim": 32, "hidden_dim": 32, "bottleneck_dim": 16, "thead_depth": 1, '
-             '"thead_width": 64, "model2": {"backbone": "resnet18"}}', "aug.local_crops_number=1"],
+    "mokd": [
+        'method={"name": "mokd", "out_dim": 32, "hidden_dim": 32, "bottleneck_dim": 16, "thead_depth": 1, '
+        '"thead_width": 64, "model2": {"backbone": "resnet18"}}',
+        "aug.local_crops_number=1",
+    ],
     "mae": ['method={"name": "mae"}', "aug.local_crops_number=0"],
 }
 
@@ -89,6 +103,7 @@ def _run(case, out, extra=(), resume=None):
     from sslkd.config import load_config
     from sslkd.data import get_dataset
     from sslkd.train import Trainer
+
     # fp32: a CPU with AVX512-BF16 would run `precision: auto` in bf16, where equal means ~1e-2
     cfg = load_config(None, [f"output_dir={out}", "train.precision=fp32", *CASES[case], *extra], base=BASE)
     trainer = Trainer(cfg, get_dataset("synthetic", "train", img_size=16, num_samples=64), progress=False)
@@ -97,8 +112,9 @@ def _run(case, out, extra=(), resume=None):
 
 
 def _train_worker(rank, world, port, root, shapes):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world), RANK=str(rank),
-                      LOCAL_RANK=str(rank))
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE=str(world), RANK=str(rank), LOCAL_RANK=str(rank)
+    )
     torch.set_num_threads(1)
     try:
         for case in CASES:
@@ -116,17 +132,22 @@ def _train_worker(rank, world, port, root, shapes):
             for par in ("ddp", "fsdp"):
                 _run("dino", root / f"{name}_{par}", [*extra, f"train.parallel={par}", "train.max_steps=2"])
         # FSDP, interrupted after 2 steps and resumed from its checkpoint (gathered shards -> full -> shards)
-        _run("ibot_kd", root / "ibot_kd_fsdp_resumed", ["train.parallel=fsdp", "train.max_steps=2",
-                                                        "train.ckpt_every_steps=1"])
-        _run("ibot_kd", root / "ibot_kd_fsdp_resumed", ["train.parallel=fsdp", "train.ckpt_every_steps=1"],
-             resume="auto")
+        _run(
+            "ibot_kd",
+            root / "ibot_kd_fsdp_resumed",
+            ["train.parallel=fsdp", "train.max_steps=2", "train.ckpt_every_steps=1"],
+        )
+        _run(
+            "ibot_kd", root / "ibot_kd_fsdp_resumed", ["train.parallel=fsdp", "train.ckpt_every_steps=1"], resume="auto"
+        )
     finally:
         dist.destroy_process_group()
 
 
 def _losses(out):
     import json
-    return [json.loads(line) for line in open(out / "metrics.jsonl") if '"loss"' in line]
+
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if '"loss"' in line]
 
 
 def test_two_processes_equal_one_process_and_accumulation(tmp_path):
@@ -144,8 +165,11 @@ def test_two_processes_equal_one_process_and_accumulation(tmp_path):
         _run(case, tmp_path / f"{case}_one")
         whole = _losses(tmp_path / f"{case}_one")
         terms = [k for k in whole[0] if k in ("loss", "dino", "cls", "patch", "rkd_cls", "rkd_patch")]
-        runs = [f"{case}_ddp", f"{case}_fsdp", f"{case}_fsdp_accum"] + (["ibot_kd_fsdp_resumed"] if case == "ibot_kd" else []) \
+        runs = (
+            [f"{case}_ddp", f"{case}_fsdp", f"{case}_fsdp_accum"]
+            + (["ibot_kd_fsdp_resumed"] if case == "ibot_kd" else [])
             + (["ibot_rkd_d_ddp_accum"] if case == "ibot_rkd_d" else [])
+        )
         for run in runs:
             got = _losses(tmp_path / run)
             assert len(whole) == len(got) == 3, run
@@ -163,21 +187,36 @@ def test_torchrun_pretrain_writes_once_and_resumes(tmp_path):
     import json
     import subprocess
     import sys
+
     cfg = tmp_path / "c.yaml"
-    cfg.write_text("device: cpu\ndata: {name: digits, img_size: 16}\n"
-                   "model: {backbone: vit_tiny, patch_size: 4, depth: 1}\n"
-                   "method: {name: ibot, out_dim: 32, hidden_dim: 32, bottleneck_dim: 16, distill: {mode: rkd-d}}\n"
-                   f"train: {{epochs: 1, batch_size: 32, log_every: 1}}\noutput_dir: {tmp_path / 'run'}\n")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "sslkd",
-           "pretrain", "--config", str(cfg), "--no-progress"]
+    cfg.write_text(
+        "device: cpu\ndata: {name: digits, img_size: 16}\n"
+        "model: {backbone: vit_tiny, patch_size: 4, depth: 1}\n"
+        "method: {name: ibot, out_dim: 32, hidden_dim: 32, bottleneck_dim: 16, distill: {mode: rkd-d}}\n"
+        f"train: {{epochs: 1, batch_size: 32, log_every: 1}}\noutput_dir: {tmp_path / 'run'}\n"
+    )
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=2",
+        "-m",
+        "sslkd",
+        "pretrain",
+        "--config",
+        str(cfg),
+        "--no-progress",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     for steps in (2, 4):
-        r = subprocess.run([*cmd, "--set", f"train.max_steps={steps}"], capture_output=True, text=True,
-                           timeout=300, env=env)
+        r = subprocess.run(
+            [*cmd, "--set", f"train.max_steps={steps}"], capture_output=True, text=True, timeout=300, env=env
+        )
         assert r.returncode == 0, r.stderr[-2000:]
         summaries = [line for line in r.stdout.splitlines() if line.startswith("{")]
         assert len(summaries) == 1 and json.loads(summaries[0])["step"] == steps  # printed by rank 0 only
-    steps = [json.loads(line)["step"] for line in open(tmp_path / "run" / "metrics.jsonl")]
+    steps = [json.loads(line)["step"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3, 4]
     assert sorted(p.name for p in (tmp_path / "run").glob("checkpoint-*.pt")) == ["checkpoint-2.pt", "checkpoint-4.pt"]
 
@@ -190,6 +229,7 @@ def _features_worker(rank, world, port, out):
         from sslkd.data import get_dataset
         from sslkd.eval import extract_features
         from sslkd.models import build_backbone
+
         torch.manual_seed(0)
         bb = build_backbone("vit_tiny", 16, 4, 3, depth=1)
         ds = get_dataset("synthetic", "test", img_size=16, num_samples=37)  # odd: ranks get 19 and 18
@@ -202,6 +242,7 @@ def test_feature_extraction_is_shared_across_processes():
     from sslkd.data import get_dataset
     from sslkd.eval import extract_features
     from sslkd.models import build_backbone
+
     out = mp.Manager().dict()
     mp.spawn(_features_worker, args=(2, _free_port(), out), nprocs=2, join=True)
     torch.manual_seed(0)

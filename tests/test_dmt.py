@@ -73,9 +73,10 @@ def test_dmt_trains_a_student_from_two_frozen_teachers(tmp_path):
 
     import timm
 
+    from sslkd import checkpoint as ckpt
     from sslkd.cli import main
     from sslkd.teachers import load_teacher
-    from sslkd import checkpoint as ckpt
+
     paths = []
     for seed in (0, 1):  # two different "self-supervised" ViT-Tiny teachers (MAE / iBOT layouts)
         torch.manual_seed(seed)
@@ -89,10 +90,13 @@ def test_dmt_trains_a_student_from_two_frozen_teachers(tmp_path):
         "model: {backbone: vit_tiny, patch_size: 4, depth: 1, drop_path_rate: 0.0}\n"
         f"method: {{name: dmt, teachers: [{paths[0]}, {paths[1]}], teacher_arch: vit_tiny, teacher_patch_size: 4}}\n"
         "train: {epochs: 3, batch_size: 32, base_lr: 2.0e-3, warmup_epochs: 0, log_every: 1}\n"
-        f"output_dir: {tmp_path / 'run'}\n")
+        f"output_dir: {tmp_path / 'run'}\n"
+    )
     before = [load_teacher(p, arch="vit_tiny", patch_size=4, strict=False)[0].state_dict() for p in paths]
     assert main(["pretrain", "--config", str(cfg), "--no-progress"]) == 0
-    recs = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl") if '"tfd"' in line]
+    recs = [
+        json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines() if '"tfd"' in line
+    ]
     assert recs[-1]["tfd"] < recs[0]["tfd"] and recs[-1]["sfd"] < recs[0]["sfd"]
     state = ckpt.load(ckpt.list_checkpoints(tmp_path / "run")[0])["method"]
     for i, sd in enumerate(before):
@@ -108,16 +112,39 @@ def test_dmt_takes_teachers_made_by_sslkd_mocov3_and_mae(tmp_path):
 
     data = get_dataset("synthetic", "train", img_size=16, num_samples=32)
     runs = []
-    for method, extra in (("mocov3", ["method.hidden_dim=32", "method.out_dim=16"]),
-                          ("mae", ["method.decoder_dim=32", "method.decoder_heads=2", "method.decoder_depth=1"])):
+    for method, extra in (
+        ("mocov3", ["method.hidden_dim=32", "method.out_dim=16"]),
+        ("mae", ["method.decoder_dim=32", "method.decoder_heads=2", "method.decoder_depth=1"]),
+    ):
         out = tmp_path / method
-        cfg = load_config(None, [f"output_dir={out}", f"method.name={method}", "model.depth=1", "model.patch_size=4",
-                                 "train.batch_size=16", "train.max_steps=1", "device=cpu"] + extra)
+        cfg = load_config(
+            None,
+            [
+                f"output_dir={out}",
+                f"method.name={method}",
+                "model.depth=1",
+                "model.patch_size=4",
+                "train.batch_size=16",
+                "train.max_steps=1",
+                "device=cpu",
+            ]
+            + extra,
+        )
         Trainer(cfg, data, progress=False).fit()
         runs.append(str(out))
-    cfg = load_config(None, [f"output_dir={tmp_path / 'dmt'}", "method.name=dmt", f"method.teachers={runs}",
-                             "model.depth=1", "model.patch_size=4", "train.batch_size=16", "train.max_steps=2",
-                             "device=cpu"])
+    cfg = load_config(
+        None,
+        [
+            f"output_dir={tmp_path / 'dmt'}",
+            "method.name=dmt",
+            f"method.teachers={runs}",
+            "model.depth=1",
+            "model.patch_size=4",
+            "train.batch_size=16",
+            "train.max_steps=2",
+            "device=cpu",
+        ],
+    )
     summary = Trainer(cfg, data, progress=False).fit()
     assert summary["step"] == 2 and np.isfinite(summary["loss"])
 
@@ -128,6 +155,7 @@ def test_student_view_is_colour_jittered_only_never_gray():
     from sslkd.config import AugConfig
     from sslkd.data.augment import MultiCropTransform
     from sslkd.data.batch_augment import BatchMultiCrop
+
     aug = AugConfig(paired=True, color_jitter_p=0.0, grayscale_p=1.0, blur_p=(1.0, 1.0, 1.0), solarize_p=1.0)
     t = MultiCropTransform.from_config(aug, 16, 3, (0.5,) * 3, (0.25,) * 3)
     img = torch.randint(0, 256, (3, 16, 16), dtype=torch.uint8)

@@ -29,8 +29,9 @@ def _commands() -> list[tuple[str, str]]:
 
 
 def test_config_key_reference_is_current():
-    assert (DOCS / "config-keys.md").read_text() == config_keys_markdown(), \
+    assert (DOCS / "config-keys.md").read_text() == config_keys_markdown(), (
         "docs/config-keys.md is stale: run `python -m sslkd.docs > docs/config-keys.md`"
+    )
 
 
 @pytest.mark.parametrize("page,command", _commands())
@@ -51,15 +52,23 @@ def test_docs_commands_cover_every_method_page():
 
 def test_site_builds_strictly(tmp_path):
     pytest.importorskip("mkdocs")
-    r = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "-q", "-d", str(tmp_path / "site")],
-                       cwd=ROOT, capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "-q", "-d", str(tmp_path / "site")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0, r.stdout + r.stderr
     assert (tmp_path / "site" / "methods" / "ibot" / "index.html").is_file()
 
 
 def test_ibot_page_states_the_papers_table_1_exactly():
     page = (DOCS / "methods" / "ibot.md").read_text()
-    for row in ("| Random init | 33.900 | 83.870 | 32.100 | 84.240 |", "| iBOT & KD | 25.650 | 74.420 | 30.850 | 84.110 |",
-                "| iBOT & RKD-D | 33.820 | 84.260 | 32.900 | 84.270 |", "| iBOT & RKD-A | 33.720 | 83.830 | 31.790 | 83.860 |"):
+    for row in (
+        "| Random init | 33.900 | 83.870 | 32.100 | 84.240 |",
+        "| iBOT & KD | 25.650 | 74.420 | 30.850 | 84.110 |",
+        "| iBOT & RKD-D | 33.820 | 84.260 | 32.900 | 84.270 |",
+        "| iBOT & RKD-A | 33.720 | 83.830 | 31.790 | 83.860 |",
+    ):
         assert row in page
     assert "paper's ordering" not in page + (ROOT / "README.md").read_text()

@@ -15,21 +15,55 @@ from test_docs import ROOT, _commands
 
 from sslkd.cli import main
 
-PAGES = ["index.md", "data.md", "dino.md", "ibot.md", "evaluation.md", "export-report.md", "seed.md", "howto-distill.md",
-         "mocov3.md", "mae.md", "dmt.md", "mokd.md"]  # producers before consumers (DMT reads the teachers)
+PAGES = [
+    "index.md",
+    "data.md",
+    "dino.md",
+    "ibot.md",
+    "evaluation.md",
+    "export-report.md",
+    "seed.md",
+    "howto-distill.md",
+    "mocov3.md",
+    "mae.md",
+    "dmt.md",
+    "mokd.md",
+]  # producers before consumers (DMT reads the teachers)
 
 
 def _budget(args: list[str]) -> list[str]:
     """What we add to a documented command so that it finishes in seconds."""
     cmd = args[0]
     if cmd in ("pretrain", "distill"):
-        return ["--no-progress", "--set", "train.max_steps=1", "--set", "train.batch_size=16",
-                "--set", "eval.knn_every=0", "--set", "data.num_workers=0"]
+        return [
+            "--no-progress",
+            "--set",
+            "train.max_steps=1",
+            "--set",
+            "train.batch_size=16",
+            "--set",
+            "eval.knn_every=0",
+            "--set",
+            "data.num_workers=0",
+        ]
     if cmd == "demo":
         return ["--no-progress", "--set", "train.max_steps=2"]
     if cmd == "experiment":
-        return ["--no-progress", "--max-steps", "1", "--linear-epochs", "2", "--eval-train-samples", "60",
-                "--eval-test-samples", "30", "--set", "train.batch_size=16", "--set", "data.num_workers=0"]
+        return [
+            "--no-progress",
+            "--max-steps",
+            "1",
+            "--linear-epochs",
+            "2",
+            "--eval-train-samples",
+            "60",
+            "--eval-test-samples",
+            "30",
+            "--set",
+            "train.batch_size=16",
+            "--set",
+            "data.num_workers=0",
+        ]
     if args[:2] == ["eval", "linear"]:
         return ["--epochs", "2"]
     if args[:2] == ["eval", "finetune"]:
@@ -59,7 +93,9 @@ def _sandbox(root, monkeypatch):
     fashion.mkdir(parents=True)
     for prefix, n in (("train", 120), ("t10k", 60)):
         labels = np.arange(n) % 10
-        _idx(fashion / f"{prefix}-images-idx3-ubyte.gz", rng.integers(0, 255, (n, 28, 28)) // (1 + labels[:, None, None]))
+        _idx(
+            fashion / f"{prefix}-images-idx3-ubyte.gz", rng.integers(0, 255, (n, 28, 28)) // (1 + labels[:, None, None])
+        )
         _idx(fashion / f"{prefix}-labels-idx1-ubyte.gz", labels)
     # data.md's folders: unlabelled photos of many sizes (nested), and an ImageNet-layout tree
     for i in range(20):
@@ -78,9 +114,12 @@ def _sandbox(root, monkeypatch):
     monkeypatch.setattr("sslkd.data.idx.DEBIAN_ROOT", root / "no-debian-copy")
     # the how-to's external teacher: a ViT-S/8 in DINO's own checkpoint layout
     import timm
+
     vit = timm.create_model("vit_small_patch8_224", pretrained=False, num_classes=0)
-    torch.save({"teacher": {f"backbone.{k}": v for k, v in vit.state_dict().items()}},
-               work / "dino_vitsmall8_pretrain_full_checkpoint.pth")
+    torch.save(
+        {"teacher": {f"backbone.{k}": v for k, v in vit.state_dict().items()}},
+        work / "dino_vitsmall8_pretrain_full_checkpoint.pth",
+    )
     monkeypatch.chdir(work)
     return work
 

@@ -34,10 +34,23 @@ assert not any(m == "sslkd" or m.startswith("sslkd.") for m in sys.modules), "ss
 
 def _run(tmp_path, backbone):
     data = get_dataset("synthetic", "train", img_size=16, num_samples=16)
-    cfg = load_config(None, [f"output_dir={tmp_path / 'run'}", "method.name=dino", f"model.backbone={backbone}",
-                             "model.depth=2", "model.patch_size=4", "method.out_dim=32", "method.hidden_dim=32",
-                             "method.bottleneck_dim=16", "train.batch_size=8", "train.max_steps=2", "device=cpu",
-                             "aug.local_crops_number=0"])
+    cfg = load_config(
+        None,
+        [
+            f"output_dir={tmp_path / 'run'}",
+            "method.name=dino",
+            f"model.backbone={backbone}",
+            "model.depth=2",
+            "model.patch_size=4",
+            "method.out_dim=32",
+            "method.hidden_dim=32",
+            "method.bottleneck_dim=16",
+            "train.batch_size=8",
+            "train.max_steps=2",
+            "device=cpu",
+            "aug.local_crops_number=0",
+        ],
+    )
     Trainer(cfg, data, progress=False).fit()
     return tmp_path / "run"
 
@@ -53,8 +66,10 @@ def test_export_loads_in_plain_timm_with_the_same_features(tmp_path, backbone):
     assert cfg["sslkd"]["method"] == "dino" and cfg["pretrained_cfg"]["input_size"] == [3, 16, 16]
     x = torch.randn(4, 3, 16, 16)
     torch.save(x, tmp_path / "x.pt")
-    subprocess.run([sys.executable, "-c", LOADER, str(out), str(tmp_path / "x.pt"), str(tmp_path / "y.pt"),
-                    SMALL_STEM_RECIPE], check=True)
+    subprocess.run(
+        [sys.executable, "-c", LOADER, str(out), str(tmp_path / "x.pt"), str(tmp_path / "y.pt"), SMALL_STEM_RECIPE],
+        check=True,
+    )
     expected = load_pretrained(run).backbone(x).detach()
     torch.testing.assert_close(torch.load(tmp_path / "y.pt"), expected, atol=1e-5, rtol=1e-5)
 

@@ -90,7 +90,7 @@ def test_every_mode_decodes_to_8bit_with_orientation_applied(tmp_path):
     with pytest.raises(CorruptImageError, match="png.png"):
         ds[[Path(ds.path(i)).name for i in range(len(ds))].index("png.png")]
     full = (tmp_path / "jpg.jpg").read_bytes()
-    (tmp_path / "cut.jpg").write_bytes(full[:len(full) // 2])  # truncated: corrupt, not silently grey
+    (tmp_path / "cut.jpg").write_bytes(full[: len(full) // 2])  # truncated: corrupt, not silently grey
     with pytest.raises(CorruptImageError, match="cut.jpg"):
         decode(tmp_path / "cut.jpg", 3)
 
@@ -132,8 +132,14 @@ def test_crop_aspect_ratio_follows_the_original_image(tmp_path):
     ds = ImageFolderDataset(idx, 3, img_size=32)
     img, _ = ds[0]
     assert tuple(img.shape) == (3, 100, 300)  # decoded at its own size
-    aug = AugConfig(global_crops_scale=(1.0, 1.0), flip_p=0.0, color_jitter_p=0.0, grayscale_p=0.0,
-                    blur_p=(0.0, 0.0, 0.0), solarize_p=0.0)
+    aug = AugConfig(
+        global_crops_scale=(1.0, 1.0),
+        flip_p=0.0,
+        color_jitter_p=0.0,
+        grayscale_p=0.0,
+        blur_p=(0.0, 0.0, 0.0),
+        solarize_p=0.0,
+    )
     t = MultiCropTransform.from_config(aug, 32, 3, (0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
     red = t(img)[0][0] * 255
     span = float(red.max() - red.min())
@@ -173,8 +179,8 @@ def _config(tmp_path, root, out, extra=""):
         "aug: {local_crops_number: 2, local_crops_size: 16}\n"
         "model: {backbone: vit_tiny, patch_size: 8, depth: 1}\n"
         "method: {name: dino, out_dim: 32, hidden_dim: 32, bottleneck_dim: 16}\n"
-        f"train: {{epochs: 1, batch_size: 4, max_steps: 3, log_every: 1}}\noutput_dir: {out}\ndevice: cpu\n"
-        + extra)
+        f"train: {{epochs: 1, batch_size: 4, max_steps: 3, log_every: 1}}\noutput_dir: {out}\ndevice: cpu\n" + extra
+    )
     return cfg
 
 
@@ -183,8 +189,19 @@ def test_mixed_tree_pretrains_skips_a_corrupt_file_and_evaluates(tmp_path, capsy
     make_tree(tmp_path / "data" / "val", per_class=3, seed=1)
     (tmp_path / "data" / "train" / "cat" / "broken.jpg").write_bytes(b"\xff\xd8 truncated")
     out = tmp_path / "run"
-    assert main(["pretrain", "--config", str(_config(tmp_path, tmp_path / "data", out)),
-                 "--set", "data.on_corrupt=skip", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "pretrain",
+                "--config",
+                str(_config(tmp_path, tmp_path / "data", out)),
+                "--set",
+                "data.on_corrupt=skip",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     captured = capsys.readouterr()
     assert "read lazily" in captured.out
     summary = json.loads(captured.out.strip().splitlines()[-1])
@@ -192,22 +209,83 @@ def test_mixed_tree_pretrains_skips_a_corrupt_file_and_evaluates(tmp_path, capsy
     # 19 files, 3 steps of 4 images of one seeded permutation: the broken one is met unless it
     # falls among the 7 never drawn; either way what is counted is what the summary says
     assert records[-1]["skipped_files"] == summary["skipped_files"]
-    assert main(["eval", "knn", "--checkpoint", str(out), "--dataset", "imagefolder",
-                 "--root", str(tmp_path / "data"), "--json"]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "knn",
+                "--checkpoint",
+                str(out),
+                "--dataset",
+                "imagefolder",
+                "--root",
+                str(tmp_path / "data"),
+                "--json",
+            ]
+        )
+        == 0
+    )
     res = json.loads(capsys.readouterr().out)
     assert 0 <= res["top1"] <= 100
-    assert main(["eval", "finetune", "--checkpoint", str(out), "--dataset", "imagefolder", "--root",
-                 str(tmp_path / "data"), "--epochs", "1", "--batch-size", "4", "--workers", "0", "--json"]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "finetune",
+                "--checkpoint",
+                str(out),
+                "--dataset",
+                "imagefolder",
+                "--root",
+                str(tmp_path / "data"),
+                "--epochs",
+                "1",
+                "--batch-size",
+                "4",
+                "--workers",
+                "0",
+                "--json",
+            ]
+        )
+        == 0
+    )
     res = json.loads(capsys.readouterr().out)
     assert res["train_images"] == 19 and 0 <= res["top1"] <= 100
-    assert main(["attention", str(out), "--dataset", "imagefolder", "--root", str(tmp_path / "data"),
-                 "--indices", "0", "1", "--out", str(tmp_path / "att.png")]) == 0
+    assert (
+        main(
+            [
+                "attention",
+                str(out),
+                "--dataset",
+                "imagefolder",
+                "--root",
+                str(tmp_path / "data"),
+                "--indices",
+                "0",
+                "1",
+                "--out",
+                str(tmp_path / "att.png"),
+            ]
+        )
+        == 0
+    )
     assert (tmp_path / "att.png").stat().st_size > 0
     # under `fail` the run stops, naming the file
     for p in (tmp_path / "data" / "train" / "cat").rglob("*.*"):
         p.write_bytes(b"")  # half the files: the first batch (seeded) meets one
-    assert main(["pretrain", "--config", str(_config(tmp_path, tmp_path / "data", tmp_path / "run2")),
-                 "--set", "data.in_memory=false", "--no-progress"]) == 1
+    assert (
+        main(
+            [
+                "pretrain",
+                "--config",
+                str(_config(tmp_path, tmp_path / "data", tmp_path / "run2")),
+                "--set",
+                "data.in_memory=false",
+                "--no-progress",
+            ]
+        )
+        == 1
+    )
     assert "cannot decode" in capsys.readouterr().err
 
 
@@ -217,31 +295,77 @@ def test_skip_counts_every_bad_file_met(tmp_path, capsys):
         (tmp_path / "photos" / "cat" / f"bad{i}.jpg").write_bytes(b"junk")
     out = tmp_path / "run"
     cfg = _config(tmp_path, tmp_path / "photos", out, "eval: {knn_every: 1}\n")
-    assert main(["pretrain", "--config", str(cfg), "--set", "data.on_corrupt=skip", "--set", "train.max_steps=null",
-                 "--set", "data.labels=none", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "pretrain",
+                "--config",
+                str(cfg),
+                "--set",
+                "data.on_corrupt=skip",
+                "--set",
+                "train.max_steps=null",
+                "--set",
+                "data.labels=none",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     captured = capsys.readouterr()
     assert "kNN monitor off" in captured.out
     summary = json.loads(captured.out.strip().splitlines()[-1])
     assert summary["step"] == 3 and summary["skipped_files"] >= 4  # one epoch reads every file once
     # an unlabelled folder has nothing to score: evaluation says so in one line
-    assert main(["eval", "knn", "--checkpoint", str(out), "--dataset", "imagefolder",
-                 "--root", str(tmp_path / "photos")]) == 1
+    assert (
+        main(["eval", "knn", "--checkpoint", str(out), "--dataset", "imagefolder", "--root", str(tmp_path / "photos")])
+        == 1
+    )
     assert "held-out" in capsys.readouterr().err
 
 
 def test_unlabelled_nested_folder_pretrains(tmp_path, capsys):
     rng = np.random.default_rng(0)
     for i in range(8):
-        write_photo(tmp_path / "photos" / ("2023/summer" if i % 2 else "2024") / f"img{i}", "jpg",
-                    int(rng.integers(40, 120)), int(rng.integers(40, 120)), rng)
+        write_photo(
+            tmp_path / "photos" / ("2023/summer" if i % 2 else "2024") / f"img{i}",
+            "jpg",
+            int(rng.integers(40, 120)),
+            int(rng.integers(40, 120)),
+            rng,
+        )
     out = tmp_path / "run"
-    assert main(["pretrain", "--config", str(_config(tmp_path, tmp_path / "photos", out)),
-                 "--set", "train.max_steps=2", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "pretrain",
+                "--config",
+                str(_config(tmp_path, tmp_path / "photos", out)),
+                "--set",
+                "train.max_steps=2",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     assert "no classes" in capsys.readouterr().out
     assert (out / "checkpoint-2.pt").is_file()
     # resumable: the same run continues from its checkpoint
-    assert main(["pretrain", "--config", str(_config(tmp_path, tmp_path / "photos", out)),
-                 "--set", "train.max_steps=null", "--resume", "auto", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "pretrain",
+                "--config",
+                str(_config(tmp_path, tmp_path / "photos", out)),
+                "--set",
+                "train.max_steps=null",
+                "--resume",
+                "auto",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["step"] == 2
 
 
@@ -250,6 +374,7 @@ def test_streaming_features_equal_for_any_worker_count(tmp_path):
     ds = get_dataset("imagefolder", "train", root=tmp_path / "t", in_memory=False)
     net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 16 * 16, 4))
     from sslkd.eval import extract_features
+
     a, la = extract_features(net, ds, (0.5,) * 3, (0.25,) * 3, size=16, batch_size=3)
     b, lb = extract_features(net, ds, (0.5,) * 3, (0.25,) * 3, size=16, batch_size=4, num_workers=2)
     assert a.shape == (10, 4) and torch.allclose(a, b) and torch.equal(la, lb)
@@ -263,8 +388,9 @@ def test_pil_hue_is_the_batch_paths_rotation_and_views_follow_the_seed():
     x = torch.from_numpy(arr).permute(2, 0, 1)[None].double() / 255
     want = (_rotate_hue(x, torch.tensor([0.07 * 2 * np.pi], dtype=torch.float64)).clamp(0, 1) * 255)[0]
     assert np.abs(got - want.permute(1, 2, 0).numpy()).max() <= 1.0  # PIL rounds to 8 bits
-    t = MultiCropTransform.from_config(AugConfig(local_crops_number=2, local_crops_size=16), 32, 3, (0.5,) * 3,
-                                       (0.25,) * 3)
+    t = MultiCropTransform.from_config(
+        AugConfig(local_crops_number=2, local_crops_size=16), 32, 3, (0.5,) * 3, (0.25,) * 3
+    )
     pil, im = PILMultiCrop.from_transform(t), Image.fromarray(rng.integers(0, 256, (50, 70, 3), dtype=np.uint8))
     views = []
     for seed in (1, 1, 2):
@@ -280,10 +406,21 @@ def test_photos_train_with_colour_on_the_device(tmp_path, capsys):
     """Workers crop, the batch is coloured on the device: ``colour`` is the recipe's photometric half
     (no op left on: normalisation only; jitter on: changed, the same for the same key)."""
     from sslkd.data.batch_augment import BatchMultiCrop
+
     crops = [torch.randint(0, 256, (4, 3, 16, 16), dtype=torch.uint8) for _ in range(3)]
     mean, std = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
-    off = BatchMultiCrop(3, mean, std, 16, 16, local_number=1, color_jitter_p=0.0, grayscale_p=0.0,
-                         blur_p=(0.0, 0.0, 0.0), solarize_p=0.0)
+    off = BatchMultiCrop(
+        3,
+        mean,
+        std,
+        16,
+        16,
+        local_number=1,
+        color_jitter_p=0.0,
+        grayscale_p=0.0,
+        blur_p=(0.0, 0.0, 0.0),
+        solarize_p=0.0,
+    )
     m, sd = torch.tensor(mean)[None, :, None, None], torch.tensor(std)[None, :, None, None]
     for got, c in zip(off.colour(crops, 7), crops):
         torch.testing.assert_close(got, (c.float() / 255 - m) / sd)
@@ -292,13 +429,27 @@ def test_photos_train_with_colour_on_the_device(tmp_path, capsys):
     assert all(torch.equal(x, y) for x, y in zip(a, b)) and not torch.allclose(a[0], off.colour(crops, 7)[0])
     make_tree(tmp_path / "photos", per_class=4)
     out = tmp_path / "run"
-    assert main(["pretrain", "--config", str(_config(tmp_path, tmp_path / "photos", out)),
-                 "--set", "data.augment_on=device", "--set", "train.max_steps=2", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "pretrain",
+                "--config",
+                str(_config(tmp_path, tmp_path / "photos", out)),
+                "--set",
+                "data.augment_on=device",
+                "--set",
+                "train.max_steps=2",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["step"] == 2
 
 
 def test_held_out_split_is_labelled_by_the_training_classes(tmp_path):
     from sslkd.data import held_out
+
     make_tree(tmp_path / "d" / "train", classes=("ant", "bee", "cat"), per_class=2)
     make_tree(tmp_path / "d" / "val", classes=("bee", "cat"), per_class=2, seed=1)  # no 'ant' images
     train = get_dataset("imagefolder", "train", root=tmp_path / "d")

@@ -39,6 +39,7 @@ def naive_patch_loss(s, t, masks, center, ts, tt):
     def softmax(x):
         e = np.exp(x - x.max())
         return e / e.sum()
+
     views = []
     for v in range(s.shape[0]):
         per_image = []
@@ -69,15 +70,28 @@ def test_patch_loss_formula_only_masked_positions_and_no_dilution():
 
 def test_ibot_student_sees_masks_teacher_does_not(tmp_path):
     data = get_dataset("synthetic", "train", img_size=16, num_samples=32)
-    cfg = load_config(None, [f"output_dir={tmp_path}", "method.name=ibot", "model.depth=1", "method.out_dim=32",
-                             "method.hidden_dim=32", "method.bottleneck_dim=16", "method.mask_prob=1.0",
-                             "train.batch_size=8", "device=cpu"])
+    cfg = load_config(
+        None,
+        [
+            f"output_dir={tmp_path}",
+            "method.name=ibot",
+            "model.depth=1",
+            "method.out_dim=32",
+            "method.hidden_dim=32",
+            "method.bottleneck_dim=16",
+            "method.mask_prob=1.0",
+            "train.batch_size=8",
+            "device=cpu",
+        ],
+    )
     tr = Trainer(cfg, data, progress=False)
     method = tr.method
     calls = []
     for name, enc in (("student", method.student), ("teacher", method.teacher)):
         orig = enc.backbone.forward_features
-        enc.backbone.forward_features = (lambda o, n: lambda x, mask=None: (calls.append((n, mask)), o(x, mask))[1])(orig, name)
+        enc.backbone.forward_features = (lambda o, n: lambda x, mask=None: (calls.append((n, mask)), o(x, mask))[1])(
+            orig, name
+        )
     views = next(iter(tr._loader(0, 0)))[0]
     losses, metrics = method(views, StepInfo(0, 0.0, 8, 1))
     assert [n for n, _ in calls] == ["teacher", "student"]
@@ -88,13 +102,29 @@ def test_ibot_student_sees_masks_teacher_does_not(tmp_path):
 @pytest.mark.parametrize("mode", ["kd", "rkd-d", "rkd-a"])
 def test_tiny_ibot_run_per_mode_loss_falls(tmp_path, mode):
     data = get_dataset("synthetic", "train", img_size=16, num_samples=64)
-    cfg = load_config(None, [
-        f"output_dir={tmp_path}", "method.name=ibot", f"method.distill.mode={mode}", "model.depth=1",
-        "model.drop_path_rate=0.0", "method.out_dim=64", "method.hidden_dim=64", "method.bottleneck_dim=32",
-        "train.batch_size=16", "train.epochs=6", "train.warmup_epochs=1", "train.freeze_last_layer=0",
-        "train.base_lr=2e-3", "aug.local_crops_number=0", "device=cpu", "train.log_every=4"])
+    cfg = load_config(
+        None,
+        [
+            f"output_dir={tmp_path}",
+            "method.name=ibot",
+            f"method.distill.mode={mode}",
+            "model.depth=1",
+            "model.drop_path_rate=0.0",
+            "method.out_dim=64",
+            "method.hidden_dim=64",
+            "method.bottleneck_dim=32",
+            "train.batch_size=16",
+            "train.epochs=6",
+            "train.warmup_epochs=1",
+            "train.freeze_last_layer=0",
+            "train.base_lr=2e-3",
+            "aug.local_crops_number=0",
+            "device=cpu",
+            "train.log_every=4",
+        ],
+    )
     Trainer(cfg, data, progress=False).fit()
-    rec = [json.loads(line) for line in open(tmp_path / "metrics.jsonl") if '"loss"' in line]
+    rec = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines() if '"loss"' in line]
     first = np.mean([r["loss"] for r in rec[:3]])
     last = np.mean([r["loss"] for r in rec[-3:]])
     assert last < first, (mode, first, last)
@@ -124,9 +154,21 @@ def test_ibot_masked_rows_path_equals_dense_path(tmp_path):
     """The heads project only the masked positions (no BatchNorm in the head): same losses, same
     gradients and centres as projecting every patch."""
     data = get_dataset("synthetic", "train", img_size=16, num_samples=32)
-    cfg = load_config(None, [f"output_dir={tmp_path}", "method.name=ibot", "model.depth=1", "method.out_dim=32",
-                             "method.hidden_dim=32", "method.bottleneck_dim=16", "method.mask_prob=1.0",
-                             "model.drop_path_rate=0.0", "train.batch_size=8", "device=cpu"])
+    cfg = load_config(
+        None,
+        [
+            f"output_dir={tmp_path}",
+            "method.name=ibot",
+            "model.depth=1",
+            "method.out_dim=32",
+            "method.hidden_dim=32",
+            "method.bottleneck_dim=16",
+            "method.mask_prob=1.0",
+            "model.drop_path_rate=0.0",
+            "train.batch_size=8",
+            "device=cpu",
+        ],
+    )
     tr = Trainer(cfg, data, progress=False)
     method = tr.method
     views = next(iter(tr._loader(0, 0)))[0]
@@ -154,9 +196,21 @@ def test_patch_center_masked_records_the_teachers_mean_over_masked_positions(tmp
     output over the masked positions, the same on the masked-rows and the dense path, and not the
     all-patch mean of iBOT's default; the loss itself is unchanged."""
     data = get_dataset("synthetic", "train", img_size=16, num_samples=32)
-    cfg = load_config(None, [f"output_dir={tmp_path}", "method.name=ibot", "model.depth=1", "method.out_dim=32",
-                             "method.hidden_dim=32", "method.bottleneck_dim=16", "method.mask_prob=1.0",
-                             "model.drop_path_rate=0.0", "train.batch_size=8", "device=cpu"])
+    cfg = load_config(
+        None,
+        [
+            f"output_dir={tmp_path}",
+            "method.name=ibot",
+            "model.depth=1",
+            "method.out_dim=32",
+            "method.hidden_dim=32",
+            "method.bottleneck_dim=16",
+            "method.mask_prob=1.0",
+            "model.drop_path_rate=0.0",
+            "train.batch_size=8",
+            "device=cpu",
+        ],
+    )
     method = Trainer(cfg, data, progress=False).method
     views = next(iter(Trainer(cfg, data, progress=False)._loader(0, 0)))[0]
     info = StepInfo(0, 0.0, 8, 1)
@@ -183,8 +237,12 @@ def test_unshared_head_teacher_projects_patches_with_its_cls_layer_as_ibot():
     outputs come from its CLS last layer (the EMA of the student's); or its own when switched off."""
     from sslkd.config import ConfigError, load_config
     from sslkd.methods import build_method
-    base = {"device": "cpu", "model": {"backbone": "vit_tiny", "patch_size": 4, "depth": 1},
-            "method": {"name": "ibot", "out_dim": 32, "hidden_dim": 32, "bottleneck_dim": 16, "shared_head": False}}
+
+    base = {
+        "device": "cpu",
+        "model": {"backbone": "vit_tiny", "patch_size": 4, "depth": 1},
+        "method": {"name": "ibot", "out_dim": 32, "hidden_dim": 32, "bottleneck_dim": 16, "shared_head": False},
+    }
     z = torch.nn.functional.normalize(torch.randn(5, 16), dim=-1)
     for shared_teacher in (True, False):
         cfg = load_config(None, [f"method.shared_head_teacher={str(shared_teacher).lower()}"], base=base)
@@ -204,9 +262,20 @@ def test_patch_rkd_relates_only_the_views_the_student_saw_masked(tmp_path):
     pairs with a masked patch, unless ``distill.patch_images: all``; the sum is divided by the
     step's masked views per shard, so a batch split into micro-batches gives the same loss."""
     data = get_dataset("synthetic", "train", img_size=16, num_samples=32)
-    base = [f"output_dir={tmp_path}", "method.name=ibot", "model.depth=1", "method.out_dim=32",
-            "method.hidden_dim=32", "method.bottleneck_dim=16", "method.mask_prob=0.5", "model.drop_path_rate=0.0",
-            "train.batch_size=8", "device=cpu", "method.distill.mode=rkd-d", "method.distill.levels=patch"]
+    base = [
+        f"output_dir={tmp_path}",
+        "method.name=ibot",
+        "model.depth=1",
+        "method.out_dim=32",
+        "method.hidden_dim=32",
+        "method.bottleneck_dim=16",
+        "method.mask_prob=0.5",
+        "model.drop_path_rate=0.0",
+        "train.batch_size=8",
+        "device=cpu",
+        "method.distill.mode=rkd-d",
+        "method.distill.levels=patch",
+    ]
     info = StepInfo(0, 0.0, 8, 1)
     groups = {}
     for which in ("masked", "all"):
@@ -216,7 +285,7 @@ def test_patch_rkd_relates_only_the_views_the_student_saw_masked(tmp_path):
         views = next(iter(tr._loader(0, 0)))[0]
         seen = []
         real = method._relational
-        method._relational = lambda s, t: seen.append(s.shape[0]) or real(s, t)
+        method._relational = lambda s, t, seen=seen, real=real: seen.append(s.shape[0]) or real(s, t)
         with torch.no_grad():
             losses, _ = method(views, info)
         vmasks, has = method.masks(2, 4, 4, info, 8)
@@ -226,7 +295,7 @@ def test_patch_rkd_relates_only_the_views_the_student_saw_masked(tmp_path):
             # halves of the batch as two micro-batches: the mean of their losses is the whole's
             halves = []
             for micro in range(2):
-                part = [v[micro * 4:(micro + 1) * 4] for v in views]
+                part = [v[micro * 4 : (micro + 1) * 4] for v in views]
                 with torch.no_grad():
                     halves.append(method(part, StepInfo(0, 0.0, 8, 1, accum_steps=2, micro=micro))[0]["rkd_patch"])
             torch.testing.assert_close(sum(halves) / 2, losses["rkd_patch"], rtol=1e-5, atol=1e-7)

@@ -62,8 +62,11 @@ def _imports(name: str, path: Path, modules: dict) -> tuple[set[str], list[str]]
         found = [f for f in found if f.startswith("sslkd")]
         for f in found:
             add(f)
-        if found and id(node) not in top and not any(
-                id(node) in {id(n) for n in ast.walk(t)} for t in tree.body if isinstance(t, ast.If)):
+        if (
+            found
+            and id(node) not in top
+            and not any(id(node) in {id(n) for n in ast.walk(t)} for t in tree.body if isinstance(t, ast.If))
+        ):
             hidden.append(f"{name}:{node.lineno}")
     return targets, hidden
 
@@ -91,7 +94,7 @@ def test_the_import_graph_has_no_cycle():
         stack.append(m)
         for t in sorted(graph[m][0]):
             if state.get(t) == 1:
-                cycles.append(" -> ".join(stack[stack.index(t):] + [t]))
+                cycles.append(" -> ".join(stack[stack.index(t) :] + [t]))
             elif t not in state:
                 visit(t)
         stack.pop()
@@ -113,6 +116,7 @@ def test_every_module_imports_only_its_own_layer_or_lower_ones():
     _, graph = _graph()
     unplaced = [m for m in graph if _layer(m) < 0]
     assert not unplaced, f"modules in no layer (add them to LAYERS): {unplaced}"
-    upward = [f"{m} -> {t}" for m, (targets, _) in sorted(graph.items()) for t in sorted(targets)
-              if _layer(t) > _layer(m)]
+    upward = [
+        f"{m} -> {t}" for m, (targets, _) in sorted(graph.items()) for t in sorted(targets) if _layer(t) > _layer(m)
+    ]
     assert not upward, "imports pointing up the layers:\n" + "\n".join(upward)

@@ -8,8 +8,7 @@ import torch
 
 from sslkd.config import load_config
 from sslkd.data import get_dataset
-from sslkd.losses import MoCoV3Loss
-from sslkd.losses import MAELoss, patchify
+from sslkd.losses import MAELoss, MoCoV3Loss, patchify
 from sslkd.pretrained import load_pretrained
 from sslkd.train import Trainer
 
@@ -57,8 +56,17 @@ def test_patchify_and_mae_loss_only_on_masked_patches():
 
 def test_mae_encoder_sees_only_visible_patches(tmp_path):
     data = get_dataset("synthetic", "train", img_size=16, num_samples=16)
-    cfg = load_config(None, [f"output_dir={tmp_path}", "method.name=mae", "model.depth=1", "model.patch_size=4",
-                             "train.batch_size=8", "device=cpu"])
+    cfg = load_config(
+        None,
+        [
+            f"output_dir={tmp_path}",
+            "method.name=mae",
+            "model.depth=1",
+            "model.patch_size=4",
+            "train.batch_size=8",
+            "device=cpu",
+        ],
+    )
     method = Trainer(cfg, data, progress=False).method
     ids, mask = method.random_mask(8, 16, "cpu")
     assert ids.shape == (8, 4) and mask.sum(1).eq(12).all()  # 75% of 16 masked
@@ -66,17 +74,35 @@ def test_mae_encoder_sees_only_visible_patches(tmp_path):
     assert out.shape == (8, 5, 192)
 
 
-@pytest.mark.parametrize("method,extra", [
-    ("mocov3", ["method.hidden_dim=64", "method.out_dim=32", "method.temperature=0.5"]),
-    ("mae", ["method.decoder_dim=32", "method.decoder_heads=2", "method.decoder_depth=1"])])
+@pytest.mark.parametrize(
+    "method,extra",
+    [
+        ("mocov3", ["method.hidden_dim=64", "method.out_dim=32", "method.temperature=0.5"]),
+        ("mae", ["method.decoder_dim=32", "method.decoder_heads=2", "method.decoder_depth=1"]),
+    ],
+)
 def test_tiny_run_learns_checkpoints_and_evaluates(tmp_path, method, extra):
     data = get_dataset("synthetic", "train", img_size=16, num_samples=64)
-    cfg = load_config(None, [f"output_dir={tmp_path}", f"method.name={method}", "model.depth=1", "model.patch_size=4",
-                             "model.drop_path_rate=0.0", "train.batch_size=16", "train.epochs=8",
-                             "train.warmup_epochs=1", "train.base_lr=2e-3", "train.log_every=4", "device=cpu",
-                             "train.momentum_teacher=0.99"] + extra)
+    cfg = load_config(
+        None,
+        [
+            f"output_dir={tmp_path}",
+            f"method.name={method}",
+            "model.depth=1",
+            "model.patch_size=4",
+            "model.drop_path_rate=0.0",
+            "train.batch_size=16",
+            "train.epochs=8",
+            "train.warmup_epochs=1",
+            "train.base_lr=2e-3",
+            "train.log_every=4",
+            "device=cpu",
+            "train.momentum_teacher=0.99",
+        ]
+        + extra,
+    )
     Trainer(cfg, data, progress=False).fit()
-    rec = [json.loads(line) for line in open(tmp_path / "metrics.jsonl") if '"loss"' in line]
+    rec = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines() if '"loss"' in line]
     assert np.mean([r["loss"] for r in rec[-3:]]) < np.mean([r["loss"] for r in rec[:3]]), method
     pre = load_pretrained(tmp_path)
     assert pre.backbone(torch.randn(2, 3, 16, 16)).shape == (2, 192)
@@ -84,8 +110,18 @@ def test_tiny_run_learns_checkpoints_and_evaluates(tmp_path, method, extra):
 
 def test_mocov3_predictor_is_trained_and_teacher_is_ema(tmp_path):
     data = get_dataset("synthetic", "train", img_size=16, num_samples=16)
-    cfg = load_config(None, [f"output_dir={tmp_path}", "method.name=mocov3", "model.depth=1", "method.hidden_dim=32",
-                             "method.out_dim=16", "train.batch_size=8", "device=cpu"])
+    cfg = load_config(
+        None,
+        [
+            f"output_dir={tmp_path}",
+            "method.name=mocov3",
+            "model.depth=1",
+            "method.hidden_dim=32",
+            "method.out_dim=16",
+            "train.batch_size=8",
+            "device=cpu",
+        ],
+    )
     tr = Trainer(cfg, data, progress=False)
     names = {n for n, _ in tr.method.trainable_parameters()}
     assert any(n.startswith("predictor.") for n in names) and not any(n.startswith("teacher.") for n in names)
@@ -102,11 +138,24 @@ def test_mocov3_accumulation_contrasts_against_the_whole_batch(tmp_path):
     micro-batch outputs (16 keys as negatives), built here in one autograd graph, not the mean of
     two 8-image InfoNCEs; BatchNorm statistics stay per micro-batch in both."""
     import copy
+
     data = get_dataset("synthetic", "train", img_size=16, num_samples=32)
-    cfg = load_config(None, [f"output_dir={tmp_path}", "method.name=mocov3", "model.depth=1", "method.hidden_dim=32",
-                             "method.out_dim=16", "train.batch_size=16", "train.accum_steps=2", "device=cpu",
-                             "model.drop_path_rate=0.0", "train.clip_grad=0",  # raw gradients
-                             "train.precision=fp32"])  # `auto` is bf16 on a CPU with AVX512-BF16; `ref` runs fp32
+    cfg = load_config(
+        None,
+        [
+            f"output_dir={tmp_path}",
+            "method.name=mocov3",
+            "model.depth=1",
+            "method.hidden_dim=32",
+            "method.out_dim=16",
+            "train.batch_size=16",
+            "train.accum_steps=2",
+            "device=cpu",
+            "model.drop_path_rate=0.0",
+            "train.clip_grad=0",  # raw gradients
+            "train.precision=fp32",
+        ],
+    )  # `auto` is bf16 on a CPU with AVX512-BF16; `ref` runs fp32
     tr = Trainer(cfg, data, progress=False)
     loader = iter(tr._loader(0, 0))
     micro = [next(loader)[0], next(loader)[0]]
@@ -123,6 +172,7 @@ def test_mocov3_accumulation_contrasts_against_the_whole_batch(tmp_path):
     def record(*a, **k):
         grads.update({id(p): p.grad.clone() for g in opt.param_groups for p in g["params"] if p.grad is not None})
         return orig(*a, **k)
+
     opt.step = record
     losses, _ = tr.train_step(micro)
     assert float(losses["mocov3"]) == pytest.approx(expected.item(), rel=1e-5)

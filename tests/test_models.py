@@ -4,9 +4,17 @@ import torch
 from sslkd.models import DINOHead, build_backbone
 
 
-@pytest.mark.parametrize("name, dim", [("resnet18", 512), ("resnet34", 512), ("resnet50", 2048),
-                                       ("resnet101", 2048), ("mobilenetv3_large", 960),
-                                       ("efficientnet_b0", 1280)])
+@pytest.mark.parametrize(
+    "name, dim",
+    [
+        ("resnet18", 512),
+        ("resnet34", 512),
+        ("resnet50", 2048),
+        ("resnet101", 2048),
+        ("mobilenetv3_large", 960),
+        ("efficientnet_b0", 1280),
+    ],
+)
 def test_cnn_interface(name, dim):
     net = build_backbone(name, img_size=16, in_chans=3).eval()
     cls, tokens = net.forward_features(torch.randn(2, 3, 16, 16))

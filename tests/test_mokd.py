@@ -17,11 +17,25 @@ MOKD = {
     "data": {"name": "synthetic", "img_size": 16},
     "aug": {"local_crops_number": 1, "local_crops_size": 8},
     "model": {"backbone": "vit_tiny", "patch_size": 4, "depth": 1, "drop_path_rate": 0.0},
-    "method": {"name": "mokd", "out_dim": 32, "hidden_dim": 32, "bottleneck_dim": 16, "thead_depth": 1,
-               "thead_width": 64, "center_momentum": 0.5,
-               "model2": {"backbone": "resnet18", "drop_path_rate": 0.0}},
-    "train": {"epochs": 1, "batch_size": 16, "warmup_epochs": 0, "log_every": 1, "freeze_last_layer": 0,
-              "max_steps": 3, "clip_grad": 3.0},
+    "method": {
+        "name": "mokd",
+        "out_dim": 32,
+        "hidden_dim": 32,
+        "bottleneck_dim": 16,
+        "thead_depth": 1,
+        "thead_width": 64,
+        "center_momentum": 0.5,
+        "model2": {"backbone": "resnet18", "drop_path_rate": 0.0},
+    },
+    "train": {
+        "epochs": 1,
+        "batch_size": 16,
+        "warmup_epochs": 0,
+        "log_every": 1,
+        "freeze_last_layer": 0,
+        "max_steps": 3,
+        "clip_grad": 3.0,
+    },
 }
 
 
@@ -75,8 +89,9 @@ def test_each_term_matches_the_papers_equations(setup):
         for name, want in (("sm", sm), ("cm", cm), ("st", st_), ("ct", ct)):
             assert float(losses[name + n]) == pytest.approx(want, rel=1e-5), name + n
     lam = (m.lambda1, m.lambda2)
-    total = sum(float(losses[f"s{k}{i + 1}"]) + lam[i] * float(losses[f"c{k}{i + 1}"])
-                for i in range(2) for k in ("m", "t"))
+    total = sum(
+        float(losses[f"s{k}{i + 1}"]) + lam[i] * float(losses[f"c{k}{i + 1}"]) for i in range(2) for k in ("m", "t")
+    )
     assert float(losses["loss"].detach()) == pytest.approx(total, rel=1e-6)
 
 
@@ -107,18 +122,25 @@ def test_search_token_changes_output_and_is_not_pooled():
 
 def test_lambda0_without_theads_is_two_independent_dino_runs(tmp_path):
     data = get_dataset("synthetic", "train", img_size=16, num_samples=64)
-    off = ["method.lambda1=0", "method.lambda2=0", "method.self_thead=false", "method.cross_thead=false",
-           "method.optimizer2=adamw"]  # DINO trains both with AdamW
+    off = [
+        "method.lambda1=0",
+        "method.lambda2=0",
+        "method.self_thead=false",
+        "method.cross_thead=false",
+        "method.optimizer2=adamw",
+    ]  # DINO trains both with AdamW
     cfg = load_config(None, [f"output_dir={tmp_path / 'mokd'}", *off], base=MOKD)
     Trainer(cfg, data, progress=False).fit()
-    mokd = [json.loads(line) for line in open(tmp_path / "mokd" / "metrics.jsonl") if '"loss"' in line]
+    mokd = [
+        json.loads(line) for line in (tmp_path / "mokd" / "metrics.jsonl").read_text().splitlines() if '"loss"' in line
+    ]
     dino_method = {k: MOKD["method"][k] for k in ("out_dim", "hidden_dim", "bottleneck_dim", "center_momentum")}
     # model 2 is initialised from seed + 1 (as a DINO run with model.init_seed = seed + 1), same data
     for n, model in ((1, MOKD["model"]), (2, {**MOKD["method"]["model2"], "init_seed": MOKD["seed"] + 1})):
         run = tmp_path / f"dino{n}"
         base = {**MOKD, "model": model, "method": {"name": "dino", **dino_method}}
         Trainer(load_config(None, [f"output_dir={run}"], base=base), data, progress=False).fit()
-        dino = [json.loads(line) for line in open(run / "metrics.jsonl") if '"loss"' in line]
+        dino = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if '"loss"' in line]
         assert len(dino) == len(mokd) == 3
         for a, b in zip(dino, mokd):
             assert b[f"sm{n}"] == pytest.approx(a["dino"], rel=1e-5), (n, a["step"])
@@ -126,14 +148,23 @@ def test_lambda0_without_theads_is_two_independent_dino_runs(tmp_path):
 
 def test_two_models_of_one_architecture_start_apart():
     """Same-architecture pairs (the paper's ViT-S + ViT-S, R50 + R50) are two networks, not twins."""
-    cfg = load_config(None, ["method.model2.backbone=vit_tiny", "method.model2.depth=1",
-                             "method.model2.patch_size=4"], base=MOKD)
+    cfg = load_config(
+        None, ["method.model2.backbone=vit_tiny", "method.model2.depth=1", "method.model2.patch_size=4"], base=MOKD
+    )
     method = build_method(cfg, 3, 16)
     a, b = method.student[0].backbone.state_dict(), method.student[1].backbone.state_dict()
     assert a.keys() == b.keys()
     assert all(not torch.equal(a[k], b[k]) for k in a if a[k].dtype.is_floating_point and a[k].std() > 0)
-    same = load_config(None, ["method.model2.backbone=vit_tiny", "method.model2.depth=1", "method.model2.patch_size=4",
-                              f"method.model2.init_seed={MOKD['seed']}"], base=MOKD)
+    same = load_config(
+        None,
+        [
+            "method.model2.backbone=vit_tiny",
+            "method.model2.depth=1",
+            "method.model2.patch_size=4",
+            f"method.model2.init_seed={MOKD['seed']}",
+        ],
+        base=MOKD,
+    )
     twins = build_method(same, 3, 16)  # asked for explicitly: the same initialisation
     torch.testing.assert_close(twins.student[0].backbone.state_dict(), twins.student[1].backbone.state_dict())
 
@@ -151,6 +182,7 @@ def test_checkpoint_holds_both_models_and_eval_picks_one(tmp_path):
     state = torch.load(sorted(tmp_path.glob("checkpoint-*.pt"))[-1], weights_only=True)
     assert isinstance(state["optimizer"], list) and len(state["optimizer"]) == 2
     from sslkd.pretrained import load_pretrained
+
     # model 1 is the ViT, model 2 the ResNet, each with the weights the checkpoint holds
     one, two = load_pretrained(tmp_path, model=1), load_pretrained(tmp_path, model=2)
     assert one.backbone.is_vit and not two.backbone.is_vit
@@ -160,28 +192,34 @@ def test_checkpoint_holds_both_models_and_eval_picks_one(tmp_path):
     with pytest.raises(ValueError, match="models 1 and 2"):
         load_pretrained(tmp_path, model=3)
     for model in ("1", "2"):
-        assert main(["eval", "knn", "--checkpoint", str(tmp_path), "--dataset", "synthetic", "--model", model,
-                     "--json"]) == 0
+        assert (
+            main(["eval", "knn", "--checkpoint", str(tmp_path), "--dataset", "synthetic", "--model", model, "--json"])
+            == 0
+        )
 
 
 # ---- analyses (Table 9, Fig. 4, Fig. 5) ------------------------------------------------------------
 
+
 def test_prediction_consistency_counts_agreement():
     from sslkd.eval.analysis import prediction_consistency
+
     g = torch.Generator().manual_seed(0)
     train = torch.randn(40, 8, generator=g)
     labels = torch.arange(40) % 4
     test, test_labels = train[:10] + 0.01, labels[:10]
     same = prediction_consistency(train, test, train, test, labels, test_labels)
     assert same["consistency"] == 100.0 and same["top1_a"] == same["top1_b"]
-    noise = prediction_consistency(train, test, torch.randn(40, 8, generator=g), torch.randn(10, 8, generator=g),
-                                   labels, test_labels)
+    noise = prediction_consistency(
+        train, test, torch.randn(40, 8, generator=g), torch.randn(10, 8, generator=g), labels, test_labels
+    )
     assert noise["consistency"] < 100.0 and noise["both_right"] <= min(noise["top1_a"], noise["top1_b"])
 
 
 def test_attention_distance_grows_with_reach():
     from sslkd.eval.analysis import attention_distance, cnn_receptive_distance
     from sslkd.models import build_backbone
+
     torch.manual_seed(0)
     vit = build_backbone("vit_tiny", 16, 4, 3, depth=2)
     images = torch.randint(0, 255, (4, 3, 16, 16), dtype=torch.uint8)
@@ -203,14 +241,56 @@ def test_analyze_commands(tmp_path, capsys):
     assert main(["analyze", "consistency", run, run + "@2", "--dataset", "synthetic"]) == 0
     res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert 0 <= res["both_right"] <= min(res["top1_a"], res["top1_b"]) and 0 <= res["consistency"] <= 100
-    assert main(["analyze", "tsne", run + "@2", "--dataset", "synthetic", "--classes", "0", "1", "2",
-                 "--out", str(tmp_path / "tsne.png")]) == 0
-    assert main(["analyze", "attention-distance", run, run + "@2", "--dataset", "synthetic",
-                 "--out", str(tmp_path / "dist.png")]) == 0
+    assert (
+        main(
+            [
+                "analyze",
+                "tsne",
+                run + "@2",
+                "--dataset",
+                "synthetic",
+                "--classes",
+                "0",
+                "1",
+                "2",
+                "--out",
+                str(tmp_path / "tsne.png"),
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "analyze",
+                "attention-distance",
+                run,
+                run + "@2",
+                "--dataset",
+                "synthetic",
+                "--out",
+                str(tmp_path / "dist.png"),
+            ]
+        )
+        == 0
+    )
     assert (tmp_path / "tsne.png").stat().st_size > 5000 and (tmp_path / "dist.png").stat().st_size > 5000
     capsys.readouterr()
-    assert main(["attention", run + "@1", "--dataset", "synthetic", "--indices", "0",  # model 1: the ViT
-                 "--out", str(tmp_path / "att.png")]) == 0
+    assert (
+        main(
+            [
+                "attention",
+                run + "@1",
+                "--dataset",
+                "synthetic",
+                "--indices",
+                "0",  # model 1: the ViT
+                "--out",
+                str(tmp_path / "att.png"),
+            ]
+        )
+        == 0
+    )
     assert main(["attention", run + "@2", "--dataset", "synthetic", "--out", str(tmp_path / "att2.png")]) == 1
     assert "this model is a CNN" in capsys.readouterr().err
     assert main(["export", run + "@x", "--out", str(tmp_path / "exp")]) == 1
@@ -221,6 +301,7 @@ def test_table7_configs_switch_terms_and_compare_evaluates_both_models():
     from pathlib import Path
 
     from sslkd.experiments.compare import label_of, models_of
+
     rows = sorted((Path(__file__).parents[1] / "configs" / "mokd" / "table7").glob("*.yaml"))
     terms = []
     for path in rows:
@@ -229,8 +310,12 @@ def test_table7_configs_switch_terms_and_compare_evaluates_both_models():
         terms.append((m.self_mlp, m.cross_mlp, m.self_thead, m.cross_thead))
         assert models_of(cfg) == [(1, "resnet18"), (2, "vit_tiny")] and label_of(cfg) == cfg.name
     # the paper's rows: L_sm; + L_cm; + L_st; + L_ct
-    assert terms == [(True, False, False, False), (True, True, False, False), (True, True, True, False),
-                     (True, True, True, True)]
+    assert terms == [
+        (True, False, False, False),
+        (True, True, False, False),
+        (True, True, True, False),
+        (True, True, True, True),
+    ]
 
 
 def test_configs_follow_the_papers_training_recipe():
@@ -239,14 +324,17 @@ def test_configs_follow_the_papers_training_recipe():
     from pathlib import Path
 
     from sslkd.schedules import warmup_temp
+
     root = Path(__file__).resolve().parents[1] / "configs" / "mokd"
     for path in [root / "cifar10_resnet18_vit_tiny.yaml", *sorted((root / "table7").glob("*.yaml"))]:
         cfg = load_config(str(path))
         m = cfg.method
         assert (m.warmup_teacher_temp, m.teacher_temp, m.warmup_teacher_temp_epochs) == (0.04, 0.07, 30), path
         assert cfg.train.epochs == 100 and cfg.train.base_lr == 3e-4 and m.sgd_lr == 0.1, path
-        def temp(epoch):
+
+        def temp(epoch, m=m):
             return warmup_temp(m.warmup_teacher_temp, m.teacher_temp, m.warmup_teacher_temp_epochs, epoch)
+
         assert temp(0) == 0.04 and temp(29.5) == 0.07
         m.warmup_teacher_temp_epochs = 0.3  # a one-epoch run: the same 30%, per step
         assert temp(0.15) == pytest.approx(0.055) and temp(0.3) == 0.07
@@ -254,4 +342,5 @@ def test_configs_follow_the_papers_training_recipe():
 
 def test_fractional_warmup_of_several_epochs_never_overshoots():
     from sslkd.schedules import warmup_temp
+
     assert [warmup_temp(0.04, 0.07, 2.5, e) for e in (0, 1.5, 2.2, 3)] == pytest.approx([0.04, 0.055, 0.07, 0.07])

@@ -53,8 +53,13 @@ def naive_rkd_a(s, t, kind, delta=1.0, ts=0.1, tt=0.04):
     ps, pt = naive_angle(s), naive_angle(t)
     b = len(s)
     if kind == "huber":
-        return np.mean([huber(ps[j, i, k], pt[j, i, k], delta)
-                        for i, j, k in itertools.product(range(b), repeat=3) if i != j and k != j])
+        return np.mean(
+            [
+                huber(ps[j, i, k], pt[j, i, k], delta)
+                for i, j, k in itertools.product(range(b), repeat=3)
+                if i != j and k != j
+            ]
+        )
     total = 0.0
     for j in range(b):
         for i in range(b):
@@ -118,9 +123,11 @@ def test_angle_loss_batch_512_at_ibot_width_fits_in_4gb():
     import subprocess
     import sys
     from pathlib import Path
+
     script = Path(__file__).parent.parent / "benchmarks" / "rkd_memory.py"
-    out = subprocess.run([sys.executable, str(script), "--child", "angle", "512", "65536"],
-                         capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, str(script), "--child", "angle", "512", "65536"], capture_output=True, text=True, check=True
+    )
     assert json.loads(out.stdout)["peak_extra_mb"] < 4096
 
 
@@ -128,8 +135,10 @@ def test_angle_loss_batch_512_at_ibot_width_fits_in_4gb():
 @pytest.mark.parametrize("cls", [RKDDistanceLoss, RKDAngleLoss])
 def test_leading_dims_are_independent_groups(cls, kind):
     g = torch.Generator().manual_seed(4)
-    s, t = torch.randn(2, 3, 6, 5, generator=g, dtype=torch.float64), torch.randn(2, 3, 6, 5, generator=g,
-                                                                                 dtype=torch.float64)
+    s, t = (
+        torch.randn(2, 3, 6, 5, generator=g, dtype=torch.float64),
+        torch.randn(2, 3, 6, 5, generator=g, dtype=torch.float64),
+    )
     fn = cls(kind)
     per_group = torch.stack([fn(s[a, b], t[a, b]) for a in range(2) for b in range(3)]).mean()
     torch.testing.assert_close(fn(s, t), per_group)

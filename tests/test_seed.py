@@ -8,14 +8,14 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
+from sslkd import checkpoint as ckpt
 from sslkd.cli import main
 from sslkd.config import load_config
 from sslkd.data import get_dataset
-from sslkd.losses import EmbeddingRegressionLoss, FeatureQueue, SEEDLoss
 from sslkd.errors import TeacherError
+from sslkd.losses import EmbeddingRegressionLoss, FeatureQueue, SEEDLoss
 from sslkd.teachers import load_teacher
 from sslkd.train import Trainer
-from sslkd import checkpoint as ckpt
 
 TEACHER_RUN = {
     "device": "cpu",
@@ -93,6 +93,7 @@ def test_queue_fifo_wraps_for_any_size():
 
 # ---- teachers from other projects' checkpoint layouts -------------------------------------------------
 
+
 def _vit(img=32, patch=8, name="vit_tiny_patch16_224"):
     torch.manual_seed(0)
     return timm.create_model(name, img_size=img, patch_size=patch, num_classes=0, depth=2).eval()
@@ -101,14 +102,28 @@ def _vit(img=32, patch=8, name="vit_tiny_patch16_224"):
 def _layouts(sd):
     head = {"head.mlp.0.weight": torch.randn(4, 4), "head.last_layer.weight_g": torch.ones(4, 1)}
     return {
-        "dino": {"teacher": {**{f"module.backbone.{k}": v for k, v in sd.items()},
-                             **{f"module.{k}": v for k, v in head.items()}}, "student": {}},
-        "ibot": {"teacher": {**{f"backbone.{k}": v for k, v in sd.items()}, "backbone.masked_embed": torch.zeros(192),
-                             **head}},
-        "mocov3": {"state_dict": {**{f"module.base_encoder.{k}": v * 0 for k, v in sd.items()},
-                                  **{f"module.momentum_encoder.{k}": v for k, v in sd.items()},
-                                  "module.momentum_encoder.head.0.weight": torch.randn(3, 3),
-                                  "module.predictor.0.weight": torch.randn(3, 3)}},
+        "dino": {
+            "teacher": {
+                **{f"module.backbone.{k}": v for k, v in sd.items()},
+                **{f"module.{k}": v for k, v in head.items()},
+            },
+            "student": {},
+        },
+        "ibot": {
+            "teacher": {
+                **{f"backbone.{k}": v for k, v in sd.items()},
+                "backbone.masked_embed": torch.zeros(192),
+                **head,
+            }
+        },
+        "mocov3": {
+            "state_dict": {
+                **{f"module.base_encoder.{k}": v * 0 for k, v in sd.items()},
+                **{f"module.momentum_encoder.{k}": v for k, v in sd.items()},
+                "module.momentum_encoder.head.0.weight": torch.randn(3, 3),
+                "module.predictor.0.weight": torch.randn(3, 3),
+            }
+        },
         "mae": {"model": {**sd, "mask_token": torch.zeros(1, 1, 192), "decoder_embed.weight": torch.randn(2, 2)}},
         "timm": dict(sd),
     }
@@ -139,8 +154,13 @@ def test_mocov2_resnet_and_strict_missing_keys(tmp_path):
     torch.manual_seed(0)
     src = timm.create_model("resnet18", num_classes=0, global_pool="").eval()
     sd = src.state_dict()
-    obj = {"state_dict": {**{f"module.encoder_q.{k}": v for k, v in sd.items()},
-                          "module.encoder_q.fc.0.weight": torch.randn(2, 2), "module.queue": torch.randn(2, 2)}}
+    obj = {
+        "state_dict": {
+            **{f"module.encoder_q.{k}": v for k, v in sd.items()},
+            "module.encoder_q.fc.0.weight": torch.randn(2, 2),
+            "module.queue": torch.randn(2, 2),
+        }
+    }
     torch.save(obj, tmp_path / "moco.pth.tar")
     teacher, report = load_teacher(tmp_path / "moco.pth.tar", arch="resnet18", which="student")
     assert report.layout == "mocov2" and not report.missing and not report.unexpected
@@ -176,12 +196,14 @@ def test_position_embedding_resampled_for_another_grid(tmp_path):
 def test_timm_hub_without_network_says_so(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     import huggingface_hub.constants  # read at import: an earlier import would make the test wait on the network
+
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
     with pytest.raises(TeacherError, match="network"):
         load_teacher("timm:vit_tiny_patch16_224.augreg_in21k_ft_in1k")
 
 
 # ---- SEED end to end ---------------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def teacher_run(tmp_path_factory):
@@ -198,6 +220,7 @@ def test_sslkd_checkpoint_teacher_with_head(teacher_run):
     assert t2.out_dim == 192
     # SEED's default: the head where the checkpoint has one (the teacher's output embedding)
     from sslkd.methods.seed import SEEDConfig
+
     t3, report3 = load_teacher(teacher_run, features=SEEDConfig().teacher_features)
     assert t3.out_dim == 32 and "features: projection head bottleneck" in str(report3)
     assert not any(p.requires_grad for p in t.parameters())
@@ -212,12 +235,29 @@ def test_seed_trains_from_cli_teacher_frozen_and_resumes(tmp_path, teacher_run):
         "model: {backbone: vit_tiny, patch_size: 4, depth: 1, drop_path_rate: 0.0}\n"
         "method: {name: seed, queue_size: 50, teacher_features: head}\n"
         "train: {epochs: 4, batch_size: 32, base_lr: 5.0e-3, warmup_epochs: 0, log_every: 1}\n"
-        f"output_dir: {tmp_path / 'run'}\n")
+        f"output_dir: {tmp_path / 'run'}\n"
+    )
     before = {k: v.clone() for k, v in load_teacher(teacher_run, features="head")[0].state_dict().items()}
-    assert main(["distill", "seed", "--teacher", str(teacher_run), "--config", str(cfg), "--no-progress",
-                 "--set", "train.max_steps=20"]) == 0
+    assert (
+        main(
+            [
+                "distill",
+                "seed",
+                "--teacher",
+                str(teacher_run),
+                "--config",
+                str(cfg),
+                "--no-progress",
+                "--set",
+                "train.max_steps=20",
+            ]
+        )
+        == 0
+    )
     assert main(["distill", "seed", "--teacher", str(teacher_run), "--config", str(cfg), "--no-progress"]) == 0
-    recs = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl") if '"seed"' in line]
+    recs = [
+        json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines() if '"seed"' in line
+    ]
     assert [r["step"] for r in recs] == list(range(1, len(recs) + 1))
     assert np.mean([r["seed"] for r in recs[-5:]]) < np.mean([r["seed"] for r in recs[:5]]) - 0.1
     state = ckpt.load(ckpt.list_checkpoints(tmp_path / "run")[0])["method"]
@@ -231,6 +271,7 @@ def test_seed_configs_use_moco_v2_augmentation():
     """SEED's view is MoCo v2's (blur p = 0.5, saturation 0.4, crop scale 0.2-1), not DINO's
     always-blurred first global crop."""
     from pathlib import Path
+
     for path in sorted((Path(__file__).resolve().parents[1] / "configs" / "seed").glob("*.yaml")):
         cfg = load_config(str(path))
         a = cfg.aug

@@ -6,10 +6,10 @@ import threading
 import pytest
 import torch
 
+from sslkd import checkpoint as ckpt
 from sslkd.config import load_config
 from sslkd.data import get_dataset
 from sslkd.train import Trainer, TrainingError
-from sslkd import checkpoint as ckpt
 from sslkd.train.resume import check_compatible
 
 TINY = {
@@ -28,7 +28,7 @@ def data():
 
 
 def losses_of(out_dir):
-    return [json.loads(line) for line in open(out_dir / "metrics.jsonl") if "loss" in line]
+    return [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines() if "loss" in line]
 
 
 def test_resume_continues_bit_for_bit(tmp_path, data):
@@ -75,13 +75,27 @@ def test_gradient_caching_replays_drop_path_and_leaves_no_trace(tmp_path, data, 
     centres, pass 2 must replay pass 1's drop path (else the method warns), and only the batch-level
     term differs from plain per-micro-batch accumulation."""
     import warnings
+
     import sslkd.train.engine as engine
-    method = {"name": "ibot", "out_dim": 64, "hidden_dim": 64, "bottleneck_dim": 32, "use_bn_in_head": True,
-              "distill": {"mode": "rkd-d", "combine": "add"}}
-    over = ["train.accum_steps=2", "model.depth=2", "model.drop_path_rate=0.5",  # timm: block 2 drops 0.5
-            "method=" + json.dumps(method)]
-    trainers = [Trainer(load_config(None, [f"output_dir={tmp_path / str(i)}", *over], base=TINY), data, progress=False)
-                for i in range(2)]
+
+    method = {
+        "name": "ibot",
+        "out_dim": 64,
+        "hidden_dim": 64,
+        "bottleneck_dim": 32,
+        "use_bn_in_head": True,
+        "distill": {"mode": "rkd-d", "combine": "add"},
+    }
+    over = [
+        "train.accum_steps=2",
+        "model.depth=2",
+        "model.drop_path_rate=0.5",  # timm: block 2 drops 0.5
+        "method=" + json.dumps(method),
+    ]
+    trainers = [
+        Trainer(load_config(None, [f"output_dir={tmp_path / str(i)}", *over], base=TINY), data, progress=False)
+        for i in range(2)
+    ]
     loader = iter(trainers[0]._loader(0, 0))  # micro-batches of batch_size / accum_steps = 8 images
     half = [next(loader)[0], next(loader)[0]]
     with warnings.catch_warnings():
@@ -119,6 +133,7 @@ def test_checkpoint_refuses_pickled_code(tmp_path):
     class Evil:
         def __reduce__(self):
             return (os.system, ("echo pwned",))
+
     torch.save({"format": 1, "x": Evil()}, tmp_path / "evil.pt")
     with pytest.raises(ckpt.CheckpointError, match="evil.pt"):
         ckpt.load(tmp_path / "evil.pt")
@@ -137,6 +152,7 @@ def test_sigterm_writes_checkpoint_and_resumes(tmp_path, data):
         if tr.step == 2:
             os.kill(os.getpid(), signal.SIGTERM)
         return out
+
     tr.train_step = step_then_signal
     assert threading.current_thread() is threading.main_thread()
     summary = tr.fit()
@@ -169,6 +185,7 @@ Trainer(cfg, get_dataset("synthetic", "train", img_size=16, num_samples=64), pro
 def test_kill_9_during_checkpoint_write_leaves_a_resumable_run(tmp_path, data):
     import subprocess
     import sys
+
     r = subprocess.run([sys.executable, "-c", KILL_MID_WRITE % TINY, str(tmp_path)], capture_output=True, timeout=300)
     assert r.returncode == -signal.SIGKILL
     assert [p.name for p in ckpt.list_checkpoints(tmp_path)] == ["checkpoint-2.pt", "checkpoint-1.pt"]
@@ -185,11 +202,33 @@ def test_sigterm_to_the_process_group_with_loader_workers_checkpoints(tmp_path):
     import sys
     import time
     from pathlib import Path
+
     config = Path(__file__).parent.parent / "configs" / "dino" / "fashion_mnist_vit_tiny.yaml"
-    cmd = [sys.executable, "-m", "sslkd", "pretrain", "--config", str(config), "--no-progress",
-           "--set", "data.name=synthetic", "--set", "data.img_size=16", "--set", "model.depth=1",
-           "--set", "data.num_workers=2", "--set", "train.max_steps=400", "--set", "train.batch_size=16",
-           "--set", "train.log_every=1", "--set", f"output_dir={tmp_path}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "sslkd",
+        "pretrain",
+        "--config",
+        str(config),
+        "--no-progress",
+        "--set",
+        "data.name=synthetic",
+        "--set",
+        "data.img_size=16",
+        "--set",
+        "model.depth=1",
+        "--set",
+        "data.num_workers=2",
+        "--set",
+        "train.max_steps=400",
+        "--set",
+        "train.batch_size=16",
+        "--set",
+        "train.log_every=1",
+        "--set",
+        f"output_dir={tmp_path}",
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         deadline = time.time() + 240
@@ -216,6 +255,7 @@ def test_non_finite_loss_names_step_and_term(tmp_path, data):
             with torch.no_grad():
                 tr.method.student.head.mlp[0].weight.fill_(float("nan"))
         return orig(micro)
+
     tr.train_step = poisoned
     with pytest.raises(TrainingError, match="'loss'.*step 3"):
         tr.fit()
@@ -225,8 +265,16 @@ def test_non_finite_loss_names_step_and_term(tmp_path, data):
 
 
 def test_last_layer_frozen_during_first_epoch(tmp_path, data):
-    cfg = load_config(None, [f"output_dir={tmp_path}", "train.freeze_last_layer=1", "train.warmup_epochs=0",
-                             "method.norm_last_layer=false"], base=TINY)
+    cfg = load_config(
+        None,
+        [
+            f"output_dir={tmp_path}",
+            "train.freeze_last_layer=1",
+            "train.warmup_epochs=0",
+            "method.norm_last_layer=false",
+        ],
+        base=TINY,
+    )
     tr = Trainer(cfg, data, progress=False)
     last = tr.method.student.head.last_layer.weight_v.clone()
     first = tr.method.student.head.mlp[0].weight.clone()
@@ -242,8 +290,17 @@ def test_last_layer_frozen_during_first_epoch(tmp_path, data):
 def test_one_epoch_run_trains_the_last_layer_after_the_default_freeze(tmp_path, data):
     """The default freeze is 1% of the run (DINO/iBOT: 1 of 100+ epochs), not one epoch: a run of
     one epoch (Table 1's) trains its last layer once the freeze ends."""
-    cfg = load_config(None, [f"output_dir={tmp_path}", "train.epochs=1", "train.warmup_epochs=0",
-                             "train.freeze_last_layer=null", "method.norm_last_layer=false"], base=TINY)
+    cfg = load_config(
+        None,
+        [
+            f"output_dir={tmp_path}",
+            "train.epochs=1",
+            "train.warmup_epochs=0",
+            "train.freeze_last_layer=null",
+            "method.norm_last_layer=false",
+        ],
+        base=TINY,
+    )
     tr = Trainer(cfg, data, progress=False)
     assert tr.freeze_steps == 1  # ceil(1% of the run's steps)
     last = tr.method.student.head.last_layer.weight_v.clone()
@@ -261,16 +318,17 @@ def test_one_epoch_run_trains_the_last_layer_after_the_default_freeze(tmp_path, 
 
 
 def test_per_param_clipping_bounds_each_tensor(tmp_path, data):
-    cfg = load_config(None, [f"output_dir={tmp_path}", "train.clip_mode=per_param", "train.clip_grad=1e-3"],
-                      base=TINY)
+    cfg = load_config(None, [f"output_dir={tmp_path}", "train.clip_mode=per_param", "train.clip_grad=1e-3"], base=TINY)
     tr = Trainer(cfg, data, progress=False)
     seen = []
     orig = tr.optimizers[0].step
 
     def record(*a, **k):
-        seen.extend(p.grad.norm().item() for g in tr.optimizers[0].param_groups for p in g["params"]
-                    if p.grad is not None)
+        seen.extend(
+            p.grad.norm().item() for g in tr.optimizers[0].param_groups for p in g["params"] if p.grad is not None
+        )
         return orig(*a, **k)
+
     tr.optimizers[0].step = record
     tr.train_step([next(iter(tr._loader(0, 0)))[0]])
     assert seen and max(seen) <= 1e-3 * 1.0001 and sum(n > 0.9e-3 for n in seen) > 1
@@ -286,15 +344,27 @@ def test_resume_refuses_changed_settings_and_fresh_start_over_old_run(tmp_path, 
     with pytest.raises(ckpt.CheckpointError, match=r"different seed, method; .*seed: 0 -> 1; method.out_dim: 64 -> 32"):
         Trainer(reseeded, data, progress=False).fit(resume="auto")
     assert len(ckpt.list_checkpoints(tmp_path)) == 1  # the refused resumptions left the run as it was
-    assert load_config(tmp_path / "config.yaml").seed == 0 and load_config(tmp_path / "config.yaml").train.batch_size == 16
+    assert (
+        load_config(tmp_path / "config.yaml").seed == 0 and load_config(tmp_path / "config.yaml").train.batch_size == 16
+    )
     with pytest.raises(TrainingError, match="already holds checkpoints"):
         Trainer(cfg, data, progress=False).fit(resume=None)
 
 
 def test_local_crop_default_fits_the_patch_grid(tmp_path):
     digits = get_dataset("digits", "train")
-    cfg = load_config(None, [f"output_dir={tmp_path}", "aug.local_crops_number=2", "data.name=digits",
-                             "train.max_steps=1", "train.batch_size=16", "aug.local_crops_size=null"], base=TINY)
+    cfg = load_config(
+        None,
+        [
+            f"output_dir={tmp_path}",
+            "aug.local_crops_number=2",
+            "data.name=digits",
+            "train.max_steps=1",
+            "train.batch_size=16",
+            "aug.local_crops_size=null",
+        ],
+        base=TINY,
+    )
     assert cfg.aug.local_crops_size is None
     tr = Trainer(cfg, digits, progress=False)
     assert tr.transform.local_size % 4 == 0
@@ -329,6 +399,7 @@ def test_per_tensor_clipping_matches_clip_grad_norm_per_tensor():
 
 def test_compatibility_check_reads_keys_added_since_as_their_defaults(tmp_path):
     from sslkd.config import to_dict
+
     now = to_dict(load_config(None, ["method.name=ibot"], base=TINY))
     old = json.loads(json.dumps(now))
     del old["model"]["init_seed"], old["method"]["shared_head_teacher"]  # a checkpoint from before these keys

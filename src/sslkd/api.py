@@ -43,8 +43,9 @@ class Run:
         return load_backbone(self.path, which, model)
 
 
-def config(source: str | Path | Config | dict | None = None, overrides: list[str] | None = None,
-           **values: Any) -> Config:
+def config(
+    source: str | Path | Config | dict | None = None, overrides: list[str] | None = None, **values: Any
+) -> Config:
     """A validated :class:`Config` from a YAML path, a config, a mapping or nothing (defaults),
     with keyword values (``train__epochs=2``, ``train={"epochs": 2}``) and ``key=value`` strings."""
     nested: dict = {}
@@ -60,8 +61,14 @@ def config(source: str | Path | Config | dict | None = None, overrides: list[str
     return load_config(source, overrides, values=nested)
 
 
-def pretrain(source: str | Path | Config | dict | None = None, *, overrides: list[str] | None = None,
-             resume: str | None = "auto", progress: bool = True, **values: Any) -> Run:
+def pretrain(
+    source: str | Path | Config | dict | None = None,
+    *,
+    overrides: list[str] | None = None,
+    resume: str | None = "auto",
+    progress: bool = True,
+    **values: Any,
+) -> Run:
     """Pretrain (or resume: ``resume="auto"`` continues a run found in ``output_dir``) the config
     :func:`config` builds from the arguments; under ``torchrun`` every process calls this."""
     cfg = config(source, overrides, **values)
@@ -85,16 +92,33 @@ def eval_datasets(dataset: str, root: str | None = None, img_size: int | None = 
     labelled by the training classes; a dataset without labels is an error."""
     train = get_dataset(dataset, "train", root=root, img_size=img_size)
     if not train.num_classes:
-        raise ValueError(f"{train.name} has no labels (no unambiguous class folders): kNN, linear and "
-                         f"fine-tuning need root/train/<class>/<image> and root/val/<class>/<image>")
+        raise ValueError(
+            f"{train.name} has no labels (no unambiguous class folders): kNN, linear and "
+            f"fine-tuning need root/train/<class>/<image> and root/val/<class>/<image>"
+        )
     return train, held_out(dataset, train, root=root, img_size=img_size)
 
 
-def evaluate(source: str | Path | Run | nn.Module, dataset: str | tuple = "cifar10", protocol: str = "knn", *,
-             root: str | None = None, which: str = "teacher", model: int = 1, img_size: int | None = None,
-             device: str = "auto", batch_size: int = 256, workers: int = 0, k: int | list[int] = 20,
-             temperature: float = 0.07, epochs: int | None = None, lr: float | None = None, seed: int = 0,
-             finetune_args: dict | None = None, progress: bool = False) -> dict:
+def evaluate(
+    source: str | Path | Run | nn.Module,
+    dataset: str | tuple = "cifar10",
+    protocol: str = "knn",
+    *,
+    root: str | None = None,
+    which: str = "teacher",
+    model: int = 1,
+    img_size: int | None = None,
+    device: str = "auto",
+    batch_size: int = 256,
+    workers: int = 0,
+    k: int | list[int] = 20,
+    temperature: float = 0.07,
+    epochs: int | None = None,
+    lr: float | None = None,
+    seed: int = 0,
+    finetune_args: dict | None = None,
+    progress: bool = False,
+) -> dict:
     """Accuracy (%) of a backbone on ``dataset``'s held-out split, learnt from its training split
     (``dataset``: a name, with ``root`` for folders, or a ``(train, test)`` pair of datasets).
 
@@ -115,8 +139,10 @@ def evaluate(source: str | Path | Run | nn.Module, dataset: str | tuple = "cifar
     else:
         pre = load_pretrained(source.path if isinstance(source, Run) else source, which, model)
         if pre.num_channels != train.num_channels:
-            raise ValueError(f"{pre.path} was trained on {pre.num_channels}-channel images but "
-                             f"{dataset} has {train.num_channels} channels")
+            raise ValueError(
+                f"{pre.path} was trained on {pre.num_channels}-channel images but "
+                f"{dataset} has {train.num_channels} channels"
+            )
         backbone, mean, std, label = pre.backbone, pre.mean, pre.std, str(pre.path)
         size = img_size or pre.img_size
         if not pre.backbone.is_vit and train.img_size != size:
@@ -128,12 +154,41 @@ def evaluate(source: str | Path | Run | nn.Module, dataset: str | tuple = "cifar
     if protocol == "finetune":
         if not isinstance(backbone, Backbone):
             raise ValueError("fine-tuning needs an sslkd backbone: pass a run, a checkpoint or build_backbone(...)")
-        res = finetune(backbone, train, test, mean, std, size, epochs or 30, min(batch_size, len(train)), lr or 1e-3,
-                       device=dev, seed=seed, progress=progress, num_workers=workers, **(finetune_args or {}))
+        res = finetune(
+            backbone,
+            train,
+            test,
+            mean,
+            std,
+            size,
+            epochs or 30,
+            min(batch_size, len(train)),
+            lr or 1e-3,
+            device=dev,
+            seed=seed,
+            progress=progress,
+            num_workers=workers,
+            **(finetune_args or {}),
+        )
         return {**head, **res, "test_images": len(test)}
-    res = evaluate_features(backbone, train, test, (protocol,), mean=mean, std=std, size=size, device=dev, k=k,
-                            temperature=temperature, linear_epochs=epochs or 100, linear_lr=lr or 0.1, seed=seed,
-                            batch_size=batch_size, num_workers=workers, progress=progress)
+    res = evaluate_features(
+        backbone,
+        train,
+        test,
+        (protocol,),
+        mean=mean,
+        std=std,
+        size=size,
+        device=dev,
+        k=k,
+        temperature=temperature,
+        linear_epochs=epochs or 100,
+        linear_lr=lr or 0.1,
+        seed=seed,
+        batch_size=batch_size,
+        num_workers=workers,
+        progress=progress,
+    )
     return {**head, **res[protocol], "train_images": res["train_images"], "test_images": res["test_images"]}
 
 

@@ -79,15 +79,25 @@ def matmul_peak(device: torch.device, dtype: torch.dtype, n: int = 2048, reps: i
         t = time.perf_counter()
         a @ b
         sync(device)
-        best = max(best, 2 * n ** 3 / (time.perf_counter() - t) / 1e9)
+        best = max(best, 2 * n**3 / (time.perf_counter() - t) / 1e9)
     return best
 
 
 def _overrides(a: BenchArgs, out: str) -> list[str]:
-    ov = [f"method.name={a.method}", f"model.backbone={a.backbone}", f"model.patch_size={a.patch}",
-          f"aug.local_crops_number={a.local_crops}", f"aug.local_crops_size={a.local_img}",
-          f"train.batch_size={a.batch}", f"train.precision={a.precision}", f"train.compile={str(a.compile).lower()}",
-          f"device={a.device}", f"output_dir={out}", "train.log_every=1000000", "eval.knn_every=0"]
+    ov = [
+        f"method.name={a.method}",
+        f"model.backbone={a.backbone}",
+        f"model.patch_size={a.patch}",
+        f"aug.local_crops_number={a.local_crops}",
+        f"aug.local_crops_size={a.local_img}",
+        f"train.batch_size={a.batch}",
+        f"train.precision={a.precision}",
+        f"train.compile={str(a.compile).lower()}",
+        f"device={a.device}",
+        f"output_dir={out}",
+        "train.log_every=1000000",
+        "eval.knn_every=0",
+    ]
     if a.method in ("dino", "ibot"):
         ov.append(f"method.out_dim={a.out_dim}")
     if a.workers is not None:
@@ -98,8 +108,14 @@ def _overrides(a: BenchArgs, out: str) -> list[str]:
 def synthetic_dataset(n: int, img: int, channels: int = 3) -> ImageArrayDataset:
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, size=(n, img, img, channels), dtype=np.uint8)
-    return ImageArrayDataset(images, rng.integers(0, 10, size=n), [str(i) for i in range(10)], "synthetic",
-                             mean=(0.5,) * channels, std=(0.25,) * channels)
+    return ImageArrayDataset(
+        images,
+        rng.integers(0, 10, size=n),
+        [str(i) for i in range(10)],
+        "synthetic",
+        mean=(0.5,) * channels,
+        std=(0.25,) * channels,
+    )
 
 
 def run_bench(a: BenchArgs, extra: list[str] | None = None) -> dict:
@@ -111,8 +127,7 @@ def run_bench(a: BenchArgs, extra: list[str] | None = None) -> dict:
         dev = trainer.device
         g = torch.Generator().manual_seed(0)
         views = [torch.randn(a.batch, 3, a.img, a.img, generator=g).to(dev) for _ in range(2)]
-        views += [torch.randn(a.batch, 3, a.local_img, a.local_img, generator=g).to(dev)
-                  for _ in range(a.local_crops)]
+        views += [torch.randn(a.batch, 3, a.local_img, a.local_img, generator=g).to(dev) for _ in range(a.local_crops)]
         if getattr(trainer.method, "paired_views", False):
             views = views[:2]
         peaks = {"fp32": matmul_peak(dev, torch.float32), "bf16": matmul_peak(dev, torch.bfloat16)}

@@ -37,8 +37,9 @@ def save_atomic(obj: Any, path: str | Path) -> Path:
     except OSError as e:
         tmp.unlink(missing_ok=True)
         if e.errno == errno.ENOSPC:
-            raise CheckpointError(f"disk full while writing {path}; free space and resume "
-                                  f"(the previous checkpoints are intact)") from e
+            raise CheckpointError(
+                f"disk full while writing {path}; free space and resume (the previous checkpoints are intact)"
+            ) from e
         raise CheckpointError(f"cannot write checkpoint {path}: {e}") from e
     return path
 
@@ -51,15 +52,19 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
     with open(path, "rb") as f:
         head = f.read(4)
     if head[:4] != b"PK\x03\x04" and head[:1] != b"\x80":  # torch.save's zip, or a legacy pickle
-        raise CheckpointError(f"{path}: not a checkpoint file (a PyTorch checkpoint is a zip archive or a pickle; "
-                              f"this starts with {head!r})")
+        raise CheckpointError(
+            f"{path}: not a checkpoint file (a PyTorch checkpoint is a zip archive or a pickle; "
+            f"this starts with {head!r})"
+        )
     try:
         obj = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
         why = next((line.strip() for line in str(e).splitlines() if "Unsupported" in line), "")
-        raise CheckpointError(f"{path}: refused: it holds pickled objects other than tensors and plain "
-                              f"containers, which could run code on loading; sslkd loads weights only"
-                              + (f" ({why[:200]})" if why else "")) from e
+        raise CheckpointError(
+            f"{path}: refused: it holds pickled objects other than tensors and plain "
+            f"containers, which could run code on loading; sslkd loads weights only"
+            + (f" ({why[:200]})" if why else "")
+        ) from e
     except Exception as e:
         raise CheckpointError(f"{path}: unreadable or corrupt checkpoint ({type(e).__name__}: {e})") from e
     if not isinstance(obj, dict) or "format" not in obj:
@@ -91,7 +96,7 @@ def find_resumable(folder: str | Path) -> tuple[Path, dict] | None:
         try:
             return path, load(path)
         except CheckpointError as e:
-            warnings.warn(f"skipping {e}; falling back to the previous checkpoint")
+            warnings.warn(f"skipping {e}; falling back to the previous checkpoint", stacklevel=2)
     return None
 
 

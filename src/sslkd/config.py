@@ -13,7 +13,7 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import yaml
 
@@ -21,11 +21,35 @@ from sslkd.data.registry import DATASETS
 from sslkd.errors import ConfigError
 from sslkd.methods import method_config_class
 from sslkd.models import ModelConfig, is_vit
-from sslkd.schema import (Annotated, Fraction, Literal, NonNegative, NonNegativeFloat, Positive, PositiveFloat, Probability,
-                          Range, apply_overrides, check, from_dict, parse_override, to_dict)
+from sslkd.schema import (
+    Fraction,
+    NonNegative,
+    NonNegativeFloat,
+    Positive,
+    PositiveFloat,
+    Probability,
+    Range,
+    apply_overrides,
+    check,
+    from_dict,
+    parse_override,
+    to_dict,
+)
 
-__all__ = ["AugConfig", "Config", "ConfigError", "DataConfig", "EvalConfig", "ModelConfig", "TrainConfig",
-           "apply_overrides", "from_dict", "load_config", "parse_override", "to_dict"]
+__all__ = [
+    "AugConfig",
+    "Config",
+    "ConfigError",
+    "DataConfig",
+    "EvalConfig",
+    "ModelConfig",
+    "TrainConfig",
+    "apply_overrides",
+    "from_dict",
+    "load_config",
+    "parse_override",
+    "to_dict",
+]
 
 Scale = tuple[Fraction, Fraction]
 
@@ -38,10 +62,10 @@ class DataConfig:
     img_size: Positive | None = None  # resize images to this size; None keeps the dataset's size
     subset_fraction: Fraction = 1.0  # train on this share of the images (class-balanced)
     num_workers: NonNegative = 0  # loader processes (0: in the training process)
-    on_corrupt: Literal["fail", "skip"] = "fail"  # a file that cannot be decoded: fail (stop, naming it) or skip (replace, count)
+    on_corrupt: Literal["fail", "skip"] = "fail"  # undecodable file: fail (stop, naming it) | skip (replace, count)
     in_memory: bool | None = None  # imagefolder: decode all images into memory (None: when small and one size)
-    labels: Literal["auto", "folders", "none"] = "auto"  # imagefolder: auto (class folders when unambiguous), folders, none
-    augment_on: Literal["loader", "device"] = "loader"  # loader: per image in loader workers; device: batched on the training device (photos: workers crop, the device colours)
+    labels: Literal["auto", "folders", "none"] = "auto"  # class folders: auto (when unambiguous) | folders | none
+    augment_on: Literal["loader", "device"] = "loader"  # loader: per image in workers | device: batched on the device
 
 
 @dataclass
@@ -80,10 +104,10 @@ class TrainConfig:
     # epochs during which the head's last layer is not updated (None: the first 1% of the run, what
     # DINO/iBOT's 1 of 100-800 epochs means; a freeze covering the whole run is refused)
     freeze_last_layer: NonNegativeFloat | None = None
-    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto (bf16 where native, else fp32) | fp32 | bf16 | fp16
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"  # auto: bf16 where the hardware has it, else fp32
     tune_malloc: bool = True  # CPU runs: glibc malloc keeps freed memory (sslkd.device.tune_cpu_malloc)
     compile: bool = False  # torch.compile each backbone and head (first steps pay the compilation)
-    parallel: Literal["ddp", "fsdp"] = "ddp"  # several processes: ddp (replicated) | fsdp (sharded weights, grads, optimiser)
+    parallel: Literal["ddp", "fsdp"] = "ddp"  # several processes: ddp (replicated) | fsdp (sharded)
     ckpt_every_steps: NonNegative = 0  # 0: at the end of every epoch only
     keep_last: Positive = 3  # checkpoints kept in the run folder
     log_every: Positive = 10  # steps between log lines / metrics records
@@ -128,17 +152,32 @@ class Config:
         re-checked (a config edited in code); the rules below tie several keys together."""
         check(self)
         rules = [
-            ("train.batch_size", self.train.batch_size % self.train.accum_steps == 0,
-             f"must be divisible by train.accum_steps={self.train.accum_steps}"),
-            ("train.compile", not (self.train.compile and self.train.parallel == "fsdp"),
-             "is not supported together with train.parallel=fsdp (compile or shard, not both)"),
-            ("aug.global_crops_scale", self.aug.global_crops_scale[0] <= self.aug.global_crops_scale[1],
-             "must be [low, high] with low <= high"),
-            ("aug.local_crops_scale", self.aug.local_crops_scale[0] <= self.aug.local_crops_scale[1],
-             "must be [low, high] with low <= high"),
-            ("device", self.device in ("auto", "cpu", "cuda") or (self.device.startswith("cuda:")
-                                                                  and self.device[5:].isdigit()),
-             "must be auto, cpu, cuda or cuda:N"),
+            (
+                "train.batch_size",
+                self.train.batch_size % self.train.accum_steps == 0,
+                f"must be divisible by train.accum_steps={self.train.accum_steps}",
+            ),
+            (
+                "train.compile",
+                not (self.train.compile and self.train.parallel == "fsdp"),
+                "is not supported together with train.parallel=fsdp (compile or shard, not both)",
+            ),
+            (
+                "aug.global_crops_scale",
+                self.aug.global_crops_scale[0] <= self.aug.global_crops_scale[1],
+                "must be [low, high] with low <= high",
+            ),
+            (
+                "aug.local_crops_scale",
+                self.aug.local_crops_scale[0] <= self.aug.local_crops_scale[1],
+                "must be [low, high] with low <= high",
+            ),
+            (
+                "device",
+                self.device in ("auto", "cpu", "cuda")
+                or (self.device.startswith("cuda:") and self.device[5:].isdigit()),
+                "must be auto, cpu, cuda or cuda:N",
+            ),
             ("data.name", self.data.name in DATASETS, f"must be one of {', '.join(DATASETS)}"),
         ]
         for key, ok, why in rules:
@@ -149,9 +188,7 @@ class Config:
             for key in ("data.img_size", "aug.global_crops_size", "aug.local_crops_size"):
                 size = _get(self, key)
                 if size is not None and size % self.model.patch_size:
-                    raise ConfigError(
-                        f"{key}={size} is not divisible by model.patch_size={self.model.patch_size}"
-                    )
+                    raise ConfigError(f"{key}={size} is not divisible by model.patch_size={self.model.patch_size}")
         if self.method is not None and hasattr(self.method, "validate"):
             self.method.validate()
 
@@ -162,8 +199,12 @@ def _get(obj: Any, dotted: str) -> Any:
     return obj
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
-                base: dict | None = None, values: dict | None = None) -> Config:
+def load_config(
+    path: str | Path | None = None,
+    overrides: list[str] | None = None,
+    base: dict | None = None,
+    values: dict | None = None,
+) -> Config:
     """Load a YAML config (over ``base``), then apply ``values`` (a nested mapping, e.g. from the
     Python API) and ``key=value`` ``overrides``; type-check and validate it."""
     data: dict = copy.deepcopy(base or {})

@@ -23,14 +23,38 @@ DEMO_CONFIG = {
     "seed": 0,
     "device": "cpu",
     "data": {"name": "digits", "img_size": 16},
-    "aug": {"global_crops_scale": [0.5, 1.0], "local_crops_number": 0, "flip_p": 0.0, "grayscale_p": 0.0,
-            "color_jitter_p": 0.5, "blur_p": [0.0, 0.0, 0.0], "solarize_p": 0.0},
+    "aug": {
+        "global_crops_scale": [0.5, 1.0],
+        "local_crops_number": 0,
+        "flip_p": 0.0,
+        "grayscale_p": 0.0,
+        "color_jitter_p": 0.5,
+        "blur_p": [0.0, 0.0, 0.0],
+        "solarize_p": 0.0,
+    },
     "model": {"backbone": "vit_tiny", "patch_size": 4, "depth": 4, "drop_path_rate": 0.0},
-    "method": {"name": "dino", "out_dim": 1024, "hidden_dim": 512, "bottleneck_dim": 128,
-               "use_bn_in_head": True, "teacher_temp": 0.04, "warmup_teacher_temp": 0.04},
-    "train": {"epochs": 12, "batch_size": 64, "base_lr": 2e-3, "min_lr": 5e-4, "warmup_epochs": 2,
-              "weight_decay": 0.04, "weight_decay_end": 0.1, "momentum_teacher": 0.97,
-              "momentum_teacher_end": 0.97, "freeze_last_layer": 1, "log_every": 5},
+    "method": {
+        "name": "dino",
+        "out_dim": 1024,
+        "hidden_dim": 512,
+        "bottleneck_dim": 128,
+        "use_bn_in_head": True,
+        "teacher_temp": 0.04,
+        "warmup_teacher_temp": 0.04,
+    },
+    "train": {
+        "epochs": 12,
+        "batch_size": 64,
+        "base_lr": 2e-3,
+        "min_lr": 5e-4,
+        "warmup_epochs": 2,
+        "weight_decay": 0.04,
+        "weight_decay_end": 0.1,
+        "momentum_teacher": 0.97,
+        "momentum_teacher_end": 0.97,
+        "freeze_last_layer": 1,
+        "log_every": 5,
+    },
     "eval": {"knn_every": 0},
 }
 
@@ -45,16 +69,25 @@ def run_demo(output_dir: str = "runs/demo", overrides: list[str] | None = None, 
     def knn_of(backbone) -> dict:
         return evaluate(backbone, train, test, ("knn",), k=k, temperature=t)["knn"]
 
-    raw = knn_classify(train.tensors()[0].flatten(1).float(), torch.from_numpy(train.labels), test.tensors()[0].flatten(1).float(),
-                       torch.from_numpy(test.labels), k, t, 10)
+    raw = knn_classify(
+        train.tensors()[0].flatten(1).float(),
+        torch.from_numpy(train.labels),
+        test.tensors()[0].flatten(1).float(),
+        torch.from_numpy(test.labels),
+        k,
+        t,
+        10,
+    )
     torch.manual_seed(cfg.init_seed)
     random_init = knn_of(build_method(cfg, train.num_channels, train.img_size).eval_backbone("teacher"))
     trainer = Trainer(cfg, train, test, progress=progress)
     summary = trainer.fit(resume="auto")
     pretrained = knn_of(trainer.method.eval_backbone("teacher"))
     rows = [("raw pixels", raw), ("random init", random_init), ("DINO pretrained", pretrained)]
-    print(f"\nkNN (k={k}, T={t}) on digits test ({len(test)} images), after {summary['step']} steps "
-          f"in {time.perf_counter() - start:.0f}s:")
+    print(
+        f"\nkNN (k={k}, T={t}) on digits test ({len(test)} images), after {summary['step']} steps "
+        f"in {time.perf_counter() - start:.0f}s:"
+    )
     print(f"{'features':<18}{'top-1':>8}{'top-5':>8}")
     for name, res in rows:
         print(f"{name:<18}{res['top1']:>8.2f}{res['top5']:>8.2f}")

@@ -44,10 +44,13 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     if precision == "auto":
         return torch.bfloat16 if native_bf16(device) else None
     if precision == "bf16" and device.type == "cpu" and not native_bf16(device):
-        warnings.warn("this CPU has no native bf16 (no AVX512-BF16/AMX): bf16 autocast is emulated and "
-                      "much slower than fp32; use train.precision=auto or fp32")
+        warnings.warn(
+            "this CPU has no native bf16 (no AVX512-BF16/AMX): bf16 autocast is emulated and "
+            "much slower than fp32; use train.precision=auto or fp32",
+            stacklevel=2,
+        )
     if precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        warnings.warn("this GPU has no bf16: using fp16 autocast with a gradient scaler")
+        warnings.warn("this GPU has no bf16: using fp16 autocast with a gradient scaler", stacklevel=2)
         return torch.float16
     return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
 
@@ -71,8 +74,11 @@ def tune_cpu_malloc(keep_mb: int = 1024, pad_mb: int = 256) -> bool:
         libc = ctypes.CDLL("libc.so.6")
     except OSError:
         return False
-    _malloc_tuned = bool(libc.mallopt(_M_MMAP_MAX, 0) and libc.mallopt(_M_TRIM_THRESHOLD, keep_mb << 20)
-                         and libc.mallopt(_M_TOP_PAD, pad_mb << 20))
+    _malloc_tuned = bool(
+        libc.mallopt(_M_MMAP_MAX, 0)
+        and libc.mallopt(_M_TRIM_THRESHOLD, keep_mb << 20)
+        and libc.mallopt(_M_TOP_PAD, pad_mb << 20)
+    )
     return _malloc_tuned
 
 
@@ -93,6 +99,14 @@ def environment(device: torch.device | None = None) -> dict[str, str]:
     """Versions and hardware of this process (written to each run as ``env.json`` at its start)."""
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dev = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({platform.machine()})"
-    return {"sslkd": __version__, "python": platform.python_version(), "torch": torch.__version__,
-            "torchvision": torchvision.__version__, "timm": timm.__version__, "platform": platform.platform(),
-            "device": dev, "threads": str(torch.get_num_threads()), "native_bf16": str(native_bf16(device))}
+    return {
+        "sslkd": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "timm": timm.__version__,
+        "platform": platform.platform(),
+        "device": dev,
+        "threads": str(torch.get_num_threads()),
+        "native_bf16": str(native_bf16(device)),
+    }

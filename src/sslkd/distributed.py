@@ -51,7 +51,7 @@ class _GatherWithGrad(torch.autograd.Function):
         grad = grad.contiguous()
         dist.all_reduce(grad)
         b = grad.shape[0] // dist.get_world_size()
-        return grad[dist.get_rank() * b:(dist.get_rank() + 1) * b]
+        return grad[dist.get_rank() * b : (dist.get_rank() + 1) * b]
 
 
 def rank() -> int:

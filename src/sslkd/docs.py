@@ -49,17 +49,31 @@ def _rows(prefix: str, cls) -> list[str]:
 
 def config_keys_markdown() -> str:
     """The whole reference page."""
-    lines = ["# Config keys", "",
-             "Generated from the config dataclasses (`sslkd/config.py`, `sslkd/models/backbone.py`, each method's) by `python -m sslkd.docs`.",
-             "Any key can be set in a YAML file or with `--set key=value`; an unknown key, a wrong type or an",
-             "impossible value is rejected before any work, naming the key.", ""]
-    for section, cls in (("data", DataConfig), ("aug", AugConfig), ("model", ModelConfig), ("train", TrainConfig),
-                         ("eval", EvalConfig)):
+    lines = [
+        "# Config keys",
+        "",
+        "Generated from the config dataclasses (`sslkd/config.py`, `sslkd/models/backbone.py`, each method's)",
+        "by `python -m sslkd.docs`.",
+        "Any key can be set in a YAML file or with `--set key=value`; an unknown key, a wrong type or an",
+        "impossible value is rejected before any work, naming the key.",
+        "",
+    ]
+    for section, cls in (
+        ("data", DataConfig),
+        ("aug", AugConfig),
+        ("model", ModelConfig),
+        ("train", TrainConfig),
+        ("eval", EvalConfig),
+    ):
         lines += [f"## `{section}`", "", "| key | type | default | note |", "| --- | --- | --- | --- |"]
         lines += _rows(f"{section}.", cls) + [""]
     for name, method in METHODS.items():
-        lines += [f"## `method` when `method.name: {name}`", "", "| key | type | default | note |",
-                  "| --- | --- | --- | --- |"]
+        lines += [
+            f"## `method` when `method.name: {name}`",
+            "",
+            "| key | type | default | note |",
+            "| --- | --- | --- | --- |",
+        ]
         lines += _rows("method.", method.config_class) + [""]
     return "\n".join(lines)
 

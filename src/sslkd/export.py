@@ -45,17 +45,27 @@ def _describe(backbone: nn.Module) -> tuple[nn.Module, str, dict, str]:
     """(plain timm module whose ``forward`` gives sslkd's features, architecture, model args, stem)."""
     if isinstance(backbone, ViTBackbone):
         vit = backbone.vit
-        args = {"img_size": int(vit.patch_embed.img_size[0]), "patch_size": backbone.patch_size,
-                "in_chans": int(vit.patch_embed.proj.in_channels), "depth": len(vit.blocks), "num_classes": 0,
-                "global_pool": "token", "dynamic_img_size": True}
+        args = {
+            "img_size": int(vit.patch_embed.img_size[0]),
+            "patch_size": backbone.patch_size,
+            "in_chans": int(vit.patch_embed.proj.in_channels),
+            "depth": len(vit.blocks),
+            "num_classes": 0,
+            "global_pool": "token",
+            "dynamic_img_size": True,
+        }
         return vit, vit.pretrained_cfg["architecture"], args, "patch"
     if isinstance(backbone, CNNBackbone):
         net = backbone.net
         conv = getattr(net, "conv1", None) or net.conv_stem
         small = (conv.stride[0] == 1) or isinstance(getattr(net, "maxpool", None), nn.Identity)
         net.reset_classifier(0, "avg")  # pooled features from forward(), as sslkd's mean over positions
-        return net, net.pretrained_cfg["architecture"], {"in_chans": int(conv.in_channels), "num_classes": 0}, \
-            "small" if small else "timm"
+        return (
+            net,
+            net.pretrained_cfg["architecture"],
+            {"in_chans": int(conv.in_channels), "num_classes": 0},
+            "small" if small else "timm",
+        )
     raise ValueError(f"cannot export a {type(backbone).__name__}")
 
 
@@ -78,8 +88,13 @@ def load_export(folder: str | Path) -> nn.Module:
     return model.eval()
 
 
-def export(source: str | Path, out: str | Path, weights: str = "teacher", model: int = 1,
-           formats: tuple[str, ...] = ("safetensors",)) -> dict[str, Path]:
+def export(
+    source: str | Path,
+    out: str | Path,
+    weights: str = "teacher",
+    model: int = 1,
+    formats: tuple[str, ...] = ("safetensors",),
+) -> dict[str, Path]:
     """Write the backbone of checkpoint/run ``source`` into folder ``out``; returns the files."""
     bad = [f for f in formats if f not in FORMATS]
     if bad:
@@ -94,19 +109,44 @@ def export(source: str | Path, out: str | Path, weights: str = "teacher", model:
     if {"safetensors", "timm"} & set(formats):
         state = {k: v.detach().contiguous().clone() for k, v in net.state_dict().items()}
         save_file(state, str(out / "model.safetensors"), metadata={"format": "pt", "architecture": arch})
-        cfg = {"architecture": arch, "num_classes": 0, "num_features": int(pre.backbone.embed_dim),
-               "model_args": args,
-               "pretrained_cfg": {"input_size": [c, pre.img_size, pre.img_size], "mean": list(pre.mean),
-                                  "std": list(pre.std), "interpolation": "bicubic", "crop_pct": 1.0,
-                                  "num_classes": 0, "fixed_input_size": False},
-               "sslkd": {"method": pre.config.method.name, "run": str(pre.path), "step": pre.step,
-                         "weights": weights, "model": model, "stem": stem, "image_size": pre.img_size,
-                         "patch_size": args.get("patch_size"), "channels": c}}
+        cfg = {
+            "architecture": arch,
+            "num_classes": 0,
+            "num_features": int(pre.backbone.embed_dim),
+            "model_args": args,
+            "pretrained_cfg": {
+                "input_size": [c, pre.img_size, pre.img_size],
+                "mean": list(pre.mean),
+                "std": list(pre.std),
+                "interpolation": "bicubic",
+                "crop_pct": 1.0,
+                "num_classes": 0,
+                "fixed_input_size": False,
+            },
+            "sslkd": {
+                "method": pre.config.method.name,
+                "run": str(pre.path),
+                "step": pre.step,
+                "weights": weights,
+                "model": model,
+                "stem": stem,
+                "image_size": pre.img_size,
+                "patch_size": args.get("patch_size"),
+                "channels": c,
+            },
+        }
         (out / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
         files.update(safetensors=out / "model.safetensors", config=out / "config.json")
     if "onnx" in formats:  # sslkd's own feature definition (MobileNetV3's timm forward adds a head)
         x = torch.randn(2, c, pre.img_size, pre.img_size)
-        torch.onnx.export(pre.backbone.eval().float(), (x,), str(out / "model.onnx"), input_names=["images"], output_names=["features"],
-                          dynamic_axes={"images": {0: "batch"}, "features": {0: "batch"}}, dynamo=False)
+        torch.onnx.export(
+            pre.backbone.eval().float(),
+            (x,),
+            str(out / "model.onnx"),
+            input_names=["images"],
+            output_names=["features"],
+            dynamic_axes={"images": {0: "batch"}, "features": {0: "batch"}},
+            dynamo=False,
+        )
         files["onnx"] = out / "model.onnx"
     return files

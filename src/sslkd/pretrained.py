@@ -44,5 +44,13 @@ def load_pretrained(path: str | Path, which: str = "teacher", model: int = 1) ->
         raise ValueError(f"weights must be 'teacher' or 'student', got '{which}'")
     method, state, path = load_method(path)
     data = state["data"]
-    return Pretrained(method.eval_backbone(which, model).eval(), method.cfg, data["num_channels"], method.img_size,
-                      tuple(data["mean"]), tuple(data["std"]), int(state["step"]), path)
+    return Pretrained(
+        method.eval_backbone(which, model).eval(),
+        method.cfg,
+        data["num_channels"],
+        method.img_size,
+        tuple(data["mean"]),
+        tuple(data["std"]),
+        int(state["step"]),
+        path,
+    )

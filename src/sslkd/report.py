@@ -9,7 +9,6 @@ import base64
 import html
 import io
 import json
-import platform
 import tempfile
 from pathlib import Path
 
@@ -65,9 +64,17 @@ def _knn_records(run: Path) -> list[dict]:
     return [r for r in read_records(path) if "knn_top1" in r and "loss" not in r]
 
 
-def build_report(runs: list[str | Path], out: str | Path, dataset: str | None = None, root: str | None = None,
-                 eval_train_samples: int | None = 5000, eval_test_samples: int | None = 1000,
-                 linear_epochs: int = 50, device: str = "auto", progress: bool = False) -> Path:
+def build_report(
+    runs: list[str | Path],
+    out: str | Path,
+    dataset: str | None = None,
+    root: str | None = None,
+    eval_train_samples: int | None = 5000,
+    eval_test_samples: int | None = 1000,
+    linear_epochs: int = 50,
+    device: str = "auto",
+    progress: bool = False,
+) -> Path:
     """Write the HTML report of ``runs`` (run folders) to ``out``; returns its path."""
     paths = [Path(r) for r in runs]
     for p in paths:
@@ -79,22 +86,36 @@ def build_report(runs: list[str | Path], out: str | Path, dataset: str | None = 
     parts: list[str] = []
 
     def section(title: str, body: str) -> None:
-        parts.append(f'<section><h2>{html.escape(title)}</h2>\n{body}\n</section>')
+        parts.append(f"<section><h2>{html.escape(title)}</h2>\n{body}\n</section>")
 
     def img(b64: str | None, alt: str) -> str:
-        return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{b64}">' if b64 else \
-            f"<p class=note>{html.escape(alt)}: nothing logged.</p>"
+        return (
+            f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{b64}">'
+            if b64
+            else f"<p class=note>{html.escape(alt)}: nothing logged.</p>"
+        )
 
-    section("Runs", "<ul>" + "".join(f"<li><b>{html.escape(n)}</b>: {html.escape(str(p.resolve()))}</li>"
-                                       for n, p in zip(names, paths)) + "</ul>")
-    section("Config", "".join(f"<details><summary><b>{html.escape(n)}</b> (config.yaml)</summary>"
-                              f"<pre>{html.escape((p / 'config.yaml').read_text())}</pre></details>"
-                              for n, p in zip(names, paths) if (p / "config.yaml").is_file()))
+    section(
+        "Runs",
+        "<ul>"
+        + "".join(f"<li><b>{html.escape(n)}</b>: {html.escape(str(p.resolve()))}</li>" for n, p in zip(names, paths))
+        + "</ul>",
+    )
+    section(
+        "Config",
+        "".join(
+            f"<details><summary><b>{html.escape(n)}</b> (config.yaml)</summary>"
+            f"<pre>{html.escape((p / 'config.yaml').read_text())}</pre></details>"
+            for n, p in zip(names, paths)
+            if (p / "config.yaml").is_file()
+        ),
+    )
     env_rows = []
     for n, p in zip(names, paths):
         env = json.loads((p / "env.json").read_text()) if (p / "env.json").is_file() else {}
-        env_rows.append(f"<h3>{html.escape(n)} (training)</h3>" + (_table([env]) if env else
-                                                                  "<p class=note>not recorded</p>"))
+        env_rows.append(
+            f"<h3>{html.escape(n)} (training)</h3>" + (_table([env]) if env else "<p class=note>not recorded</p>")
+        )
     section("Environment", "".join(env_rows) + "<h3>this report</h3>" + _table([environment()]))
     with tempfile.TemporaryDirectory() as tmp:
         curves = plot_curves(paths, Path(tmp) / "curves.png", labels=names, smooth=5)
@@ -124,18 +145,39 @@ def build_report(runs: list[str | Path], out: str | Path, dataset: str | None = 
         kw = {"root": root or d.root} if (root or d.root) else {}
         train = get_dataset(name, "train", img_size=pre.img_size if name == "synthetic" else None, **kw)
         test = held_out(name, train, img_size=pre.img_size if name == "synthetic" else None, **kw)
-        res = evaluate(pre.backbone.to(dev), train, test, ("knn", "linear"), mean=pre.mean, std=pre.std,
-                       device=dev, k=pre.config.eval.knn_k, temperature=pre.config.eval.knn_t,
-                       linear_epochs=linear_epochs, max_train=eval_train_samples, max_test=eval_test_samples,
-                       progress=progress, return_features=True)
+        res = evaluate(
+            pre.backbone.to(dev),
+            train,
+            test,
+            ("knn", "linear"),
+            mean=pre.mean,
+            std=pre.std,
+            device=dev,
+            k=pre.config.eval.knn_k,
+            temperature=pre.config.eval.knn_t,
+            linear_epochs=linear_epochs,
+            max_train=eval_train_samples,
+            max_test=eval_test_samples,
+            progress=progress,
+            return_features=True,
+        )
         k, lin, (fte, lte) = res["knn"], res["linear"], res["test_features"]
         ft = json.loads((p / "finetune.json").read_text()) if (p / "finetune.json").is_file() else {}
         semi = {f.stem.split("_", 1)[1]: json.loads(f.read_text()) for f in sorted(p.glob("finetune_*.json"))}
-        rows.append({"run": n, "step": pre.step, "dataset": name, "eval train/test": f"{res['train_images']}/{res['test_images']}",
-                     "kNN top-1": f"{k['top1']:.2f}", "kNN top-5": f"{k['top5']:.2f}",
-                     "linear top-1": f"{lin['top1']:.2f}", "linear top-5": f"{lin['top5']:.2f}",
-                     "fine-tune top-1": f"{ft['top1']:.2f}" if "top1" in ft else "not run",
-                     **{f"fine-tune top-1, {float(k):.0%} labels": f"{v['top1']:.2f}" for k, v in semi.items()}})
+        rows.append(
+            {
+                "run": n,
+                "step": pre.step,
+                "dataset": name,
+                "eval train/test": f"{res['train_images']}/{res['test_images']}",
+                "kNN top-1": f"{k['top1']:.2f}",
+                "kNN top-5": f"{k['top5']:.2f}",
+                "linear top-1": f"{lin['top1']:.2f}",
+                "linear top-5": f"{lin['top5']:.2f}",
+                "fine-tune top-1": f"{ft['top1']:.2f}" if "top1" in ft else "not run",
+                **{f"fine-tune top-1, {float(k):.0%} labels": f"{v['top1']:.2f}" for k, v in semi.items()},
+            }
+        )
         with tempfile.TemporaryDirectory() as tmp:
             images = view_tensors(test, torch.linspace(0, len(test) - 1, 4).long().tolist(), pre.img_size)
             if getattr(pre.backbone, "is_vit", False):
@@ -143,12 +185,22 @@ def build_report(runs: list[str | Path], out: str | Path, dataset: str | None = 
                 att = _file_png(plot_attention(images, maps, Path(tmp) / "att.png", f"{n}: last-block CLS attention"))
             else:
                 att = None
-            tsne = _file_png(plot_tsne(fte, lte, Path(tmp) / "tsne.png", class_names=test.classes,
-                                       title=f"{n}: t-SNE of test features", max_points=1000))
+            tsne = _file_png(
+                plot_tsne(
+                    fte,
+                    lte,
+                    Path(tmp) / "tsne.png",
+                    class_names=test.classes,
+                    title=f"{n}: t-SNE of test features",
+                    max_points=1000,
+                )
+            )
         figures.append((n, att, tsne))
-    section("Final evaluation (frozen teacher backbone)", _table(rows) +
-            "<p class=note>Weighted kNN (cosine, the run's k and T) and a linear probe on frozen CLS/pooled "
-            "features of evenly spaced subsets; fine-tuning from a run's finetune.json.</p>")
+    section(
+        "Final evaluation (frozen teacher backbone)",
+        _table(rows) + "<p class=note>Weighted kNN (cosine, the run's k and T) and a linear probe on frozen CLS/pooled "
+        "features of evenly spaced subsets; fine-tuning from a run's finetune.json.</p>",
+    )
     section("Attention maps", "".join(img(a, f"{n}: attention (ViTs only)") for n, a, _ in figures))
     section("t-SNE of test features", "".join(img(t, f"{n}: t-SNE") for n, _, t in figures))
     out = Path(out)
@@ -160,8 +212,7 @@ def build_report(runs: list[str | Path], out: str | Path, dataset: str | None = 
 def _table(rows: list[dict]) -> str:
     keys = list(dict.fromkeys(k for r in rows for k in r))  # union, first-seen order
     head = "".join(f"<th>{html.escape(str(k))}</th>" for k in keys)
-    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(r.get(k, '')))}</td>" for k in keys) + "</tr>"
-                   for r in rows)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(r.get(k, '')))}</td>" for k in keys) + "</tr>" for r in rows)
     return f"<table><tr>{head}</tr>{body}</table>"
 
 

@@ -11,8 +11,9 @@ import numpy as np
 from sslkd.errors import TrainingError
 
 
-def cosine_schedule(base: float, final: float, total_steps: int, warmup_steps: int = 0,
-                    warmup_start: float = 0.0) -> np.ndarray:
+def cosine_schedule(
+    base: float, final: float, total_steps: int, warmup_steps: int = 0, warmup_start: float = 0.0
+) -> np.ndarray:
     """``total_steps`` values: linear warmup ``warmup_start -> base`` over ``warmup_steps`` (the
     first value is ``warmup_start``, ``base`` is reached at step ``warmup_steps``), then
     ``final + (base - final) * (1 + cos(pi * t / T)) / 2`` with ``t`` counting from the end of
@@ -27,8 +28,9 @@ def cosine_schedule(base: float, final: float, total_steps: int, warmup_steps: i
     return out
 
 
-def freeze_steps(epochs: float | None, steps_per_epoch: int, total_steps: int, max_steps: int | None,
-                 has_last_layer: bool = True) -> int:
+def freeze_steps(
+    epochs: float | None, steps_per_epoch: int, total_steps: int, max_steps: int | None, has_last_layer: bool = True
+) -> int:
     """Steps during which the head's last layer is not updated: ``epochs`` (``train.freeze_last_layer``)
     or, when None, the first 1% of the planned run (DINO/iBOT: 1 of 100-800 epochs). A freeze that
     covers the whole run is refused (the last layer would keep its random prototypes), or warned
@@ -38,9 +40,11 @@ def freeze_steps(epochs: float | None, steps_per_epoch: int, total_steps: int, m
         return math.ceil(0.01 * planned)
     steps = round(epochs * steps_per_epoch)
     if steps and steps >= planned and has_last_layer:
-        why = (f"train.freeze_last_layer={epochs:g} epochs ({steps} steps) covers the whole run of {planned} "
-               f"steps: the head's last layer would never train. DINO/iBOT freeze it for 1 of 100-800 epochs; "
-               f"leave the key unset (1% of the run) or lower it")
+        why = (
+            f"train.freeze_last_layer={epochs:g} epochs ({steps} steps) covers the whole run of {planned} "
+            f"steps: the head's last layer would never train. DINO/iBOT freeze it for 1 of 100-800 epochs; "
+            f"leave the key unset (1% of the run) or lower it"
+        )
         if steps >= total_steps:
             raise TrainingError(why)
         warnings.warn(why + " (train.max_steps cuts this run short)", stacklevel=3)

@@ -36,8 +36,12 @@ class Range:
     lt: float | None = None
 
     def ok(self, v: float) -> bool:
-        return ((self.ge is None or v >= self.ge) and (self.gt is None or v > self.gt)
-                and (self.le is None or v <= self.le) and (self.lt is None or v < self.lt))
+        return (
+            (self.ge is None or v >= self.ge)
+            and (self.gt is None or v > self.gt)
+            and (self.le is None or v <= self.le)
+            and (self.lt is None or v < self.lt)
+        )
 
     def __str__(self) -> str:
         lo = self.gt if self.gt is not None else self.ge
@@ -56,9 +60,22 @@ NonNegativeFloat = Annotated[float, Range(ge=0)]
 Probability = Annotated[float, Range(ge=0, le=1)]
 Fraction = Annotated[float, Range(gt=0, le=1)]  # a share of something that cannot be empty
 
-__all__ = ["Annotated", "ConfigError", "Fraction", "Literal", "NonNegative", "NonNegativeFloat", "Positive",
-           "PositiveFloat", "Probability", "Range", "apply_overrides", "check", "describe", "from_dict",
-           "parse_override", "to_dict"]
+__all__ = [
+    "ConfigError",
+    "Fraction",
+    "NonNegative",
+    "NonNegativeFloat",
+    "Positive",
+    "PositiveFloat",
+    "Probability",
+    "Range",
+    "apply_overrides",
+    "check",
+    "describe",
+    "from_dict",
+    "parse_override",
+    "to_dict",
+]
 
 
 def describe(tp: Any) -> str:
@@ -201,8 +218,9 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     try:
         value = yaml.safe_load(raw) if raw.strip() else None
     except yaml.YAMLError as e:
-        raise ConfigError(f"override '{text}': the value is not valid YAML "
-                          f"({str(e).splitlines()[0]}); quote it or close its brackets") from e
+        raise ConfigError(
+            f"override '{text}': the value is not valid YAML ({str(e).splitlines()[0]}); quote it or close its brackets"
+        ) from e
     return key.strip().split("."), value
 
 

@@ -19,10 +19,18 @@ from sslkd.models.teacher import Bottleneck, FrozenTeacher, LoadReport, TeacherC
 from sslkd.pretrained import load_method
 
 
-def load_teacher(source: str | Path, which: str = "teacher", features: str = "backbone",
-                 arch: str | None = None, patch_size: int = 16, img_size: int | None = None,
-                 in_chans: int = 3, small_stem: bool = False, strict: bool = True, depth: int | None = None
-                 ) -> tuple[FrozenTeacher, LoadReport]:
+def load_teacher(
+    source: str | Path,
+    which: str = "teacher",
+    features: str = "backbone",
+    arch: str | None = None,
+    patch_size: int = 16,
+    img_size: int | None = None,
+    in_chans: int = 3,
+    small_stem: bool = False,
+    strict: bool = True,
+    depth: int | None = None,
+) -> tuple[FrozenTeacher, LoadReport]:
     """Load a frozen teacher from ``source``: an sslkd run folder or checkpoint, a weight file in
     another project's layout or ``timm:<model>`` (:mod:`sslkd.models.teacher`).
 
@@ -49,8 +57,16 @@ def load_teachers(mcfg: TeacherConfig, in_chans: int) -> list[FrozenTeacher]:
     made for another number of channels than the data's is an error."""
     teachers = []
     for source in mcfg.teacher_sources():
-        t, report = load_teacher(source, mcfg.teacher_weights, mcfg.teacher_output(), mcfg.teacher_arch,
-                                 mcfg.teacher_patch_size, mcfg.teacher_img_size, in_chans, mcfg.teacher_small_stem)
+        t, report = load_teacher(
+            source,
+            mcfg.teacher_weights,
+            mcfg.teacher_output(),
+            mcfg.teacher_arch,
+            mcfg.teacher_patch_size,
+            mcfg.teacher_img_size,
+            in_chans,
+            mcfg.teacher_small_stem,
+        )
         if t.in_chans != in_chans:
             raise TeacherError(f"teacher {source} takes {t.in_chans}-channel images, the data has {in_chans}")
         t.report = report
@@ -81,8 +97,12 @@ def _from_sslkd(path: Path, which: str, features: str, img_size: int | None) -> 
         if isinstance(head, DINOHead):
             head = Bottleneck(head)
     backbone = net.backbone
-    report = LoadReport(str(ckpt_path), f"sslkd {method.cfg.method.name}",
-                        loaded=len(backbone.state_dict()) + (len(head.state_dict()) if head else 0),
-                        features="backbone" if head is None else
-                        f"projection head{' bottleneck' if isinstance(head, Bottleneck) else ''}")
+    report = LoadReport(
+        str(ckpt_path),
+        f"sslkd {method.cfg.method.name}",
+        loaded=len(backbone.state_dict()) + (len(head.state_dict()) if head else 0),
+        features="backbone"
+        if head is None
+        else f"projection head{' bottleneck' if isinstance(head, Bottleneck) else ''}",
+    )
     return FrozenTeacher(backbone, head, img_size or method.img_size), report

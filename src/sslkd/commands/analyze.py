@@ -45,20 +45,25 @@ def run(args: argparse.Namespace) -> int:
     test = get_dataset(name, "test", root=root, img_size=first.img_size)
     for spec, pre in pres:
         if pre.num_channels != test.num_channels:
-            raise ValueError(f"{spec} was trained on {pre.num_channels}-channel images but {name} has "
-                             f"{test.num_channels} channels")
+            raise ValueError(
+                f"{spec} was trained on {pre.num_channels}-channel images but {name} has {test.num_channels} channels"
+            )
     if args.analysis == "attention-distance":
         images = view_tensors(test, range(min(args.images, len(test))), first.img_size)
-        curves = {spec: analysis.attention_distance(pre.backbone.cpu(), images, pre.mean, pre.std)
-                  for spec, pre in pres}
+        curves = {
+            spec: analysis.attention_distance(pre.backbone.cpu(), images, pre.mean, pre.std) for spec, pre in pres
+        }
         for spec, d in curves.items():
             print(f"{spec}: mean distance per layer (px) " + " ".join(f"{v:.1f}" for v in d.mean(1)))
         print(analysis.plot_attention_distance(curves, args.out))
         return 0
     feats = [extract_features(pre.backbone.to(device), test, pre.mean, pre.std, device=device) for _, pre in pres]
     if args.analysis == "tsne":
-        print(analysis.plot_tsne(feats[0][0], feats[0][1], args.out, args.classes, test.classes,
-                                 title=f"{args.checkpoints[0]} on {name}"))
+        print(
+            analysis.plot_tsne(
+                feats[0][0], feats[0][1], args.out, args.classes, test.classes, title=f"{args.checkpoints[0]} on {name}"
+            )
+        )
         return 0
     train = get_dataset(name, "train", root=root, img_size=first.img_size)
     tr = [extract_features(pre.backbone.to(device), train, pre.mean, pre.std, device=device) for _, pre in pres]

@@ -13,11 +13,13 @@ from sslkd.errors import NoSuchModelError
 
 def positive(kind):
     """An argparse type: ``kind`` (int or float) > 0, else a usage error naming the value."""
+
     def parse(text: str):
         value = kind(text)
         if value <= 0:
             raise argparse.ArgumentTypeError(f"must be positive, got {text}")
         return value
+
     parse.__name__ = kind.__name__
     return parse
 
@@ -28,6 +30,7 @@ def positive_list(kind):
 
     def parse(text: str):
         return [one(part) for part in text.split(",") if part.strip()] or [one(text)]
+
     parse.__name__ = f"comma-separated {kind.__name__}"
     return parse
 
@@ -41,15 +44,24 @@ def share(text: str) -> float:
 
 
 def add_set(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config key, e.g. --set train.epochs=10 (repeatable)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key, e.g. --set train.epochs=10 (repeatable)",
+    )
 
 
 def add_train_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", required=True, help="YAML file (see configs/)")
     add_set(p)
-    p.add_argument("--resume", default="auto", help="auto (default: newest valid checkpoint in "
-                   "output_dir), a checkpoint path, or none")
+    p.add_argument(
+        "--resume",
+        default="auto",
+        help="auto (default: newest valid checkpoint in output_dir), a checkpoint path, or none",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -66,8 +78,12 @@ def add_eval_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--patch-size", type=int, default=4, help="with --random-init")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     p.add_argument("--batch-size", type=positive(int), default=256, help="images per feature batch")
-    p.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1),
-                   help="loader processes decoding a folder of images (default: min(8, CPUs))")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=min(8, os.cpu_count() or 1),
+        help="loader processes decoding a folder of images (default: min(8, CPUs))",
+    )
     p.add_argument("--seed", type=int, default=0, help="random init, probe and fine-tuning seed")
     p.add_argument("--json", action="store_true", help="print one JSON line instead of a table")
 

@@ -31,7 +31,9 @@ def run(args: argparse.Namespace) -> int:
     with model_flag(args.checkpoint):
         pre = load_pretrained(path, args.weights, model)
     if not getattr(pre.backbone, "is_vit", False):
-        other = " (a MOKD run: RUN@2 selects its second model)" if pre.config.method.name == "mokd" and model == 1 else ""
+        other = (
+            " (a MOKD run: RUN@2 selects its second model)" if pre.config.method.name == "mokd" and model == 1 else ""
+        )
         raise ValueError(f"{args.checkpoint}: attention maps need a ViT backbone, this model is a CNN{other}")
     size = pre.img_size
     if args.images:

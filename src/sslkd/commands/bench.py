@@ -12,10 +12,16 @@ from sslkd.commands.args import add_set
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--method", default="ibot", help="method to time")
     p.add_argument("--backbone", default="vit_tiny", help="backbone to time")
-    for name, default, what in (("img", 32, "global crop size"), ("patch", 4, "ViT patch size"),
-                                ("batch", 64, "images per step"), ("local-crops", 6, "local crops per image"),
-                                ("local-img", 16, "local crop size"), ("out-dim", 8192, "head prototypes"),
-                                ("steps", 10, "timed steps"), ("data-batches", 10, "timed loader batches")):
+    for name, default, what in (
+        ("img", 32, "global crop size"),
+        ("patch", 4, "ViT patch size"),
+        ("batch", 64, "images per step"),
+        ("local-crops", 6, "local crops per image"),
+        ("local-img", 16, "local crop size"),
+        ("out-dim", 8192, "head prototypes"),
+        ("steps", 10, "timed steps"),
+        ("data-batches", 10, "timed loader batches"),
+    ):
         p.add_argument(f"--{name}", type=int, default=default, help=what)
     p.add_argument("--workers", type=int, default=None, help="data-loader workers (default: the config's)")
     p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "auto"], help="autocast precision")

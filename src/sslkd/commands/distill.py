@@ -11,8 +11,11 @@ from sslkd.commands.args import add_train_args
 def add_arguments(p: argparse.ArgumentParser) -> None:
     methods = p.add_subparsers(dest="distill_method", required=True)
     d = methods.add_parser("seed", help="SEED: match the teacher's similarity distribution over a queue")
-    d.add_argument("--teacher", required=True, help="sslkd run folder or checkpoint, a .pth/.safetensors "
-                   "file (set method.teacher_arch), or timm:<model name>")
+    d.add_argument(
+        "--teacher",
+        required=True,
+        help="sslkd run folder or checkpoint, a .pth/.safetensors file (set method.teacher_arch), or timm:<model name>",
+    )
     add_train_args(d)
     p.set_defaults(run=run)
 

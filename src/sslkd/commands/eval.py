@@ -19,8 +19,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     protocols = p.add_subparsers(dest="protocol", required=True)
     knn = protocols.add_parser("knn", help="weighted kNN (k=20, T=0.07, cosine)")
     add_eval_args(knn)
-    knn.add_argument("--k", type=positive_list(int), default=[20],
-                     help="neighbours; a list (10,20,100,200: MOKD's protocol) prints each and the best")
+    knn.add_argument(
+        "--k",
+        type=positive_list(int),
+        default=[20],
+        help="neighbours; a list (10,20,100,200: MOKD's protocol) prints each and the best",
+    )
     knn.add_argument("--temperature", type=positive(float), default=0.07, help="temperature of the vote")
     lin = protocols.add_parser("linear", help="linear probe on frozen features")
     add_eval_args(lin)
@@ -35,8 +39,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     ft.add_argument("--warmup-epochs", type=float, default=3.0, help="linear warm-up epochs")
     ft.add_argument("--label-fraction", type=float, default=1.0, help="class-balanced share of the labels (0.01, 0.1)")
     ft.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"], help="autocast precision")
-    ft.add_argument("--out", default=None, help="JSON result (default: RUN/finetune[_<fraction>].json; "
-                    "an earlier one there is kept, renamed with its date)")
+    ft.add_argument(
+        "--out",
+        default=None,
+        help="JSON result (default: RUN/finetune[_<fraction>].json; "
+        "an earlier one there is kept, renamed with its date)",
+    )
     p.set_defaults(run=run)
 
 
@@ -47,16 +55,33 @@ def run(args: argparse.Namespace) -> int:
     else:
         torch.manual_seed(args.seed)
         source = build_backbone(args.backbone, data[0].img_size, args.patch_size, data[0].num_channels)
-    kw = dict(root=args.root, which=args.weights, model=args.model, img_size=args.img_size, device=args.device,
-              batch_size=args.batch_size, workers=args.workers, seed=args.seed, progress=True)
+    kw = dict(
+        root=args.root,
+        which=args.weights,
+        model=args.model,
+        img_size=args.img_size,
+        device=args.device,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        seed=args.seed,
+        progress=True,
+    )
     if args.protocol == "knn":
         kw.update(k=args.k, temperature=args.temperature)
     elif args.protocol == "linear":
         kw.update(epochs=args.epochs, lr=args.lr)
     else:
-        kw.update(epochs=args.epochs, lr=args.lr, finetune_args=dict(
-            layer_decay=args.layer_decay, weight_decay=args.weight_decay, warmup_epochs=args.warmup_epochs,
-            label_fraction=args.label_fraction, precision=args.precision))
+        kw.update(
+            epochs=args.epochs,
+            lr=args.lr,
+            finetune_args=dict(
+                layer_decay=args.layer_decay,
+                weight_decay=args.weight_decay,
+                warmup_epochs=args.warmup_epochs,
+                label_fraction=args.label_fraction,
+                precision=args.precision,
+            ),
+        )
     with model_flag(f"--model {args.model}"):
         res = api.evaluate(source, data, args.protocol, **kw)
     res["dataset"] = args.dataset
@@ -93,8 +118,10 @@ def _finetune_output(args: argparse.Namespace, res: dict) -> int:
     if args.json:
         print(json.dumps(res))
     else:
-        print(f"fine-tuning {args.epochs} epochs on {res['train_images']} labelled {args.dataset} images "
-              f"({100 * args.label_fraction:g}% of the labels), {res['source']}")
+        print(
+            f"fine-tuning {args.epochs} epochs on {res['train_images']} labelled {args.dataset} images "
+            f"({100 * args.label_fraction:g}% of the labels), {res['source']}"
+        )
         print(f"top-1 {res['top1']:.2f}%  top-5 {res['top5']:.2f}%" + (f"  -> {out}" if out else ""))
     if kept:
         print(f"the previous result was kept as {kept}")

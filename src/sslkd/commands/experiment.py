@@ -23,29 +23,48 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         e.add_argument("--epochs", type=int, default=None, help="budget: epochs per run (same for all)")
         e.add_argument("--max-steps", type=int, default=None, help="budget: stop every run after this many steps")
         e.add_argument("--minutes", type=float, default=None, help="budget: wall-clock training minutes per run")
-        e.add_argument("--budget", default="", help="the same as one spec: e.g. 1epochs, 500steps, 20min, 1epochs,20min")
+        e.add_argument(
+            "--budget", default="", help="the same as one spec: e.g. 1epochs, 500steps, 20min, 1epochs,20min"
+        )
         add_set(e)
         e.add_argument("--eval-dataset", default=None, help="default: the pretraining dataset")
         e.add_argument("--eval-root", default=None, help="folder of --eval-dataset")
         e.add_argument("--eval-train-samples", type=int, default=None, help="evenly spaced subset (all classes)")
         e.add_argument("--eval-test-samples", type=int, default=None, help="evenly spaced test subset")
         e.add_argument("--linear-epochs", type=int, default=100, help="linear probe epochs")
-        e.add_argument("--finetune-epochs", type=int, default=0,
-                       help="also fine-tune a copy of every backbone this many epochs on the eval subsets (0: off)")
+        e.add_argument(
+            "--finetune-epochs",
+            type=int,
+            default=0,
+            help="also fine-tune a copy of every backbone this many epochs on the eval subsets (0: off)",
+        )
         e.add_argument("--out", default=f"runs/{e.prog.split()[-1]}", help="folder of the runs and tables")
         e.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    budget = ([f"train.epochs={args.epochs}"] if args.epochs else []) + \
-        ([f"train.max_steps={args.max_steps}"] if args.max_steps else []) + \
-        ([f"train.time_budget_minutes={args.minutes}"] if args.minutes else []) + budget_overrides(args.budget)
+    budget = (
+        ([f"train.epochs={args.epochs}"] if args.epochs else [])
+        + ([f"train.max_steps={args.max_steps}"] if args.max_steps else [])
+        + ([f"train.time_budget_minutes={args.minutes}"] if args.minutes else [])
+        + budget_overrides(args.budget)
+    )
     table1 = args.experiment == "table1"
     name = "table1" if table1 else args.name
-    run_comparison(args.configs or DEFAULT_CONFIGS, args.out, budget + args.overrides, args.eval_dataset,
-                   args.eval_root, args.linear_epochs, random_init=table1 or args.random_init,
-                   eval_train_samples=args.eval_train_samples, eval_test_samples=args.eval_test_samples,
-                   name=name, finetune_epochs=args.finetune_epochs, progress=not args.no_progress)
+    run_comparison(
+        args.configs or DEFAULT_CONFIGS,
+        args.out,
+        budget + args.overrides,
+        args.eval_dataset,
+        args.eval_root,
+        args.linear_epochs,
+        random_init=table1 or args.random_init,
+        eval_train_samples=args.eval_train_samples,
+        eval_test_samples=args.eval_test_samples,
+        name=name,
+        finetune_epochs=args.finetune_epochs,
+        progress=not args.no_progress,
+    )
     print((Path(args.out) / f"{name}.md").read_text())
     return 0

@@ -13,8 +13,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("source", help="run folder or checkpoint (RUN@2: MOKD's second model)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--weights", default="teacher", choices=["teacher", "student"], help="which weights of the run")
-    p.add_argument("--format", dest="formats", action="append", choices=list(FORMATS),
-                   help="repeatable; default safetensors (which timm loads: the same files)")
+    p.add_argument(
+        "--format",
+        dest="formats",
+        action="append",
+        choices=list(FORMATS),
+        help="repeatable; default safetensors (which timm loads: the same files)",
+    )
     p.set_defaults(run=run)
 
 

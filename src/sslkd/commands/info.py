@@ -24,9 +24,11 @@ def run(args: argparse.Namespace) -> int:  # noqa: ARG001 - every command takes 
     cuda = torch.cuda.is_available()
     print(f"sslkd {__version__}  python {platform.python_version()}  {platform.machine()}")
     print(f"torch {torch.__version__}  torchvision {torchvision.__version__}  timm {timm.__version__}")
-    print(f"device: {'cuda: ' + torch.cuda.get_device_name(0) if cuda else 'cpu'}  "
-          f"threads: {torch.get_num_threads()}  cpu: {torch.backends.cpu.get_cpu_capability()}, "
-          f"native bf16: {'yes' if native_bf16(torch.device('cpu')) else 'no (precision auto uses fp32)'}")
+    print(
+        f"device: {'cuda: ' + torch.cuda.get_device_name(0) if cuda else 'cpu'}  "
+        f"threads: {torch.get_num_threads()}  cpu: {torch.backends.cpu.get_cpu_capability()}, "
+        f"native bf16: {'yes' if native_bf16(torch.device('cpu')) else 'no (precision auto uses fp32)'}"
+    )
     print(f"methods: {', '.join(METHODS)}")
     print(f"backbones: {', '.join(BACKBONES)}")
     print(f"datasets: {', '.join(DATASETS)}")

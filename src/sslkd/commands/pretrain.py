@@ -17,8 +17,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    res = api.pretrain(args.config, overrides=args.overrides, progress=not args.no_progress,
-                       resume=None if args.resume == "none" else args.resume)
+    res = api.pretrain(
+        args.config,
+        overrides=args.overrides,
+        progress=not args.no_progress,
+        resume=None if args.resume == "none" else args.resume,
+    )
     main_process = not is_distributed() or dist.get_rank() == 0
     if is_distributed():
         dist.destroy_process_group()

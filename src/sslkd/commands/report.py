@@ -20,6 +20,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    print(build_report(args.runs, args.out, args.dataset, args.root, args.eval_train_samples,
-                       args.eval_test_samples, args.linear_epochs, args.device))
+    print(
+        build_report(
+            args.runs,
+            args.out,
+            args.dataset,
+            args.root,
+            args.eval_train_samples,
+            args.eval_test_samples,
+            args.linear_epochs,
+            args.device,
+        )
+    )
     return 0

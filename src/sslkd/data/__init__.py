@@ -4,4 +4,13 @@ from sslkd.data.base import DatasetError, ImageArrayDataset, NoHeldOutSplitError
 from sslkd.data.folder import ImageFolderDataset, view_tensors
 from sslkd.data.registry import DATASETS, get_dataset, held_out
 
-__all__ = ["DATASETS", "DatasetError", "ImageArrayDataset", "ImageFolderDataset", "NoHeldOutSplitError", "get_dataset", "held_out", "view_tensors"]
+__all__ = [
+    "DATASETS",
+    "DatasetError",
+    "ImageArrayDataset",
+    "ImageFolderDataset",
+    "NoHeldOutSplitError",
+    "get_dataset",
+    "held_out",
+    "view_tensors",
+]

@@ -34,23 +34,53 @@ def _blur(size: int, p: float) -> v2.Transform:
 class MultiCropTransform:
     """uint8 ``[C, H, W]`` -> list of float crops (globals first, then locals), normalised."""
 
-    def __init__(self, img_size: int, channels: int, mean: Sequence[float], std: Sequence[float],
-                 global_size: int | None = None, global_scale: tuple[float, float] = (0.4, 1.0),
-                 local_number: int = 0, local_size: int | None = None,
-                 local_scale: tuple[float, float] = (0.05, 0.4), flip_p: float = 0.5,
-                 color_jitter_p: float = 0.8, brightness: float = 0.4, contrast: float = 0.4,
-                 saturation: float = 0.2, hue: float = 0.1, grayscale_p: float = 0.2,
-                 blur_p: tuple[float, float, float] = (1.0, 0.1, 0.5), solarize_p: float = 0.2,
-                 multiple: int = 1, paired: bool = False) -> None:
+    def __init__(
+        self,
+        img_size: int,
+        channels: int,
+        mean: Sequence[float],
+        std: Sequence[float],
+        global_size: int | None = None,
+        global_scale: tuple[float, float] = (0.4, 1.0),
+        local_number: int = 0,
+        local_size: int | None = None,
+        local_scale: tuple[float, float] = (0.05, 0.4),
+        flip_p: float = 0.5,
+        color_jitter_p: float = 0.8,
+        brightness: float = 0.4,
+        contrast: float = 0.4,
+        saturation: float = 0.2,
+        hue: float = 0.1,
+        grayscale_p: float = 0.2,
+        blur_p: tuple[float, float, float] = (1.0, 0.1, 0.5),
+        solarize_p: float = 0.2,
+        multiple: int = 1,
+        paired: bool = False,
+    ) -> None:
         self.global_size = global_size or img_size
         # default: DINO's 96/224 of the image, rounded to a multiple of the ViT patch size
         self.local_size = local_size or max(multiple, int(round(img_size * 96 / 224 / multiple)) * multiple)
         self.local_number = local_number
-        self.params = dict(channels=channels, mean=tuple(mean), std=tuple(std), global_size=self.global_size,
-                           local_size=self.local_size, global_scale=global_scale, local_number=local_number,
-                           local_scale=local_scale, flip_p=flip_p, color_jitter_p=color_jitter_p,
-                           brightness=brightness, contrast=contrast, saturation=saturation, hue=hue,
-                           grayscale_p=grayscale_p, blur_p=blur_p, solarize_p=solarize_p, paired=paired)
+        self.params = dict(
+            channels=channels,
+            mean=tuple(mean),
+            std=tuple(std),
+            global_size=self.global_size,
+            local_size=self.local_size,
+            global_scale=global_scale,
+            local_number=local_number,
+            local_scale=local_scale,
+            flip_p=flip_p,
+            color_jitter_p=color_jitter_p,
+            brightness=brightness,
+            contrast=contrast,
+            saturation=saturation,
+            hue=hue,
+            grayscale_p=grayscale_p,
+            blur_p=blur_p,
+            solarize_p=solarize_p,
+            paired=paired,
+        )
         if channels == 3:
             jitter = v2.ColorJitter(brightness, contrast, saturation, hue)
             colour = [v2.RandomApply([jitter], p=color_jitter_p), v2.RandomGrayscale(p=grayscale_p)]
@@ -59,16 +89,23 @@ class MultiCropTransform:
         finish = [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))]
 
         def crop(size: int, scale: tuple[float, float]) -> list[v2.Transform]:
-            return [v2.RandomResizedCrop(size, scale=scale, interpolation=InterpolationMode.BICUBIC,
-                                         antialias=True), v2.RandomHorizontalFlip(flip_p)]
+            return [
+                v2.RandomResizedCrop(size, scale=scale, interpolation=InterpolationMode.BICUBIC, antialias=True),
+                v2.RandomHorizontalFlip(flip_p),
+            ]
 
-        self.global1 = v2.Compose(crop(self.global_size, global_scale) + colour
-                                  + [_blur(self.global_size, blur_p[0])] + finish)
-        self.global2 = v2.Compose(crop(self.global_size, global_scale) + colour
-                                  + [_blur(self.global_size, blur_p[1]), v2.RandomSolarize(128, p=solarize_p)]
-                                  + finish)
-        self.local = v2.Compose(crop(self.local_size, local_scale) + colour
-                                + [_blur(self.local_size, blur_p[2])] + finish)
+        self.global1 = v2.Compose(
+            crop(self.global_size, global_scale) + colour + [_blur(self.global_size, blur_p[0])] + finish
+        )
+        self.global2 = v2.Compose(
+            crop(self.global_size, global_scale)
+            + colour
+            + [_blur(self.global_size, blur_p[1]), v2.RandomSolarize(128, p=solarize_p)]
+            + finish
+        )
+        self.local = v2.Compose(
+            crop(self.local_size, local_scale) + colour + [_blur(self.local_size, blur_p[2])] + finish
+        )
         # paired (DMT): one crop, given plain (for frozen teachers) and colour-jittered (for the student)
         self.paired = paired
         self.pair_crop = v2.Compose(crop(self.global_size, global_scale))
@@ -76,11 +113,29 @@ class MultiCropTransform:
         self.pair_colour, self.pair_finish = v2.Compose(colour[:1]), v2.Compose(finish)
 
     @classmethod
-    def from_config(cls, aug, img_size: int, channels: int, mean, std, multiple: int = 1) -> "MultiCropTransform":
-        return cls(img_size, channels, mean, std, aug.global_crops_size, tuple(aug.global_crops_scale),
-                   aug.local_crops_number, aug.local_crops_size, tuple(aug.local_crops_scale), aug.flip_p,
-                   aug.color_jitter_p, aug.brightness, aug.contrast, aug.saturation, aug.hue,
-                   aug.grayscale_p, tuple(aug.blur_p), aug.solarize_p, multiple, aug.paired)
+    def from_config(cls, aug, img_size: int, channels: int, mean, std, multiple: int = 1) -> MultiCropTransform:
+        return cls(
+            img_size,
+            channels,
+            mean,
+            std,
+            aug.global_crops_size,
+            tuple(aug.global_crops_scale),
+            aug.local_crops_number,
+            aug.local_crops_size,
+            tuple(aug.local_crops_scale),
+            aug.flip_p,
+            aug.color_jitter_p,
+            aug.brightness,
+            aug.contrast,
+            aug.saturation,
+            aug.hue,
+            aug.grayscale_p,
+            tuple(aug.blur_p),
+            aug.solarize_p,
+            multiple,
+            aug.paired,
+        )
 
     def __call__(self, img: torch.Tensor) -> list[torch.Tensor]:
         if self.paired:
@@ -150,8 +205,9 @@ class SeededEpochSampler(Sampler[tuple[int, int]]):
     that are pure functions of ``(seed, epoch)``. ``start`` skips the first samples (resume);
     ``rank``/``world_size`` shard the permutation for distributed runs."""
 
-    def __init__(self, num_samples: int, seed: int, epoch: int, start: int = 0,
-                 rank: int = 0, world_size: int = 1) -> None:
+    def __init__(
+        self, num_samples: int, seed: int, epoch: int, start: int = 0, rank: int = 0, world_size: int = 1
+    ) -> None:
         self.num_samples, self.seed, self.epoch = num_samples, seed, epoch
         self.start, self.rank, self.world_size = start, rank, world_size
 
@@ -159,7 +215,7 @@ class SeededEpochSampler(Sampler[tuple[int, int]]):
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
         perm = torch.randperm(self.num_samples, generator=g)
         seeds = torch.randint(0, 2**62, (self.num_samples,), generator=g)
-        return perm[self.rank::self.world_size], seeds[self.rank::self.world_size]
+        return perm[self.rank :: self.world_size], seeds[self.rank :: self.world_size]
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
         perm, seeds = self._draw()

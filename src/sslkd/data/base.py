@@ -34,8 +34,9 @@ class ImageArrayDataset(Dataset):
 
     def __post_init__(self) -> None:
         if self.images.dtype != np.uint8 or self.images.ndim != 4:
-            raise DatasetError(f"{self.name}: expected uint8 images [N, H, W, C], got "
-                               f"{self.images.dtype} {self.images.shape}")
+            raise DatasetError(
+                f"{self.name}: expected uint8 images [N, H, W, C], got {self.images.dtype} {self.images.shape}"
+            )
         if len(self.images) != len(self.labels):
             raise DatasetError(f"{self.name}: {len(self.images)} images but {len(self.labels)} labels")
         if len(self.images) == 0:
@@ -71,12 +72,12 @@ class ImageArrayDataset(Dataset):
 def channel_stats(images: np.ndarray, max_images: int = 10000) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Per-channel mean/std in [0, 1] of (at most ``max_images`` evenly spaced) images, in two
     passes over chunks: memory stays at one chunk of float64, whatever the image size."""
-    sample = images[::max(1, len(images) // max_images)]
+    sample = images[:: max(1, len(images) // max_images)]
     c, n = images.shape[-1], sample[..., 0].size
 
     def chunks():
         for i in range(0, len(sample), 256):
-            yield sample[i:i + 256].reshape(-1, c).astype(np.float64) / 255.0
+            yield sample[i : i + 256].reshape(-1, c).astype(np.float64) / 255.0
 
     mean = sum(x.sum(0) for x in chunks()) / n
     std = np.sqrt(sum(((x - mean) ** 2).sum(0) for x in chunks()) / n).clip(min=1e-3)
@@ -89,9 +90,9 @@ def resize_images(images: np.ndarray, size: int) -> np.ndarray:
         return images
     out = np.empty((len(images), size, size, images.shape[3]), dtype=np.uint8)
     for i in range(0, len(images), 4096):
-        x = torch.from_numpy(images[i:i + 4096]).permute(0, 3, 1, 2).float()
+        x = torch.from_numpy(images[i : i + 4096]).permute(0, 3, 1, 2).float()
         y = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-        out[i:i + 4096] = y.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+        out[i : i + 4096] = y.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
     return out
 
 

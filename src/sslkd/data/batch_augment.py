@@ -33,12 +33,27 @@ class BatchMultiCrop:
     """``__call__(images uint8 [B, C, H, W], key: int) -> list of float [B, C, s, s]`` crops
     (two globals, then the locals; or ``[plain, jittered]`` of one crop when ``paired``)."""
 
-    def __init__(self, channels: int, mean: Sequence[float], std: Sequence[float], global_size: int,
-                 local_size: int, global_scale: tuple[float, float] = (0.4, 1.0), local_number: int = 0,
-                 local_scale: tuple[float, float] = (0.05, 0.4), flip_p: float = 0.5, color_jitter_p: float = 0.8,
-                 brightness: float = 0.4, contrast: float = 0.4, saturation: float = 0.2, hue: float = 0.1,
-                 grayscale_p: float = 0.2, blur_p: tuple[float, float, float] = (1.0, 0.1, 0.5),
-                 solarize_p: float = 0.2, paired: bool = False) -> None:
+    def __init__(
+        self,
+        channels: int,
+        mean: Sequence[float],
+        std: Sequence[float],
+        global_size: int,
+        local_size: int,
+        global_scale: tuple[float, float] = (0.4, 1.0),
+        local_number: int = 0,
+        local_scale: tuple[float, float] = (0.05, 0.4),
+        flip_p: float = 0.5,
+        color_jitter_p: float = 0.8,
+        brightness: float = 0.4,
+        contrast: float = 0.4,
+        saturation: float = 0.2,
+        hue: float = 0.1,
+        grayscale_p: float = 0.2,
+        blur_p: tuple[float, float, float] = (1.0, 0.1, 0.5),
+        solarize_p: float = 0.2,
+        paired: bool = False,
+    ) -> None:
         self.channels, self.mean, self.std = channels, tuple(mean), tuple(std)
         self.global_size, self.local_size, self.local_number = global_size, local_size, local_number
         self.global_scale, self.local_scale = global_scale, local_scale
@@ -49,7 +64,7 @@ class BatchMultiCrop:
             self.gray_p = 0.0
 
     @classmethod
-    def from_transform(cls, t) -> "BatchMultiCrop":
+    def from_transform(cls, t) -> BatchMultiCrop:
         """The batch twin of a :class:`~sslkd.data.augment.MultiCropTransform` (same parameters)."""
         return cls(**t.params)
 
@@ -112,7 +127,7 @@ class BatchMultiCrop:
             return x
         k = max(3, int(round(0.1 * size)) | 1)
         t = torch.arange(k, device=x.device, dtype=x.dtype) - k // 2
-        kern = torch.exp(-t[None] ** 2 / (2 * sigma.to(x.dtype)[:, None] ** 2))
+        kern = torch.exp(-(t[None] ** 2) / (2 * sigma.to(x.dtype)[:, None] ** 2))
         kern = (kern / kern.sum(1, keepdim=True)).repeat_interleave(c, 0)  # [n*c, k]
         y = F.pad(x.reshape(1, n * c, h, w), (k // 2,) * 4, mode="reflect")
         y = F.conv2d(y, kern[:, None, :, None], groups=n * c)
@@ -139,8 +154,9 @@ class BatchMultiCrop:
             crop = self._crop(x, self._boxes(g, n, h, w, self.global_scale), self.global_size, g)
             return [self._finish(crop), self._finish(self._jitter(crop, g))]
         views = []
-        for i, (size, scale) in enumerate([(self.global_size, self.global_scale)] * 2
-                                          + [(self.local_size, self.local_scale)] * self.local_number):
+        for i, (size, scale) in enumerate(
+            [(self.global_size, self.global_scale)] * 2 + [(self.local_size, self.local_scale)] * self.local_number
+        ):
             views.append(self._colour(self._crop(x, self._boxes(g, n, h, w, scale), size, g), i, g))
         return views
 
@@ -161,8 +177,9 @@ class BatchMultiCrop:
 
 def _rotate_hue(x: torch.Tensor, angle: torch.Tensor) -> torch.Tensor:
     """Rotate the chroma of RGB ``x [B, 3, H, W]`` by ``angle [B]`` radians in YIQ space."""
-    to_yiq = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]],
-                          device=x.device, dtype=x.dtype)
+    to_yiq = torch.tensor(
+        [[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]], device=x.device, dtype=x.dtype
+    )
     cos, sin = torch.cos(angle).to(x.dtype), torch.sin(angle).to(x.dtype)
     rot = torch.zeros(len(x), 3, 3, device=x.device, dtype=x.dtype)
     rot[:, 0, 0] = 1

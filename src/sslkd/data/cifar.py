@@ -16,23 +16,39 @@ from sslkd.data.base import DatasetError, ImageArrayDataset
 from sslkd.data.download import download, extract_tar
 
 ARCHIVES = {
-    "cifar10": dict(url="https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
-                    md5="c58f30108f718f92721af3b95e74349a", folder="cifar-10-batches-py",
-                    train=[f"data_batch_{i}" for i in range(1, 6)], test=["test_batch"],
-                    meta="batches.meta", names=b"label_names", labels=b"labels"),
-    "cifar100": dict(url="https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
-                     md5="eb9058c3a382ffc7106e4002c42a8d85", folder="cifar-100-python",
-                     train=["train"], test=["test"],
-                     meta="meta", names=b"fine_label_names", labels=b"fine_labels"),
+    "cifar10": dict(
+        url="https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
+        md5="c58f30108f718f92721af3b95e74349a",
+        folder="cifar-10-batches-py",
+        train=[f"data_batch_{i}" for i in range(1, 6)],
+        test=["test_batch"],
+        meta="batches.meta",
+        names=b"label_names",
+        labels=b"labels",
+    ),
+    "cifar100": dict(
+        url="https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
+        md5="eb9058c3a382ffc7106e4002c42a8d85",
+        folder="cifar-100-python",
+        train=["train"],
+        test=["test"],
+        meta="meta",
+        names=b"fine_label_names",
+        labels=b"fine_labels",
+    ),
 }
 MEAN_STD = {
     "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
     "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
 }
 _ALLOWED = {
-    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-    ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
-    ("numpy._core.multiarray", "scalar"), ("_codecs", "encode"),
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy", "ndarray"),
+    ("numpy", "dtype"),
+    ("numpy.core.multiarray", "scalar"),
+    ("numpy._core.multiarray", "scalar"),
+    ("_codecs", "encode"),
 }
 
 
@@ -57,8 +73,10 @@ def load_cifar(name: str, split: str, root: str | Path | None, download_ok: bool
     if root is None:
         root = Path.home() / ".cache" / "sslkd" / name
         if not download_ok and not (root / spec["folder"]).is_dir():
-            raise DatasetError(f"{name}: no root given and no copy in {root}; pass --root DIR "
-                               f"(containing {spec['folder']}/), or pretrain with data.download: true")
+            raise DatasetError(
+                f"{name}: no root given and no copy in {root}; pass --root DIR "
+                f"(containing {spec['folder']}/), or pretrain with data.download: true"
+            )
     root = Path(root)
     folder = root if (root / spec["meta"]).is_file() else root / spec["folder"]
     if download_ok and not (folder / spec["meta"]).is_file():
@@ -66,8 +84,10 @@ def load_cifar(name: str, split: str, root: str | Path | None, download_ok: bool
         extract_tar(archive, root)
         folder = root / spec["folder"]
     if not folder.is_dir():
-        raise DatasetError(f"{name}: {folder} does not exist (expected the python-pickle files "
-                           f"{', '.join(spec['train'] + spec['test'])}, {spec['meta']})")
+        raise DatasetError(
+            f"{name}: {folder} does not exist (expected the python-pickle files "
+            f"{', '.join(spec['train'] + spec['test'])}, {spec['meta']})"
+        )
     meta = _load_pickle(folder / spec["meta"])
     classes = [c.decode() for c in meta[spec["names"]]]
     images, labels = [], []
@@ -78,9 +98,11 @@ def load_cifar(name: str, split: str, root: str | Path | None, download_ok: bool
             lab = np.asarray(batch[spec["labels"]], dtype=np.int64)
             images.append(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
         except (KeyError, ValueError) as e:
-            raise DatasetError(f"{folder / fname}: unexpected content ({e}); expected b'data' "
-                               f"[N, 3072] uint8 and {spec['labels']!r}") from e
+            raise DatasetError(
+                f"{folder / fname}: unexpected content ({e}); expected b'data' [N, 3072] uint8 and {spec['labels']!r}"
+            ) from e
         labels.append(lab)
     mean, std = MEAN_STD[name]
-    return ImageArrayDataset(np.ascontiguousarray(np.concatenate(images)), np.concatenate(labels),
-                             classes, name=name, mean=mean, std=std)
+    return ImageArrayDataset(
+        np.ascontiguousarray(np.concatenate(images)), np.concatenate(labels), classes, name=name, mean=mean, std=std
+    )

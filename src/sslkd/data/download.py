@@ -32,8 +32,10 @@ def download(url: str, dest: Path, md5: str | None) -> Path:
             shutil.copyfileobj(r, f)
     except OSError as e:
         tmp.unlink(missing_ok=True)
-        raise DatasetError(f"could not download {url} to {dest}: {e}. Without a network, put the "
-                           f"file there yourself or pass --root to a local copy.") from e
+        raise DatasetError(
+            f"could not download {url} to {dest}: {e}. Without a network, put the "
+            f"file there yourself or pass --root to a local copy."
+        ) from e
     if md5 is not None and (got := md5sum(tmp)) != md5:
         tmp.unlink()
         raise DatasetError(f"checksum mismatch for {url}: md5 {got}, expected {md5}")

@@ -90,9 +90,11 @@ def _labels(paths: list[str], mode: str, root: Path, classes: list[str] | None =
         lookup = {c: i for i, c in enumerate(classes)}
         unknown = sorted({str(t) for t in tops if t not in lookup})
         if unknown:
-            raise DatasetError(f"imagefolder: {root} has images outside the training classes "
-                               f"({', '.join(unknown[:5])}{' ...' if len(unknown) > 5 else ''}; 'None': loose "
-                               f"in the folder); a held-out split needs <class>/<image> with the training classes")
+            raise DatasetError(
+                f"imagefolder: {root} has images outside the training classes "
+                f"({', '.join(unknown[:5])}{' ...' if len(unknown) > 5 else ''}; 'None': loose "
+                f"in the folder); a held-out split needs <class>/<image> with the training classes"
+            )
         return np.asarray([lookup[t] for t in tops], dtype=np.int64), list(classes)
     depths = {p.count("/") for p in paths}
     if mode == "none" or (mode == "auto" and (None in tops or len(set(tops)) < 2 or len(depths) > 1)):
@@ -105,8 +107,9 @@ def _labels(paths: list[str], mode: str, root: Path, classes: list[str] | None =
     return np.asarray([lookup[t] for t in tops], dtype=np.int64), classes
 
 
-def scan_folder(root: str | Path, labels: str = "auto", use_cache: bool = True,
-                classes: list[str] | None = None) -> FolderIndex:
+def scan_folder(
+    root: str | Path, labels: str = "auto", use_cache: bool = True, classes: list[str] | None = None
+) -> FolderIndex:
     """Index every image file below ``root`` (recursively; hidden files and folders skipped).
 
     ``labels``: ``auto`` (class folders when the layout is unambiguous), ``folders`` (the first
@@ -137,9 +140,14 @@ def scan_folder(root: str | Path, labels: str = "auto", use_cache: bool = True,
             try:
                 cached.parent.mkdir(parents=True, exist_ok=True)
                 tmp = cached.with_name(cached.stem + f".{os.getpid()}.tmp.npz")
-                np.savez(tmp, paths=np.frombuffer("\n".join(paths).encode(), np.uint8),
-                         dirs=np.frombuffer("\n".join(d for d, _ in dirs_m).encode(), np.uint8),
-                         mtimes=np.asarray([m for _, m in dirs_m], np.int64), ignored=ignored, example=example)
+                np.savez(
+                    tmp,
+                    paths=np.frombuffer("\n".join(paths).encode(), np.uint8),
+                    dirs=np.frombuffer("\n".join(d for d, _ in dirs_m).encode(), np.uint8),
+                    mtimes=np.asarray([m for _, m in dirs_m], np.int64),
+                    ignored=ignored,
+                    example=example,
+                )
                 os.replace(tmp, cached)
             except OSError as e:
                 warnings.warn(f"could not write the file index cache {cached}: {e}", stacklevel=2)
@@ -200,8 +208,14 @@ class ImageFolderDataset(Dataset):
 
     lazy = True
 
-    def __init__(self, index: FolderIndex, channels: int | None = None, img_size: int = 224,
-                 name: str | None = None, subset: np.ndarray | None = None) -> None:
+    def __init__(
+        self,
+        index: FolderIndex,
+        channels: int | None = None,
+        img_size: int = 224,
+        name: str | None = None,
+        subset: np.ndarray | None = None,
+    ) -> None:
         paths, labels = index.paths, index.labels
         if subset is not None:
             paths, labels = [paths[i] for i in subset], labels[subset]
@@ -223,7 +237,7 @@ class ImageFolderDataset(Dataset):
         return len(self._offsets) - 1
 
     def path(self, i: int) -> str:
-        return os.path.join(self.root, bytes(self._blob[self._offsets[i]:self._offsets[i + 1]]).decode())
+        return os.path.join(self.root, bytes(self._blob[self._offsets[i] : self._offsets[i + 1]]).decode())
 
     def image(self, i: int, draft: int | None = None) -> Image.Image:
         return decode(self.path(i), self.channels, draft)
@@ -243,10 +257,15 @@ class ImageFolderDataset(Dataset):
     def num_classes(self) -> int:
         return len(self.classes)
 
-    def subset(self, indices: np.ndarray) -> "ImageFolderDataset":
+    def subset(self, indices: np.ndarray) -> ImageFolderDataset:
         """The dataset of the images at ``indices`` (a data.subset_fraction)."""
-        index = FolderIndex(Path(self.root), [self.path(int(i))[len(self.root) + 1:] for i in indices],
-                            self.labels[indices], self.classes, self.ignored)
+        index = FolderIndex(
+            Path(self.root),
+            [self.path(int(i))[len(self.root) + 1 :] for i in indices],
+            self.labels[indices],
+            self.classes,
+            self.ignored,
+        )
         out = ImageFolderDataset(index, self.channels, self.img_size, self.name)
         out.draft = self.draft
         return out
@@ -277,8 +296,9 @@ class EvalCrops(Dataset):
             return torch.zeros(self.base.num_channels, self.size, self.size, dtype=torch.uint8), -1, str(e)
         w, h = im.size
         scale = self.resize / min(w, h)
-        im = im.resize((max(self.size, round(w * scale)), max(self.size, round(h * scale))), Image.BICUBIC,
-                       reducing_gap=3.0)
+        im = im.resize(
+            (max(self.size, round(w * scale)), max(self.size, round(h * scale))), Image.BICUBIC, reducing_gap=3.0
+        )
         left, top = (im.size[0] - self.size) // 2, (im.size[1] - self.size) // 2
         return pil_to_uint8(im.crop((left, top, left + self.size, top + self.size))), int(self.base.labels[i]), ""
 
@@ -288,11 +308,14 @@ class TrainCrops(Dataset):
     original image and a flip, as uint8 ``[C, size, size]``; an undecodable file is replaced by
     the next image (fine-tuning has no step count to keep exact)."""
 
-    def __init__(self, base: ImageFolderDataset, size: int, scale: tuple[float, float],
-                 indices: np.ndarray) -> None:
+    def __init__(self, base: ImageFolderDataset, size: int, scale: tuple[float, float], indices: np.ndarray) -> None:
         self.base, self.indices = base, np.asarray(indices)
-        self.t = v2.Compose([v2.RandomResizedCrop(size, scale=scale, interpolation=InterpolationMode.BICUBIC,
-                                                  antialias=True), v2.RandomHorizontalFlip()])
+        self.t = v2.Compose(
+            [
+                v2.RandomResizedCrop(size, scale=scale, interpolation=InterpolationMode.BICUBIC, antialias=True),
+                v2.RandomHorizontalFlip(),
+            ]
+        )
 
     def __len__(self) -> int:
         return len(self.indices)

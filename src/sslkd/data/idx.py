@@ -18,8 +18,7 @@ FILES = {  # upstream md5 of the .gz files (Debian re-gzipped its copies: sums d
     "t10k-images-idx3-ubyte": "bef4ecab320f06d8554ea6380940ec79",
     "t10k-labels-idx1-ubyte": "bb300cfdad3c16e7a12a480ee83cd310",
 }
-CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
-           "Bag", "Ankle boot"]
+CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
 
 
 def read_idx(path: Path) -> np.ndarray:
@@ -32,11 +31,12 @@ def read_idx(path: Path) -> np.ndarray:
         raise DatasetError(f"{path}: not an IDX file of uint8 (bad magic number)")
     ndim = raw[3]
     header = 4 + 4 * ndim
-    dims = [int.from_bytes(raw[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+    dims = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
     expected = header + int(np.prod(dims))
     if len(raw) != expected:
-        raise DatasetError(f"{path}: truncated or corrupt IDX file ({len(raw)} bytes, expected "
-                           f"{expected} for shape {dims})")
+        raise DatasetError(
+            f"{path}: truncated or corrupt IDX file ({len(raw)} bytes, expected {expected} for shape {dims})"
+        )
     return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(dims)
 
 
@@ -59,11 +59,19 @@ def load_fashion_mnist(split: str, root: str | Path | None, download_ok: bool = 
         if path is None and download_ok:
             path = download(URL + stem + ".gz", root / f"{stem}.gz", FILES[stem])
         if path is None:
-            raise DatasetError(f"fashion-mnist: {root / stem}[.gz] not found (install Debian's "
-                               f"dataset-fashion-mnist, pass --root DIR, or pretrain with data.download: true)")
+            raise DatasetError(
+                f"fashion-mnist: {root / stem}[.gz] not found (install Debian's "
+                f"dataset-fashion-mnist, pass --root DIR, or pretrain with data.download: true)"
+            )
         paths.append(path)
     images, labels = read_idx(paths[0]), read_idx(paths[1])
     if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
         raise DatasetError(f"{paths[0]} / {paths[1]}: shapes {images.shape} and {labels.shape} do not match")
-    return ImageArrayDataset(np.ascontiguousarray(images[..., None]), labels.astype(np.int64), CLASSES,
-                             name="fashion-mnist", mean=(0.2860,), std=(0.3530,))
+    return ImageArrayDataset(
+        np.ascontiguousarray(images[..., None]),
+        labels.astype(np.int64),
+        CLASSES,
+        name="fashion-mnist",
+        mean=(0.2860,),
+        std=(0.3530,),
+    )

@@ -25,8 +25,15 @@ import numpy as np
 from PIL import Image
 
 from sslkd.data.base import DatasetError, ImageArrayDataset, NoHeldOutSplitError
-from sslkd.data.folder import (CorruptImageError, FolderIndex, ImageFolderDataset, cache_dir, decode,
-                               guess_channels, scan_folder)
+from sslkd.data.folder import (
+    CorruptImageError,
+    FolderIndex,
+    ImageFolderDataset,
+    cache_dir,
+    decode,
+    guess_channels,
+    scan_folder,
+)
 
 IN_MEMORY_MAX_BYTES = 2 << 30  # decoded uint8 bytes up to which `auto` reads a tree into memory
 HELD_OUT = ("val", "test")
@@ -41,15 +48,19 @@ def split_root(root: Path, split: str) -> Path:
             return root / "train"
         held = [n for n in HELD_OUT if (root / n).is_dir()]
         if held:  # training on root would take the held-out images in
-            raise DatasetError(f"imagefolder: {root} has {held[0]}/ but no train/: put the training images in "
-                               f"{root}/train (or point data.root at a folder without a held-out split)")
+            raise DatasetError(
+                f"imagefolder: {root} has {held[0]}/ but no train/: put the training images in "
+                f"{root}/train (or point data.root at a folder without a held-out split)"
+            )
         return root
     for name in HELD_OUT:
         if (root / name).is_dir():
             return root / name
-    raise NoHeldOutSplitError(f"imagefolder: {root} has no held-out split ({root}/val or {root}/test does not exist); "
-                       f"accuracy needs images the model was not fitted on: arrange root/train/<class>/... "
-                       f"and root/val/<class>/...")
+    raise NoHeldOutSplitError(
+        f"imagefolder: {root} has no held-out split ({root}/val or {root}/test does not exist); "
+        f"accuracy needs images the model was not fitted on: arrange root/train/<class>/... "
+        f"and root/val/<class>/..."
+    )
 
 
 def _header_sizes(root: Path, paths: list[str], sample: int = 16) -> set[tuple[int, int]]:
@@ -78,25 +89,37 @@ def choose_in_memory(index: FolderIndex, channels: int, img_size: int | None) ->
     return True, f"{len(index.paths)} images of {w}x{h}, {need / 2**20:.0f} MiB decoded"
 
 
-def load_imagefolder(root: str | Path, split: str | None = None, img_size: int | None = None,
-                     channels: int | None = None, on_corrupt: str = "fail", use_cache: bool = True,
-                     in_memory: bool | None = None, labels: str = "auto", verbose: bool = False,
-                     classes: list[str] | None = None) -> ImageArrayDataset | ImageFolderDataset:
+def load_imagefolder(
+    root: str | Path,
+    split: str | None = None,
+    img_size: int | None = None,
+    channels: int | None = None,
+    on_corrupt: str = "fail",
+    use_cache: bool = True,
+    in_memory: bool | None = None,
+    labels: str = "auto",
+    verbose: bool = False,
+    classes: list[str] | None = None,
+) -> ImageArrayDataset | ImageFolderDataset:
     """The ``split`` of the tree at ``root`` (``None``: ``root`` itself), lazy or in memory;
     ``classes``: the training split's (a held-out split is labelled by them)."""
     root = Path(root).expanduser()
     folder = split_root(root, split) if split else root
     index = scan_folder(folder, labels, use_cache, classes)
     if index.ignored:
-        warnings.warn(f"imagefolder: ignored {index.ignored} non-image file(s) under {folder} "
-                      f"(e.g. {index.ignored_example})", stacklevel=2)
+        warnings.warn(
+            f"imagefolder: ignored {index.ignored} non-image file(s) under {folder} (e.g. {index.ignored_example})",
+            stacklevel=2,
+        )
     channels = channels or guess_channels(folder, index.paths)
     why = "data.in_memory set"
     if in_memory is None:
         in_memory, why = choose_in_memory(index, channels, img_size)
     if verbose:
-        print(f"imagefolder {folder}: {len(index.paths)} images, "
-              f"{len(index.classes) or 'no'} classes, {'in memory' if in_memory else 'read lazily'} ({why})")
+        print(
+            f"imagefolder {folder}: {len(index.paths)} images, "
+            f"{len(index.classes) or 'no'} classes, {'in memory' if in_memory else 'read lazily'} ({why})"
+        )
     if not in_memory:
         return ImageFolderDataset(index, channels, img_size or 224)
     return _load_in_memory(index, channels, img_size, on_corrupt, use_cache)
@@ -112,8 +135,9 @@ def _decode_array(path: Path, channels: int, size: int | None) -> np.ndarray | N
     return np.asarray(im, dtype=np.uint8).reshape(im.size[1], im.size[0], channels)
 
 
-def _load_in_memory(index: FolderIndex, channels: int, img_size: int | None, on_corrupt: str,
-                    use_cache: bool) -> ImageArrayDataset:
+def _load_in_memory(
+    index: FolderIndex, channels: int, img_size: int | None, on_corrupt: str, use_cache: bool
+) -> ImageArrayDataset:
     root, classes = index.root, index.classes
     files = [root / p for p in index.paths]
     key = hashlib.sha1(f"v2|{root.resolve()}|{img_size}|{channels}|{on_corrupt}|{classes}".encode())
@@ -124,17 +148,20 @@ def _load_in_memory(index: FolderIndex, channels: int, img_size: int | None, on_
     if use_cache and cached.is_file():
         try:
             with np.load(cached) as z:
-                return ImageArrayDataset(z["images"], z["labels"], classes, name=f"imagefolder:{root}",
-                                         skipped=int(z["skipped"]))
+                return ImageArrayDataset(
+                    z["images"], z["labels"], classes, name=f"imagefolder:{root}", skipped=int(z["skipped"])
+                )
         except Exception:
             warnings.warn(f"ignoring unreadable cache {cached}", stacklevel=2)
     with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 1) * 2)) as pool:
         decoded = list(pool.map(lambda p: _decode_array(p, channels, img_size), files))
     bad = [f for f, d in zip(files, decoded) if d is None]
     if bad and on_corrupt == "fail":
-        raise DatasetError(f"imagefolder: cannot decode {bad[0]}" +
-                           (f" (and {len(bad) - 1} more)" if len(bad) > 1 else "") +
-                           "; set data.on_corrupt=skip to skip and count them")
+        raise DatasetError(
+            f"imagefolder: cannot decode {bad[0]}"
+            + (f" (and {len(bad) - 1} more)" if len(bad) > 1 else "")
+            + "; set data.on_corrupt=skip to skip and count them"
+        )
     keep = [i for i, d in enumerate(decoded) if d is not None]
     if bad:
         warnings.warn(f"imagefolder: skipped {len(bad)} corrupt file(s) under {root}, first {bad[0]}", stacklevel=2)
@@ -146,8 +173,10 @@ def _load_in_memory(index: FolderIndex, channels: int, img_size: int | None, on_
         for i in keep:
             first.setdefault(decoded[i].shape, files[i])
         desc = ", ".join(f"{s[1]}x{s[0]} (e.g. {p})" for s, p in list(first.items())[:3])
-        raise DatasetError(f"imagefolder: {root} mixes image sizes: {desc}; read it lazily "
-                           f"(data.in_memory=false) or set data.img_size to resize")
+        raise DatasetError(
+            f"imagefolder: {root} mixes image sizes: {desc}; read it lazily "
+            f"(data.in_memory=false) or set data.img_size to resize"
+        )
     images = np.stack([decoded[i] for i in keep])
     lab = index.labels[keep]
     if use_cache:

@@ -15,17 +15,24 @@ from sslkd.data.base import DatasetError, ImageArrayDataset, balanced_subset
 from sslkd.data.folder import IMAGENET_MEAN_STD
 
 
-def load_imagenet32(split: str, root: str | Path | None, subset_fraction: float = 1.0,
-                    seed: int = 0) -> ImageArrayDataset:
+def load_imagenet32(
+    split: str, root: str | Path | None, subset_fraction: float = 1.0, seed: int = 0
+) -> ImageArrayDataset:
     if root is None:
-        raise DatasetError("imagenet32: pass --root DIR holding train_data_batch_*.npz and val_data.npz "
-                           "(from image-net.org, 'Downsampled ImageNet 32x32')")
+        raise DatasetError(
+            "imagenet32: pass --root DIR holding train_data_batch_*.npz and val_data.npz "
+            "(from image-net.org, 'Downsampled ImageNet 32x32')"
+        )
     root = Path(root)
-    files = sorted(root.glob("train_data_batch_*.npz"), key=lambda p: int(p.stem.rsplit("_", 1)[1])) \
-        if split == "train" else [root / "val_data.npz"]
+    files = (
+        sorted(root.glob("train_data_batch_*.npz"), key=lambda p: int(p.stem.rsplit("_", 1)[1]))
+        if split == "train"
+        else [root / "val_data.npz"]
+    )
     if not files or not files[0].is_file():
-        raise DatasetError(f"imagenet32: no {'train_data_batch_*.npz' if split == 'train' else 'val_data.npz'} "
-                           f"in {root}")
+        raise DatasetError(
+            f"imagenet32: no {'train_data_batch_*.npz' if split == 'train' else 'val_data.npz'} in {root}"
+        )
     images, labels = [], []
     for path in files:
         try:
@@ -45,5 +52,6 @@ def load_imagenet32(split: str, root: str | Path | None, subset_fraction: float 
     lab = np.concatenate(labels)
     classes = [f"n{c:04d}" for c in range(int(lab.max()) + 1)]
     mean, std = IMAGENET_MEAN_STD
-    return ImageArrayDataset(np.ascontiguousarray(np.concatenate(images)), lab, classes,
-                             name="imagenet32", mean=mean, std=std)
+    return ImageArrayDataset(
+        np.ascontiguousarray(np.concatenate(images)), lab, classes, name="imagenet32", mean=mean, std=std
+    )

@@ -17,8 +17,14 @@ import torch
 class MaskGenerator:
     """``__call__(n, h, w, generator) -> bool [n, h, w]`` (True = masked)."""
 
-    def __init__(self, ratio_range: tuple[float, float] = (0.1, 0.5), mask_prob: float = 0.5,
-                 mode: str = "block", min_aspect: float = 0.3, min_block: int = 4) -> None:
+    def __init__(
+        self,
+        ratio_range: tuple[float, float] = (0.1, 0.5),
+        mask_prob: float = 0.5,
+        mode: str = "block",
+        min_aspect: float = 0.3,
+        min_block: int = 4,
+    ) -> None:
         lo, hi = ratio_range
         if not 0 <= lo <= hi < 1:
             raise ValueError(f"mask ratio range must satisfy 0 <= low <= high < 1, got {ratio_range}")
@@ -69,8 +75,9 @@ class MaskGenerator:
             bw = torch.round(torch.sqrt(area / aspect)).long()
             top = (self._rand(n, g) * (h - bh + 1).clamp_min(1)).long()
             left = (self._rand(n, g) * (w - bw + 1).clamp_min(1)).long()
-            block = (((rows >= top[:, None]) & (rows < (top + bh)[:, None]))[:, :, None]
-                     & ((cols >= left[:, None]) & (cols < (left + bw)[:, None]))[:, None, :])
+            block = ((rows >= top[:, None]) & (rows < (top + bh)[:, None]))[:, :, None] & (
+                (cols >= left[:, None]) & (cols < (left + bw)[:, None])
+            )[:, None, :]
             new = (block & ~masks).flatten(1).sum(1)
             ok = (budget > 0) & (bh >= 1) & (bw >= 1) & (bh < h) & (bw < w) & (new > 0) & (new <= budget)
             masks |= block & ok[:, None, None]

@@ -46,11 +46,27 @@ class PILMultiCrop:
     """PIL image -> list of uint8 ``[C, s, s]`` crops (globals first, then locals); takes the
     parameters of :class:`~sslkd.data.augment.MultiCropTransform` (its ``params``)."""
 
-    def __init__(self, channels: int, global_size: int, local_size: int, global_scale: tuple[float, float],
-                 local_number: int, local_scale: tuple[float, float], flip_p: float, color_jitter_p: float,
-                 brightness: float, contrast: float, saturation: float, hue: float, grayscale_p: float,
-                 blur_p: tuple[float, float, float], solarize_p: float, paired: bool = False,
-                 crop_only: bool = False, **_) -> None:
+    def __init__(
+        self,
+        channels: int,
+        global_size: int,
+        local_size: int,
+        global_scale: tuple[float, float],
+        local_number: int,
+        local_scale: tuple[float, float],
+        flip_p: float,
+        color_jitter_p: float,
+        brightness: float,
+        contrast: float,
+        saturation: float,
+        hue: float,
+        grayscale_p: float,
+        blur_p: tuple[float, float, float],
+        solarize_p: float,
+        paired: bool = False,
+        crop_only: bool = False,
+        **_,
+    ) -> None:
         if paired:
             raise ValueError("paired views (DMT) are made by MultiCropTransform")
         self.crop_only = crop_only  # crops and flips only: colour on the batch (BatchMultiCrop.colour)
@@ -62,7 +78,7 @@ class PILMultiCrop:
         self.rrc_local = v2.RandomResizedCrop(local_size, scale=local_scale)
 
     @classmethod
-    def from_transform(cls, t, crop_only: bool = False) -> "PILMultiCrop":
+    def from_transform(cls, t, crop_only: bool = False) -> PILMultiCrop:
         return cls(**t.params, crop_only=crop_only)
 
     def _jitter(self, im: Image.Image) -> Image.Image:
@@ -75,8 +91,9 @@ class PILMultiCrop:
             im = _hue(im, f) if op is None else op(im).enhance(f)
         return im
 
-    def _view(self, im: Image.Image, size: int, rrc: v2.RandomResizedCrop, blur_p: float,
-              solarize_p: float = 0.0) -> torch.Tensor:
+    def _view(
+        self, im: Image.Image, size: int, rrc: v2.RandomResizedCrop, blur_p: float, solarize_p: float = 0.0
+    ) -> torch.Tensor:
         p = rrc.make_params([im])
         box = (p["left"], p["top"], p["left"] + p["width"], p["top"] + p["height"])
         c = im.resize((size, size), Image.BICUBIC, box=box, reducing_gap=3.0)
@@ -96,7 +113,9 @@ class PILMultiCrop:
 
     def __call__(self, im: Image.Image) -> list[torch.Tensor]:
         g = self.global_size
-        crops = [self._view(im, g, self.rrc_global, self.blur_p[0]),
-                 self._view(im, g, self.rrc_global, self.blur_p[1], self.solarize_p)]
+        crops = [
+            self._view(im, g, self.rrc_global, self.blur_p[0]),
+            self._view(im, g, self.rrc_global, self.blur_p[1], self.solarize_p),
+        ]
         crops += [self._view(im, self.local_size, self.rrc_local, self.blur_p[2]) for _ in range(self.local_number)]
         return crops

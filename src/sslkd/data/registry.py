@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -19,6 +20,7 @@ from sslkd.data.toy import load_digits, make_synthetic
 def _cifar(name: str) -> Callable[..., ImageArrayDataset]:
     def load(split, root, download=False, **_):
         return load_cifar(name, split, root, download)
+
     return load
 
 
@@ -29,9 +31,17 @@ def _fashion(split, root, download=False, **_):
 def _imagefolder(split, root, img_size=None, on_corrupt="fail", **kw):
     if root is None:
         raise DatasetError("imagefolder: pass --root DIR (a folder of images, or root/train + root/val)")
-    return load_imagefolder(root, split, img_size=img_size, on_corrupt=on_corrupt, channels=kw.get("channels"),
-                            in_memory=kw.get("in_memory"), labels=kw.get("labels", "auto"),
-                            verbose=kw.get("verbose", False), classes=kw.get("classes"))
+    return load_imagefolder(
+        root,
+        split,
+        img_size=img_size,
+        on_corrupt=on_corrupt,
+        channels=kw.get("channels"),
+        in_memory=kw.get("in_memory"),
+        labels=kw.get("labels", "auto"),
+        verbose=kw.get("verbose", False),
+        classes=kw.get("classes"),
+    )
 
 
 def _imagenet32(split, root, subset_fraction=1.0, seed=0, **_):
@@ -43,8 +53,9 @@ def _digits(split, root=None, img_size=None, **_):
 
 
 def _synthetic(split, root=None, img_size=None, seed=0, **kw):
-    return make_synthetic(split, kw.get("num_samples"), kw.get("num_classes", 10), img_size or 32,
-                          kw.get("channels", 3), seed)
+    return make_synthetic(
+        split, kw.get("num_samples"), kw.get("num_classes", 10), img_size or 32, kw.get("channels", 3), seed
+    )
 
 
 DATASETS: dict[str, Callable[..., ImageArrayDataset]] = {
@@ -61,9 +72,17 @@ _SELF_RESIZING = {"imagefolder", "digits", "synthetic"}
 _SELF_SUBSETTING = {"imagenet32"}
 
 
-def get_dataset(name: str, split: str = "train", root: str | Path | None = None, download: bool = False,
-                img_size: int | None = None, subset_fraction: float = 1.0, seed: int = 0,
-                on_corrupt: str = "fail", **kwargs: Any) -> ImageArrayDataset | ImageFolderDataset:
+def get_dataset(
+    name: str,
+    split: str = "train",
+    root: str | Path | None = None,
+    download: bool = False,
+    img_size: int | None = None,
+    subset_fraction: float = 1.0,
+    seed: int = 0,
+    on_corrupt: str = "fail",
+    **kwargs: Any,
+) -> ImageArrayDataset | ImageFolderDataset:
     """Load dataset ``name`` (see :data:`DATASETS`) as uint8 images and integer labels.
 
     ``img_size`` resizes every image (a lazily read folder keeps each file's own size and takes
@@ -77,19 +96,29 @@ def get_dataset(name: str, split: str = "train", root: str | Path | None = None,
         raise DatasetError(f"unknown dataset '{name}'; available: {', '.join(DATASETS)}")
     if split not in ("train", "test"):
         raise DatasetError(f"split must be 'train' or 'test', got '{split}'")
-    ds = DATASETS[name](split, root, download=download, img_size=img_size, seed=seed,
-                        subset_fraction=subset_fraction, on_corrupt=on_corrupt, **kwargs)
+    ds = DATASETS[name](
+        split,
+        root,
+        download=download,
+        img_size=img_size,
+        seed=seed,
+        subset_fraction=subset_fraction,
+        on_corrupt=on_corrupt,
+        **kwargs,
+    )
     if getattr(ds, "lazy", False):  # read from files: crops are cut from each original image
         if subset_fraction < 1:
             ds = ds.subset(balanced_subset(ds.labels, subset_fraction, seed))
         return ds
     if img_size is not None and name not in _SELF_RESIZING and ds.img_size != img_size:
-        ds = ImageArrayDataset(resize_images(ds.images, img_size), ds.labels, ds.classes, ds.name,
-                               ds.mean, ds.std, ds.skipped)
+        ds = ImageArrayDataset(
+            resize_images(ds.images, img_size), ds.labels, ds.classes, ds.name, ds.mean, ds.std, ds.skipped
+        )
     if subset_fraction < 1 and name not in _SELF_SUBSETTING:
         keep = balanced_subset(ds.labels, subset_fraction, seed)
-        ds = ImageArrayDataset(np.ascontiguousarray(ds.images[keep]), ds.labels[keep], ds.classes,
-                               ds.name, ds.mean, ds.std, ds.skipped)
+        ds = ImageArrayDataset(
+            np.ascontiguousarray(ds.images[keep]), ds.labels[keep], ds.classes, ds.name, ds.mean, ds.std, ds.skipped
+        )
     return ds
 
 
@@ -97,6 +126,5 @@ def held_out(name: str, train: ImageArrayDataset | ImageFolderDataset, **kwargs:
     """The test split of dataset ``name``, read as ``train`` was: its classes (a folder's labels are
     looked up by class name), channels and way of reading."""
     if name == "imagefolder":
-        kwargs.update(classes=train.classes, channels=train.num_channels,
-                      in_memory=not getattr(train, "lazy", False))
+        kwargs.update(classes=train.classes, channels=train.num_channels, in_memory=not getattr(train, "lazy", False))
     return get_dataset(name, "test", **kwargs)

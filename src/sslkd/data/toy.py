@@ -22,12 +22,24 @@ def load_digits(split: str, img_size: int | None = 16, test_fraction: float = 0.
         test[rng.choice(idx, size=int(round(len(idx) * test_fraction)), replace=False)] = True
     keep = test if split == "test" else ~test
     images = resize_images(images[keep], img_size) if img_size else images[keep]
-    return ImageArrayDataset(np.ascontiguousarray(images), labels[keep], [str(i) for i in range(10)],
-                             name="digits", mean=(0.2139,), std=(0.3298,))
+    return ImageArrayDataset(
+        np.ascontiguousarray(images),
+        labels[keep],
+        [str(i) for i in range(10)],
+        name="digits",
+        mean=(0.2139,),
+        std=(0.3298,),
+    )
 
 
-def make_synthetic(split: str, num_samples: int | None = None, num_classes: int = 10,
-                   img_size: int = 32, channels: int = 3, seed: int = 0) -> ImageArrayDataset:
+def make_synthetic(
+    split: str,
+    num_samples: int | None = None,
+    num_classes: int = 10,
+    img_size: int = 32,
+    channels: int = 3,
+    seed: int = 0,
+) -> ImageArrayDataset:
     """Labelled procedural images: each class is an oriented grating with its own orientation,
     frequency and colour; samples vary in phase, frequency, contrast, position and noise, so a
     network must learn invariances to separate them beyond what raw pixels give."""
@@ -50,5 +62,6 @@ def make_synthetic(split: str, num_samples: int | None = None, num_classes: int 
         img = 0.5 + 0.5 * rng.uniform(0.5, 1.0) * wave * blob
         img = img[..., None] * colour[c] + rng.normal(0, 0.08, (img_size, img_size, channels))
         images[i] = (img.clip(0, 1) * 255).round().astype(np.uint8)
-    return ImageArrayDataset(images, labels.astype(np.int64), [f"class{c}" for c in range(num_classes)],
-                             name="synthetic")
+    return ImageArrayDataset(
+        images, labels.astype(np.int64), [f"class{c}" for c in range(num_classes)], name="synthetic"
+    )

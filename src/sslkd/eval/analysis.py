@@ -15,27 +15,47 @@ from sslkd.eval.knn import knn_classify
 from sslkd.models import Backbone, CNNBackbone, ViTBackbone
 
 
-def prediction_consistency(train_a: torch.Tensor, test_a: torch.Tensor, train_b: torch.Tensor,
-                           test_b: torch.Tensor, train_labels: torch.Tensor, test_labels: torch.Tensor,
-                           k: int = 20, temperature: float = 0.07) -> dict[str, float]:
+def prediction_consistency(
+    train_a: torch.Tensor,
+    test_a: torch.Tensor,
+    train_b: torch.Tensor,
+    test_b: torch.Tensor,
+    train_labels: torch.Tensor,
+    test_labels: torch.Tensor,
+    k: int = 20,
+    temperature: float = 0.07,
+) -> dict[str, float]:
     """Share (%) of test images on which the kNN predictions of two models' features agree, with
     each model's own kNN top-1 and the share where both are right."""
     a = knn_classify(train_a, train_labels, test_a, test_labels, k, temperature, return_predictions=True)
     b = knn_classify(train_b, train_labels, test_b, test_labels, k, temperature, return_predictions=True)
     pa, pb, y = a["predictions"], b["predictions"], test_labels.cpu()
-    return {"consistency": 100.0 * float((pa == pb).double().mean()), "top1_a": a["top1"], "top1_b": b["top1"],
-            "both_right": 100.0 * float(((pa == y) & (pb == y)).double().mean())}
+    return {
+        "consistency": 100.0 * float((pa == pb).double().mean()),
+        "top1_a": a["top1"],
+        "top1_b": b["top1"],
+        "both_right": 100.0 * float(((pa == y) & (pb == y)).double().mean()),
+    }
 
 
-def plot_tsne(features: torch.Tensor, labels: torch.Tensor, out: str | Path, classes: Sequence[int] | None = None,
-              class_names: Sequence[str] | None = None, title: str = "", seed: int = 0,
-              max_points: int = 2000) -> Path:
+def plot_tsne(
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    out: str | Path,
+    classes: Sequence[int] | None = None,
+    class_names: Sequence[str] | None = None,
+    title: str = "",
+    seed: int = 0,
+    max_points: int = 2000,
+) -> Path:
     """2-D t-SNE (scikit-learn) of ``features`` for the chosen ``classes`` (all by default), at
     most ``max_points`` evenly spaced samples, as a PNG."""
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from sklearn.manifold import TSNE
+
     labels = labels.cpu()
     n_classes = len(class_names) if class_names is not None else int(labels.max()) + 1
     bad = [c for c in classes or [] if not 0 <= c < n_classes]
@@ -106,7 +126,7 @@ def cnn_receptive_distance(backbone: CNNBackbone, images: torch.Tensor) -> np.nd
     for stage in stages:
         x = images.clone().requires_grad_(True)
         seen = {}
-        hook = stage.register_forward_hook(lambda mod, inp, o: seen.update(y=o))
+        hook = stage.register_forward_hook(lambda mod, inp, o, seen=seen: seen.update(y=o))
         try:
             net.forward_features(x)
         finally:
@@ -122,8 +142,9 @@ def cnn_receptive_distance(backbone: CNNBackbone, images: torch.Tensor) -> np.nd
     return np.array(out)
 
 
-def attention_distance(backbone: Backbone, images: torch.Tensor, mean: Sequence[float], std: Sequence[float]
-                       ) -> np.ndarray:
+def attention_distance(
+    backbone: Backbone, images: torch.Tensor, mean: Sequence[float], std: Sequence[float]
+) -> np.ndarray:
     """Per layer (ViT: per head) mean attention / receptive distance in pixels, see above."""
     x = normalize_batch(images, mean, std)
     if isinstance(backbone, ViTBackbone):
@@ -134,8 +155,10 @@ def attention_distance(backbone: Backbone, images: torch.Tensor, mean: Sequence[
 def plot_attention_distance(curves: dict[str, np.ndarray], out: str | Path, title: str = "") -> Path:
     """One panel: for each labelled model, every head's distance per layer (dots) and the mean (line)."""
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
     fig, ax = plt.subplots(figsize=(6, 4))
     for i, (label, d) in enumerate(curves.items()):
         layers = np.arange(1, len(d) + 1)

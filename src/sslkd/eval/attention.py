@@ -17,8 +17,13 @@ from sslkd.models import ViTBackbone  # noqa: E402
 
 
 @torch.no_grad()
-def cls_attention(backbone: ViTBackbone, images: torch.Tensor, mean: Sequence[float], std: Sequence[float],
-                  threshold: float | None = None) -> torch.Tensor:
+def cls_attention(
+    backbone: ViTBackbone,
+    images: torch.Tensor,
+    mean: Sequence[float],
+    std: Sequence[float],
+    threshold: float | None = None,
+) -> torch.Tensor:
     """uint8 ``[B, C, H, W]`` -> ``[B, heads, H, W]`` CLS-to-patch attention, upsampled (nearest).
 
     With ``threshold`` (e.g. 0.6), each map becomes a 0/1 mask of the patches that hold that
@@ -27,7 +32,7 @@ def cls_attention(backbone: ViTBackbone, images: torch.Tensor, mean: Sequence[fl
         raise ValueError("attention maps need a ViT backbone")
     backbone.eval()
     x = normalize_batch(images, mean, std)
-    attn = backbone.attention_maps(x)[:, :, 0, backbone.num_prefix_tokens:]  # [B, heads, N]
+    attn = backbone.attention_maps(x)[:, :, 0, backbone.num_prefix_tokens :]  # [B, heads, N]
     b, heads, n = attn.shape
     p = backbone.patch_size
     h, w = x.shape[-2] // p, x.shape[-1] // p

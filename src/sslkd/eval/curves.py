@@ -47,8 +47,7 @@ def read_metrics(run: str | Path) -> list[dict]:
     return [by_step[s] for s in sorted(by_step)]
 
 
-def plot_curves(runs: list[str | Path], out: str | Path, labels: list[str] | None = None,
-                smooth: int = 1) -> Path:
+def plot_curves(runs: list[str | Path], out: str | Path, labels: list[str] | None = None, smooth: int = 1) -> Path:
     """PNG with two panels: every loss term (solid: total) and the teacher/student agreement."""
     if labels and len(labels) != len(runs):
         raise ValueError(f"{len(labels)} labels for {len(runs)} runs: give one label per run")
@@ -62,15 +61,31 @@ def plot_curves(runs: list[str | Path], out: str | Path, labels: list[str] | Non
         color = f"C{i % 10}"
         for key in [k for k in rows[-1] if k not in SKIP and not _is_diagnostic(k)]:
             ys = _smooth([r.get(key, float("nan")) for r in rows], smooth)
-            ax_l.plot(steps, ys, color=color, lw=1.6 if key == "loss" else 0.8,
-                      ls="-" if key == "loss" else "--", label=f"{label}: {key}")
+            ax_l.plot(
+                steps,
+                ys,
+                color=color,
+                lw=1.6 if key == "loss" else 0.8,
+                ls="-" if key == "loss" else "--",
+                label=f"{label}: {key}",
+            )
         # MOKD: one per model (agreement1, agreement2); DMT: the student's cosine to the fused teacher
         agreements = [k for k in rows[-1] if k.rstrip("0123456789") == "agreement" or k == "cosine_to_fused"]
         for n, key in enumerate(agreements):
-            name = label if key == "agreement" else f"{label}: cosine to fused teacher x 100" \
-                if key == "cosine_to_fused" else f"{label}: model {key[len('agreement'):]}"
-            ax_a.plot(steps, _smooth([100 * r.get(key, float("nan")) for r in rows], smooth), color=color,
-                      ls=("-", "--", ":")[n % 3], label=name)
+            name = (
+                label
+                if key == "agreement"
+                else f"{label}: cosine to fused teacher x 100"
+                if key == "cosine_to_fused"
+                else f"{label}: model {key[len('agreement') :]}"
+            )
+            ax_a.plot(
+                steps,
+                _smooth([100 * r.get(key, float("nan")) for r in rows], smooth),
+                color=color,
+                ls=("-", "--", ":")[n % 3],
+                label=name,
+            )
     ax_l.set(xlabel="step", ylabel="loss", title="loss terms")
     ax_a.set(xlabel="step", ylabel="% images, same argmax (DMT: cosine x 100)", title="teacher/student agreement")
     for ax in (ax_l, ax_a):

@@ -17,8 +17,9 @@ from sslkd.distributed import gather_batch, world_size
 from sslkd.distributed import rank as dist_rank
 
 
-def normalize_batch(x: torch.Tensor, mean: Sequence[float], std: Sequence[float],
-                    size: int | None = None) -> torch.Tensor:
+def normalize_batch(
+    x: torch.Tensor, mean: Sequence[float], std: Sequence[float], size: int | None = None
+) -> torch.Tensor:
     """uint8 ``[B, C, H, W]`` -> float normalised (and resized to ``size``)."""
     x = x.float().div_(255)
     if size is not None and x.shape[-1] != size:
@@ -29,11 +30,19 @@ def normalize_batch(x: torch.Tensor, mean: Sequence[float], std: Sequence[float]
 
 
 @torch.no_grad()
-def extract_features(backbone: torch.nn.Module, dataset: ImageArrayDataset, mean: Sequence[float],
-                     std: Sequence[float], device: torch.device | str = "cpu", batch_size: int = 256,
-                     size: int | None = None, max_samples: int | None = None,
-                     precision: str = "auto", progress: bool = False,
-                     num_workers: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def extract_features(
+    backbone: torch.nn.Module,
+    dataset: ImageArrayDataset,
+    mean: Sequence[float],
+    std: Sequence[float],
+    device: torch.device | str = "cpu",
+    batch_size: int = 256,
+    size: int | None = None,
+    max_samples: int | None = None,
+    precision: str = "auto",
+    progress: bool = False,
+    num_workers: int = 0,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``(features [N, D] float32 on CPU, labels [N])`` of ``backbone(x)`` (CLS / pooled);
     ``progress`` shows a bar with ETA. A lazily read folder is streamed through its evaluation
     view (shorter side to ``size * 256/224``, centre crop; ``num_workers`` loader processes);
@@ -54,8 +63,14 @@ def extract_features(backbone: torch.nn.Module, dataset: ImageArrayDataset, mean
     mine = idx_all[rank::world]
     out, bad = [], []
     batches = _batches(dataset, mine, per, batch_size, size, num_workers)
-    for x, count, errors in tqdm(batches, total=-(-per // batch_size), desc=f"features {dataset.name}",
-                                 unit="batch", disable=not progress, leave=False):
+    for x, count, errors in tqdm(
+        batches,
+        total=-(-per // batch_size),
+        desc=f"features {dataset.name}",
+        unit="batch",
+        disable=not progress,
+        leave=False,
+    ):
         # a process with fewer images than the others still runs the batch (on one image, output
         # dropped): a sharded (FSDP) backbone's forward is a collective every process must join
         x = normalize_batch(x.to(device), mean, std, size)
@@ -70,9 +85,13 @@ def extract_features(backbone: torch.nn.Module, dataset: ImageArrayDataset, mean
         dim = torch.tensor([feats.shape[1] if len(feats) else 0], device=device)
         torch.distributed.all_reduce(dim, op=torch.distributed.ReduceOp.MAX)
         padded = torch.zeros(per, int(dim), device=device)
-        padded[:len(feats)] = feats
-        feats = gather_batch(padded, differentiable=False).reshape(world, per, -1).transpose(0, 1).reshape(
-            world * per, -1)[:n]
+        padded[: len(feats)] = feats
+        feats = (
+            gather_batch(padded, differentiable=False)
+            .reshape(world, per, -1)
+            .transpose(0, 1)
+            .reshape(world * per, -1)[:n]
+        )
     feats, labels = feats.cpu(), labels.clone()
     errors = bad
     if world > 1:  # every process learns which files failed on the others; image k * world + r is r's k-th
@@ -84,21 +103,26 @@ def extract_features(backbone: torch.nn.Module, dataset: ImageArrayDataset, mean
                 errors[k * world + r] = e
     if any(errors):
         keep = torch.tensor([not e for e in errors])
-        warnings.warn(f"features {dataset.name}: skipped {int((~keep).sum())} file(s) that cannot be decoded, "
-                      f"first: {next(e for e in errors if e)}", stacklevel=2)
+        warnings.warn(
+            f"features {dataset.name}: skipped {int((~keep).sum())} file(s) that cannot be decoded, "
+            f"first: {next(e for e in errors if e)}",
+            stacklevel=2,
+        )
         feats, labels = feats[keep], labels[keep]
     return feats, labels
 
 
-def _batches(dataset, mine: torch.Tensor, per: int, batch_size: int, size: int | None,
-             num_workers: int) -> Iterator[tuple[torch.Tensor, int]]:
+def _batches(
+    dataset, mine: torch.Tensor, per: int, batch_size: int, size: int | None, num_workers: int
+) -> Iterator[tuple[torch.Tensor, int]]:
     """``(uint8 batch, images that count)`` for ``ceil(per / batch_size)`` batches: slices of an
     in-memory set, or a streaming pass of the evaluation view over a lazily read folder (memory
     holds one batch of images, never the set)."""
     if getattr(dataset, "lazy", False):
         view = EvalCrops(dataset, size or dataset.img_size, mine.numpy())
-        loader = DataLoader(view, batch_size=batch_size, num_workers=num_workers,
-                            prefetch_factor=2 if num_workers else None)
+        loader = DataLoader(
+            view, batch_size=batch_size, num_workers=num_workers, prefetch_factor=2 if num_workers else None
+        )
         for x, _, errors in loader:
             yield x, len(x), list(errors)
         for _ in range(-(-per // batch_size) - -(-len(mine) // batch_size)):
@@ -106,6 +130,6 @@ def _batches(dataset, mine: torch.Tensor, per: int, batch_size: int, size: int |
         return
     images = dataset.tensors()[0]
     for i in range(0, per, batch_size):
-        idx = mine[i:i + batch_size]
+        idx = mine[i : i + batch_size]
         take = idx if len(idx) else torch.zeros(1, dtype=torch.long)
         yield images[take], len(idx), [""] * len(idx)

@@ -16,14 +16,14 @@ import warnings
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
 from timm.optim import param_groups_layer_decay
+from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from sslkd.data.base import ImageArrayDataset, balanced_subset
-from sslkd.data.folder import EvalCrops, TrainCrops
 from sslkd.data.batch_augment import BatchMultiCrop
+from sslkd.data.folder import EvalCrops, TrainCrops
 from sslkd.device import autocast_dtype
 from sslkd.eval.features import normalize_batch
 from sslkd.models import Backbone
@@ -32,8 +32,12 @@ from sslkd.schedules import cosine_schedule
 
 def _param_groups(backbone: Backbone, head: nn.Linear, weight_decay: float, layer_decay: float) -> list[dict]:
     net = getattr(backbone, "vit", None) or getattr(backbone, "net", None) or backbone
-    groups = param_groups_layer_decay(net, weight_decay=weight_decay, layer_decay=layer_decay,
-                                      no_weight_decay_list=getattr(net, "no_weight_decay", lambda: set())())
+    groups = param_groups_layer_decay(
+        net,
+        weight_decay=weight_decay,
+        layer_decay=layer_decay,
+        no_weight_decay_list=getattr(net, "no_weight_decay", lambda: set())(),
+    )
     for g in groups:  # timm gives the top block the head's rate; BEiT's rule gives it one decay step less
         g["lr_scale"] = g.get("lr_scale", 1.0) * layer_decay
     seen = {id(p) for g in groups for p in g["params"]}
@@ -44,12 +48,27 @@ def _param_groups(backbone: Backbone, head: nn.Linear, weight_decay: float, laye
     return groups
 
 
-def finetune(backbone: Backbone, train: ImageArrayDataset, test: ImageArrayDataset, mean, std,
-             img_size: int | None = None, epochs: int = 30, batch_size: int = 128, lr: float = 1e-3,
-             layer_decay: float = 0.75, weight_decay: float = 0.05, warmup_epochs: float = 3.0,
-             crop_scale: tuple[float, float] = (0.35, 1.0), label_fraction: float = 1.0, precision: str = "auto",
-             device: torch.device | str = "cpu", seed: int = 0, progress: bool = False,
-             num_workers: int = 0) -> dict:
+def finetune(
+    backbone: Backbone,
+    train: ImageArrayDataset,
+    test: ImageArrayDataset,
+    mean,
+    std,
+    img_size: int | None = None,
+    epochs: int = 30,
+    batch_size: int = 128,
+    lr: float = 1e-3,
+    layer_decay: float = 0.75,
+    weight_decay: float = 0.05,
+    warmup_epochs: float = 3.0,
+    crop_scale: tuple[float, float] = (0.35, 1.0),
+    label_fraction: float = 1.0,
+    precision: str = "auto",
+    device: torch.device | str = "cpu",
+    seed: int = 0,
+    progress: bool = False,
+    num_workers: int = 0,
+) -> dict:
     """Fine-tune ``backbone`` (in place) plus a new linear head on ``train`` and return test
     ``top1``/``top5`` (%), the number of labelled images used and the per-epoch training loss."""
     if not 0 < label_fraction <= 1:
@@ -75,8 +94,18 @@ def finetune(backbone: Backbone, train: ImageArrayDataset, test: ImageArrayDatas
     steps_per_epoch = max(1, len(labels) // batch_size)
     total, warm = epochs * steps_per_epoch, int(warmup_epochs * steps_per_epoch)
     scales = cosine_schedule(1.0, 0.0, total, warm, warmup_start=1.0 / max(warm, 1))  # x base lr per step
-    aug = BatchMultiCrop(train.num_channels, mean, std, size, size, global_scale=crop_scale, color_jitter_p=0.0,
-                         grayscale_p=0.0, blur_p=(0.0, 0.0, 0.0), solarize_p=0.0)
+    aug = BatchMultiCrop(
+        train.num_channels,
+        mean,
+        std,
+        size,
+        size,
+        global_scale=crop_scale,
+        color_jitter_p=0.0,
+        grayscale_p=0.0,
+        blur_p=(0.0, 0.0, 0.0),
+        solarize_p=0.0,
+    )
     dtype = autocast_dtype(precision, device)
     g = torch.Generator().manual_seed(seed)
     losses = []
@@ -89,7 +118,7 @@ def finetune(backbone: Backbone, train: ImageArrayDataset, test: ImageArrayDatas
             view = TrainCrops(train, size, crop_scale, keep[perm].numpy())
             batches = iter(DataLoader(view, batch_size, drop_last=True, num_workers=num_workers))
         for i in range(steps_per_epoch):
-            idx = perm[i * batch_size:(i + 1) * batch_size]
+            idx = perm[i * batch_size : (i + 1) * batch_size]
             if lazy:
                 x, y = next(batches)
                 x, y = normalize_batch(x.to(device), mean, std), y.to(device)
@@ -122,8 +151,14 @@ def finetune(backbone: Backbone, train: ImageArrayDataset, test: ImageArrayDatas
             correct1 += (top[:, 0] == y).sum().item()
             correct5 += (top == y[:, None]).any(1).sum().item()
             n += len(y)
-    return {"top1": 100 * correct1 / n, "top5": 100 * correct5 / n, "train_images": len(labels),
-            "label_fraction": label_fraction, "epochs": epochs, "epoch_loss": losses}
+    return {
+        "top1": 100 * correct1 / n,
+        "top5": 100 * correct5 / n,
+        "train_images": len(labels),
+        "label_fraction": label_fraction,
+        "epochs": epochs,
+        "epoch_loss": losses,
+    }
 
 
 def _test_batches(test, size: int, num_workers: int, batch_size: int = 256):
@@ -132,7 +167,7 @@ def _test_batches(test, size: int, num_workers: int, batch_size: int = 256):
     if not getattr(test, "lazy", False):
         images, labels = test.tensors()
         for i in range(0, len(images), batch_size):
-            yield images[i:i + batch_size], labels[i:i + batch_size]
+            yield images[i : i + batch_size], labels[i : i + batch_size]
         return
     skipped = []
     for x, y, errors in DataLoader(EvalCrops(test, size), batch_size, num_workers=num_workers):
@@ -141,5 +176,6 @@ def _test_batches(test, size: int, num_workers: int, batch_size: int = 256):
         if ok.any():
             yield x[ok], y[ok]
     if skipped:
-        warnings.warn(f"fine-tuning: {len(skipped)} test file(s) could not be decoded, first: {skipped[0]}",
-                      stacklevel=2)
+        warnings.warn(
+            f"fine-tuning: {len(skipped)} test file(s) could not be decoded, first: {skipped[0]}", stacklevel=2
+        )

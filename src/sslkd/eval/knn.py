@@ -7,10 +7,17 @@ import torch.nn.functional as F
 
 
 @torch.no_grad()
-def knn_classify(train_features: torch.Tensor, train_labels: torch.Tensor, test_features: torch.Tensor,
-                 test_labels: torch.Tensor, k: int = 20, temperature: float = 0.07,
-                 num_classes: int | None = None, chunk_size: int = 256,
-                 return_predictions: bool = False) -> dict:
+def knn_classify(
+    train_features: torch.Tensor,
+    train_labels: torch.Tensor,
+    test_features: torch.Tensor,
+    test_labels: torch.Tensor,
+    k: int = 20,
+    temperature: float = 0.07,
+    num_classes: int | None = None,
+    chunk_size: int = 256,
+    return_predictions: bool = False,
+) -> dict:
     """Top-1/top-5 accuracy (%) of weighted kNN with cosine similarity (and, with
     ``return_predictions``, the predicted class of every test sample under ``"predictions"``).
 
@@ -26,13 +33,13 @@ def knn_classify(train_features: torch.Tensor, train_labels: torch.Tensor, test_
     correct1 = correct5 = 0
     preds = []
     for i in range(0, len(test), chunk_size):
-        sim = test[i:i + chunk_size] @ train.T
+        sim = test[i : i + chunk_size] @ train.T
         top_sim, top_idx = sim.topk(k, dim=1)
         weights = (top_sim / temperature).exp()
         votes = torch.zeros(len(sim), num_classes, device=sim.device)
         votes.scatter_add_(1, train_labels[top_idx], weights)
         pred = votes.topk(min(5, num_classes), dim=1).indices
-        truth = test_labels[i:i + chunk_size].to(pred.device).view(-1, 1)
+        truth = test_labels[i : i + chunk_size].to(pred.device).view(-1, 1)
         correct1 += (pred[:, :1] == truth).sum().item()
         correct5 += (pred == truth).any(dim=1).sum().item()
         preds.append(pred[:, 0].cpu())

@@ -15,10 +15,18 @@ import torch.nn.functional as F
 from sslkd.schedules import cosine_schedule
 
 
-def linear_probe(train_features: torch.Tensor, train_labels: torch.Tensor, test_features: torch.Tensor,
-                 test_labels: torch.Tensor, num_classes: int | None = None, epochs: int = 100,
-                 lr: float = 0.1, weight_decay: float = 0.0, batch_size: int = 256, seed: int = 0
-                 ) -> dict[str, float]:
+def linear_probe(
+    train_features: torch.Tensor,
+    train_labels: torch.Tensor,
+    test_features: torch.Tensor,
+    test_labels: torch.Tensor,
+    num_classes: int | None = None,
+    epochs: int = 100,
+    lr: float = 0.1,
+    weight_decay: float = 0.0,
+    batch_size: int = 256,
+    seed: int = 0,
+) -> dict[str, float]:
     """Top-1/top-5 test accuracy (%) of a linear classifier trained on ``train_features``."""
     num_classes = num_classes or int(max(train_labels.max(), test_labels.max())) + 1
     mean = train_features.mean(0, keepdim=True)
@@ -35,7 +43,7 @@ def linear_probe(train_features: torch.Tensor, train_labels: torch.Tensor, test_
     for _ in range(epochs):
         perm = torch.randperm(len(xtr), generator=g)
         for i in range(0, len(xtr), batch_size):
-            idx = perm[i:i + batch_size]
+            idx = perm[i : i + batch_size]
             opt.param_groups[0]["lr"] = float(lrs[step])
             step += 1
             loss = F.cross_entropy(layer(xtr[idx]), train_labels[idx])
@@ -45,5 +53,7 @@ def linear_probe(train_features: torch.Tensor, train_labels: torch.Tensor, test_
     with torch.no_grad():
         pred = layer(xte).topk(min(5, num_classes), dim=1).indices
     truth = test_labels.view(-1, 1)
-    return {"top1": 100.0 * (pred[:, :1] == truth).float().mean().item(),
-            "top5": 100.0 * (pred == truth).any(1).float().mean().item()}
+    return {
+        "top1": 100.0 * (pred[:, :1] == truth).float().mean().item(),
+        "top5": 100.0 * (pred == truth).any(1).float().mean().item(),
+    }

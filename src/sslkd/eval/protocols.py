@@ -16,12 +16,28 @@ from sslkd.eval.linear import linear_probe
 PROTOCOLS = ("knn", "linear")
 
 
-def evaluate(backbone: torch.nn.Module, train, test, protocols: Sequence[str] = ("knn",), *,
-             mean: Sequence[float] | None = None, std: Sequence[float] | None = None, size: int | None = None,
-             device: torch.device | str = "cpu", k: int | Sequence[int] = 20, temperature: float = 0.07,
-             linear_epochs: int = 100, linear_lr: float = 0.1, seed: int = 0, batch_size: int = 256,
-             max_train: int | None = None, max_test: int | None = None, num_workers: int = 0,
-             progress: bool = False, return_features: bool = False) -> dict:
+def evaluate(
+    backbone: torch.nn.Module,
+    train,
+    test,
+    protocols: Sequence[str] = ("knn",),
+    *,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
+    size: int | None = None,
+    device: torch.device | str = "cpu",
+    k: int | Sequence[int] = 20,
+    temperature: float = 0.07,
+    linear_epochs: int = 100,
+    linear_lr: float = 0.1,
+    seed: int = 0,
+    batch_size: int = 256,
+    max_train: int | None = None,
+    max_test: int | None = None,
+    num_workers: int = 0,
+    progress: bool = False,
+    return_features: bool = False,
+) -> dict:
     """Accuracy (%) of ``backbone``'s frozen CLS / pooled features of ``test``, learnt from ``train``.
 
     ``protocols``: any of ``knn`` (weighted kNN for each ``k``, cosine, temperature
@@ -36,8 +52,9 @@ def evaluate(backbone: torch.nn.Module, train, test, protocols: Sequence[str] = 
         raise ValueError(f"unknown protocol(s) {', '.join(unknown)}; available: {', '.join(PROTOCOLS)}")
     mean = train.mean if mean is None else mean
     std = train.std if std is None else std
-    kw = dict(mean=mean, std=std, device=device, batch_size=batch_size, size=size, progress=progress,
-              num_workers=num_workers)
+    kw = dict(
+        mean=mean, std=std, device=device, batch_size=batch_size, size=size, progress=progress, num_workers=num_workers
+    )
     ftr, ltr = extract_features(backbone, train, max_samples=max_train, **kw)
     fte, lte = extract_features(backbone, test, max_samples=max_test, **kw)
     out: dict = {"train_images": len(ftr), "test_images": len(fte)}

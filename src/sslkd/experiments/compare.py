@@ -26,8 +26,13 @@ from sslkd.train import Trainer, TrainingError
 LABELS = {"kd": "iBOT & KD", "rkd-d": "iBOT & RKD-D", "rkd-a": "iBOT & RKD-A", "rkd-da": "iBOT & RKD-DA"}
 
 
-BUDGET_UNITS = {"epochs": "train.epochs", "ep": "train.epochs", "steps": "train.max_steps",
-                "min": "train.time_budget_minutes", "minutes": "train.time_budget_minutes"}
+BUDGET_UNITS = {
+    "epochs": "train.epochs",
+    "ep": "train.epochs",
+    "steps": "train.max_steps",
+    "min": "train.time_budget_minutes",
+    "minutes": "train.time_budget_minutes",
+}
 
 
 def budget_overrides(spec: str) -> list[str]:
@@ -37,15 +42,17 @@ def budget_overrides(spec: str) -> list[str]:
     out = []
     for part in filter(None, (p.strip() for p in spec.split(","))):
         number = part.rstrip("abcdefghijklmnopqrstuvwxyz")
-        unit = part[len(number):]
+        unit = part[len(number) :]
         key = BUDGET_UNITS.get(unit)
         try:
             value = float(number)
         except ValueError:
             value = None
         if key is None or value is None or value <= 0 or (key != "train.time_budget_minutes" and value % 1):
-            raise ValueError(f"--budget: cannot read '{part}'; use <number><unit> with unit epochs, steps "
-                             f"or min (whole epochs and steps), comma-separated, e.g. 1epochs,20min")
+            raise ValueError(
+                f"--budget: cannot read '{part}'; use <number><unit> with unit epochs, steps "
+                f"or min (whole epochs and steps), comma-separated, e.g. 1epochs,20min"
+            )
         out.append(f"{key}={value if key == 'train.time_budget_minutes' else int(value)}")
     return out
 
@@ -77,11 +84,20 @@ def models_of(cfg: Config) -> list[tuple[int, str]]:
     return [(1, cfg.model.backbone)] + ([(2, second.backbone)] if second is not None else [])
 
 
-def run_comparison(configs: list[str], out: str | Path, overrides: list[str] | None = None,
-                   eval_dataset: str | None = None, eval_root: str | None = None, linear_epochs: int = 100,
-                   random_init: bool = True, eval_train_samples: int | None = None,
-                   eval_test_samples: int | None = None, name: str = "comparison",
-                   finetune_epochs: int = 0, progress: bool = True) -> list[dict]:
+def run_comparison(
+    configs: list[str],
+    out: str | Path,
+    overrides: list[str] | None = None,
+    eval_dataset: str | None = None,
+    eval_root: str | None = None,
+    linear_epochs: int = 100,
+    random_init: bool = True,
+    eval_train_samples: int | None = None,
+    eval_test_samples: int | None = None,
+    name: str = "comparison",
+    finetune_epochs: int = 0,
+    progress: bool = True,
+) -> list[dict]:
     """Pretrain every config into ``out/<config stem>`` (resuming if interrupted), evaluate each
     (and a random init of the first config's backbone), write ``<name>.md``/``.csv``,
     ``curves.png`` and ``attention_<run>.png``. ``eval_*_samples`` evaluate on evenly spaced
@@ -107,16 +123,43 @@ def run_comparison(configs: list[str], out: str | Path, overrides: list[str] | N
     ft_train, ft_test = _subset(ev_train, eval_train_samples), _subset(ev_test, eval_test_samples)
 
     def scores(backbone) -> dict:
-        res = evaluate(backbone.to(device), ev_train, ev_test, ("knn", "linear"), device=device,
-                       k=first.eval.knn_k, temperature=first.eval.knn_t, linear_epochs=linear_epochs,
-                       max_train=eval_train_samples, max_test=eval_test_samples, progress=progress)
+        res = evaluate(
+            backbone.to(device),
+            ev_train,
+            ev_test,
+            ("knn", "linear"),
+            device=device,
+            k=first.eval.knn_k,
+            temperature=first.eval.knn_t,
+            linear_epochs=linear_epochs,
+            max_train=eval_train_samples,
+            max_test=eval_test_samples,
+            progress=progress,
+        )
         lin, knn = res["linear"], res["knn"]
-        row = {"linear_top1": lin["top1"], "linear_top5": lin["top5"], "knn_top1": knn["top1"],
-               "knn_top5": knn["top5"], "eval_train": res["train_images"], "eval_test": res["test_images"]}
+        row = {
+            "linear_top1": lin["top1"],
+            "linear_top5": lin["top5"],
+            "knn_top1": knn["top1"],
+            "knn_top5": knn["top5"],
+            "eval_train": res["train_images"],
+            "eval_test": res["test_images"],
+        }
         if finetune_epochs > 0:
-            ft = finetune(copy.deepcopy(backbone), ft_train, ft_test, ev_train.mean, ev_train.std, size,
-                          epochs=finetune_epochs, warmup_epochs=min(3.0, finetune_epochs / 5), precision=first.train.precision,
-                          device=device, seed=first.seed, progress=progress)
+            ft = finetune(
+                copy.deepcopy(backbone),
+                ft_train,
+                ft_test,
+                ev_train.mean,
+                ev_train.std,
+                size,
+                epochs=finetune_epochs,
+                warmup_epochs=min(3.0, finetune_epochs / 5),
+                precision=first.train.precision,
+                device=device,
+                seed=first.seed,
+                progress=progress,
+            )
             row.update(finetune_top1=ft["top1"], finetune_top5=ft["top5"])
         return row
 
@@ -129,20 +172,30 @@ def run_comparison(configs: list[str], out: str | Path, overrides: list[str] | N
     for run_name, cfg in zip(names, cfgs):
         trainer = Trainer(cfg, progress=progress)
         if trainer.train_set.num_channels != ev_train.num_channels:
-            raise ValueError(f"{run_name}: pretrained on {trainer.train_set.num_channels}-channel images, "
-                             f"{dataset} has {ev_train.num_channels}")
+            raise ValueError(
+                f"{run_name}: pretrained on {trainer.train_set.num_channels}-channel images, "
+                f"{dataset} has {ev_train.num_channels}"
+            )
         summary = trainer.fit(resume="auto")
         if summary["status"] == "interrupted":  # Ctrl-C / SIGTERM stop the experiment, not just this run
-            raise TrainingError(f"{run_name}: interrupted at step {summary['step']} (checkpoint written); "
-                                f"run the same command again to resume the experiment")
+            raise TrainingError(
+                f"{run_name}: interrupted at step {summary['step']} (checkpoint written); "
+                f"run the same command again to resume the experiment"
+            )
         runs.append(Path(cfg.output_dir))
         labels.append(label_of(cfg))
         models = models_of(cfg)
         for model, arch in models:
             backbone = trainer.method.eval_backbone("teacher", model)
             label = labels[-1] if len(models) == 1 else f"{labels[-1]}: {arch} (model {model})"
-            rows.append({"pretrain": label, "steps": summary["step"],
-                         "minutes": summary["train_seconds"] / 60, **scores(backbone)})
+            rows.append(
+                {
+                    "pretrain": label,
+                    "steps": summary["step"],
+                    "minutes": summary["train_seconds"] / 60,
+                    **scores(backbone),
+                }
+            )
             spread = torch.linspace(0, len(ev_test) - 1, 6).long().tolist()  # over the classes
             images = view_tensors(ev_test, spread, trainer.method.img_size)
             if getattr(backbone, "is_vit", False) and images.shape[-1] == trainer.method.img_size:
@@ -164,20 +217,34 @@ def _subset(dataset, n: int | None):
 
 def _write(rows: list[dict], out: Path, dataset: str, name: str, cfg: Config) -> None:
     tuned = "finetune_top1" in rows[0]
-    keys = ["pretrain", "steps", "minutes", "linear_top1", "linear_top5", "knn_top1", "knn_top5", "eval_train",
-            "eval_test"] + (["finetune_top1", "finetune_top5"] if tuned else [])
+    keys = [
+        "pretrain",
+        "steps",
+        "minutes",
+        "linear_top1",
+        "linear_top5",
+        "knn_top1",
+        "knn_top5",
+        "eval_train",
+        "eval_test",
+    ] + (["finetune_top1", "finetune_top5"] if tuned else [])
     with open(out / f"{name}.csv", "w", newline="") as f:
         w = csv.DictWriter(f, keys)
         w.writeheader()
         w.writerows({k: (round(r[k], 2) if isinstance(r[k], float) else r[k]) for k in keys} for r in rows)
     n_train, n_test = rows[0]["eval_train"], rows[0]["eval_test"]
-    lines = [f"Results on {dataset} ({n_train} train / {n_test} test images; linear probe on frozen CLS / pooled "
-             f"features; weighted kNN k={cfg.eval.knn_k}, T={cfg.eval.knn_t})", "",
-             "| Pre-train | steps | train min | Sup linear Acc@1 | Acc@5 | Unsup kNN Acc@1 | Acc@5 |"
-             + (" Fine-tune Acc@1 | Acc@5 |" if tuned else ""),
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: |" + (" ---: | ---: |" if tuned else "")]
+    lines = [
+        f"Results on {dataset} ({n_train} train / {n_test} test images; linear probe on frozen CLS / pooled "
+        f"features; weighted kNN k={cfg.eval.knn_k}, T={cfg.eval.knn_t})",
+        "",
+        "| Pre-train | steps | train min | Sup linear Acc@1 | Acc@5 | Unsup kNN Acc@1 | Acc@5 |"
+        + (" Fine-tune Acc@1 | Acc@5 |" if tuned else ""),
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |" + (" ---: | ---: |" if tuned else ""),
+    ]
     for r in rows:
-        lines.append(f"| {r['pretrain']} | {r['steps']} | {r['minutes']:.1f} | {r['linear_top1']:.2f} | "
-                     f"{r['linear_top5']:.2f} | {r['knn_top1']:.2f} | {r['knn_top5']:.2f} |"
-                     + (f" {r['finetune_top1']:.2f} | {r['finetune_top5']:.2f} |" if tuned else ""))
+        lines.append(
+            f"| {r['pretrain']} | {r['steps']} | {r['minutes']:.1f} | {r['linear_top1']:.2f} | "
+            f"{r['linear_top5']:.2f} | {r['knn_top1']:.2f} | {r['knn_top5']:.2f} |"
+            + (f" {r['finetune_top1']:.2f} | {r['finetune_top5']:.2f} |" if tuned else "")
+        )
     (out / f"{name}.md").write_text("\n".join(lines) + "\n")

@@ -8,5 +8,18 @@ from sslkd.losses.mocov3 import MoCoV3Loss
 from sslkd.losses.rkd import RKDAngleLoss, RKDDistanceLoss
 from sslkd.losses.seed import EmbeddingRegressionLoss, FeatureQueue, InfoNCELoss, SEEDLoss
 
-__all__ = ["DINOLoss", "EmbeddingRegressionLoss", "FeatureQueue", "IBOTPatchLoss", "InfoNCELoss", "MAELoss", "MoCoV3Loss", "RKDAngleLoss",
-           "RKDDistanceLoss", "SEEDLoss", "SpatialFusionLoss", "TokenFusionLoss", "patchify"]
+__all__ = [
+    "DINOLoss",
+    "EmbeddingRegressionLoss",
+    "FeatureQueue",
+    "IBOTPatchLoss",
+    "InfoNCELoss",
+    "MAELoss",
+    "MoCoV3Loss",
+    "RKDAngleLoss",
+    "RKDDistanceLoss",
+    "SEEDLoss",
+    "SpatialFusionLoss",
+    "TokenFusionLoss",
+    "patchify",
+]

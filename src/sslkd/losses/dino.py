@@ -29,11 +29,14 @@ class DINOLoss(CenteredTeacherLoss):
     def __init__(self, out_dim: int, student_temp: float = 0.1, center_momentum: float = 0.9) -> None:
         super().__init__(out_dim, student_temp, center_momentum)
 
-    def forward(self, student: torch.Tensor, teacher: torch.Tensor, teacher_temp: float,
-                record: bool = True) -> torch.Tensor:
+    def forward(
+        self, student: torch.Tensor, teacher: torch.Tensor, teacher_temp: float, record: bool = True
+    ) -> torch.Tensor:
         if student.ndim != 3 or teacher.ndim != 3 or student.shape[1:] != teacher.shape[1:]:
-            raise ValueError(f"expected student [V_s, B, K] and teacher [V_t, B, K], got "
-                             f"{tuple(student.shape)} and {tuple(teacher.shape)}")
+            raise ValueError(
+                f"expected student [V_s, B, K] and teacher [V_t, B, K], got "
+                f"{tuple(student.shape)} and {tuple(teacher.shape)}"
+            )
         log_p_s = F.log_softmax(student.float() / self.student_temp, dim=-1)
         p_t = self.teacher_probs(teacher.detach(), teacher_temp)
         if record:  # False: another student distils from this teacher (MOKD); its centre counts once

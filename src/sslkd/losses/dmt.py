@@ -26,12 +26,16 @@ def fuse_teachers(student: torch.Tensor, teachers: list[torch.Tensor], resample:
         t = t.detach()
         t = t if t.dtype == torch.float64 else t.float()
         if t.shape[0] != student.shape[0] or t.shape[-1] != student.shape[-1]:
-            raise ValueError(f"teacher {i} tokens {tuple(t.shape)} do not match the student's {tuple(student.shape)} "
-                             f"in batch or width (an adapter must bring the student to the teachers' width)")
+            raise ValueError(
+                f"teacher {i} tokens {tuple(t.shape)} do not match the student's {tuple(student.shape)} "
+                f"in batch or width (an adapter must bring the student to the teachers' width)"
+            )
         if t.shape[1] != student.shape[1]:
             if not resample:
-                raise ValueError(f"teacher {i} has {t.shape[1] - 1} patch tokens, the student {student.shape[1] - 1}: "
-                                 f"give both the same patch grid, or ask for resampling")
+                raise ValueError(
+                    f"teacher {i} has {t.shape[1] - 1} patch tokens, the student {student.shape[1] - 1}: "
+                    f"give both the same patch grid, or ask for resampling"
+                )
             t = _resample(t, student.shape[1] - 1)
         out.append(t)
     return torch.stack(out).sum(0)

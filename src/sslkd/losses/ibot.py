@@ -25,29 +25,40 @@ class IBOTPatchLoss(CenteredTeacherLoss):
     ``forward(student [V, B, N, K], teacher [V, B, N, K], masks [V, B, N] bool, teacher_temp,
     denominator [V] | None, teacher_mean [K] | None) -> scalar``. Student and teacher may instead be
     the masked rows alone, ``[M, K]`` in ``masks.nonzero()`` order (nothing else enters the loss);
-    then ``teacher_mean``, the teacher's mean output over all patches, feeds the centre. ``denominator`` replaces ``|B_v|`` when the batch is one
-    shard of a larger one (processes, accumulated micro-batches): pass the whole batch's count
-    divided by the number of shards, so that the mean over shards is the whole batch's loss.
+    then ``teacher_mean``, the teacher's mean output over all patches, feeds the centre.
+    ``denominator`` replaces ``|B_v|`` when the batch is one shard of a larger one (processes,
+    accumulated micro-batches): pass the whole batch's count divided by the number of shards, so
+    that the mean over shards is the whole batch's loss.
     """
 
     def __init__(self, out_dim: int, student_temp: float = 0.1, center_momentum: float = 0.9) -> None:
         super().__init__(out_dim, student_temp, center_momentum)
 
-    def forward(self, student: torch.Tensor, teacher: torch.Tensor, masks: torch.Tensor,
-                teacher_temp: float, denominator: torch.Tensor | None = None,
-                teacher_mean: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        student: torch.Tensor,
+        teacher: torch.Tensor,
+        masks: torch.Tensor,
+        teacher_temp: float,
+        denominator: torch.Tensor | None = None,
+        teacher_mean: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         rows = student.dim() == 2
-        if student.shape != teacher.shape or (masks.shape != student.shape[:3] if not rows else
-                                              masks.dim() != 3 or len(student) != int(masks.sum())):
-            raise ValueError(f"expected student/teacher [V, B, N, K] with masks [V, B, N], or the masked rows "
-                             f"[M, K] with masks holding M positions, got {tuple(student.shape)}, "
-                             f"{tuple(teacher.shape)}, {tuple(masks.shape)}")
+        if student.shape != teacher.shape or (
+            masks.shape != student.shape[:3] if not rows else masks.dim() != 3 or len(student) != int(masks.sum())
+        ):
+            raise ValueError(
+                f"expected student/teacher [V, B, N, K] with masks [V, B, N], or the masked rows "
+                f"[M, K] with masks holding M positions, got {tuple(student.shape)}, "
+                f"{tuple(teacher.shape)}, {tuple(masks.shape)}"
+            )
         if rows and teacher_mean is None:
             raise ValueError("masked rows [M, K] need teacher_mean (the mean over all patches) for the centre")
         teacher = teacher.detach()
         self.record(teacher if teacher_mean is None else teacher_mean.detach()[None])
-        ce = -(self.teacher_probs(teacher, teacher_temp)
-               * F.log_softmax(student.float() / self.student_temp, dim=-1)).sum(-1)  # [V, B, N] or [M]
+        ce = -(
+            self.teacher_probs(teacher, teacher_temp) * F.log_softmax(student.float() / self.student_temp, dim=-1)
+        ).sum(-1)  # [V, B, N] or [M]
         m = masks.float()
         count = m.sum(-1)  # [V, B]
         if rows:  # sum each image's masked rows

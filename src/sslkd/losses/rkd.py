@@ -16,7 +16,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 _EPS = 1e-12
-_CHUNK_ELEMENTS = (2 ** 20, 2 ** 26)  # most elements of one chunk's angle tensor: (CPU, CUDA)
+_CHUNK_ELEMENTS = (2**20, 2**26)  # most elements of one chunk's angle tensor: (CPU, CUDA)
 
 
 def _upcast(x: torch.Tensor) -> torch.Tensor:
@@ -57,8 +57,14 @@ class RKDDistanceLoss(nn.Module):
     groups (e.g. the patch tokens of each image), averaged.
     """
 
-    def __init__(self, loss: str = "huber", delta: float = 1.0, student_temp: float = 0.1,
-                 teacher_temp: float = 0.04, eps: float = 1e-6) -> None:
+    def __init__(
+        self,
+        loss: str = "huber",
+        delta: float = 1.0,
+        student_temp: float = 0.1,
+        teacher_temp: float = 0.04,
+        eps: float = 1e-6,
+    ) -> None:
         super().__init__()
         if loss not in ("huber", "ce"):
             raise ValueError(f"loss must be 'huber' or 'ce', got '{loss}'")
@@ -110,8 +116,14 @@ class RKDAngleLoss(nn.Module):
     groups, averaged.
     """
 
-    def __init__(self, loss: str = "huber", delta: float = 1.0, student_temp: float = 0.1,
-                 teacher_temp: float = 0.04, chunk_size: int = 32) -> None:
+    def __init__(
+        self,
+        loss: str = "huber",
+        delta: float = 1.0,
+        student_temp: float = 0.1,
+        teacher_temp: float = 0.04,
+        chunk_size: int = 32,
+    ) -> None:
         super().__init__()
         if loss not in ("huber", "ce"):
             raise ValueError(f"loss must be 'huber' or 'ce', got '{loss}'")
@@ -175,7 +187,9 @@ class RKDAngleLoss(nn.Module):
 
 def _check(student: torch.Tensor, teacher: torch.Tensor) -> None:
     if student.ndim < 2 or student.shape != teacher.shape:
-        raise ValueError(f"expected student and teacher [..., B, D] of the same shape, got "
-                         f"{tuple(student.shape)} and {tuple(teacher.shape)}")
+        raise ValueError(
+            f"expected student and teacher [..., B, D] of the same shape, got "
+            f"{tuple(student.shape)} and {tuple(teacher.shape)}"
+        )
     if student.shape[-2] < 2:
         raise ValueError("relational losses need at least 2 samples")

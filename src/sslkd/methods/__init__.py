@@ -14,8 +14,9 @@ from sslkd.methods.seed import SEED, SEEDConfig
 from sslkd.models.teacher import FrozenTeacher
 
 
-def build_method(cfg, in_chans: int, img_size: int, eval_only: bool = False,
-                 teachers: list[FrozenTeacher] | None = None) -> Method:
+def build_method(
+    cfg, in_chans: int, img_size: int, eval_only: bool = False, teachers: list[FrozenTeacher] | None = None
+) -> Method:
     """Instantiate ``cfg.method.name`` for images of ``in_chans`` channels and ``img_size`` pixels;
     ``eval_only`` skips what only training needs (a distillation method's frozen teachers);
     ``teachers``: a distillation method's frozen teachers (:func:`sslkd.teachers.load_teachers`)."""
@@ -23,6 +24,24 @@ def build_method(cfg, in_chans: int, img_size: int, eval_only: bool = False,
     return METHODS[cfg.method.name](cfg, in_chans, img_size, eval_only=eval_only, **kwargs)
 
 
-__all__ = ["DINO", "DMT", "IBOT", "MAE", "METHODS", "MOKD", "SEED", "DINOConfig", "DMTConfig", "IBOTConfig",
-           "MAEConfig", "MOKDConfig", "Method", "MoCoV3", "MoCoV3Config", "SEEDConfig", "StepInfo", "build_method",
-           "method_config_class"]
+__all__ = [
+    "DINO",
+    "DMT",
+    "IBOT",
+    "MAE",
+    "METHODS",
+    "MOKD",
+    "SEED",
+    "DINOConfig",
+    "DMTConfig",
+    "IBOTConfig",
+    "MAEConfig",
+    "MOKDConfig",
+    "Method",
+    "MoCoV3",
+    "MoCoV3Config",
+    "SEEDConfig",
+    "StepInfo",
+    "build_method",
+    "method_config_class",
+]

@@ -67,7 +67,9 @@ class Method(nn.Module, abc.ABC):
         self.cfg, self.in_chans, self.img_size, self.eval_only = cfg, in_chans, img_size, eval_only
 
     @abc.abstractmethod
-    def forward(self, views: list[torch.Tensor], info: StepInfo) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    def forward(
+        self, views: list[torch.Tensor], info: StepInfo
+    ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         """``views``: list of ``[B, C, H, W]`` crops (globals first). Returns ``(losses, metrics)``:
         ``losses["loss"]`` is the total to back-propagate, other entries its named terms;
         ``metrics`` are detached diagnostics (entropy, feature std, agreement). Methods with
@@ -94,8 +96,9 @@ class Method(nn.Module, abc.ABC):
     def build_backbone(self) -> Backbone:
         """The backbone ``cfg.model`` describes, for this method's images."""
         mc = self.cfg.model
-        return build_backbone(mc.backbone, self.img_size, mc.patch_size, self.in_chans, mc.drop_path_rate,
-                              mc.small_stem, mc.depth)
+        return build_backbone(
+            mc.backbone, self.img_size, mc.patch_size, self.in_chans, mc.drop_path_rate, mc.small_stem, mc.depth
+        )
 
     def crop_multiple(self) -> int:
         """What crop sizes must be a multiple of: the patch size of every ViT the method trains
@@ -171,7 +174,10 @@ def cached_gradient_term(features: torch.Tensor, cached: dict, key: str, accum_s
     ``accum_steps``. Warns when the features differ from pass 1's (a forward that does not replay:
     the gradient is then that of nearby features)."""
     if not torch.allclose(features.detach().float(), cached["features"][key].float(), rtol=1e-3, atol=1e-4):
-        warnings.warn(f"gradient caching: '{key}' features differ between the two passes of a micro-batch "
-                      "(non-deterministic forward); accumulated gradients are approximate", stacklevel=2)
+        warnings.warn(
+            f"gradient caching: '{key}' features differ between the two passes of a micro-batch "
+            "(non-deterministic forward); accumulated gradients are approximate",
+            stacklevel=2,
+        )
     link = (features.float() * cached["grads"][key].to(features.device).float()).sum() * accum_steps
     return link - link.detach()

@@ -7,8 +7,9 @@ import torch
 
 
 @torch.no_grad()
-def collapse_metrics(teacher_probs: torch.Tensor, student_feats: torch.Tensor,
-                     student_out: torch.Tensor, teacher_out: torch.Tensor) -> dict[str, torch.Tensor]:
+def collapse_metrics(
+    teacher_probs: torch.Tensor, student_feats: torch.Tensor, student_out: torch.Tensor, teacher_out: torch.Tensor
+) -> dict[str, torch.Tensor]:
     """Entropy of the teacher's distribution, per-dimension std of L2-normalised student
     features (collapse -> 0; healthy ~ 1/sqrt(D)), their effective rank (``exp`` of the entropy of
     the normalised singular values of the centred features, Roy & Vetterli 2007: 1 when collapsed

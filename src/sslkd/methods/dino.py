@@ -39,8 +39,14 @@ class DINO(Method):
         super().__init__(cfg, in_chans, img_size, eval_only)
         m = cfg.method
         backbone = self.build_backbone()
-        head = DINOHead(backbone.embed_dim, m.out_dim, m.hidden_dim, m.bottleneck_dim,
-                        use_bn=m.use_bn_in_head, norm_last_layer=m.norm_last_layer)
+        head = DINOHead(
+            backbone.embed_dim,
+            m.out_dim,
+            m.hidden_dim,
+            m.bottleneck_dim,
+            use_bn=m.use_bn_in_head,
+            norm_last_layer=m.norm_last_layer,
+        )
         self.student = Encoder(backbone, head)
         self.teacher = ema_teacher(self.student)
         self.loss_fn = DINOLoss(m.out_dim, m.student_temp, m.center_momentum)

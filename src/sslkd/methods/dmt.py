@@ -13,6 +13,7 @@ from the student's is an error unless ``resample: true``.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 from torch import nn
@@ -23,13 +24,14 @@ from sslkd.methods.base import Method, StepInfo
 from sslkd.methods.registry import register
 from sslkd.models import Backbone
 from sslkd.models.teacher import FrozenTeacher, TeacherConfig
-from sslkd.schema import Literal
 
 
 @dataclass
 class DMTConfig(TeacherConfig):
     name: str = "dmt"
-    teachers: list[str] = field(default_factory=list)  # sslkd runs, weight files or timm:<model> names (ViTs of one width)
+    teachers: list[str] = field(
+        default_factory=list
+    )  # sslkd runs, weight files or timm:<model> names (ViTs of one width)
     loss: Literal["kl", "mse"] = "kl"  # kl (the paper's) | mse
     tfd: bool = True  # token fusion distillation term
     sfd: bool = True  # spatial fusion distillation term
@@ -51,8 +53,9 @@ class DMT(Method):
     paired_views = True  # the engine's augmentation gives [plain crop, colour-jittered crop]
     needs_teachers = True
 
-    def __init__(self, cfg, in_chans: int, img_size: int, eval_only: bool = False,
-                 teachers: list[FrozenTeacher] | None = None) -> None:
+    def __init__(
+        self, cfg, in_chans: int, img_size: int, eval_only: bool = False, teachers: list[FrozenTeacher] | None = None
+    ) -> None:
         super().__init__(cfg, in_chans, img_size, eval_only)
         m = cfg.method
         self.student = self.build_backbone()
@@ -61,8 +64,10 @@ class DMT(Method):
         if eval_only:
             return
         if not teachers:
-            raise TeacherError("DMT needs its frozen teachers: pass teachers=[...] "
-                               "(sslkd.teachers.load_teachers(cfg.method, in_chans))")
+            raise TeacherError(
+                "DMT needs its frozen teachers: pass teachers=[...] "
+                "(sslkd.teachers.load_teachers(cfg.method, in_chans))"
+            )
         for source, t in zip(m.teachers, teachers):
             if not t.backbone.is_vit:
                 raise TeacherError(f"teacher {source} is not a ViT: DMT fuses token sequences")
@@ -91,11 +96,13 @@ class DMT(Method):
             fused = torch.stack([t.float() for t in targets]).sum(0)
             cos = nn.functional.cosine_similarity(z.float(), fused, dim=-1).mean()
             std = nn.functional.normalize(cls.float(), dim=-1).std(0).mean()
-        return {"loss": sum(terms.values()), **{k: v.detach() for k, v in terms.items()}}, \
-            {"cosine_to_fused": cos, "feature_std": std}
+        return {"loss": sum(terms.values()), **{k: v.detach() for k, v in terms.items()}}, {
+            "cosine_to_fused": cos,
+            "feature_std": std,
+        }
 
     def load_for_eval(self, state: dict[str, torch.Tensor]) -> None:
-        self.student.load_state_dict({k[len("student."):]: v for k, v in state.items() if k.startswith("student.")})
+        self.student.load_state_dict({k[len("student.") :]: v for k, v in state.items() if k.startswith("student.")})
 
     def eval_backbone(self, which: str = "teacher", model: int = 1) -> Backbone:
         """The student ViT (the teachers are the frozen source models)."""

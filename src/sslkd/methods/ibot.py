@@ -25,21 +25,25 @@ outputs, as in the paper) or ``bottleneck`` (the head's L2-normalised bottleneck
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Annotated, Literal
 
 import torch
 from torch import nn
 
 from sslkd.data.masking import MaskGenerator
 from sslkd.distributed import gather_batch
-from sslkd.losses import DINOLoss, IBOTPatchLoss, RKDAngleLoss, RKDDistanceLoss
 from sslkd.errors import ConfigError
+from sslkd.losses import DINOLoss, IBOTPatchLoss, RKDAngleLoss, RKDDistanceLoss
 from sslkd.methods.base import Method, StepInfo, cached_gradient_term, ema_teacher, ema_update
 from sslkd.methods.collapse import collapse_metrics
 from sslkd.methods.dino import DINOConfig
 from sslkd.methods.registry import register
 from sslkd.models import IBOTHead, ViTBackbone
 from sslkd.schedules import warmup_temp
-from sslkd.schema import Annotated, Fraction, Literal, NonNegativeFloat, Positive, PositiveFloat, Probability, Range
+from sslkd.schema import Fraction, NonNegativeFloat, Positive, PositiveFloat, Probability, Range
+
+MaskShare = Annotated[float, Range(ge=0, lt=1)]
+
 
 @dataclass
 class DistillConfig:
@@ -76,7 +80,7 @@ class IBOTConfig(DINOConfig):
     lambda1: NonNegativeFloat = 1.0  # weight of the CLS term
     lambda2: NonNegativeFloat = 1.0  # weight of the patch term
     mask_mode: Literal["block", "random"] = "block"  # block | random
-    mask_ratio: tuple[Annotated[float, Range(ge=0, lt=1)], Annotated[float, Range(ge=0, lt=1)]] = (0.1, 0.5)  # share of masked patches, drawn per image in [low, high]
+    mask_ratio: tuple[MaskShare, MaskShare] = (0.1, 0.5)  # share of masked patches, per image in [low, high]
     mask_prob: Probability = 0.5  # share of the images that are masked
     mask_min_aspect: Fraction = 0.3  # block masks: smallest aspect ratio
     # the patch centre's statistic: all (iBOT: every patch token of the teacher) | masked (lightly's
@@ -86,8 +90,10 @@ class IBOTConfig(DINOConfig):
 
     def validate(self) -> None:
         if not self.shared_head and self.shared_head_teacher and self.patch_out_dim not in (None, self.out_dim):
-            raise ConfigError(f"method.shared_head_teacher: the teacher's CLS last layer has out_dim={self.out_dim} "
-                              f"outputs, patch_out_dim={self.patch_out_dim}; set them equal or shared_head_teacher=false")
+            raise ConfigError(
+                f"method.shared_head_teacher: the teacher's CLS last layer has out_dim={self.out_dim} "
+                f"outputs, patch_out_dim={self.patch_out_dim}; set them equal or shared_head_teacher=false"
+            )
         lo, hi = self.mask_ratio
         if lo > hi:
             raise ConfigError(f"method.mask_ratio: need low <= high, got {self.mask_ratio}")
@@ -98,8 +104,14 @@ class IBOTEncoder(nn.Module):
         super().__init__()
         self.backbone, self.head = backbone, head
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, patches: bool = True,
-                keep: torch.Tensor | None = None, full: bool = False) -> dict:
+    def forward(
+        self,
+        x: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        patches: bool = True,
+        keep: torch.Tensor | None = None,
+        full: bool = False,
+    ) -> dict:
         """``keep [B, N]`` (bool): patch outputs only at those positions, as rows ``[M, K]`` in
         ``keep.nonzero()`` order (the masked-patch loss needs no others); ``full``: the MLP still
         sees every token and ``patch_mean`` is the mean patch output over all of them (the iBOT
@@ -112,14 +124,21 @@ class IBOTEncoder(nn.Module):
             out.update(cls_z=z, cls_out=self.head.last_layer(z))
         elif keep is None:
             z = self.head.bottleneck(torch.cat([cls[:, None], tokens], 1))
-            out.update(cls_z=z[:, 0], patch_z=z[:, 1:], cls_out=self.head.last_layer(z[:, 0]),
-                       patch_out=self.head.project_patches(z[:, 1:]))
+            out.update(
+                cls_z=z[:, 0],
+                patch_z=z[:, 1:],
+                cls_out=self.head.last_layer(z[:, 0]),
+                patch_out=self.head.project_patches(z[:, 1:]),
+            )
         elif full:
             z = self.head.bottleneck(torch.cat([cls[:, None], tokens], 1))
             mean = z[:, 1:].flatten(0, 1).float().mean(0, keepdim=True)
-            out.update(cls_z=z[:, 0], cls_out=self.head.last_layer(z[:, 0]),
-                       patch_out=self.head.project_patches(z[:, 1:][keep]),
-                       patch_mean=self.head.project_patches(mean.to(z.dtype))[0])
+            out.update(
+                cls_z=z[:, 0],
+                cls_out=self.head.last_layer(z[:, 0]),
+                patch_out=self.head.project_patches(z[:, 1:][keep]),
+                patch_mean=self.head.project_patches(mean.to(z.dtype))[0],
+            )
         else:
             b = cls.shape[0]
             z = self.head.bottleneck(torch.cat([cls, tokens[keep]]))
@@ -137,8 +156,16 @@ class IBOT(Method):
         backbone = self.build_backbone()
         if not isinstance(backbone, ViTBackbone):
             raise ValueError(f"iBOT masks patches and needs a ViT backbone, got '{cfg.model.backbone}'")
-        head = IBOTHead(backbone.embed_dim, m.out_dim, m.patch_out_dim, m.shared_head, hidden_dim=m.hidden_dim,
-                        bottleneck_dim=m.bottleneck_dim, use_bn=m.use_bn_in_head, norm_last_layer=m.norm_last_layer)
+        head = IBOTHead(
+            backbone.embed_dim,
+            m.out_dim,
+            m.patch_out_dim,
+            m.shared_head,
+            hidden_dim=m.hidden_dim,
+            bottleneck_dim=m.bottleneck_dim,
+            use_bn=m.use_bn_in_head,
+            norm_last_layer=m.norm_last_layer,
+        )
         self.student = IBOTEncoder(backbone, head)
         self.teacher = ema_teacher(self.student)
         self.teacher.head.patches_use_cls_layer = not m.shared_head and m.shared_head_teacher
@@ -154,12 +181,14 @@ class IBOT(Method):
         if d.mode in ("rkd-a", "rkd-da"):
             self.rkd.append(RKDAngleLoss(chunk_size=d.angle_chunk, **kw))
 
-    def masks(self, n_views: int, h: int, w: int, info: StepInfo, b: int,
-              device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    def masks(
+        self, n_views: int, h: int, w: int, info: StepInfo, b: int, device: torch.device | str = "cpu"
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """``(masks [n_views, b, h, w] of this micro-batch's images, number of images with a masked
         patch per view in the whole step's batch [n_views])``. The masks of the global batch are a
-        pure function of (seed, step, device type), drawn on ``device``, cut by global position: runs resume exactly, and a batch
-        split over processes or micro-batches gets the masks it would get whole."""
+        pure function of (seed, step, device type), drawn on ``device``, cut by global position: runs
+        resume exactly, and a batch split over processes or micro-batches gets the masks it would get
+        whole."""
         key = (info.step, n_views, h, w, info.shards * b)
         if self._mask_cache is None or self._mask_cache[0] != key:  # once per step, not per micro-batch
             g = torch.Generator(device).manual_seed((self.cfg.seed * 1_000_003 + info.step) * 64)
@@ -205,9 +234,20 @@ class IBOT(Method):
         def by_view(x: torch.Tensor) -> torch.Tensor:
             return x.reshape(-1, batch, *x.shape[1:])
 
-        return dict(t=t, s=s, batch=batch, hw=h * w, masks=masks, has_masked=has_masked, keep=keep, by_view=by_view,
-                    s_cls_out=by_view(torch.cat(s_cls_out)), t_cls_out=by_view(t["cls_out"]),
-                    s_cls_z=by_view(torch.cat(s_cls_z)), s_feat=by_view(torch.cat(s_feat)))
+        return dict(
+            t=t,
+            s=s,
+            batch=batch,
+            hw=h * w,
+            masks=masks,
+            has_masked=has_masked,
+            keep=keep,
+            by_view=by_view,
+            s_cls_out=by_view(torch.cat(s_cls_out)),
+            t_cls_out=by_view(t["cls_out"]),
+            s_cls_z=by_view(torch.cat(s_cls_z)),
+            s_feat=by_view(torch.cat(s_feat)),
+        )
 
     def _cls_relation_inputs(self, enc: dict) -> tuple[torch.Tensor, torch.Tensor]:
         """What enters the CLS-level relations: student ``[V, b, K]``, teacher ``[2, b, K]``."""
@@ -241,21 +281,24 @@ class IBOT(Method):
         enc = self._encode(views, info)
         t, s, by_view, keep, masks = enc["t"], enc["s"], enc["by_view"], enc["keep"], enc["masks"]
         s_cls_out, t_cls_out = enc["s_cls_out"], enc["t_cls_out"]
-        s_patch, t_patch = (s["patch_out"], t["patch_out"]) if keep is not None else \
-            (by_view(s["patch_out"]), by_view(t["patch_out"]))
+        s_patch, t_patch = (
+            (s["patch_out"], t["patch_out"]) if keep is not None else (by_view(s["patch_out"]), by_view(t["patch_out"]))
+        )
         vmask = masks.reshape(2, enc["batch"], enc["hw"])
         temp = warmup_temp(m.warmup_teacher_temp, m.teacher_temp, m.warmup_teacher_temp_epochs, info.epoch)
-        temp2 = warmup_temp(m.warmup_teacher_patch_temp, m.teacher_patch_temp, m.warmup_teacher_temp_epochs,
-                            info.epoch)
+        temp2 = warmup_temp(m.warmup_teacher_patch_temp, m.teacher_patch_temp, m.warmup_teacher_temp_epochs, info.epoch)
         losses: dict[str, torch.Tensor] = {}
         total = s_cls_out.new_zeros((), dtype=torch.float32)
         if not rkd_cls or d.combine == "add":
             losses["cls"] = self.cls_loss(s_cls_out, t_cls_out, temp)
             total = total + m.lambda1 * losses["cls"]
         if not rkd_patch or d.combine == "add":
-            center_stat = t.get("patch_mean") if m.patch_center == "all" else self._masked_mean(t["patch_out"], keep, masks)
-            losses["patch"] = self.patch_loss(s_patch, t_patch, vmask, temp2,
-                                              (enc["has_masked"] / info.shards).to(vmask.device), center_stat)
+            center_stat = (
+                t.get("patch_mean") if m.patch_center == "all" else self._masked_mean(t["patch_out"], keep, masks)
+            )
+            losses["patch"] = self.patch_loss(
+                s_patch, t_patch, vmask, temp2, (enc["has_masked"] / info.shards).to(vmask.device), center_stat
+            )
             total = total + m.lambda2 * losses["patch"]
         rkd_weight = 1.0 if d.combine == "replace" else d.weight
         if rkd_cls:
@@ -263,8 +306,9 @@ class IBOT(Method):
             if cached is None:
                 losses["rkd_cls"] = self._rkd_cls(s_rel, t_rel)
             else:  # the whole batch's loss value and gradient (gradient caching)
-                losses["rkd_cls"] = cached["losses"]["rkd_cls"] + \
-                    cached_gradient_term(s_rel.transpose(0, 1), cached, "student", info.accum_steps)
+                losses["rkd_cls"] = cached["losses"]["rkd_cls"] + cached_gradient_term(
+                    s_rel.transpose(0, 1), cached, "student", info.accum_steps
+                )
             total = total + rkd_weight * m.lambda1 * losses["rkd_cls"]
         if rkd_patch:
             head = d.features == "head"
@@ -278,10 +322,13 @@ class IBOT(Method):
                 sel = vmask.any(-1).flatten()
                 n = int(sel.sum())
                 per_shard = (enc["has_masked"].sum() / info.shards).clamp_min(1).to(s_rel.device)
-                losses["rkd_patch"] = self._relational(s_rel[sel], t_rel[sel]) * n / per_shard if n \
-                    else s_rel.sum() * 0.0
+                losses["rkd_patch"] = (
+                    self._relational(s_rel[sel], t_rel[sel]) * n / per_shard if n else s_rel.sum() * 0.0
+                )
             total = total + rkd_weight * m.lambda2 * losses["rkd_patch"]
-        metrics = collapse_metrics(self.cls_loss.teacher_probs(t_cls_out, temp), enc["s_feat"][:2], s_cls_out, t_cls_out)
+        metrics = collapse_metrics(
+            self.cls_loss.teacher_probs(t_cls_out, temp), enc["s_feat"][:2], s_cls_out, t_cls_out
+        )
         metrics["mask_ratio"] = masks.float().mean()
         metrics["teacher_temp"] = torch.tensor(temp)
         return {"loss": total, **{k: v.detach() for k, v in losses.items()}}, metrics

@@ -15,6 +15,7 @@ fixed 2-D sin-cos). Evaluation reads the encoder (without masking); there is no 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Annotated
 
 import torch
 from timm.models.vision_transformer import Block
@@ -25,7 +26,7 @@ from sslkd.losses.mae import MAELoss, patchify
 from sslkd.methods.base import Method, StepInfo
 from sslkd.methods.registry import register
 from sslkd.models import ViTBackbone
-from sslkd.schema import Annotated, Positive, Range
+from sslkd.schema import Positive, Range
 
 
 @dataclass
@@ -39,8 +40,9 @@ class MAEConfig:
 
     def validate(self) -> None:
         if self.decoder_dim % self.decoder_heads:
-            raise ConfigError(f"method.decoder_dim={self.decoder_dim} is not divisible by "
-                              f"method.decoder_heads={self.decoder_heads}")
+            raise ConfigError(
+                f"method.decoder_dim={self.decoder_dim} is not divisible by method.decoder_heads={self.decoder_heads}"
+            )
 
 
 @register("mae")
@@ -60,8 +62,9 @@ class MAE(Method):
         self.decoder_embed = nn.Linear(backbone.embed_dim, m.decoder_dim)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, m.decoder_dim))
         self.decoder_pos = nn.Parameter(torch.zeros(1, n + 1, m.decoder_dim))
-        self.decoder = nn.Sequential(*[Block(m.decoder_dim, m.decoder_heads, qkv_bias=True)
-                                       for _ in range(m.decoder_depth)])
+        self.decoder = nn.Sequential(
+            *[Block(m.decoder_dim, m.decoder_heads, qkv_bias=True) for _ in range(m.decoder_depth)]
+        )
         self.decoder_norm = nn.LayerNorm(m.decoder_dim)
         self.decoder_pred = nn.Linear(m.decoder_dim, p * p * in_chans)
         nn.init.normal_(self.mask_token, std=0.02)

@@ -77,12 +77,18 @@ class MoCoV3(Method):
         if cached is None:
             loss = self.loss_fn(q1, q2, e["k1"], k2)
         else:  # the whole batch's InfoNCE value and gradient (gradient caching)
-            loss = cached["losses"]["mocov3"] + sum(cached_gradient_term(q, cached, key, info.accum_steps)
-                                                    for key, q in (("q1", q1), ("q2", q2)))
+            loss = cached["losses"]["mocov3"] + sum(
+                cached_gradient_term(q, cached, key, info.accum_steps) for key, q in (("q1", q1), ("q2", q2))
+            )
         z = nn.functional.normalize(e["f1"].float(), dim=-1)
         with torch.no_grad():
-            agree = (nn.functional.normalize(q1.float(), dim=-1) @ nn.functional.normalize(k2.float(), dim=-1).T
-                     ).argmax(-1).eq(torch.arange(len(q1), device=q1.device)).float().mean()
+            agree = (
+                (nn.functional.normalize(q1.float(), dim=-1) @ nn.functional.normalize(k2.float(), dim=-1).T)
+                .argmax(-1)
+                .eq(torch.arange(len(q1), device=q1.device))
+                .float()
+                .mean()
+            )
         return {"loss": loss, "mocov3": loss.detach()}, {"feature_std": z.std(0).mean().detach(), "agreement": agree}
 
     def on_optimizer_step(self, momentum: float) -> None:

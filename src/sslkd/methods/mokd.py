@@ -25,6 +25,7 @@ the reverse (1 for the larger model); set ``method.lambda1``/``lambda2`` to foll
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 from torch import nn
@@ -37,7 +38,7 @@ from sslkd.methods.dino import DINOConfig
 from sslkd.methods.registry import register
 from sslkd.models import Backbone, DINOHead, ModelConfig, THead, build_backbone
 from sslkd.schedules import warmup_temp
-from sslkd.schema import Literal, NonNegative, NonNegativeFloat, PositiveFloat
+from sslkd.schema import NonNegative, NonNegativeFloat, PositiveFloat
 
 
 @dataclass
@@ -56,7 +57,7 @@ class MOKDConfig(DINOConfig):
     cross_thead: bool = True  # L_ct (cross-attention feature search)
     thead_width: NonNegative = 0  # 0: the ViT's width (the larger ViT's if both are ViTs), else 384
     thead_depth: NonNegative = 3  # T-Head transformer blocks
-    optimizer1: Literal["auto", "sgd", "adamw"] = "auto"  # auto (the paper: SGD for a CNN, AdamW for a ViT) | sgd | adamw
+    optimizer1: Literal["auto", "sgd", "adamw"] = "auto"  # auto: SGD for CNNs, AdamW for ViTs (the paper) | sgd | adamw
     optimizer2: Literal["auto", "sgd", "adamw"] = "auto"  # the same for model 2
     sgd_lr: PositiveFloat = 0.1  # the paper's ResNet base lr (x batch/256), with train.base_lr's schedule shape
     sgd_weight_decay: NonNegativeFloat = 1.0e-4  # SGD's weight decay (constant)
@@ -92,9 +93,17 @@ class MOKD(Method):
         m = cfg.method
         mc, m2 = cfg.model, m.model2
         seed1 = cfg.init_seed
-        specs = [(mc.backbone, mc.patch_size, mc.drop_path_rate, mc.small_stem, mc.depth, seed1),
-                 (m2.backbone, m2.patch_size, m2.drop_path_rate, m2.small_stem, m2.depth,
-                  seed1 + 1 if m2.init_seed is None else m2.init_seed)]
+        specs = [
+            (mc.backbone, mc.patch_size, mc.drop_path_rate, mc.small_stem, mc.depth, seed1),
+            (
+                m2.backbone,
+                m2.patch_size,
+                m2.drop_path_rate,
+                m2.small_stem,
+                m2.depth,
+                seed1 + 1 if m2.init_seed is None else m2.init_seed,
+            ),
+        ]
         backbones, heads = [], []
         # each model initialised as a DINO run with that model.init_seed would be; two models of the
         # same architecture start apart (the paper's same-architecture pairs are independent networks)
@@ -102,8 +111,16 @@ class MOKD(Method):
             torch.manual_seed(spec[5])
             bb = build_backbone(spec[0], img_size, spec[1], in_chans, spec[2], spec[3], spec[4])
             backbones.append(bb)
-            heads.append(DINOHead(bb.embed_dim, m.out_dim, m.hidden_dim, m.bottleneck_dim, use_bn=m.use_bn_in_head,
-                                  norm_last_layer=m.norm_last_layer))
+            heads.append(
+                DINOHead(
+                    bb.embed_dim,
+                    m.out_dim,
+                    m.hidden_dim,
+                    m.bottleneck_dim,
+                    use_bn=m.use_bn_in_head,
+                    norm_last_layer=m.norm_last_layer,
+                )
+            )
         vit_widths = [bb.embed_dim for bb in backbones if bb.is_vit]
         width = m.thead_width or (max(vit_widths) if vit_widths else 384)
         with torch.no_grad():
@@ -112,8 +129,10 @@ class MOKD(Method):
             for bb in backbones:
                 bb.train()
         torch.manual_seed(seed1 + 2)
-        theads = [THead(bb.embed_dim, n, m.out_dim, width, m.thead_depth, search_dim=other.embed_dim)
-                  for bb, n, other in zip(backbones, n_tokens, backbones[::-1])]
+        theads = [
+            THead(bb.embed_dim, n, m.out_dim, width, m.thead_depth, search_dim=other.embed_dim)
+            for bb, n, other in zip(backbones, n_tokens, backbones[::-1])
+        ]
         self.student = nn.ModuleList(MOKDNet(b, h, t) for b, h, t in zip(backbones, heads, theads))
         self.teacher = nn.ModuleList(ema_teacher(s) for s in self.student)
         self.mlp_loss = nn.ModuleList(DINOLoss(m.out_dim, m.student_temp, m.center_momentum) for _ in range(2))
@@ -144,8 +163,9 @@ class MOKD(Method):
         per_model, losses, metrics = self.model_losses(views, info)
         return {"loss": per_model[0] + per_model[1], **losses}, metrics
 
-    def model_losses(self, views: list[torch.Tensor], info: StepInfo
-                     ) -> tuple[list[torch.Tensor], dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    def model_losses(
+        self, views: list[torch.Tensor], info: StepInfo
+    ) -> tuple[list[torch.Tensor], dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         """``([L_1, L_2] with gradients, detached named terms, metrics)``."""
         m = self.cfg.method
         n_global = 2
@@ -185,8 +205,12 @@ class MOKD(Method):
                 cross = cross + losses["cm" + n]
             if m.cross_thead:
                 with torch.no_grad():  # model j's EMA T-Head on j's other view, searched by i's view v
-                    target = stack([self.teacher[j].thead(t_out[j]["tokens"][1 - v], s_out[i]["pooled"][v])
-                                    for v in range(n_global)])
+                    target = stack(
+                        [
+                            self.teacher[j].thead(t_out[j]["tokens"][1 - v], s_out[i]["pooled"][v])
+                            for v in range(n_global)
+                        ]
+                    )
                 losses["ct" + n] = self._paired_ce(self.thead_loss[j], s_out[i]["t"], target, temp)
                 cross = cross + losses["ct" + n]
             per_model.append(self_loss + lams[i] * cross + s_out[i]["m"].new_zeros((), dtype=torch.float32))

@@ -10,11 +10,13 @@ METHODS: dict[str, type] = {}
 
 def register(name: str):
     """Class decorator: the method is ``name`` in configs (``method.name``) and on the CLI."""
+
     def add(cls: type) -> type:
         if name in METHODS:
             raise ValueError(f"method '{name}' is registered twice")
         METHODS[name] = cls
         return cls
+
     return add
 
 

@@ -15,6 +15,7 @@ evaluation always reads the student (``eval_backbone`` ignores ``which``).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch import nn
@@ -25,7 +26,7 @@ from sslkd.methods.base import Method, StepInfo
 from sslkd.methods.registry import register
 from sslkd.models import Backbone, Encoder, projection_mlp
 from sslkd.models.teacher import FrozenTeacher, TeacherConfig
-from sslkd.schema import Literal, NonNegative, NonNegativeFloat, Positive, PositiveFloat
+from sslkd.schema import NonNegative, NonNegativeFloat, Positive, PositiveFloat
 
 
 @dataclass
@@ -61,8 +62,9 @@ class SEED(Method):
 
     needs_teachers = True
 
-    def __init__(self, cfg, in_chans: int, img_size: int, eval_only: bool = False,
-                 teachers: list[FrozenTeacher] | None = None) -> None:
+    def __init__(
+        self, cfg, in_chans: int, img_size: int, eval_only: bool = False, teachers: list[FrozenTeacher] | None = None
+    ) -> None:
         super().__init__(cfg, in_chans, img_size, eval_only)
         m = cfg.method
         backbone = self.build_backbone()
@@ -70,8 +72,10 @@ class SEED(Method):
             self.student = Encoder(backbone, nn.Identity())
             return
         if not teachers or len(teachers) != 1:
-            raise TeacherError("SEED distils one frozen teacher: pass teachers=[...] "
-                               "(sslkd.teachers.load_teachers(cfg.method, in_chans))")
+            raise TeacherError(
+                "SEED distils one frozen teacher: pass teachers=[...] "
+                "(sslkd.teachers.load_teachers(cfg.method, in_chans))"
+            )
         self.teacher: FrozenTeacher = teachers[0]
         dim = self.teacher.out_dim
         head = projection_mlp(backbone.embed_dim, m.hidden_dim or backbone.embed_dim, dim, m.use_bn_in_head)
@@ -99,14 +103,17 @@ class SEED(Method):
             tn = nn.functional.normalize(t.float(), dim=-1)
             # agreement: the student's and the teacher's most similar queue entry coincide
             agree = ((sn @ self.queue.queue.T).argmax(-1) == (tn @ self.queue.queue.T).argmax(-1)).float().mean()
-            metrics = {"cosine_to_teacher": (sn * tn).sum(-1).mean(), "agreement": agree,
-                       "feature_std": nn.functional.normalize(s_feat.float(), dim=-1).std(0).mean()}
+            metrics = {
+                "cosine_to_teacher": (sn * tn).sum(-1).mean(),
+                "agreement": agree,
+                "feature_std": nn.functional.normalize(s_feat.float(), dim=-1).std(0).mean(),
+            }
         self.queue.enqueue(t)  # after the loss: the current batch is not its own negative
         return {"loss": loss, **{k: v.detach() for k, v in terms.items()}}, metrics
 
     def load_for_eval(self, state: dict[str, torch.Tensor]) -> None:
         prefix = "student.backbone."
-        self.student.backbone.load_state_dict({k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)})
+        self.student.backbone.load_state_dict({k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)})
 
     def eval_backbone(self, which: str = "teacher", model: int = 1) -> Backbone:
         """The student's backbone (the teacher is the frozen source model, evaluated on its own)."""

@@ -21,10 +21,15 @@ from torch import nn
 from sslkd.errors import ConfigError
 from sslkd.schema import NonNegativeFloat, Positive
 
-VITS = {"vit_tiny": "vit_tiny_patch16_224", "vit_small": "vit_small_patch16_224",
-        "vit_base": "vit_base_patch16_224"}
-CNNS = {"resnet18": "resnet18", "resnet34": "resnet34", "resnet50": "resnet50", "resnet101": "resnet101",
-        "mobilenetv3_large": "mobilenetv3_large_100", "efficientnet_b0": "efficientnet_b0"}
+VITS = {"vit_tiny": "vit_tiny_patch16_224", "vit_small": "vit_small_patch16_224", "vit_base": "vit_base_patch16_224"}
+CNNS = {
+    "resnet18": "resnet18",
+    "resnet34": "resnet34",
+    "resnet50": "resnet50",
+    "resnet101": "resnet101",
+    "mobilenetv3_large": "mobilenetv3_large_100",
+    "efficientnet_b0": "efficientnet_b0",
+}
 BACKBONES = sorted(VITS) + sorted(CNNS)
 
 
@@ -35,7 +40,7 @@ class ModelConfig:
     drop_path_rate: NonNegativeFloat = 0.1  # stochastic depth of the student (the teacher has none)
     small_stem: bool = True  # CNNs: 3x3 stride-1 stem without max-pool, for small images
     depth: Positive | None = None  # ViT depth override (None: the architecture's own)
-    init_seed: int | None = None  # seeds weights and drop-path draws (None: `seed`); data order, crops, masks keep `seed`
+    init_seed: int | None = None  # weights and drop-path seed (None: `seed`, which seeds data and masks)
 
     def validate(self, prefix: str = "model.") -> None:
         if self.backbone not in BACKBONES:
@@ -56,8 +61,7 @@ class Backbone(nn.Module, abc.ABC):
     is_vit: bool
 
     @abc.abstractmethod
-    def forward_features(self, x: torch.Tensor, mask: torch.Tensor | None = None
-                         ) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward_features(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """``x [B, C, H, W]`` (+ ``mask [B, h, w]`` or ``[B, N]``) -> ``cls [B, D]``, ``tokens [B, N, D]``."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -75,8 +79,7 @@ class ViTBackbone(Backbone):
         self.num_prefix_tokens = vit.num_prefix_tokens
         self.mask_token = nn.Parameter(torch.zeros(1, 1, 1, vit.embed_dim))
 
-    def forward_features(self, x: torch.Tensor, mask: torch.Tensor | None = None
-                         ) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward_features(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         vit = self.vit
         x = vit.patch_embed(x)  # [B, h, w, D] (dynamic_img_size)
         if mask is not None:
@@ -85,7 +88,7 @@ class ViTBackbone(Backbone):
         x = vit._pos_embed(x)
         x = vit.norm_pre(vit.patch_drop(x))
         x = vit.norm(vit.blocks(x))
-        return x[:, 0], x[:, self.num_prefix_tokens:]
+        return x[:, 0], x[:, self.num_prefix_tokens :]
 
     def forward_visible(self, x: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         """The encoder on the CLS token and the patches ``ids [B, k]`` only (MAE): ``[B, 1 + k, D]``
@@ -121,8 +124,7 @@ class CNNBackbone(Backbone):
             self.embed_dim = net.eval().forward_features(torch.zeros(1, in_chans, 32, 32)).shape[1]
             net.train(was)
 
-    def forward_features(self, x: torch.Tensor, mask: torch.Tensor | None = None
-                         ) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward_features(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         if mask is not None:
             raise ValueError("a patch mask was passed to a CNN backbone; masked image modelling needs a ViT")
         fmap = self.net.forward_features(x)  # [B, C, h, w]
@@ -130,21 +132,44 @@ class CNNBackbone(Backbone):
         return tokens.mean(1), tokens
 
 
-def build_backbone(name: str, img_size: int = 32, patch_size: int = 4, in_chans: int = 3,
-                   drop_path_rate: float = 0.0, small_stem: bool = True, depth: int | None = None,
-                   **kwargs) -> Backbone:
+def build_backbone(
+    name: str,
+    img_size: int = 32,
+    patch_size: int = 4,
+    in_chans: int = 3,
+    drop_path_rate: float = 0.0,
+    small_stem: bool = True,
+    depth: int | None = None,
+    **kwargs,
+) -> Backbone:
     """Build backbone ``name`` (one of :data:`BACKBONES`) with random weights."""
     if name in VITS:
         if img_size % patch_size:
             raise ValueError(f"image size {img_size} is not divisible by patch size {patch_size}")
         extra = {"depth": depth} if depth else {}
-        vit = timm.create_model(VITS[name], pretrained=False, img_size=img_size, patch_size=patch_size,
-                                in_chans=in_chans, num_classes=0, dynamic_img_size=True,
-                                drop_path_rate=drop_path_rate, **extra, **kwargs)
+        vit = timm.create_model(
+            VITS[name],
+            pretrained=False,
+            img_size=img_size,
+            patch_size=patch_size,
+            in_chans=in_chans,
+            num_classes=0,
+            dynamic_img_size=True,
+            drop_path_rate=drop_path_rate,
+            **extra,
+            **kwargs,
+        )
         return ViTBackbone(vit)
     if name in CNNS:
-        net = timm.create_model(CNNS[name], pretrained=False, in_chans=in_chans, num_classes=0,
-                                global_pool="", drop_path_rate=drop_path_rate, **kwargs)
+        net = timm.create_model(
+            CNNS[name],
+            pretrained=False,
+            in_chans=in_chans,
+            num_classes=0,
+            global_pool="",
+            drop_path_rate=drop_path_rate,
+            **kwargs,
+        )
         if small_stem:
             apply_small_stem(net)
         return CNNBackbone(net, in_chans)

@@ -28,8 +28,16 @@ class DINOHead(nn.Module):
     weight-normalised linear layer to ``out_dim`` prototypes. ``forward(x [B, in_dim]) -> [B, out_dim]``
     (any leading dims)."""
 
-    def __init__(self, in_dim: int, out_dim: int = 65536, hidden_dim: int = 2048, bottleneck_dim: int = 256,
-                 nlayers: int = 3, use_bn: bool = False, norm_last_layer: bool = True) -> None:
+    def __init__(
+        self,
+        in_dim: int,
+        out_dim: int = 65536,
+        hidden_dim: int = 2048,
+        bottleneck_dim: int = 256,
+        nlayers: int = 3,
+        use_bn: bool = False,
+        norm_last_layer: bool = True,
+    ) -> None:
         super().__init__()
         layers: list[nn.Module] = []
         dims = [in_dim] + [hidden_dim] * (nlayers - 1)
@@ -58,8 +66,9 @@ class IBOTHead(DINOHead):
     own weight-normalised last layer when ``shared_head`` is False or ``patch_out_dim`` differs
     (iBOT's ``last_layer2``)."""
 
-    def __init__(self, in_dim: int, out_dim: int = 8192, patch_out_dim: int | None = None,
-                 shared_head: bool = True, **kwargs) -> None:
+    def __init__(
+        self, in_dim: int, out_dim: int = 8192, patch_out_dim: int | None = None, shared_head: bool = True, **kwargs
+    ) -> None:
         super().__init__(in_dim, out_dim, **kwargs)
         patch_out_dim = patch_out_dim or out_dim
         self.patch_last_layer = None
@@ -68,8 +77,9 @@ class IBOTHead(DINOHead):
         self.patches_use_cls_layer = False
         if not shared_head or patch_out_dim != out_dim:
             bottleneck = self.last_layer.weight_v.shape[1]
-            self.patch_last_layer = WeightNormLinear(bottleneck, patch_out_dim,
-                                                     fixed_norm=not self.last_layer.weight_g.requires_grad)
+            self.patch_last_layer = WeightNormLinear(
+                bottleneck, patch_out_dim, fixed_norm=not self.last_layer.weight_g.requires_grad
+            )
 
     def project_patches(self, z: torch.Tensor) -> torch.Tensor:
         if self.patches_use_cls_layer or self.patch_last_layer is None:
@@ -91,8 +101,12 @@ def moco_mlp(in_dim: int, hidden: int, out: int, layers: int, last_bn: bool = Tr
 def projection_mlp(in_dim: int, hidden_dim: int, out_dim: int, use_bn: bool = True) -> nn.Sequential:
     """SEED's / MoCo v2's student head: Linear - ReLU - Linear (``use_bn``: a BatchNorm after the
     first Linear, not in SEED's code)."""
-    return nn.Sequential(nn.Linear(in_dim, hidden_dim), nn.BatchNorm1d(hidden_dim) if use_bn else nn.Identity(),
-                         nn.ReLU(inplace=True), nn.Linear(hidden_dim, out_dim))
+    return nn.Sequential(
+        nn.Linear(in_dim, hidden_dim),
+        nn.BatchNorm1d(hidden_dim) if use_bn else nn.Identity(),
+        nn.ReLU(inplace=True),
+        nn.Linear(hidden_dim, out_dim),
+    )
 
 
 class THead(nn.Module):
@@ -105,15 +119,24 @@ class THead(nn.Module):
     one extra token: self-attention lets the tokens pick what is consistent with it; the extra
     token is dropped before the mean pooling, so it shapes the output only through attention."""
 
-    def __init__(self, in_dim: int, num_tokens: int, out_dim: int, width: int = 384, depth: int = 3,
-                 search_dim: int | None = None, num_heads: int | None = None) -> None:
+    def __init__(
+        self,
+        in_dim: int,
+        num_tokens: int,
+        out_dim: int,
+        width: int = 384,
+        depth: int = 3,
+        search_dim: int | None = None,
+        num_heads: int | None = None,
+    ) -> None:
         super().__init__()
         self.proj = nn.Linear(in_dim, width) if in_dim != width else nn.Identity()
         self.pos_embed = nn.Parameter(torch.zeros(1, num_tokens, width))
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
         self.search_proj = nn.Linear(search_dim or width, width)
-        self.blocks = nn.Sequential(*[Block(width, num_heads or max(1, width // 64), mlp_ratio=4.0, qkv_bias=True)
-                                      for _ in range(depth)])
+        self.blocks = nn.Sequential(
+            *[Block(width, num_heads or max(1, width // 64), mlp_ratio=4.0, qkv_bias=True) for _ in range(depth)]
+        )
         self.norm = nn.LayerNorm(width)
         self.fc = nn.Linear(width, out_dim)
 

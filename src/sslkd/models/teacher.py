@@ -29,18 +29,19 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import timm
 import torch
-from safetensors.torch import load_file
 import torch.nn.functional as F
+from safetensors.torch import load_file
 from timm.layers import resample_abs_pos_embed
 from torch import nn
 
 from sslkd.errors import TeacherError
 from sslkd.models.backbone import VITS, Backbone, CNNBackbone, ViTBackbone, build_backbone
 from sslkd.models.heads import DINOHead
-from sslkd.schema import Literal, Positive
+from sslkd.schema import Positive
 
 
 @dataclass
@@ -75,8 +76,9 @@ class LoadReport:
     features: str = "backbone"  # what the teacher outputs: its backbone's features or its projection head's
 
     def __str__(self) -> str:
-        parts = [f"teacher {self.source} ({self.layout} layout): {self.loaded} tensors loaded, "
-                 f"features: {self.features}"]
+        parts = [
+            f"teacher {self.source} ({self.layout} layout): {self.loaded} tensors loaded, features: {self.features}"
+        ]
         for name in ("missing", "unexpected", "resampled"):
             keys = getattr(self, name)
             if keys:
@@ -135,10 +137,18 @@ def backbone_in_chans(backbone: Backbone) -> int:
     return next(m for m in backbone.modules() if isinstance(m, nn.Conv2d)).in_channels
 
 
-def load_external(source: str | Path, which: str = "teacher", features: str = "backbone",
-                  arch: str | None = None, patch_size: int = 16, img_size: int | None = None,
-                  in_chans: int = 3, small_stem: bool = False, strict: bool = True, depth: int | None = None
-                  ) -> tuple[FrozenTeacher, LoadReport]:
+def load_external(
+    source: str | Path,
+    which: str = "teacher",
+    features: str = "backbone",
+    arch: str | None = None,
+    patch_size: int = 16,
+    img_size: int | None = None,
+    in_chans: int = 3,
+    small_stem: bool = False,
+    strict: bool = True,
+    depth: int | None = None,
+) -> tuple[FrozenTeacher, LoadReport]:
     """A frozen teacher from another project's file or ``timm:<model>`` (see the module doc); the
     arguments as :func:`sslkd.teachers.load_teacher`'s."""
     source = str(source)
@@ -146,14 +156,19 @@ def load_external(source: str | Path, which: str = "teacher", features: str = "b
         return _from_timm(source[5:], img_size, in_chans)
     path = Path(source)
     if not path.exists():
-        raise TeacherError(f"teacher not found: {path} (expected an sslkd run folder or checkpoint, a "
-                           f".pth/.safetensors file, or timm:<model name>)")
+        raise TeacherError(
+            f"teacher not found: {path} (expected an sslkd run folder or checkpoint, a "
+            f".pth/.safetensors file, or timm:<model name>)"
+        )
     if features == "head":
-        raise TeacherError(f"{path}: only sslkd checkpoints carry a projection head sslkd can use; "
-                           f"use features 'backbone'")
+        raise TeacherError(
+            f"{path}: only sslkd checkpoints carry a projection head sslkd can use; use features 'backbone'"
+        )
     if arch is None:
-        raise TeacherError(f"{path}: an external checkpoint needs its architecture (teacher_arch, one of "
-                           f"vit_tiny/vit_small/vit_base/resnet18/... )")
+        raise TeacherError(
+            f"{path}: an external checkpoint needs its architecture (teacher_arch, one of "
+            f"vit_tiny/vit_small/vit_base/resnet18/... )"
+        )
     layout, state = extract_state(_read(path), which, path)
     build_size = img_size
     if arch in VITS:  # build at the file's own grid and depth unless told otherwise: no resampling needed
@@ -173,9 +188,11 @@ def _from_timm(name: str, img_size: int | None, in_chans: int) -> tuple[FrozenTe
     try:
         net = timm.create_model(name, pretrained=True, num_classes=0, in_chans=in_chans, **kw)
     except Exception as e:  # no network, unknown name, missing file: all end here
-        raise TeacherError(f"cannot get timm's pretrained weights for '{name}' ({type(e).__name__}: {e}). "
-                           f"This machine may have no network: download the weights elsewhere and pass the "
-                           f"file instead (--teacher path/to/model.safetensors with teacher_arch set)") from e
+        raise TeacherError(
+            f"cannot get timm's pretrained weights for '{name}' ({type(e).__name__}: {e}). "
+            f"This machine may have no network: download the weights elsewhere and pass the "
+            f"file instead (--teacher path/to/model.safetensors with teacher_arch set)"
+        ) from e
     backbone = ViTBackbone(net) if vit else CNNBackbone(net, in_chans)
     return FrozenTeacher(backbone, None, img_size), LoadReport(f"timm:{name}", "timm", len(net.state_dict()))
 
@@ -189,15 +206,17 @@ def _read(path: Path) -> dict:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise TeacherError(f"{path}: cannot be read as a weights-only checkpoint ({type(e).__name__}: {e}); "
-                           f"sslkd does not unpickle arbitrary objects") from e
+        raise TeacherError(
+            f"{path}: cannot be read as a weights-only checkpoint ({type(e).__name__}: {e}); "
+            f"sslkd does not unpickle arbitrary objects"
+        ) from e
     if not isinstance(obj, dict):
         raise TeacherError(f"{path}: expected a dict of tensors, got {type(obj).__name__}")
     return obj
 
 
 def _strip(state: dict, prefix: str) -> dict:
-    return {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
+    return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
 
 
 def extract_state(obj: dict, which: str = "teacher", path: Path | str = "") -> tuple[str, dict[str, torch.Tensor]]:
@@ -207,19 +226,26 @@ def extract_state(obj: dict, which: str = "teacher", path: Path | str = "") -> t
         layout, state = "dino/ibot", obj.get(which) or obj.get("teacher") or obj["student"]
         for prefix in ("module.", "backbone."):
             if state and all(k.startswith(prefix) or k.startswith("head.") for k in state):
-                state = {k[len(prefix):] if k.startswith(prefix) else k: v for k, v in state.items()}
+                state = {k[len(prefix) :] if k.startswith(prefix) else k: v for k, v in state.items()}
         state = {k: v for k, v in state.items() if not k.startswith("head.")}
-    elif "state_dict" in obj and any(k.startswith(("module.base_encoder.", "module.encoder_q."))
-                                     for k in obj["state_dict"]):
+    elif "state_dict" in obj and any(
+        k.startswith(("module.base_encoder.", "module.encoder_q.")) for k in obj["state_dict"]
+    ):
         sd = obj["state_dict"]
         if any(k.startswith("module.base_encoder.") for k in sd):
             layout = "mocov3"
-            enc = "module.momentum_encoder." if which == "teacher" and any(
-                k.startswith("module.momentum_encoder.") for k in sd) else "module.base_encoder."
+            enc = (
+                "module.momentum_encoder."
+                if which == "teacher" and any(k.startswith("module.momentum_encoder.") for k in sd)
+                else "module.base_encoder."
+            )
         else:
             layout = "mocov2"
-            enc = "module.encoder_k." if which == "teacher" and any(
-                k.startswith("module.encoder_k.") for k in sd) else "module.encoder_q."
+            enc = (
+                "module.encoder_k."
+                if which == "teacher" and any(k.startswith("module.encoder_k.") for k in sd)
+                else "module.encoder_q."
+            )
         state = {k: v for k, v in _strip(sd, enc).items() if not k.startswith(("head.", "fc."))}
     elif "model" in obj and isinstance(obj["model"], dict):
         layout = "mae"
@@ -230,13 +256,16 @@ def extract_state(obj: dict, which: str = "teacher", path: Path | str = "") -> t
             state = _strip(state, "module.")
     bad = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
     if not state or bad:
-        raise TeacherError(f"{path}: no tensor state dict found in the {layout} layout"
-                           + (f" (non-tensor entries: {', '.join(bad[:5])})" if bad else ""))
+        raise TeacherError(
+            f"{path}: no tensor state dict found in the {layout} layout"
+            + (f" (non-tensor entries: {', '.join(bad[:5])})" if bad else "")
+        )
     return layout, state
 
 
-def load_into(backbone: Backbone, state: dict[str, torch.Tensor], layout: str = "timm", source: str = "",
-              strict: bool = True) -> LoadReport:
+def load_into(
+    backbone: Backbone, state: dict[str, torch.Tensor], layout: str = "timm", source: str = "", strict: bool = True
+) -> LoadReport:
     """Copy a timm-style ``state`` into ``backbone``'s timm model; resample a ViT position
     embedding for another grid; everything else must match in name and shape."""
     inner = backbone.vit if isinstance(backbone, ViTBackbone) else backbone.net
@@ -258,10 +287,12 @@ def load_into(backbone: Backbone, state: dict[str, torch.Tensor], layout: str = 
             continue
         load[k] = v
     if mismatched or (strict and report.missing):
-        raise TeacherError(f"{source}: the file does not match the architecture. "
-                           + (f"Shape mismatches: {'; '.join(mismatched[:6])}. " if mismatched else "")
-                           + (f"Missing in the file: {', '.join(report.missing[:8])}. " if report.missing else "")
-                           + (f"Not in the model: {', '.join(report.unexpected[:8])}." if report.unexpected else ""))
+        raise TeacherError(
+            f"{source}: the file does not match the architecture. "
+            + (f"Shape mismatches: {'; '.join(mismatched[:6])}. " if mismatched else "")
+            + (f"Missing in the file: {', '.join(report.missing[:8])}. " if report.missing else "")
+            + (f"Not in the model: {', '.join(report.unexpected[:8])}." if report.unexpected else "")
+        )
     inner.load_state_dict(load, strict=False)
     report.loaded = len(load)
     return report

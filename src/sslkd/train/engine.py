@@ -27,13 +27,19 @@ from tqdm.auto import tqdm
 
 from sslkd import checkpoint as ckpt
 from sslkd.config import Config, to_dict
-from sslkd.device import autocast_dtype, environment, resolve_device, tune_cpu_malloc
-from sslkd.distributed import (all_reduce_mean, any_process, from_main_process, gather_batch, init_from_env,
-                               is_distributed)
 from sslkd.data import ImageArrayDataset, NoHeldOutSplitError, held_out
 from sslkd.data.augment import MultiCropDataset, MultiCropTransform, RawDataset, SeededEpochSampler
 from sslkd.data.batch_augment import BatchMultiCrop
 from sslkd.data.pil_augment import PILMultiCrop
+from sslkd.device import autocast_dtype, environment, resolve_device, tune_cpu_malloc
+from sslkd.distributed import (
+    all_reduce_mean,
+    any_process,
+    from_main_process,
+    gather_batch,
+    init_from_env,
+    is_distributed,
+)
 from sslkd.errors import TrainingError
 from sslkd.eval import evaluate, normalize_batch
 from sslkd.methods import METHODS, Method, StepInfo, build_method
@@ -43,8 +49,8 @@ from sslkd.train import fsdp
 from sslkd.train.gradcache import cache_batch_gradients, set_rng_state
 from sslkd.train.inputs import count_bad_files, data_kwargs, ignore_stop_signals, load_datasets
 from sslkd.train.optim import build_optimizers, clip_per_tensor, compile_networks, set_hparams
-from sslkd.train.runlog import RunLog
 from sslkd.train.resume import check_compatible
+from sslkd.train.runlog import RunLog
 
 FORMAT = 1
 
@@ -52,8 +58,13 @@ FORMAT = 1
 class Trainer:
     """Pretrain ``cfg.method`` on ``cfg.data``; ``fit()`` runs (or resumes) to the end."""
 
-    def __init__(self, cfg: Config, train_set: ImageArrayDataset | None = None,
-                 test_set: ImageArrayDataset | None = None, progress: bool = True) -> None:
+    def __init__(
+        self,
+        cfg: Config,
+        train_set: ImageArrayDataset | None = None,
+        test_set: ImageArrayDataset | None = None,
+        progress: bool = True,
+    ) -> None:
         self.cfg = cfg
         self.rank, self.world, local_rank = init_from_env(cfg.device)
         self.is_main = self.rank == 0
@@ -69,8 +80,10 @@ class Trainer:
         self.progress = progress and self.is_main
         t = cfg.train
         if t.batch_size % (t.accum_steps * self.world):
-            raise TrainingError(f"train.batch_size={t.batch_size} (the global batch of an optimiser step) is not "
-                                f"divisible by train.accum_steps={t.accum_steps} x {self.world} processes")
+            raise TrainingError(
+                f"train.batch_size={t.batch_size} (the global batch of an optimiser step) is not "
+                f"divisible by train.accum_steps={t.accum_steps} x {self.world} processes"
+            )
         self.steps_per_epoch = len(train_set) // t.batch_size
         if self.steps_per_epoch == 0:
             raise TrainingError(f"train.batch_size={t.batch_size} exceeds the {len(train_set)} training images")
@@ -95,23 +108,31 @@ class Trainer:
             if self.sharded:  # every process built the same weights (same seed) and keeps its shard
                 self.model = fsdp.shard_method(self.method)
             else:  # find_unused_parameters: the mask token, a frozen last layer, ... get no gradient some steps
-                self.model = DDP(self.method, device_ids=[local_rank] if self.device.type == "cuda" else None,
-                                 find_unused_parameters=True)
+                self.model = DDP(
+                    self.method,
+                    device_ids=[local_rank] if self.device.type == "cuda" else None,
+                    find_unused_parameters=True,
+                )
             torch.manual_seed(cfg.seed + 1000 * self.rank)  # own drop-path streams; weights come from rank 0
         patch = self.method.crop_multiple()
         if cfg.data.img_size is None and cfg.aug.global_crops_size is None and train_set.img_size % patch:
-            raise TrainingError(f"{cfg.data.name} images are {train_set.img_size}px, not divisible by "
-                                f"model.patch_size={patch}; set data.img_size")
+            raise TrainingError(
+                f"{cfg.data.name} images are {train_set.img_size}px, not divisible by "
+                f"model.patch_size={patch}; set data.img_size"
+            )
         aug = dataclasses.replace(cfg.aug, paired=True) if self.method.paired_views else cfg.aug
-        self.transform = MultiCropTransform.from_config(aug, train_set.img_size, train_set.num_channels,
-                                                        train_set.mean, train_set.std, multiple=patch)
+        self.transform = MultiCropTransform.from_config(
+            aug, train_set.img_size, train_set.num_channels, train_set.mean, train_set.std, multiple=patch
+        )
         self.batch_aug = BatchMultiCrop.from_transform(self.transform) if cfg.data.augment_on == "device" else None
         self.lazy = getattr(train_set, "lazy", False)
         self.worker_aug = self.transform  # what the loader workers apply to each image
         if self.lazy:  # photos: PIL's C code in the workers, uint8 crops (colour on the device if asked)
             if aug.paired and self.batch_aug is not None:
-                raise TrainingError("paired views (DMT) of a folder read lazily are made in the loader workers: "
-                                    "set data.augment_on=loader")
+                raise TrainingError(
+                    "paired views (DMT) of a folder read lazily are made in the loader workers: "
+                    "set data.augment_on=loader"
+                )
             if not aug.paired:
                 self.worker_aug = PILMultiCrop.from_transform(self.transform, crop_only=self.batch_aug is not None)
             # JPEGs decode at 1/2-1/8 scale while the smallest crop (global or local, at the narrowest
@@ -121,8 +142,13 @@ class Trainer:
                 need.append(self.transform.local_size / math.sqrt(min(aug.local_crops_scale)))
             train_set.draft = math.ceil(max(need) / math.sqrt(3 / 4))
         self.skipped_files = 0  # files that could not be decoded, replaced (data.on_corrupt=skip)
-        self.freeze_steps = freeze_steps(t.freeze_last_layer, self.steps_per_epoch, self.total_steps,
-                                         t.max_steps, any(True for _ in self.method.last_layer_parameters()))
+        self.freeze_steps = freeze_steps(
+            t.freeze_last_layer,
+            self.steps_per_epoch,
+            self.total_steps,
+            t.max_steps,
+            any(True for _ in self.method.last_layer_parameters()),
+        )
         self.optimizers = self._build_optimizers()
         lr = t.base_lr * t.batch_size / 256
         warm = round(t.warmup_epochs * self.steps_per_epoch)
@@ -142,16 +168,25 @@ class Trainer:
     def state_dict(self) -> dict[str, Any]:
         """Everything a resumed run needs, as full tensors (collective when sharded)."""
         opt_states = [fsdp.full_optimizer_state(o) if self.sharded else o.state_dict() for o in self.optimizers]
-        state = {"format": FORMAT, "step": self.step, "train_seconds": self.train_seconds,
-                 "config": to_dict(self.cfg),
-                 "method": fsdp.full_model_state(self.method) if self.sharded else self.method.state_dict(),
-                 # one optimiser: its state (the layout of single-optimiser runs); several: a list
-                 "optimizer": opt_states[0] if len(opt_states) == 1 else opt_states,
-                 "scaler": self.scaler.state_dict(), "rng_cpu": torch.get_rng_state(),
-                 "skipped_files": self.skipped_files,
-                 "data": {"num_channels": self.train_set.num_channels, "img_size": self.train_set.img_size,
-                          "mean": list(self.train_set.mean), "std": list(self.train_set.std),
-                          "dataset": self.cfg.data.name}}
+        state = {
+            "format": FORMAT,
+            "step": self.step,
+            "train_seconds": self.train_seconds,
+            "config": to_dict(self.cfg),
+            "method": fsdp.full_model_state(self.method) if self.sharded else self.method.state_dict(),
+            # one optimiser: its state (the layout of single-optimiser runs); several: a list
+            "optimizer": opt_states[0] if len(opt_states) == 1 else opt_states,
+            "scaler": self.scaler.state_dict(),
+            "rng_cpu": torch.get_rng_state(),
+            "skipped_files": self.skipped_files,
+            "data": {
+                "num_channels": self.train_set.num_channels,
+                "img_size": self.train_set.img_size,
+                "mean": list(self.train_set.mean),
+                "std": list(self.train_set.std),
+                "dataset": self.cfg.data.name,
+            },
+        }
         if torch.cuda.is_available() and self.device.type == "cuda":
             state["rng_cuda"] = torch.cuda.get_rng_state(self.device)
         return state
@@ -196,8 +231,9 @@ class Trainer:
         """``spec``: a checkpoint path, ``auto`` (newest valid in the output folder) or None."""
         if not spec:
             if from_main_process(bool(ckpt.list_checkpoints(self.out))):  # every process refuses, or none
-                raise TrainingError(f"{self.out} already holds checkpoints; resume with --resume auto "
-                                    f"or choose another output_dir")
+                raise TrainingError(
+                    f"{self.out} already holds checkpoints; resume with --resume auto or choose another output_dir"
+                )
             return None
         if spec == "auto":
             found = ckpt.find_resumable(self.out) if self.is_main else None
@@ -222,19 +258,26 @@ class Trainer:
     def _loader(self, epoch: int, start: int) -> DataLoader:
         t = self.cfg.train
         # each process reads every world-th image of the epoch's permutation, from its share of `start`
-        sampler = SeededEpochSampler(len(self.train_set), self.cfg.seed, epoch, start // self.world,
-                                     self.rank, self.world)
+        sampler = SeededEpochSampler(
+            len(self.train_set), self.cfg.seed, epoch, start // self.world, self.rank, self.world
+        )
         nw = self.cfg.data.num_workers
         whole = self.batch_aug is not None and not self.lazy  # whole uint8 images to the device
         data = RawDataset(self.train_set) if whole else MultiCropDataset(self.train_set, self.worker_aug)
-        return DataLoader(data,
-                          batch_size=t.batch_size // (t.accum_steps * self.world),
-                          sampler=sampler, drop_last=True, num_workers=nw, pin_memory=self.device.type == "cuda",
-                          persistent_workers=False, prefetch_factor=4 if nw else None,
-                          worker_init_fn=ignore_stop_signals if nw else None,
-                          # own generator: creating a loader must not consume the global RNG
-                          # (a resumed run creates one mid-epoch)
-                          generator=torch.Generator().manual_seed(self.cfg.seed + epoch))
+        return DataLoader(
+            data,
+            batch_size=t.batch_size // (t.accum_steps * self.world),
+            sampler=sampler,
+            drop_last=True,
+            num_workers=nw,
+            pin_memory=self.device.type == "cuda",
+            persistent_workers=False,
+            prefetch_factor=4 if nw else None,
+            worker_init_fn=ignore_stop_signals if nw else None,
+            # own generator: creating a loader must not consume the global RNG
+            # (a resumed run creates one mid-epoch)
+            generator=torch.Generator().manual_seed(self.cfg.seed + epoch),
+        )
 
     def _batches(self, epoch: int, start: int):
         """The epoch's batches of views from image ``start`` on: augmented per image by the loader's
@@ -246,8 +289,10 @@ class Trainer:
             if self.batch_aug is None:
                 views = item[0]
                 if views[0].dtype == torch.uint8:  # the workers' PIL crops: normalised here, on the device
-                    views = [normalize_batch(v.to(self.device, non_blocking=True), self.train_set.mean,
-                                             self.train_set.std) for v in views]
+                    views = [
+                        normalize_batch(v.to(self.device, non_blocking=True), self.train_set.mean, self.train_set.std)
+                        for v in views
+                    ]
                 yield views
             elif self.lazy:  # cropped per photo by the workers, coloured as a batch here
                 crops = [v.to(self.device, non_blocking=True) for v in item[0]]
@@ -281,8 +326,15 @@ class Trainer:
         """One optimiser step over ``accum_steps`` micro-batches of views. Returns summed
         (averaged) detached losses and metrics."""
         t = self.cfg.train
-        info = StepInfo(self.step, self.step / self.steps_per_epoch, self.total_steps, t.epochs,
-                        accum_steps=len(micro_batches), rank=self.rank, world_size=self.world)
+        info = StepInfo(
+            self.step,
+            self.step / self.steps_per_epoch,
+            self.total_steps,
+            t.epochs,
+            accum_steps=len(micro_batches),
+            rank=self.rank,
+            world_size=self.world,
+        )
         self._set_hparams(self.step)
         losses_sum: dict[str, torch.Tensor] = {}
         metrics_sum: dict[str, torch.Tensor] = {}
@@ -291,8 +343,11 @@ class Trainer:
             return torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None)
 
         # losses over the whole batch (CLS-level RKD) stay exact under accumulation: gradient caching
-        cached = cache_batch_gradients(self.method, micro_batches, info, self.device, autocast) \
-            if len(micro_batches) > 1 and self.method.has_batch_losses() else None
+        cached = (
+            cache_batch_gradients(self.method, micro_batches, info, self.device, autocast)
+            if len(micro_batches) > 1 and self.method.has_batch_losses()
+            else None
+        )
         for micro, views in enumerate(micro_batches):
             info.micro = micro
             views = [v.to(self.device, non_blocking=True) for v in views]
@@ -331,16 +386,27 @@ class Trainer:
     def _check_finite(self, losses: dict[str, torch.Tensor], step: int) -> None:
         for name, value in losses.items():
             if not math.isfinite(float(value)):
-                raise TrainingError(f"non-finite loss term '{name}' = {float(value)} at step {step}; "
-                                    f"the last good checkpoint in {self.out} is kept")
+                raise TrainingError(
+                    f"non-finite loss term '{name}' = {float(value)} at step {step}; "
+                    f"the last good checkpoint in {self.out} is kept"
+                )
 
     def knn(self) -> dict[str, float]:
         e = self.cfg.eval
         if self.test_set is None:
             self.test_set = held_out(self.cfg.data.name, self.train_set, **data_kwargs(self.cfg))
-        res = evaluate(self.method.eval_backbone("teacher"), self.train_set, self.test_set, ("knn",),
-                       size=self.cfg.aug.global_crops_size, device=self.device, k=e.knn_k, temperature=e.knn_t,
-                       max_train=e.knn_max_train, num_workers=self.cfg.data.num_workers)
+        res = evaluate(
+            self.method.eval_backbone("teacher"),
+            self.train_set,
+            self.test_set,
+            ("knn",),
+            size=self.cfg.aug.global_crops_size,
+            device=self.device,
+            k=e.knn_k,
+            temperature=e.knn_t,
+            max_train=e.knn_max_train,
+            num_workers=self.cfg.data.num_workers,
+        )
         return {"top1": res["knn"]["top1"], "top5": res["knn"]["top5"]}
 
     def _knn_possible(self) -> bool:
@@ -367,12 +433,23 @@ class Trainer:
         if self.is_main:
             (self.out / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
             (self.out / "env.json").write_text(json.dumps(environment(self.device), indent=1))
-        log = RunLog(self.out, self.is_main, self.steps_per_epoch,
-                     {"lr": self.lr, "wd": self.wd, "momentum": self.momentum}, self._check_finite)
+        log = RunLog(
+            self.out,
+            self.is_main,
+            self.steps_per_epoch,
+            {"lr": self.lr, "wd": self.wd, "momentum": self.momentum},
+            self._check_finite,
+        )
         old_handlers = {s: signal.signal(s, self._handle_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         end = self.total_steps if t.max_steps is None else min(self.total_steps, t.max_steps)
-        bar = tqdm(total=end, initial=self.step, disable=not self.progress, unit="step", dynamic_ncols=True,
-                   desc=f"{cfg.method.name} {cfg.model.backbone}")
+        bar = tqdm(
+            total=end,
+            initial=self.step,
+            disable=not self.progress,
+            unit="step",
+            dynamic_ncols=True,
+            desc=f"{cfg.method.name} {cfg.model.backbone}",
+        )
         if resumed:
             bar.write(f"resumed from {resumed} at step {self.step}")
         status, last = "finished", {}
@@ -433,8 +510,13 @@ class Trainer:
             log.close()
             for s, h in old_handlers.items():
                 signal.signal(s, h)
-        return {**last, "status": status, "step": self.step, "train_seconds": round(self.train_seconds, 1),
-                "skipped_files": self.skipped_files}
+        return {
+            **last,
+            "status": status,
+            "step": self.step,
+            "train_seconds": round(self.train_seconds, 1),
+            "skipped_files": self.skipped_files,
+        }
 
     def _end_of_epoch(self, epoch: int, log: RunLog, last: dict) -> None:
         e = self.cfg.eval
@@ -442,8 +524,10 @@ class Trainer:
         if due and self.train_set.num_classes and self._knn_possible():  # every process embeds
             res = self.knn()
             last.update({"knn_top1": res["top1"], "knn_top5": res["top5"]})
-            log.record({"step": self.step, "epoch": epoch, "knn_top1": res["top1"], "knn_top5": res["top5"]},
-                       {"eval/knn_top1": res["top1"]})
+            log.record(
+                {"step": self.step, "epoch": epoch, "knn_top1": res["top1"], "knn_top5": res["top5"]},
+                {"eval/knn_top1": res["top1"]},
+            )
             self.method.train()
         if not self.cfg.train.ckpt_every_steps or self.step % self.cfg.train.ckpt_every_steps:
             self.save()

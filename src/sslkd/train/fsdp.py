@@ -20,9 +20,9 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+from timm.models.vision_transformer import Block
 from torch import nn
 from torch.distributed.fsdp import FSDPModule, fully_shard, register_fsdp_forward_method
-from timm.models.vision_transformer import Block
 from torch.distributed.tensor import DTensor, distribute_tensor
 
 from sslkd.models import Backbone
@@ -77,8 +77,9 @@ def load_model_state(module: nn.Module, state: dict[str, torch.Tensor]) -> None:
     sharded = {}
     for k, v in state.items():
         cur = current.get(k)
-        sharded[k] = distribute_tensor(v.to(cur.dtype), cur.device_mesh, cur.placements) \
-            if isinstance(cur, DTensor) else v
+        sharded[k] = (
+            distribute_tensor(v.to(cur.dtype), cur.device_mesh, cur.placements) if isinstance(cur, DTensor) else v
+        )
     module.load_state_dict(sharded)
 
 

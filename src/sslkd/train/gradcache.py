@@ -35,8 +35,9 @@ def set_rng_state(state: tuple, device: torch.device) -> None:
         torch.cuda.set_rng_state(state[1], device)
 
 
-def cache_batch_gradients(method: Method, micro_batches: list[list[torch.Tensor]], info: StepInfo,
-                          device: torch.device, autocast) -> list[dict] | None:
+def cache_batch_gradients(
+    method: Method, micro_batches: list[list[torch.Tensor]], info: StepInfo, device: torch.device, autocast
+) -> list[dict] | None:
     """Passes 1 and 2 above. Returns one ``{"grads", "features", "losses", "rng"}`` per micro-batch
     (``grads``/``features``: that micro-batch's slices, ``losses``: the batch-level loss values),
     or ``None`` when the method has no batch-level loss this step."""
@@ -66,7 +67,13 @@ def cache_batch_gradients(method: Method, micro_batches: list[list[torch.Tensor]
     grads = {k: g for k, g in zip(keys, grads) if g is not None}
     out, start = [], 0
     for f, n, state in zip(feats, sizes, states):
-        out.append({"grads": {k: g[start:start + n] for k, g in grads.items()}, "features": f,
-                    "losses": {k: v.detach() for k, v in losses.items()}, "rng": state})
+        out.append(
+            {
+                "grads": {k: g[start : start + n] for k, g in grads.items()},
+                "features": f,
+                "losses": {k: v.detach() for k, v in losses.items()},
+                "rng": state,
+            }
+        )
         start += n
     return out

@@ -13,9 +13,9 @@ from typing import Any
 import torch
 
 from sslkd.config import Config
+from sslkd.data import DatasetError, ImageArrayDataset, NoHeldOutSplitError, get_dataset, held_out
 from sslkd.device import reset_cpu_malloc
 from sslkd.distributed import is_distributed
-from sslkd.data import DatasetError, ImageArrayDataset, NoHeldOutSplitError, get_dataset, held_out
 
 
 def ignore_stop_signals(worker_id: int) -> None:  # noqa: ARG001
@@ -29,8 +29,15 @@ def ignore_stop_signals(worker_id: int) -> None:  # noqa: ARG001
 
 def data_kwargs(cfg: Config) -> dict[str, Any]:
     d = cfg.data
-    return dict(root=d.root, download=d.download, img_size=d.img_size, seed=cfg.seed, on_corrupt=d.on_corrupt,
-                in_memory=d.in_memory, labels=d.labels)
+    return dict(
+        root=d.root,
+        download=d.download,
+        img_size=d.img_size,
+        seed=cfg.seed,
+        on_corrupt=d.on_corrupt,
+        in_memory=d.in_memory,
+        labels=d.labels,
+    )
 
 
 def load_datasets(cfg: Config, verbose: bool = False) -> tuple[ImageArrayDataset, ImageArrayDataset | None]:
@@ -50,8 +57,9 @@ def load_datasets(cfg: Config, verbose: bool = False) -> tuple[ImageArrayDataset
     return train, test
 
 
-def count_bad_files(bad: list[str], on_corrupt: str, say: Callable[[str], Any] = print,
-                    device: torch.device | str = "cpu") -> int:
+def count_bad_files(
+    bad: list[str], on_corrupt: str, say: Callable[[str], Any] = print, device: torch.device | str = "cpu"
+) -> int:
     """A batch's undecodable files (its items' newline-joined ``bad`` messages; the workers
     replaced them): under ``fail`` stop naming the first, before any step uses the batch; under
     ``skip`` say each and return how many, summed over processes (every process then holds the

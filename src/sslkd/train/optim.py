@@ -20,8 +20,10 @@ def build_optimizers(specs: list[dict], base_lr: float, fused: bool = False) -> 
         no_decay = [p for n, p in named if not (p.ndim > 1 and not n.endswith("weight_g"))]
         scale = (spec.get("lr") or base_lr) / base_lr  # the schedule's shape, this optimiser's height
         wd = spec.get("weight_decay")  # None: the cosine weight-decay schedule
-        groups = [{"params": decay, "lr_scale": scale, "wd_schedule": wd is None, "weight_decay": wd or 0.0},
-                  {"params": no_decay, "lr_scale": scale, "wd_schedule": False, "weight_decay": 0.0}]
+        groups = [
+            {"params": decay, "lr_scale": scale, "wd_schedule": wd is None, "weight_decay": wd or 0.0},
+            {"params": no_decay, "lr_scale": scale, "wd_schedule": False, "weight_decay": 0.0},
+        ]
         if spec.get("kind", "adamw") == "sgd":
             opts.append(torch.optim.SGD(groups, lr=0.0, momentum=spec.get("momentum", 0.9)))
         else:

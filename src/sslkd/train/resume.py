@@ -26,8 +26,10 @@ def check_compatible(stored: dict, now: dict, path: str | Path) -> None:
             leaves += _leaf_changes(key, a, b)
     if differ:
         shown = "; ".join(leaves[:6]) + ("; ..." if len(leaves) > 6 else "")
-        raise CheckpointError(f"{path} was written with different {', '.join(differ)}; resuming would not "
-                              f"continue that run ({shown}). Use another output_dir (or the same settings).")
+        raise CheckpointError(
+            f"{path} was written with different {', '.join(differ)}; resuming would not "
+            f"continue that run ({shown}). Use another output_dir (or the same settings)."
+        )
 
 
 def _leaf_changes(key: str, a: Any, b: Any) -> list[str]:

@@ -22,10 +22,15 @@ class RunLog:
     into every record; ``check`` sees each step's losses before anything of it is written (the
     engine's non-finite check)."""
 
-    def __init__(self, out: Path, enabled: bool, steps_per_epoch: int,
-                 schedules: dict[str, Sequence[float] | torch.Tensor],
-                 check: Callable[[dict[str, torch.Tensor], int], None] | None = None) -> None:
-        self.file = open(out / "metrics.jsonl" if enabled else os.devnull, "a")
+    def __init__(
+        self,
+        out: Path,
+        enabled: bool,
+        steps_per_epoch: int,
+        schedules: dict[str, Sequence[float] | torch.Tensor],
+        check: Callable[[dict[str, torch.Tensor], int], None] | None = None,
+    ) -> None:
+        self.file = open(out / "metrics.jsonl" if enabled else os.devnull, "a")  # noqa: SIM115 - open for the run, closed by close()
         self.tb = _tensorboard(out) if enabled else None
         self.steps_per_epoch = steps_per_epoch
         self.schedules = schedules
