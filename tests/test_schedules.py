@@ -20,3 +20,11 @@ def test_momentum_schedule_goes_to_one():
     m = cosine_schedule(0.996, 1.0, 100)
     assert m[0] == 0.996 and m[-1] < 1.0 and 1 - m[-1] < 1e-5
     assert np.all(np.diff(m) >= 0)
+
+
+def test_fine_tuning_warmup_counts_from_the_first_step():
+    """MAE/BEiT fine-tuning: lr (i + 1) / W of the base during warmup, then the cosine to zero."""
+    s = cosine_schedule(1.0, 0.0, 10, 4, warmup_from_first=True)
+    np.testing.assert_allclose(s[:4], [0.25, 0.5, 0.75, 1.0])
+    np.testing.assert_allclose(s[4:], [0.5 * (1 + math.cos(math.pi * t / 6)) for t in range(6)])
+    np.testing.assert_allclose(cosine_schedule(1.0, 0.0, 10, 4)[:4], [0.0, 0.25, 0.5, 0.75])

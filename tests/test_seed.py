@@ -277,3 +277,32 @@ def test_seed_configs_use_moco_v2_augmentation():
         a = cfg.aug
         assert a.blur_p[0] == 0.5 and a.saturation == 0.4 and tuple(a.global_crops_scale) == (0.2, 1.0), path
         assert cfg.method.teacher_features == "auto", path
+
+
+def test_student_initialisation_and_crops_do_not_depend_on_the_teacher(tmp_path):
+    """Two different frozen ViT teachers (patch 8 and 16): the student CNN starts from the same
+    weights, and its crops are not rounded to a teacher's patch size (teachers resize)."""
+    students = []
+    for i, (patch, depth) in enumerate(((8, 1), (16, 2))):
+        vit = timm.create_model("vit_tiny_patch16_224", img_size=32, patch_size=patch, depth=depth, num_classes=0)
+        save_file(vit.state_dict(), str(tmp_path / f"t{i}.safetensors"))
+        base = {
+            "device": "cpu",
+            "data": {"name": "synthetic", "img_size": 28},
+            "aug": {"local_crops_number": 2, "local_crops_size": 14},
+            "model": {"backbone": "resnet18"},
+            "method": {
+                "name": "seed",
+                "teacher": str(tmp_path / f"t{i}.safetensors"),
+                "teacher_arch": "vit_tiny",
+                "teacher_patch_size": patch,
+                "teacher_img_size": 32,
+                "queue_size": 64,
+            },
+            "train": {"epochs": 1, "batch_size": 16},
+        }
+        data = get_dataset("synthetic", "train", img_size=28, num_samples=32)
+        tr = Trainer(load_config(None, [f"output_dir={tmp_path / str(i)}"], base=base), data, progress=False)
+        assert tr.method.crop_multiple() == 1 and tr.transform.local_size == 14
+        students.append(tr.method.student.backbone.state_dict())
+    assert all(torch.equal(students[0][k], students[1][k]) for k in students[0])

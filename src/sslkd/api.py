@@ -101,7 +101,7 @@ def eval_datasets(dataset: str, root: str | None = None, img_size: int | None = 
 
 def evaluate(
     source: str | Path | Run | nn.Module,
-    dataset: str | tuple = "cifar10",
+    dataset: str | tuple | None = None,
     protocol: str = "knn",
     *,
     root: str | None = None,
@@ -120,7 +120,8 @@ def evaluate(
     progress: bool = False,
 ) -> dict:
     """Accuracy (%) of a backbone on ``dataset``'s held-out split, learnt from its training split
-    (``dataset``: a name, with ``root`` for folders, or a ``(train, test)`` pair of datasets).
+    (``dataset``: a name, with ``root`` for folders, or a ``(train, test)`` pair of datasets; for a
+    run, by default the run's own dataset).
 
     ``source``: a run folder or checkpoint (its ``which`` weights, ``model`` 2 for MOKD's second
     model), a :class:`Run`, or a backbone (``nn.Module`` mapping images to features; normalised
@@ -132,12 +133,16 @@ def evaluate(
     if protocol not in (*PROTOCOLS, "finetune"):
         raise ValueError(f"unknown protocol '{protocol}'; available: {', '.join((*PROTOCOLS, 'finetune'))}")
     dev = resolve_device(device)
+    pre = None if isinstance(source, nn.Module) else load_pretrained(getattr(source, "path", source), which, model)
+    if dataset is None:
+        if pre is None:
+            raise ValueError("evaluate(backbone, dataset): name the dataset to evaluate a backbone on")
+        dataset, root = pre.config.data.name, root or pre.config.data.root
     train, test = dataset if isinstance(dataset, tuple) else eval_datasets(dataset, root, img_size)
     dataset = train.name if isinstance(dataset, tuple) else dataset
-    if isinstance(source, nn.Module):
+    if pre is None:
         backbone, mean, std, size, label = source, train.mean, train.std, img_size or train.img_size, "a backbone"
     else:
-        pre = load_pretrained(source.path if isinstance(source, Run) else source, which, model)
         if pre.num_channels != train.num_channels:
             raise ValueError(
                 f"{pre.path} was trained on {pre.num_channels}-channel images but "
@@ -148,7 +153,10 @@ def evaluate(
         if not pre.backbone.is_vit and train.img_size != size:
             size = train.img_size  # CNNs take any size; keep the data's
         elif pre.backbone.is_vit and size % pre.backbone.patch_size:
-            raise ValueError(f"image size {size} is not a multiple of the ViT's patch size {pre.backbone.patch_size}")
+            raise ValueError(
+                f"image size {size} (img_size, --img-size) is not a multiple of the ViT's patch size "
+                f"{pre.backbone.patch_size}"
+            )
     backbone.to(dev)
     head = {"protocol": protocol, "source": label, "dataset": dataset}
     if protocol == "finetune":
@@ -161,9 +169,9 @@ def evaluate(
             mean,
             std,
             size,
-            epochs or 30,
+            30 if epochs is None else epochs,
             min(batch_size, len(train)),
-            lr or 1e-3,
+            1e-3 if lr is None else lr,
             device=dev,
             seed=seed,
             progress=progress,
@@ -182,8 +190,8 @@ def evaluate(
         device=dev,
         k=k,
         temperature=temperature,
-        linear_epochs=epochs or 100,
-        linear_lr=lr or 0.1,
+        linear_epochs=100 if epochs is None else epochs,
+        linear_lr=0.1 if lr is None else lr,
         seed=seed,
         batch_size=batch_size,
         num_workers=workers,

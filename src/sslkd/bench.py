@@ -128,7 +128,7 @@ def run_bench(a: BenchArgs, extra: list[str] | None = None) -> dict:
         g = torch.Generator().manual_seed(0)
         views = [torch.randn(a.batch, 3, a.img, a.img, generator=g).to(dev) for _ in range(2)]
         views += [torch.randn(a.batch, 3, a.local_img, a.local_img, generator=g).to(dev) for _ in range(a.local_crops)]
-        if getattr(trainer.method, "paired_views", False):
+        if trainer.method.paired_views:
             views = views[:2]
         peaks = {"fp32": matmul_peak(dev, torch.float32), "bf16": matmul_peak(dev, torch.bfloat16)}
 

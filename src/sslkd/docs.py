@@ -24,12 +24,13 @@ def _comments(cls) -> dict[str, str]:
     return out
 
 
-def _rows(prefix: str, cls) -> list[str]:
+def _rows(prefix: str, cls, overrides: dict | None = None) -> list[str]:
     rows = []
     notes = {}
     for klass in reversed(cls.__mro__):
         if dataclasses.is_dataclass(klass):
             notes.update(_comments(klass))
+    notes.update(overrides or {})  # a section reused elsewhere (MOKD's model2) says what differs there
     hints = typing.get_type_hints(cls, include_extras=True)
     for f in dataclasses.fields(cls):
         if f.default is not dataclasses.MISSING:
@@ -39,7 +40,7 @@ def _rows(prefix: str, cls) -> list[str]:
         else:
             default = ""
         if dataclasses.is_dataclass(default):
-            rows += _rows(f"{prefix}{f.name}.", type(default))
+            rows += _rows(f"{prefix}{f.name}.", type(default), f.metadata.get("notes"))
             continue
         ftype = describe(hints[f.name])
         cells = [f"`{prefix}{f.name}`", f"`{ftype}`", f"`{default!r}`", notes.get(f.name, "")]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+from sklearn.datasets import load_digits as sk_digits
 
 from sslkd.data.base import ImageArrayDataset, resize_images
 
@@ -10,8 +11,6 @@ from sslkd.data.base import ImageArrayDataset, resize_images
 def load_digits(split: str, img_size: int | None = 16, test_fraction: float = 0.2) -> ImageArrayDataset:
     """scikit-learn's 1,797 8x8 digits (0..16 grey levels) as uint8, split 80/20 stratified with a
     fixed seed, upsampled to ``img_size`` (16 by default: 4x4 patches of 4 pixels for a ViT)."""
-    from sklearn.datasets import load_digits as sk_digits
-
     d = sk_digits()
     images = (d.images * (255.0 / 16.0)).round().astype(np.uint8)[..., None]
     labels = d.target.astype(np.int64)

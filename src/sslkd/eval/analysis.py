@@ -7,8 +7,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+import matplotlib
 import numpy as np
 import torch
+from sklearn.manifold import TSNE
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402 - after choosing the file-only backend
 
 from sslkd.eval.features import normalize_batch
 from sslkd.eval.knn import knn_classify
@@ -50,12 +55,6 @@ def plot_tsne(
 ) -> Path:
     """2-D t-SNE (scikit-learn) of ``features`` for the chosen ``classes`` (all by default), at
     most ``max_points`` evenly spaced samples, as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from sklearn.manifold import TSNE
-
     labels = labels.cpu()
     n_classes = len(class_names) if class_names is not None else int(labels.max()) + 1
     bad = [c for c in classes or [] if not 0 <= c < n_classes]
@@ -154,11 +153,6 @@ def attention_distance(
 
 def plot_attention_distance(curves: dict[str, np.ndarray], out: str | Path, title: str = "") -> Path:
     """One panel: for each labelled model, every head's distance per layer (dots) and the mean (line)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     fig, ax = plt.subplots(figsize=(6, 4))
     for i, (label, d) in enumerate(curves.items()):
         layers = np.arange(1, len(d) + 1)

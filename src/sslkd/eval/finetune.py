@@ -93,7 +93,7 @@ def finetune(
     opt = torch.optim.AdamW(groups, lr=base, fused=device.type == "cuda")
     steps_per_epoch = max(1, len(labels) // batch_size)
     total, warm = epochs * steps_per_epoch, int(warmup_epochs * steps_per_epoch)
-    scales = cosine_schedule(1.0, 0.0, total, warm, warmup_start=1.0 / max(warm, 1))  # x base lr per step
+    scales = cosine_schedule(1.0, 0.0, total, warm, warmup_from_first=True)  # x base lr per step
     aug = BatchMultiCrop(
         train.num_channels,
         mean,

@@ -102,8 +102,12 @@ class Method(nn.Module, abc.ABC):
 
     def crop_multiple(self) -> int:
         """What crop sizes must be a multiple of: the patch size of every ViT the method trains
-        (their least common multiple; 1 for CNNs)."""
-        sizes = {m.patch_size for m in self.modules() if isinstance(m, ViTBackbone)}
+        (their least common multiple; 1 for CNNs). Frozen teachers do not count: they resize."""
+        sizes = {
+            m.patch_size
+            for m in self.modules()
+            if isinstance(m, ViTBackbone) and any(p.requires_grad for p in m.parameters())
+        }
         return math.lcm(*sizes) if sizes else 1
 
     def on_optimizer_step(self, momentum: float) -> None:

@@ -29,9 +29,7 @@ from sslkd.models.teacher import FrozenTeacher, TeacherConfig
 @dataclass
 class DMTConfig(TeacherConfig):
     name: str = "dmt"
-    teachers: list[str] = field(
-        default_factory=list
-    )  # sslkd runs, weight files or timm:<model> names (ViTs of one width)
+    teachers: list[str] = field(default_factory=list)  # sslkd runs, weight files or timm:<model> (ViTs, one width)
     loss: Literal["kl", "mse"] = "kl"  # kl (the paper's) | mse
     tfd: bool = True  # token fusion distillation term
     sfd: bool = True  # spatial fusion distillation term

@@ -2,11 +2,7 @@
 subset per image); a light decoder gets the encoded tokens plus a shared mask token at every
 masked position (with its own position embedding) and predicts the pixels of each patch. The loss
 is the mean squared error on the masked patches only, against pixels normalised per patch
-(``norm_pix_loss``, the paper's default):
-
-.. math::
-    L = \\frac{1}{\\sum_{b,n} M_{bn}} \\sum_{b,n} M_{bn} \\frac{1}{P^2 C} \\|\\hat x_{bn} - \\tilde x_{bn}\\|^2,
-    \\qquad \\tilde x_{bn} = (x_{bn} - \\mu_{bn}) / \\sqrt{\\sigma^2_{bn} + 10^{-6}}
+(``norm_pix_loss``, the paper's default; :class:`~sslkd.losses.MAELoss`).
 
 Only the first global crop is used. The decoder's position embedding is learned here (the paper:
 fixed 2-D sin-cos). Evaluation reads the encoder (without masking); there is no teacher.

@@ -48,7 +48,10 @@ class MOKDConfig(DINOConfig):
     must not start equal)."""
 
     name: str = "mokd"
-    model2: ModelConfig = field(default_factory=ModelConfig)  # the second model (as the model section)
+    model2: ModelConfig = field(  # the second model, as the model section
+        default_factory=ModelConfig,
+        metadata={"notes": {"init_seed": "None: model 1's init seed + 1 (twins must differ)"}},
+    )
     lambda1: NonNegativeFloat = 0.1  # weight of model 1's cross terms
     lambda2: NonNegativeFloat = 1.0  # weight of model 2's cross terms
     self_mlp: bool = True  # L_sm

@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass
+from typing import Annotated
 
 import timm
 import torch
 from torch import nn
 
 from sslkd.errors import ConfigError
-from sslkd.schema import NonNegativeFloat, Positive
+from sslkd.schema import Positive, Range
 
 VITS = {"vit_tiny": "vit_tiny_patch16_224", "vit_small": "vit_small_patch16_224", "vit_base": "vit_base_patch16_224"}
 CNNS = {
@@ -37,7 +38,7 @@ BACKBONES = sorted(VITS) + sorted(CNNS)
 class ModelConfig:
     backbone: str = "vit_tiny"  # one of BACKBONES (sslkd info lists them)
     patch_size: Positive = 4  # ViTs: patch side in pixels
-    drop_path_rate: NonNegativeFloat = 0.1  # stochastic depth of the student (the teacher has none)
+    drop_path_rate: Annotated[float, Range(ge=0, lt=1)] = 0.1  # stochastic depth of the student (the teacher has none)
     small_stem: bool = True  # CNNs: 3x3 stride-1 stem without max-pool, for small images
     depth: Positive | None = None  # ViT depth override (None: the architecture's own)
     init_seed: int | None = None  # weights and drop-path seed (None: `seed`, which seeds data and masks)
@@ -45,8 +46,6 @@ class ModelConfig:
     def validate(self, prefix: str = "model.") -> None:
         if self.backbone not in BACKBONES:
             raise ConfigError(f"{prefix}backbone: must be one of {', '.join(BACKBONES)} (got {self.backbone!r})")
-        if self.drop_path_rate >= 1:
-            raise ConfigError(f"{prefix}drop_path_rate: must be < 1 (got {self.drop_path_rate})")
 
 
 def is_vit(name: str) -> bool:

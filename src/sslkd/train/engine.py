@@ -11,7 +11,6 @@ TensorBoard metrics, a progress bar, kNN monitoring, and a clean stop on SIGINT/
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import math
 import signal
@@ -25,20 +24,14 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from sslkd import checkpoint as ckpt
 from sslkd.config import Config, to_dict
 from sslkd.data import ImageArrayDataset, NoHeldOutSplitError, held_out
-from sslkd.data.augment import MultiCropDataset, MultiCropTransform, RawDataset, SeededEpochSampler
-from sslkd.data.batch_augment import BatchMultiCrop
-from sslkd.data.pil_augment import PILMultiCrop
+from sslkd.data.augment import MultiCropDataset, RawDataset, SeededEpochSampler
 from sslkd.device import autocast_dtype, environment, resolve_device, tune_cpu_malloc
 from sslkd.distributed import (
     all_reduce_mean,
     any_process,
-    from_main_process,
-    gather_batch,
     init_from_env,
-    is_distributed,
 )
 from sslkd.errors import TrainingError
 from sslkd.eval import evaluate, normalize_batch
@@ -47,15 +40,13 @@ from sslkd.schedules import cosine_schedule, freeze_steps
 from sslkd.teachers import load_teachers
 from sslkd.train import fsdp
 from sslkd.train.gradcache import cache_batch_gradients, set_rng_state
-from sslkd.train.inputs import count_bad_files, data_kwargs, ignore_stop_signals, load_datasets
+from sslkd.train.inputs import build_views, count_bad_files, data_kwargs, ignore_stop_signals, load_datasets
 from sslkd.train.optim import build_optimizers, clip_per_tensor, compile_networks, set_hparams
-from sslkd.train.resume import check_compatible
+from sslkd.train.resume import Checkpointing
 from sslkd.train.runlog import RunLog
 
-FORMAT = 1
 
-
-class Trainer:
+class Trainer(Checkpointing):
     """Pretrain ``cfg.method`` on ``cfg.data``; ``fit()`` runs (or resumes) to the end."""
 
     def __init__(
@@ -93,7 +84,8 @@ class Trainer:
         img_size = cfg.aug.global_crops_size or train_set.img_size
         teachers = None
         if METHODS[cfg.method.name].needs_teachers:
-            teachers = load_teachers(cfg.method, train_set.num_channels)
+            with torch.random.fork_rng(devices=[]):  # the student's initialisation does not depend on the teachers
+                teachers = load_teachers(cfg.method, train_set.num_channels)
             if self.is_main:
                 for teacher in teachers:
                     print(teacher.report)
@@ -114,33 +106,10 @@ class Trainer:
                     find_unused_parameters=True,
                 )
             torch.manual_seed(cfg.seed + 1000 * self.rank)  # own drop-path streams; weights come from rank 0
-        patch = self.method.crop_multiple()
-        if cfg.data.img_size is None and cfg.aug.global_crops_size is None and train_set.img_size % patch:
-            raise TrainingError(
-                f"{cfg.data.name} images are {train_set.img_size}px, not divisible by "
-                f"model.patch_size={patch}; set data.img_size"
-            )
-        aug = dataclasses.replace(cfg.aug, paired=True) if self.method.paired_views else cfg.aug
-        self.transform = MultiCropTransform.from_config(
-            aug, train_set.img_size, train_set.num_channels, train_set.mean, train_set.std, multiple=patch
+        self.transform, self.batch_aug, self.worker_aug = build_views(
+            cfg, train_set, self.method.crop_multiple(), self.method.paired_views
         )
-        self.batch_aug = BatchMultiCrop.from_transform(self.transform) if cfg.data.augment_on == "device" else None
         self.lazy = getattr(train_set, "lazy", False)
-        self.worker_aug = self.transform  # what the loader workers apply to each image
-        if self.lazy:  # photos: PIL's C code in the workers, uint8 crops (colour on the device if asked)
-            if aug.paired and self.batch_aug is not None:
-                raise TrainingError(
-                    "paired views (DMT) of a folder read lazily are made in the loader workers: "
-                    "set data.augment_on=loader"
-                )
-            if not aug.paired:
-                self.worker_aug = PILMultiCrop.from_transform(self.transform, crop_only=self.batch_aug is not None)
-            # JPEGs decode at 1/2-1/8 scale while the smallest crop (global or local, at the narrowest
-            # aspect ratio 3:4) keeps at least its output pixels
-            need = [self.transform.global_size / math.sqrt(min(aug.global_crops_scale))]
-            if aug.local_crops_number:
-                need.append(self.transform.local_size / math.sqrt(min(aug.local_crops_scale)))
-            train_set.draft = math.ceil(max(need) / math.sqrt(3 / 4))
         self.skipped_files = 0  # files that could not be decoded, replaced (data.on_corrupt=skip)
         self.freeze_steps = freeze_steps(
             t.freeze_last_layer,
@@ -163,96 +132,6 @@ class Trainer:
         self.train_seconds = 0.0  # wall-clock training time, kept across resumptions
         self._saved_step = -1
         self._stop_signal: int | None = None
-
-    # ------------------------------------------------------------------ state
-    def state_dict(self) -> dict[str, Any]:
-        """Everything a resumed run needs, as full tensors (collective when sharded)."""
-        opt_states = [fsdp.full_optimizer_state(o) if self.sharded else o.state_dict() for o in self.optimizers]
-        state = {
-            "format": FORMAT,
-            "step": self.step,
-            "train_seconds": self.train_seconds,
-            "config": to_dict(self.cfg),
-            "method": fsdp.full_model_state(self.method) if self.sharded else self.method.state_dict(),
-            # one optimiser: its state (the layout of single-optimiser runs); several: a list
-            "optimizer": opt_states[0] if len(opt_states) == 1 else opt_states,
-            "scaler": self.scaler.state_dict(),
-            "rng_cpu": torch.get_rng_state(),
-            "skipped_files": self.skipped_files,
-            "data": {
-                "num_channels": self.train_set.num_channels,
-                "img_size": self.train_set.img_size,
-                "mean": list(self.train_set.mean),
-                "std": list(self.train_set.std),
-                "dataset": self.cfg.data.name,
-            },
-        }
-        if torch.cuda.is_available() and self.device.type == "cuda":
-            state["rng_cuda"] = torch.cuda.get_rng_state(self.device)
-        return state
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        if self.sharded:
-            fsdp.load_model_state(self.method, state["method"])
-        else:
-            self.method.load_state_dict(state["method"])
-        saved = state["optimizer"] if isinstance(state["optimizer"], list) else [state["optimizer"]]
-        if len(saved) != len(self.optimizers):
-            raise TrainingError(f"the checkpoint has {len(saved)} optimiser states, this run {len(self.optimizers)}")
-        for opt, st in zip(self.optimizers, saved):
-            if self.sharded:
-                fsdp.load_optimizer_state(opt, st)
-            else:
-                opt.load_state_dict(st)
-        self.scaler.load_state_dict(state["scaler"])
-        torch.set_rng_state(state["rng_cpu"])
-        ranks = state.get("rng_cpu_ranks")
-        if ranks is not None and len(ranks) == self.world:
-            torch.set_rng_state(ranks[self.rank].clone())
-        if "rng_cuda" in state and self.device.type == "cuda":
-            torch.cuda.set_rng_state(state["rng_cuda"], self.device)
-        self.step = self._saved_step = int(state["step"])
-        self.train_seconds = float(state.get("train_seconds", 0.0))
-        self.skipped_files = int(state.get("skipped_files", 0))
-
-    def save(self) -> Path:
-        """Write ``checkpoint-<step>.pt`` (the main process only) and keep the last ``keep_last``."""
-        path = self.out / f"checkpoint-{self.step}.pt"
-        self._saved_step = self.step
-        # every process's RNG state (drop-path streams), so that each resumes its own
-        rngs = gather_batch(torch.get_rng_state()[None].to(self.device), differentiable=False).cpu()
-        state = self.state_dict()  # on every process: gathering shards is collective
-        if self.is_main:
-            ckpt.save_atomic({**state, "rng_cpu_ranks": rngs}, path)
-            ckpt.prune(self.out, self.cfg.train.keep_last)
-        return path
-
-    def resume(self, spec: str | None) -> Path | None:
-        """``spec``: a checkpoint path, ``auto`` (newest valid in the output folder) or None."""
-        if not spec:
-            if from_main_process(bool(ckpt.list_checkpoints(self.out))):  # every process refuses, or none
-                raise TrainingError(
-                    f"{self.out} already holds checkpoints; resume with --resume auto or choose another output_dir"
-                )
-            return None
-        if spec == "auto":
-            found = ckpt.find_resumable(self.out) if self.is_main else None
-            chosen = from_main_process(None if found is None else str(found[0]))
-            if chosen is None:
-                return None
-            path = Path(chosen)
-            state = found[1] if found is not None else ckpt.load(path)
-        else:
-            path, state = Path(spec), ckpt.load(spec)
-        check_compatible(state["config"], to_dict(self.cfg), path)
-        self.load_state_dict(state)
-        if self.is_main:
-            for newer in ckpt.list_checkpoints(self.out):  # a resumed past must not outrank the new run
-                if int(newer.stem.split("-")[1]) > self.step:
-                    newer.unlink()
-        if is_distributed():
-            torch.distributed.barrier()
-        return path
 
     # ------------------------------------------------------------------ training
     def _loader(self, epoch: int, start: int) -> DataLoader:

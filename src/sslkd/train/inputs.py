@@ -6,6 +6,8 @@ what a bad file means (``data.on_corrupt``), so the decision and the count live 
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import signal
 from collections.abc import Callable
 from typing import Any
@@ -14,8 +16,12 @@ import torch
 
 from sslkd.config import Config
 from sslkd.data import DatasetError, ImageArrayDataset, NoHeldOutSplitError, get_dataset, held_out
+from sslkd.data.augment import MultiCropTransform
+from sslkd.data.batch_augment import BatchMultiCrop
+from sslkd.data.pil_augment import PILMultiCrop
 from sslkd.device import reset_cpu_malloc
 from sslkd.distributed import is_distributed
+from sslkd.errors import TrainingError
 
 
 def ignore_stop_signals(worker_id: int) -> None:  # noqa: ARG001
@@ -76,3 +82,35 @@ def count_bad_files(
     for e in errors:
         say(f"skipped: {e}")
     return total
+
+
+def build_views(cfg: Config, train_set, multiple: int, paired: bool) -> tuple:
+    """``(transform, batch_aug, worker_aug)``: the multi-crop recipe (crop sizes a multiple of
+    ``multiple``, the method's patch grid; ``paired``: one crop plain + jittered, DMT), the batched
+    colour on the device (``data.augment_on: device``, else None) and what the loader workers apply
+    to each image (photos read lazily: PIL's C code, uint8 crops; then JPEGs decode at reduced size)."""
+    if cfg.data.img_size is None and cfg.aug.global_crops_size is None and train_set.img_size % multiple:
+        raise TrainingError(
+            f"{cfg.data.name} images are {train_set.img_size}px, not divisible by the patch size "
+            f"{multiple} of the ViTs trained (model.patch_size, MOKD's method.model2.patch_size); set data.img_size"
+        )
+    aug = dataclasses.replace(cfg.aug, paired=True) if paired else cfg.aug
+    transform = MultiCropTransform.from_config(
+        aug, train_set.img_size, train_set.num_channels, train_set.mean, train_set.std, multiple=multiple
+    )
+    batch_aug = BatchMultiCrop.from_transform(transform) if cfg.data.augment_on == "device" else None
+    worker_aug = transform
+    if getattr(train_set, "lazy", False):
+        if aug.paired and batch_aug is not None:
+            raise TrainingError(
+                "paired views (DMT) of a folder read lazily are made in the loader workers: set data.augment_on=loader"
+            )
+        if not aug.paired:
+            worker_aug = PILMultiCrop.from_transform(transform, crop_only=batch_aug is not None)
+        # JPEGs decode at 1/2-1/8 scale while the smallest crop (global or local, at the narrowest
+        # aspect ratio 3:4) keeps at least its output pixels
+        need = [transform.global_size / math.sqrt(min(aug.global_crops_scale))]
+        if aug.local_crops_number:
+            need.append(transform.local_size / math.sqrt(min(aug.local_crops_scale)))
+        train_set.draft = math.ceil(max(need) / math.sqrt(3 / 4))
+    return transform, batch_aug, worker_aug
