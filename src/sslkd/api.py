@@ -1,7 +1,7 @@
 """The Python API, for notebooks: the same code path as the CLI (which calls these functions).
 
     import sslkd
-    run = sslkd.pretrain("configs/dino/digits_vit_tiny.yaml", output_dir="runs/nb", train__epochs=2)
+    run = sslkd.pretrain("dino/fashion_mnist_vit_tiny", output_dir="runs/nb", train__epochs=2)
     print(sslkd.evaluate(run, "digits", protocol="knn")["top1"])
     model = sslkd.load_backbone(run)            # the timm model: model(x) -> features [B, D]
 

@@ -11,6 +11,7 @@ rules that tie several keys together. The ``method`` section is typed by the met
 from __future__ import annotations
 
 import copy
+import difflib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -199,6 +200,26 @@ def _get(obj: Any, dotted: str) -> Any:
     return obj
 
 
+CONFIGS = Path(__file__).parent / "configs"  # shipped with the package (the checkout's configs/ links here)
+
+
+def config_path(spec: str | Path) -> Path:
+    """A config file: ``spec`` as a path, else a shipped config by name (``ibot/cifar10_vit_tiny_kd``,
+    with or without ``configs/`` and ``.yaml``), so that the names work from any folder and from an
+    installed wheel. An unknown name is an error listing the closest shipped ones."""
+    path = Path(spec)
+    if path.is_file():
+        return path
+    name = str(spec).removeprefix("configs/").removesuffix(".yaml")
+    shipped = CONFIGS / f"{name}.yaml"
+    if shipped.is_file():
+        return shipped
+    names = sorted(str(p.relative_to(CONFIGS).with_suffix("")) for p in CONFIGS.rglob("*.yaml"))
+    close = difflib.get_close_matches(name, names, n=3, cutoff=0.5)
+    hint = f"; did you mean {', '.join(close)}?" if close else f" (shipped: {', '.join(names[:6])}, ...)"
+    raise ConfigError(f"config file not found: {spec}, and no shipped config of that name{hint}")
+
+
 def load_config(
     path: str | Path | None = None,
     overrides: list[str] | None = None,
@@ -209,10 +230,7 @@ def load_config(
     Python API) and ``key=value`` ``overrides``; type-check and validate it."""
     data: dict = copy.deepcopy(base or {})
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
-        data = _merge(data, _read_yaml(path))
+        data = _merge(data, _read_yaml(config_path(path)))
     data = _merge(data, copy.deepcopy(values or {}))
     data = apply_overrides(data, list(overrides or []))
     method = data.setdefault("method", {})

@@ -54,8 +54,12 @@ def add_set(p: argparse.ArgumentParser) -> None:
     )
 
 
-def add_train_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--config", required=True, help="YAML file (see configs/)")
+def add_train_args(p: argparse.ArgumentParser, config_required: bool = True) -> None:
+    p.add_argument(
+        "--config",
+        required=config_required,
+        help="YAML file, or a shipped config by name (e.g. ibot/cifar10_vit_tiny_kd)",
+    )
     add_set(p)
     p.add_argument(
         "--resume",

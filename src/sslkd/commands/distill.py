@@ -7,6 +7,8 @@ import argparse
 from sslkd.commands import pretrain
 from sslkd.commands.args import add_train_args
 
+PRETRAIN_ONLY = ("method", "data", "model", "out", "epochs", "batch_size", "img_size")
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     methods = p.add_subparsers(dest="distill_method", required=True)
@@ -17,6 +19,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="sslkd run folder or checkpoint, a .pth/.safetensors file (set method.teacher_arch), or timm:<model name>",
     )
     add_train_args(d)
+    d.set_defaults(**dict.fromkeys(PRETRAIN_ONLY), teachers=[])  # pretrain's flags that distill has not
     p.set_defaults(run=run)
 
 

@@ -6,7 +6,7 @@ experiment table1`` runs :func:`sslkd.experiments.compare.run_comparison` on the
 from __future__ import annotations
 
 DEFAULT_CONFIGS = [
-    "configs/ibot/cifar10_vit_tiny_kd.yaml",
-    "configs/ibot/cifar10_vit_tiny_rkd_d.yaml",
-    "configs/ibot/cifar10_vit_tiny_rkd_a.yaml",
+    "ibot/cifar10_vit_tiny_kd",  # shipped configs, by name (sslkd.config.config_path)
+    "ibot/cifar10_vit_tiny_rkd_d",
+    "ibot/cifar10_vit_tiny_rkd_a",
 ]

@@ -1,0 +1,108 @@
+"""A run without a YAML file: sound defaults read from the data and the machine.
+
+``sslkd pretrain --method dino --data ~/photos`` builds its config here: the image size from a
+sample of the images (headers only), the crops, patch size and backbone from that size, the batch
+size and loader processes from the machine and the number of images, and each method's own needs
+(a ViT for iBOT/MAE/DMT, a second model for MOKD, teachers for SEED/DMT). The result is an
+ordinary config mapping: ``--set`` overrides any key, and the run folder keeps the resolved
+``config.yaml``, which ``--config`` takes as an experiment from then on.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+from pathlib import Path
+
+import torch
+from PIL import Image
+
+from sslkd.data.folder import scan_folder
+from sslkd.data.imagefolder import split_root
+from sslkd.data.registry import DATASETS
+from sslkd.errors import ConfigError
+from sslkd.methods import METHODS
+from sslkd.models import BACKBONES, is_vit
+
+NATIVE_SIZE = {"cifar10": 32, "cifar100": 32, "fashion-mnist": 28, "imagenet32": 32, "digits": 16, "synthetic": 32}
+NEEDS_VIT = ("ibot", "mae", "dmt")
+SAMPLE = 64  # image headers read to pick the size
+
+
+def image_size_of(root: Path) -> tuple[int, int]:
+    """(median shorter side of up to ``SAMPLE`` evenly spaced images, number of images) of a folder."""
+    index = scan_folder(split_root(root, "train"), "none")
+    step = max(1, len(index.paths) // SAMPLE)
+    sides = []
+    for rel in index.paths[::step][:SAMPLE]:
+        try:
+            with Image.open(index.root / rel) as im:
+                sides.append(min(im.size))
+        except OSError:
+            continue  # a bad file is the loader's business (data.on_corrupt)
+    if not sides:
+        raise ConfigError(f"--data {root}: none of the sampled images can be read")
+    return int(statistics.median(sides)), len(index.paths)
+
+
+def auto_config(
+    method: str,
+    data: str,
+    model: str | None = None,
+    out: str | None = None,
+    teachers: list[str] | None = None,
+    img_size: int | None = None,
+    batch_size: int | None = None,
+    epochs: int | None = None,
+) -> dict:
+    """The config mapping of a first run of ``method`` on ``data`` (a folder of images, or a
+    dataset name from ``sslkd info``); see the module doc. Arguments given win over the defaults."""
+    if method not in METHODS:
+        raise ConfigError(f"--method: unknown method '{method}'; available: {', '.join(METHODS)}")
+    folder = Path(data).expanduser()
+    if folder.is_dir():
+        side, count = image_size_of(folder)
+        data_cfg: dict = {"name": "imagefolder", "root": str(folder)}
+        data_name = folder.resolve().name
+    elif data in DATASETS:
+        side, count = NATIVE_SIZE.get(data, 32), 10_000
+        data_cfg, data_name = {"name": data}, data
+    else:
+        raise ConfigError(f"--data {data}: not a folder, nor a dataset name ({', '.join(DATASETS)})")
+    size = img_size or side
+    photos = size >= 128
+    model = model or ("vit_small" if photos else "vit_tiny")
+    if model not in BACKBONES:
+        raise ConfigError(f"--model: unknown backbone '{model}'; available: {', '.join(BACKBONES)}")
+    if method in NEEDS_VIT and not is_vit(model):
+        raise ConfigError(f"--method {method} trains a ViT (patch tokens); choose --model vit_tiny/vit_small/vit_base")
+    patch = 16 if size >= 128 else 8 if size >= 48 else 4
+    global_size = 224 if size >= 224 else max(2 * patch, size // patch * patch)
+    local_size = max(patch, round(global_size * 3 / 7 / patch) * patch)  # DINO: 96 for 224
+    gpu = torch.cuda.is_available()
+    batch = batch_size or (64 if gpu or not photos else 32)
+    batch = min(batch, max(2, 2 ** int(count // 2).bit_length() // 2))  # at least two steps per epoch
+    cfg: dict = {
+        "name": f"{method}-{data_name}",
+        "output_dir": out or f"runs/{method}_{data_name}",
+        "data": {**data_cfg, "num_workers": max(0, min(8, (os.cpu_count() or 1) - 1))},
+        "aug": {
+            "global_crops_size": global_size,
+            "local_crops_size": local_size,
+            "local_crops_number": 0 if method in ("mocov3", "mae", "seed", "dmt") else (6 if photos else 2),
+        },
+        "model": {"backbone": model, "patch_size": patch, "small_stem": not photos},
+        "method": {"name": method},
+        "train": {"epochs": epochs or 100, "batch_size": batch, "warmup_epochs": min(10, (epochs or 100) / 10)},
+    }
+    if img_size:
+        cfg["data"]["img_size"] = img_size
+    if method == "mokd":  # a second model of the other family (the paper: ResNet-50 + ViT-S/16)
+        other = "resnet18" if is_vit(model) else "vit_tiny"
+        cfg["method"]["model2"] = {"backbone": other, "patch_size": patch, "small_stem": not photos}
+    if method in ("seed", "dmt"):
+        if not teachers:
+            flag = "--teacher RUN|FILE|timm:<model>" if method == "seed" else "--teachers A B ..."
+            raise ConfigError(f"--method {method} distils frozen teachers: name them with {flag}")
+        cfg["method"].update({"teacher": teachers[0]} if method == "seed" else {"teachers": list(teachers)})
+    return cfg

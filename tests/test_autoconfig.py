@@ -1,0 +1,115 @@
+"""A first run without a YAML file: ``sslkd pretrain --method M --data DIR`` picks its config from
+the images and the machine, prints it, and trains every method on a generated folder of photos."""
+
+import os
+
+import numpy as np
+import pytest
+import timm
+import yaml
+from PIL import Image
+from safetensors.torch import save_file
+
+from sslkd.autoconfig import auto_config
+from sslkd.cli import main
+from sslkd.config import config_path, load_config
+from sslkd.errors import ConfigError
+from sslkd.experiments.table1 import DEFAULT_CONFIGS
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    """16 JPEGs of mixed sizes and aspect ratios (shorter side 40-64 px) in nested folders, no labels."""
+    root = tmp_path_factory.mktemp("photos")
+    rng = np.random.default_rng(0)
+    for i in range(16):
+        w, h = int(rng.integers(40, 65)), int(rng.integers(40, 90))
+        folder = root / f"album{i % 3}" / ("day1" if i % 2 else "")
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(folder / f"p{i}.jpg")
+    return root
+
+
+@pytest.fixture(scope="module")
+def teachers(tmp_path_factory):
+    root = tmp_path_factory.mktemp("teachers")
+    paths = []
+    for i in range(2):
+        vit = timm.create_model("vit_tiny_patch16_224", img_size=48, patch_size=8, depth=1, num_classes=0)
+        save_file(vit.state_dict(), str(root / f"t{i}.safetensors"))
+        paths.append(str(root / f"t{i}.safetensors"))
+    return paths
+
+
+def test_defaults_follow_the_images_and_the_method(photos):
+    cfg = auto_config("dino", str(photos))
+    assert cfg["data"] == {
+        "name": "imagefolder",
+        "root": str(photos),
+        "num_workers": max(0, min(8, os.cpu_count() - 1)),
+    }
+    assert cfg["model"]["backbone"] == "vit_tiny" and cfg["model"]["patch_size"] == 8
+    assert cfg["aug"]["global_crops_size"] % 8 == 0 and 40 <= cfg["aug"]["global_crops_size"] <= 64
+    assert cfg["train"]["batch_size"] == 8  # 16 images: at least two steps per epoch
+    big = auto_config("ibot", "cifar10", img_size=224)
+    assert (
+        big["model"]["backbone"],
+        big["model"]["patch_size"],
+        big["aug"]["global_crops_size"],
+        big["aug"]["local_crops_size"],
+    ) == ("vit_small", 16, 224, 96)  # DINO/iBOT's recipe
+    assert auto_config("mokd", "digits")["method"]["model2"]["backbone"] == "resnet18"
+    with pytest.raises(ConfigError, match="--teacher"):
+        auto_config("seed", "digits")
+    with pytest.raises(ConfigError, match="trains a ViT"):
+        auto_config("mae", "digits", model="resnet18")
+    with pytest.raises(ConfigError, match="not a folder, nor a dataset name"):
+        auto_config("dino", "/no/such/folder")
+
+
+@pytest.mark.parametrize("method", ["dino", "ibot", "mocov3", "mae", "mokd", "seed", "dmt"])
+def test_every_method_runs_two_steps_without_a_yaml_file(method, photos, teachers, tmp_path, capsys):
+    out = tmp_path / "run"
+    args = [
+        "pretrain",
+        "--method",
+        method,
+        "--data",
+        str(photos),
+        "--out",
+        str(out),
+        "--no-progress",
+        "--set",
+        "train.max_steps=2",
+        "--set",
+        "model.depth=1",
+        "--set",
+        "data.num_workers=0",
+    ]
+    if method == "seed":
+        args += ["--teacher", teachers[0]]
+    if method == "dmt":
+        args += ["--teacher", teachers[0], "--teacher", teachers[1]]
+    if method in ("seed", "dmt"):
+        args += ["--set", "method.teacher_arch=vit_tiny", "--set", "method.teacher_patch_size=8"]
+    if method == "mokd":
+        args += ["--set", "method.model2.depth=1"]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    shown = yaml.safe_load(printed[: printed.index("\n...\n")])  # the resolved config, one YAML document
+    assert shown == yaml.safe_load((out / "config.yaml").read_text())
+    assert shown["method"]["name"] == method and (out / "checkpoint-2.pt").is_file()
+    assert load_config(str(out / "config.yaml")).train.max_steps == 2  # the saved config is an experiment
+
+
+def test_config_flags_and_shipped_names_work_from_any_folder(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)  # outside the checkout: shipped configs by name
+    for name in DEFAULT_CONFIGS:
+        assert load_config(name).method.name == "ibot"
+    assert config_path("configs/ibot/cifar10_vit_tiny_kd.yaml") == config_path("ibot/cifar10_vit_tiny_kd")
+    with pytest.raises(ConfigError, match="did you mean ibot/cifar10_vit_tiny_kd"):
+        config_path("ibot/cifar10_vit_tiny_kdd")
+    assert main(["pretrain", "--config", "dino/cifar10_vit_tiny", "--method", "dino"]) == 2
+    assert "give one of them" in capsys.readouterr().err
+    assert main(["pretrain", "--data", "digits"]) == 2
+    assert "--method and --data" in capsys.readouterr().err
