@@ -22,7 +22,7 @@ from sslkd.data.imagefolder import split_root
 from sslkd.data.registry import DATASETS
 from sslkd.errors import ConfigError
 from sslkd.methods import METHODS
-from sslkd.models import BACKBONES, is_vit
+from sslkd.models import BACKBONES, is_backbone, is_vit
 
 NATIVE_SIZE = {"cifar10": 32, "cifar100": 32, "fashion-mnist": 28, "imagenet32": 32, "digits": 16, "synthetic": 32}
 NEEDS_VIT = ("ibot", "mae", "dmt")
@@ -72,8 +72,11 @@ def auto_config(
     size = img_size or side
     photos = size >= 128
     model = model or ("vit_small" if photos else "vit_tiny")
-    if model not in BACKBONES:
-        raise ConfigError(f"--model: unknown backbone '{model}'; available: {', '.join(BACKBONES)}")
+    if not is_backbone(model):
+        raise ConfigError(
+            f"--model: unknown backbone '{model}': an alias ({', '.join(BACKBONES)}) or a timm "
+            f"model name (sslkd info --models PATTERN)"
+        )
     if method in NEEDS_VIT and not is_vit(model):
         raise ConfigError(f"--method {method} trains a ViT (patch tokens); choose --model vit_tiny/vit_small/vit_base")
     patch = 16 if size >= 128 else 8 if size >= 48 else 4

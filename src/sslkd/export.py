@@ -57,8 +57,8 @@ def _describe(backbone: nn.Module) -> tuple[nn.Module, str, dict, str]:
         return vit, vit.pretrained_cfg["architecture"], args, "patch"
     if isinstance(backbone, CNNBackbone):
         net = backbone.net
-        conv = getattr(net, "conv1", None) or net.conv_stem
-        small = (conv.stride[0] == 1) or isinstance(getattr(net, "maxpool", None), nn.Identity)
+        conv = next(m for m in net.modules() if isinstance(m, nn.Conv2d))
+        small = getattr(net, "sslkd_small_stem", False)
         net.reset_classifier(0, "avg")  # pooled features from forward(), as sslkd's mean over positions
         return (
             net,

@@ -1,4 +1,5 @@
-"""Frozen teachers from any source, for the distillation methods (SEED, DMT).
+"""Frozen teachers from any source, for the distillation methods (SEED, DMT), and the weights a
+student starts from (``model.pretrained``), read from the same sources.
 
 A teacher can be an sslkd run (its method is rebuilt from the checkpoint, so this module sits
 above :mod:`sslkd.methods`), another project's weight file or a ``timm:`` name
@@ -8,14 +9,26 @@ names; the training engine passes the result to the method (``build_method(..., 
 
 from __future__ import annotations
 
+import dataclasses
+from dataclasses import dataclass
 from pathlib import Path
 
+import timm
+import torch
 from torch import nn
 
 from sslkd import checkpoint as ckpt
 from sslkd.errors import CheckpointError, TeacherError
-from sslkd.models import DINOHead
-from sslkd.models.teacher import Bottleneck, FrozenTeacher, LoadReport, TeacherConfig, load_external
+from sslkd.models import DINOHead, ModelConfig, ViTBackbone
+from sslkd.models.teacher import (
+    Bottleneck,
+    FrozenTeacher,
+    LoadReport,
+    TeacherConfig,
+    extract_state,
+    load_external,
+    read_weights_file,
+)
 from sslkd.pretrained import load_method
 
 
@@ -106,3 +119,55 @@ def _from_sslkd(path: Path, which: str, features: str, img_size: int | None) -> 
         else f"projection head{' bottleneck' if isinstance(head, Bottleneck) else ''}",
     )
     return FrozenTeacher(backbone, head, img_size or method.img_size), report
+
+
+@dataclass
+class Weights:
+    """A timm-style state dict read from ``source`` (its ``layout``), for ``model.pretrained``."""
+
+    source: str
+    layout: str
+    state: dict[str, torch.Tensor]
+
+
+def load_weights(cfg) -> dict[str, Weights]:
+    """``{spec: Weights}`` for every ``pretrained`` of the config's model sections (``model``, and
+    any other such as MOKD's ``method.model2``): an sslkd run or checkpoint (its EMA ``teacher``
+    backbone), another project's file (the layouts of :mod:`sslkd.models.teacher`) or ``timm:<name>``
+    (timm's pretrained weights; needs a network)."""
+    specs = {mc.pretrained for mc in _model_sections(cfg) if mc.pretrained}
+    return {spec: _read_weights(spec) for spec in sorted(specs)}
+
+
+def _model_sections(obj) -> list[ModelConfig]:
+    found = [obj] if isinstance(obj, ModelConfig) else []
+    if dataclasses.is_dataclass(obj):
+        for f in dataclasses.fields(obj):
+            found += _model_sections(getattr(obj, f.name))
+    return found
+
+
+def _read_weights(spec: str) -> Weights:
+    if spec.startswith("timm:"):
+        name = spec[5:]
+        try:
+            net = timm.create_model(name, pretrained=True)
+        except Exception as e:  # no network, unknown name, missing file: all end here
+            raise TeacherError(
+                f"model.pretrained={spec}: cannot get timm's pretrained weights ({type(e).__name__}: {e}); "
+                f"without a network, download them elsewhere and name the file instead"
+            ) from e
+        return Weights(spec, "timm", net.state_dict())
+    path = Path(spec)
+    if not path.exists():
+        raise TeacherError(
+            f"model.pretrained={spec}: not found (an sslkd run folder or checkpoint, a weight file, "
+            f"or timm:<model name>)"
+        )
+    if path.is_dir() or _is_sslkd_checkpoint(path):
+        method, _, ckpt_path = load_method(path)
+        backbone = method.eval_backbone("teacher")
+        inner = backbone.vit if isinstance(backbone, ViTBackbone) else backbone.net
+        return Weights(str(ckpt_path), f"sslkd {method.cfg.method.name}", inner.state_dict())
+    layout, state = extract_state(read_weights_file(path), "teacher", path)
+    return Weights(str(path), layout, state)

@@ -15,13 +15,19 @@ from sslkd.models.teacher import FrozenTeacher
 
 
 def build_method(
-    cfg, in_chans: int, img_size: int, eval_only: bool = False, teachers: list[FrozenTeacher] | None = None
+    cfg,
+    in_chans: int,
+    img_size: int,
+    eval_only: bool = False,
+    teachers: list[FrozenTeacher] | None = None,
+    weights: dict | None = None,
 ) -> Method:
     """Instantiate ``cfg.method.name`` for images of ``in_chans`` channels and ``img_size`` pixels;
     ``eval_only`` skips what only training needs (a distillation method's frozen teachers);
-    ``teachers``: a distillation method's frozen teachers (:func:`sslkd.teachers.load_teachers`)."""
+    ``teachers``: a distillation method's frozen teachers (:func:`sslkd.teachers.load_teachers`);
+    ``weights``: the ``model.pretrained`` weights (:func:`sslkd.teachers.load_weights`)."""
     kwargs = {} if teachers is None else {"teachers": teachers}
-    return METHODS[cfg.method.name](cfg, in_chans, img_size, eval_only=eval_only, **kwargs)
+    return METHODS[cfg.method.name](cfg, in_chans, img_size, eval_only=eval_only, weights=weights, **kwargs)
 
 
 __all__ = [

@@ -15,8 +15,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from sslkd.errors import NoSuchModelError
-from sslkd.models import Backbone, ViTBackbone, build_backbone
+from sslkd.errors import NoSuchModelError, TeacherError
+from sslkd.models import Backbone, ModelConfig, ViTBackbone, build_backbone
+from sslkd.models.teacher import load_into
 
 
 @dataclass
@@ -62,9 +63,13 @@ class Method(nn.Module, abc.ABC):
     needs_teachers: bool = False
     num_models: int = 1  # models trained side by side, each evaluable (MOKD: 2)
 
-    def __init__(self, cfg, in_chans: int, img_size: int, eval_only: bool = False) -> None:
+    def __init__(self, cfg, in_chans: int, img_size: int, eval_only: bool = False, weights: dict | None = None) -> None:
+        """``weights``: ``{model.pretrained spec: Weights}``, resolved by :func:`sslkd.teachers.load_weights`
+        (the engine does it): the backbones whose ``pretrained`` names them start from those weights."""
         super().__init__()
         self.cfg, self.in_chans, self.img_size, self.eval_only = cfg, in_chans, img_size, eval_only
+        self.weights = weights or {}
+        self.weight_reports: list = []  # how each pretrained backbone was loaded (the engine prints them)
 
     @abc.abstractmethod
     def forward(
@@ -93,12 +98,22 @@ class Method(nn.Module, abc.ABC):
         differentiated: with several terms, return them weighted as ``forward`` adds them."""
         return {}
 
-    def build_backbone(self) -> Backbone:
-        """The backbone ``cfg.model`` describes, for this method's images."""
-        mc = self.cfg.model
-        return build_backbone(
+    def build_backbone(self, mc: ModelConfig | None = None) -> Backbone:
+        """The backbone ``mc`` (default ``cfg.model``) describes, for this method's images, starting
+        from ``mc.pretrained``'s weights when it names some (not for evaluation: the checkpoint has them)."""
+        mc = mc or self.cfg.model
+        bb = build_backbone(
             mc.backbone, self.img_size, mc.patch_size, self.in_chans, mc.drop_path_rate, mc.small_stem, mc.depth
         )
+        if mc.pretrained and not self.eval_only:
+            if mc.pretrained not in self.weights:
+                raise TeacherError(
+                    f"model.pretrained={mc.pretrained}: its weights were not loaded; build the method with "
+                    f"weights=sslkd.teachers.load_weights(cfg) (the training engine does)"
+                )
+            w = self.weights[mc.pretrained]
+            self.weight_reports.append(load_into(bb, w.state, w.layout, w.source))
+        return bb
 
     def crop_multiple(self) -> int:
         """What crop sizes must be a multiple of: the patch size of every ViT the method trains

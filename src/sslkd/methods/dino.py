@@ -35,8 +35,8 @@ class DINOConfig:
 class DINO(Method):
     config_class = DINOConfig
 
-    def __init__(self, cfg, in_chans: int, img_size: int, eval_only: bool = False) -> None:
-        super().__init__(cfg, in_chans, img_size, eval_only)
+    def __init__(self, cfg, in_chans: int, img_size: int, eval_only: bool = False, **kwargs) -> None:
+        super().__init__(cfg, in_chans, img_size, eval_only, **kwargs)
         m = cfg.method
         backbone = self.build_backbone()
         head = DINOHead(

@@ -39,8 +39,8 @@ class MoCoV3Config:
 class MoCoV3(Method):
     config_class = MoCoV3Config
 
-    def __init__(self, cfg, in_chans: int, img_size: int, eval_only: bool = False) -> None:
-        super().__init__(cfg, in_chans, img_size, eval_only)
+    def __init__(self, cfg, in_chans: int, img_size: int, eval_only: bool = False, **kwargs) -> None:
+        super().__init__(cfg, in_chans, img_size, eval_only, **kwargs)
         m = cfg.method
         backbone = self.build_backbone()
         layers = m.proj_layers or (3 if backbone.is_vit else 2)

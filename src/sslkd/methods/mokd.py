@@ -36,7 +36,7 @@ from sslkd.methods.base import Method, StepInfo, ema_teacher, ema_update
 from sslkd.methods.collapse import collapse_metrics
 from sslkd.methods.dino import DINOConfig
 from sslkd.methods.registry import register
-from sslkd.models import Backbone, DINOHead, ModelConfig, THead, build_backbone
+from sslkd.models import Backbone, DINOHead, ModelConfig, THead
 from sslkd.schedules import warmup_temp
 from sslkd.schema import NonNegative, NonNegativeFloat, PositiveFloat
 
@@ -91,28 +91,18 @@ class MOKD(Method):
     config_class = MOKDConfig
     num_models = 2
 
-    def __init__(self, cfg, in_chans: int, img_size: int, eval_only: bool = False) -> None:
-        super().__init__(cfg, in_chans, img_size, eval_only)
+    def __init__(self, cfg, in_chans: int, img_size: int, eval_only: bool = False, **kwargs) -> None:
+        super().__init__(cfg, in_chans, img_size, eval_only, **kwargs)
         m = cfg.method
         mc, m2 = cfg.model, m.model2
         seed1 = cfg.init_seed
-        specs = [
-            (mc.backbone, mc.patch_size, mc.drop_path_rate, mc.small_stem, mc.depth, seed1),
-            (
-                m2.backbone,
-                m2.patch_size,
-                m2.drop_path_rate,
-                m2.small_stem,
-                m2.depth,
-                seed1 + 1 if m2.init_seed is None else m2.init_seed,
-            ),
-        ]
+        seeds = (seed1, seed1 + 1 if m2.init_seed is None else m2.init_seed)
         backbones, heads = [], []
         # each model initialised as a DINO run with that model.init_seed would be; two models of the
         # same architecture start apart (the paper's same-architecture pairs are independent networks)
-        for spec in specs:
-            torch.manual_seed(spec[5])
-            bb = build_backbone(spec[0], img_size, spec[1], in_chans, spec[2], spec[3], spec[4])
+        for seed, model_cfg in zip(seeds, (mc, m2)):
+            torch.manual_seed(seed)
+            bb = self.build_backbone(model_cfg)
             backbones.append(bb)
             heads.append(
                 DINOHead(

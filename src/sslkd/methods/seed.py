@@ -63,9 +63,15 @@ class SEED(Method):
     needs_teachers = True
 
     def __init__(
-        self, cfg, in_chans: int, img_size: int, eval_only: bool = False, teachers: list[FrozenTeacher] | None = None
+        self,
+        cfg,
+        in_chans: int,
+        img_size: int,
+        eval_only: bool = False,
+        teachers: list[FrozenTeacher] | None = None,
+        **kwargs,
     ) -> None:
-        super().__init__(cfg, in_chans, img_size, eval_only)
+        super().__init__(cfg, in_chans, img_size, eval_only, **kwargs)
         m = cfg.method
         backbone = self.build_backbone()
         if eval_only:  # evaluation reads only the student's backbone: no teacher file needed

@@ -1,6 +1,15 @@
 """Backbones (one interface over timm), projection heads, frozen teachers."""
 
-from sslkd.models.backbone import BACKBONES, Backbone, CNNBackbone, ModelConfig, ViTBackbone, build_backbone, is_vit
+from sslkd.models.backbone import (
+    BACKBONES,
+    Backbone,
+    CNNBackbone,
+    ModelConfig,
+    ViTBackbone,
+    build_backbone,
+    is_backbone,
+    is_vit,
+)
 from sslkd.models.encoder import Encoder, forward_views
 from sslkd.models.heads import DINOHead, IBOTHead, THead, WeightNormLinear, moco_mlp, projection_mlp
 
@@ -16,6 +25,7 @@ __all__ = [
     "ViTBackbone",
     "WeightNormLinear",
     "build_backbone",
+    "is_backbone",
     "forward_views",
     "is_vit",
     "moco_mlp",

@@ -1,5 +1,11 @@
 """Backbones from timm behind one interface: ``forward_features(x, mask) -> (cls, tokens)``.
 
+``model.backbone`` is a short alias (:data:`BACKBONES`) or any timm model name. timm's ViT family
+(``vision_transformer``, ``deit``: ViT, DeiT, their distilled and register variants) gets sslkd's
+ViT interface with a mask token, what iBOT, MAE and DMT need; ``model.patch_size`` sets its patch.
+Any other timm model (ConvNeXt, RegNet, EfficientNet, EVA, ...) is read through its
+``forward_features``: a feature map (NCHW, or NHWC) or a token sequence.
+
 - ViTs (``vit_tiny``/``vit_small``/``vit_base``, any patch size, any input size via
   timm's dynamic position-embedding resampling) return the CLS token and the patch tokens after
   the final norm. A boolean patch mask replaces the masked patch embeddings by a learned mask
@@ -17,6 +23,7 @@ from typing import Annotated
 
 import timm
 import torch
+from timm.models import is_model_in_modules
 from torch import nn
 
 from sslkd.errors import ConfigError
@@ -32,6 +39,17 @@ CNNS = {
     "efficientnet_b0": "efficientnet_b0",
 }
 BACKBONES = sorted(VITS) + sorted(CNNS)
+VIT_MODULES = ("vision_transformer", "deit")  # timm modules whose models have sslkd's ViT interface
+
+
+def timm_name(name: str) -> str:
+    """The timm model an alias stands for (any other name is a timm name already)."""
+    return VITS.get(name) or CNNS.get(name) or name
+
+
+def is_backbone(name: str) -> bool:
+    """Whether ``name`` is an alias or a timm model name."""
+    return name in VITS or name in CNNS or timm.is_model(name)
 
 
 @dataclass
@@ -42,15 +60,19 @@ class ModelConfig:
     small_stem: bool = True  # CNNs: 3x3 stride-1 stem without max-pool, for small images
     depth: Positive | None = None  # ViT depth override (None: the architecture's own)
     init_seed: int | None = None  # weights and drop-path seed (None: `seed`, which seeds data and masks)
+    pretrained: str | None = None  # start from these weights: an sslkd run / checkpoint, a weight file, timm:<name>
 
     def validate(self, prefix: str = "model.") -> None:
-        if self.backbone not in BACKBONES:
-            raise ConfigError(f"{prefix}backbone: must be one of {', '.join(BACKBONES)} (got {self.backbone!r})")
+        if not is_backbone(self.backbone):
+            raise ConfigError(
+                f"{prefix}backbone: not an alias ({', '.join(BACKBONES)}) nor a timm model name "
+                f"(sslkd info --models PATTERN lists them) (got {self.backbone!r})"
+            )
 
 
 def is_vit(name: str) -> bool:
-    """Whether backbone ``name`` is a ViT (patch tokens, a mask token, a patch size)."""
-    return name in VITS
+    """Whether backbone ``name`` gets sslkd's ViT interface (patch tokens, a mask token, a patch size)."""
+    return name in VITS or (name not in CNNS and timm.is_model(name) and is_model_in_modules(name, VIT_MODULES))
 
 
 class Backbone(nn.Module, abc.ABC):
@@ -112,22 +134,37 @@ class ViTBackbone(Backbone):
 
 
 class CNNBackbone(Backbone):
+    """Any timm model through ``forward_features``: a feature map ``[B, C, h, w]`` (``[B, h, w, C]``
+    for NHWC models such as Swin) or tokens ``[B, N, C]`` (``num_prefix_tokens`` of them CLS-like).
+    ``cls`` is the first prefix token where there is one, else the mean of the positions."""
+
     is_vit = False
 
-    def __init__(self, net: nn.Module, in_chans: int) -> None:
+    def __init__(self, net: nn.Module, in_chans: int, img_size: int = 32) -> None:
         super().__init__()
         self.net = net
+        self.channels_last = getattr(net, "output_fmt", "NCHW") == "NHWC"
+        self.prefix = int(getattr(net, "num_prefix_tokens", 0))
         # what forward_features really returns (timm's EfficientNet adds its 1x1 conv head there)
         with torch.no_grad():
             was = net.training
-            self.embed_dim = net.eval().forward_features(torch.zeros(1, in_chans, 32, 32)).shape[1]
+            out = net.eval().forward_features(torch.zeros(1, in_chans, max(32, img_size), max(32, img_size)))
             net.train(was)
+        if out.ndim not in (3, 4):
+            raise ValueError(
+                f"{type(net).__name__}.forward_features gives a {out.ndim}-d tensor; sslkd reads "
+                f"feature maps [B, C, h, w] or tokens [B, N, C]"
+            )
+        self.embed_dim = out.shape[-1] if out.ndim == 3 or self.channels_last else out.shape[1]
 
     def forward_features(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         if mask is not None:
             raise ValueError("a patch mask was passed to a CNN backbone; masked image modelling needs a ViT")
-        fmap = self.net.forward_features(x)  # [B, C, h, w]
-        tokens = fmap.flatten(2).transpose(1, 2)
+        out = self.net.forward_features(x)
+        if out.ndim == 3:  # tokens
+            tokens = out[:, self.prefix :]
+            return (out[:, 0] if self.prefix else tokens.mean(1)), tokens
+        tokens = out.flatten(1, 2) if self.channels_last else out.flatten(2).transpose(1, 2)
         return tokens.mean(1), tokens
 
 
@@ -141,13 +178,19 @@ def build_backbone(
     depth: int | None = None,
     **kwargs,
 ) -> Backbone:
-    """Build backbone ``name`` (one of :data:`BACKBONES`) with random weights."""
-    if name in VITS:
+    """Build backbone ``name`` (an alias of :data:`BACKBONES` or a timm model name) with random weights."""
+    arch = timm_name(name)
+    if not timm.is_model(arch):
+        raise ValueError(
+            f"unknown backbone '{name}': not an alias ({', '.join(BACKBONES)}) nor a timm model name "
+            f"(sslkd info --models PATTERN lists them)"
+        )
+    if is_vit(name):
         if img_size % patch_size:
             raise ValueError(f"image size {img_size} is not divisible by patch size {patch_size}")
         extra = {"depth": depth} if depth else {}
         vit = timm.create_model(
-            VITS[name],
+            arch,
             pretrained=False,
             img_size=img_size,
             patch_size=patch_size,
@@ -159,28 +202,34 @@ def build_backbone(
             **kwargs,
         )
         return ViTBackbone(vit)
-    if name in CNNS:
-        net = timm.create_model(
-            CNNS[name],
-            pretrained=False,
-            in_chans=in_chans,
-            num_classes=0,
-            global_pool="",
-            drop_path_rate=drop_path_rate,
-            **kwargs,
-        )
-        if small_stem:
-            apply_small_stem(net)
-        return CNNBackbone(net, in_chans)
-    raise ValueError(f"unknown backbone '{name}'; available: {', '.join(BACKBONES)}")
+    net = _create(arch, in_chans, img_size, drop_path_rate, **kwargs)
+    if small_stem:
+        apply_small_stem(net)
+    return CNNBackbone(net, in_chans, img_size)
+
+
+def _create(arch: str, in_chans: int, img_size: int, drop_path_rate: float, **kwargs) -> nn.Module:
+    """A timm model without classifier nor pooling; options a model does not take are dropped in
+    turn (fixed-size models take ``img_size``, most take ``drop_path_rate``)."""
+    base = {"pretrained": False, "in_chans": in_chans, "num_classes": 0, "global_pool": "", **kwargs}
+    for extra in ({"drop_path_rate": drop_path_rate, "img_size": img_size}, {"drop_path_rate": drop_path_rate}, {}):
+        try:
+            return timm.create_model(arch, **base, **extra)
+        except TypeError:
+            continue
+    return timm.create_model(arch, **{k: v for k, v in base.items() if k != "global_pool"})
 
 
 def apply_small_stem(net: nn.Module) -> None:
     """sslkd's small-image stem, in place: a ResNet's stem becomes a 3x3 stride-1 convolution
-    without max-pool; a MobileNet's / EfficientNet's stem convolution loses its stride."""
-    if hasattr(net, "conv1"):
+    without max-pool (the CIFAR variant); any other network's first convolution loses its stride
+    (and a top-level max-pool goes). ``net.sslkd_small_stem`` records it (export reads it)."""
+    if hasattr(net, "conv1") and hasattr(net, "maxpool"):
         old = net.conv1
         net.conv1 = nn.Conv2d(old.in_channels, old.out_channels, 3, 1, 1, bias=False)
         net.maxpool = nn.Identity()
     else:
-        net.conv_stem.stride = (1, 1)
+        next(m for m in net.modules() if isinstance(m, nn.Conv2d)).stride = (1, 1)
+        if isinstance(getattr(net, "maxpool", None), nn.MaxPool2d):
+            net.maxpool = nn.Identity()
+    net.sslkd_small_stem = True

@@ -39,7 +39,7 @@ from timm.layers import resample_abs_pos_embed
 from torch import nn
 
 from sslkd.errors import TeacherError
-from sslkd.models.backbone import VITS, Backbone, CNNBackbone, ViTBackbone, build_backbone
+from sslkd.models.backbone import Backbone, CNNBackbone, ViTBackbone, build_backbone, is_vit
 from sslkd.models.heads import DINOHead
 from sslkd.schema import Positive
 
@@ -169,9 +169,9 @@ def load_external(
             f"{path}: an external checkpoint needs its architecture (teacher_arch, one of "
             f"vit_tiny/vit_small/vit_base/resnet18/... )"
         )
-    layout, state = extract_state(_read(path), which, path)
+    layout, state = extract_state(read_weights_file(path), which, path)
     build_size = img_size
-    if arch in VITS:  # build at the file's own grid and depth unless told otherwise: no resampling needed
+    if is_vit(arch):  # build at the file's own grid and depth unless told otherwise: no resampling needed
         blocks = {int(k.split(".")[1]) for k in state if k.startswith("blocks.")}
         depth = depth or (max(blocks) + 1 if blocks else None)
         pos = state.get("pos_embed")
@@ -183,7 +183,7 @@ def load_external(
 
 
 def _from_timm(name: str, img_size: int | None, in_chans: int) -> tuple[FrozenTeacher, LoadReport]:
-    vit = name.split(".")[0] in {v for v in VITS.values()} or name.startswith("vit_")
+    vit = is_vit(name.split(".")[0])
     kw = dict(dynamic_img_size=True) if vit else dict(global_pool="")
     try:
         net = timm.create_model(name, pretrained=True, num_classes=0, in_chans=in_chans, **kw)
@@ -197,7 +197,8 @@ def _from_timm(name: str, img_size: int | None, in_chans: int) -> tuple[FrozenTe
     return FrozenTeacher(backbone, None, img_size), LoadReport(f"timm:{name}", "timm", len(net.state_dict()))
 
 
-def _read(path: Path) -> dict:
+def read_weights_file(path: Path) -> dict:
+    """A weight file as a dict, read without unpickling code (weights-only torch.load, or safetensors)."""
     if path.suffix == ".safetensors":
         try:
             return load_file(str(path))

@@ -37,7 +37,7 @@ from sslkd.errors import TrainingError
 from sslkd.eval import evaluate, normalize_batch
 from sslkd.methods import METHODS, Method, StepInfo, build_method
 from sslkd.schedules import cosine_schedule, freeze_steps
-from sslkd.teachers import load_teachers
+from sslkd.teachers import load_teachers, load_weights
 from sslkd.train import fsdp
 from sslkd.train.gradcache import cache_batch_gradients, set_rng_state
 from sslkd.train.inputs import build_views, count_bad_files, data_kwargs, ignore_stop_signals, load_datasets
@@ -89,7 +89,13 @@ class Trainer(Checkpointing):
             if self.is_main:
                 for teacher in teachers:
                     print(teacher.report)
-        self.method: Method = build_method(cfg, train_set.num_channels, img_size, teachers=teachers).to(self.device)
+        with torch.random.fork_rng(devices=[]):  # pretrained weights leave the initialisation stream alone
+            weights = load_weights(cfg)
+        self.method: Method = build_method(cfg, train_set.num_channels, img_size, teachers=teachers, weights=weights)
+        self.method.to(self.device)
+        if self.is_main:
+            for report in self.method.weight_reports:
+                print(f"model.pretrained: {report}".replace("teacher ", "", 1))
         if t.compile:
             compile_networks(self.method)
         self.model: torch.nn.Module = self.method  # what the step calls: the method, or its DDP wrapper

@@ -1,0 +1,93 @@
+"""Any timm model as the backbone, and a student that starts from pretrained weights."""
+
+import pytest
+import timm
+import torch
+
+from sslkd.cli import main
+from sslkd.config import load_config
+from sslkd.data import get_dataset
+from sslkd.errors import ConfigError, TeacherError
+from sslkd.methods import build_method
+from sslkd.models import CNNBackbone, ViTBackbone, build_backbone, is_vit
+from sslkd.pretrained import load_pretrained
+from sslkd.train import Trainer
+
+TINY = {
+    "device": "cpu",
+    "data": {"name": "synthetic", "img_size": 16},
+    "model": {"backbone": "vit_tiny", "patch_size": 4, "depth": 1},
+    "method": {"name": "dino", "out_dim": 32, "hidden_dim": 32, "bottleneck_dim": 16},
+    "train": {"epochs": 1, "batch_size": 8, "max_steps": 2, "warmup_epochs": 0, "precision": "fp32"},
+}
+
+
+@pytest.mark.parametrize(
+    "name, kind, dim",
+    [
+        ("deit_tiny_distilled_patch16_224", ViTBackbone, 192),  # two prefix tokens: CLS + distillation
+        ("convnext_atto", CNNBackbone, 320),
+        ("regnetx_002", CNNBackbone, 368),
+        ("mobilenetv3_small_050", CNNBackbone, None),
+    ],
+)
+def test_timm_models_build_behind_one_interface(name, kind, dim):
+    bb = build_backbone(name, 32, 8, 3)
+    assert isinstance(bb, kind) and is_vit(name) == (kind is ViTBackbone) and (dim is None or bb.embed_dim == dim)
+    cls, tokens = bb.forward_features(torch.randn(2, 3, 32, 32))
+    assert cls.shape == (2, bb.embed_dim) and tokens.shape[0] == 2 and tokens.shape[-1] == bb.embed_dim
+    if kind is ViTBackbone:
+        assert tokens.shape[1] == (32 // 8) ** 2  # the patch size is sslkd's, not the name's
+        masked, _ = bb.forward_features(torch.randn(2, 3, 32, 32), torch.ones(2, 16, dtype=torch.bool))
+        assert masked.shape == (2, 192)
+
+
+def test_a_timm_model_trains_and_masked_methods_need_a_vit_family_model(tmp_path):
+    data = get_dataset("synthetic", "train", img_size=16, num_samples=32)
+    cfg = load_config(None, [f"output_dir={tmp_path}", "model.backbone=convnext_atto"], base=TINY)
+    assert Trainer(cfg, data, progress=False).fit()["step"] == 2
+    cfg = load_config(
+        None,
+        [f"output_dir={tmp_path / 'i'}", "model.backbone=deit_tiny_patch16_224"],
+        base={**TINY, "method": {"name": "ibot", "out_dim": 32, "hidden_dim": 32, "bottleneck_dim": 16}},
+    )
+    assert Trainer(cfg, data, progress=False).fit()["step"] == 2
+    with pytest.raises(ConfigError, match="nor a timm model name"):
+        load_config(None, ["model.backbone=convnext_attoo"], base=TINY)
+    mae = {**TINY, "model": {"backbone": "convnext_atto"}, "method": {"name": "mae"}}
+    with pytest.raises(ValueError, match="needs a ViT backbone"):
+        build_method(load_config(None, [], base=mae), 3, 16)
+
+
+def test_info_lists_models_by_family(capsys):
+    assert main(["info", "--models", "deit_tiny"]) == 0
+    out = capsys.readouterr().out
+    assert "deit_tiny_patch16_224" in out.split("\n")[0] and "(0)" in out.split("\n")[1]
+
+
+def test_a_student_starts_from_a_run_a_file_or_says_why_not(tmp_path, capsys):
+    data = get_dataset("synthetic", "train", img_size=16, num_samples=32)
+    Trainer(load_config(None, [f"output_dir={tmp_path / 'a'}"], base=TINY), data, progress=False).fit()
+    source = load_pretrained(tmp_path / "a").backbone.vit.state_dict()
+    cfg = load_config(None, [f"output_dir={tmp_path / 'b'}", f"model.pretrained={tmp_path / 'a'}"], base=TINY)
+    tr = Trainer(cfg, data, progress=False)
+    for net in (tr.method.student, tr.method.teacher):  # the EMA teacher starts from the same weights
+        got = net.backbone.vit.state_dict()
+        assert all(torch.equal(got[k], v) for k, v in source.items())
+    assert "model.pretrained:" in capsys.readouterr().out
+    # another project's file (DINO's layout), at another grid: the position embedding is resampled
+    vit = timm.create_model("vit_tiny_patch16_224", img_size=32, patch_size=4, depth=1, num_classes=0)
+    torch.save({"teacher": {f"backbone.{k}": v for k, v in vit.state_dict().items()}}, tmp_path / "dino.pth")
+    cfg = load_config(None, [f"output_dir={tmp_path / 'c'}", f"model.pretrained={tmp_path / 'dino.pth'}"], base=TINY)
+    got = Trainer(cfg, data, progress=False).method.student.backbone.vit.state_dict()
+    assert torch.equal(got["blocks.0.attn.qkv.weight"], vit.state_dict()["blocks.0.attn.qkv.weight"])
+    assert got["pos_embed"].shape[1] == 1 + 16
+    with pytest.raises(TeacherError, match="not found"):
+        Trainer(load_config(None, [f"model.pretrained={tmp_path / 'nope'}"], base=TINY), data, progress=False)
+    wrong = load_config(
+        None,
+        [f"output_dir={tmp_path / 'd'}", "model.backbone=resnet18", f"model.pretrained={tmp_path / 'a'}"],
+        base=TINY,
+    )
+    with pytest.raises(TeacherError, match="does not match the architecture"):
+        Trainer(wrong, data, progress=False)
