@@ -9,7 +9,7 @@ PKG = SRC / "sslkd"
 
 # lower layers first; a module may import its own layer or those before it (tested below)
 LAYERS = [
-    ["sslkd", "sslkd.errors", "sslkd.schema", "sslkd.device", "sslkd.distributed", "sslkd.checkpoint"],
+    ["sslkd", "sslkd.errors", "sslkd.schema", "sslkd.lazy", "sslkd.device", "sslkd.distributed", "sslkd.checkpoint"],
     ["sslkd.data", "sslkd.models"],
     ["sslkd.losses", "sslkd.eval"],
     ["sslkd.methods"],
@@ -48,6 +48,10 @@ def _imports(name: str, path: Path, modules: dict) -> tuple[set[str], list[str]]
             if not name.startswith(t + ".") and t != name:
                 targets.add(t)
 
+    for node in tree.body:  # lazy_import("sslkd.x") at a module's top: an import, made at first use
+        call = node.value if isinstance(node, ast.Assign) else None
+        if isinstance(call, ast.Call) and getattr(call.func, "id", "") == "lazy_import" and call.args:
+            add(call.args[0].value)
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             found = [a.name for a in node.names]

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from torch import nn
 
 from sslkd.config import Config, load_config, to_dict
@@ -25,7 +26,7 @@ from sslkd.eval import PROTOCOLS
 from sslkd.eval import evaluate as evaluate_features
 from sslkd.eval.finetune import finetune
 from sslkd.export import load_export, timm_module
-from sslkd.models import Backbone
+from sslkd.models import Backbone, build_backbone
 from sslkd.pretrained import load_pretrained
 from sslkd.train import Trainer
 
@@ -87,16 +88,17 @@ def load_backbone(source: str | Path | Run, which: str = "teacher", model: int =
     return timm_module(load_pretrained(path, which, model).backbone).eval()
 
 
-def eval_datasets(dataset: str, root: str | None = None, img_size: int | None = None) -> tuple:
+def eval_datasets(dataset: str, root: str | None = None, img_size: int | None = None, **options) -> tuple:
     """``(train, test)`` of a labelled dataset: its training split and its held-out split
-    labelled by the training classes; a dataset without labels is an error."""
-    train = get_dataset(dataset, "train", root=root, img_size=img_size)
+    labelled by the training classes; a dataset without labels is an error. ``options``: data keys
+    (``on_corrupt``, ``labels``, ``in_memory``, ``download``)."""
+    train = get_dataset(dataset, "train", root=root, img_size=img_size, **options)
     if not train.num_classes:
         raise ValueError(
             f"{train.name} has no labels (no unambiguous class folders): kNN, linear and "
             f"fine-tuning need root/train/<class>/<image> and root/val/<class>/<image>"
         )
-    return train, held_out(dataset, train, root=root, img_size=img_size)
+    return train, held_out(dataset, train, root=root, img_size=img_size, **options)
 
 
 def evaluate(
@@ -198,6 +200,12 @@ def evaluate(
         progress=progress,
     )
     return {**head, **res[protocol], "train_images": res["train_images"], "test_images": res["test_images"]}
+
+
+def random_backbone(backbone: str, img_size: int, patch_size: int, in_chans: int, seed: int = 0) -> nn.Module:
+    """A randomly initialised backbone (``seed``), the baseline every protocol is read against."""
+    torch.manual_seed(seed)
+    return build_backbone(backbone, img_size, patch_size, in_chans)
 
 
 def summary_line(summary: dict) -> str:

@@ -78,10 +78,10 @@ class AugConfig:
     local_crops_scale: Scale = (0.05, 0.4)  # area share range of the local crops
     flip_p: Probability = 0.5  # horizontal flip
     color_jitter_p: Probability = 0.8  # brightness/contrast/saturation/hue jitter, applied with this probability
-    brightness: NonNegativeFloat = 0.4  # colour jitter strengths (torchvision's ColorJitter)
-    contrast: NonNegativeFloat = 0.4
-    saturation: NonNegativeFloat = 0.2
-    hue: Annotated[float, Range(ge=0, le=0.5)] = 0.1
+    brightness: NonNegativeFloat = 0.4  # brightness jitter strength (torchvision's ColorJitter)
+    contrast: NonNegativeFloat = 0.4  # contrast jitter strength
+    saturation: NonNegativeFloat = 0.2  # saturation jitter strength
+    hue: Annotated[float, Range(ge=0, le=0.5)] = 0.1  # hue jitter strength (a share of the colour circle)
     grayscale_p: Probability = 0.2  # random grayscale
     blur_p: tuple[Probability, Probability, Probability] = (1.0, 0.1, 0.5)  # global 1, global 2, locals
     solarize_p: Probability = 0.2  # second global crop only, as in DINO/BYOL

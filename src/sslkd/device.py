@@ -109,4 +109,5 @@ def environment(device: torch.device | None = None) -> dict[str, str]:
         "device": dev,
         "threads": str(torch.get_num_threads()),
         "native_bf16": str(native_bf16(device)),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
     }

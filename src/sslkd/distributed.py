@@ -54,6 +54,12 @@ class _GatherWithGrad(torch.autograd.Function):
         return grad[dist.get_rank() * b : (dist.get_rank() + 1) * b]
 
 
+def shutdown() -> None:
+    """Leave torchrun's process group (the end of a distributed command)."""
+    if is_distributed():
+        dist.destroy_process_group()
+
+
 def rank() -> int:
     return dist.get_rank() if is_distributed() else 0
 

@@ -6,10 +6,13 @@ import argparse
 import json
 
 from sslkd.commands.args import model_flag, positive, split_model
-from sslkd.data import get_dataset, view_tensors
-from sslkd.device import resolve_device
-from sslkd.eval import analysis, extract_features
-from sslkd.pretrained import load_pretrained
+from sslkd.lazy import lazy_import
+
+analysis = lazy_import("sslkd.eval.analysis")
+datasets = lazy_import("sslkd.data")
+devices = lazy_import("sslkd.device")
+features = lazy_import("sslkd.eval.features")
+pretrained = lazy_import("sslkd.pretrained")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -33,23 +36,23 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    device = resolve_device(args.device)
+    device = devices.resolve_device(args.device)
     pres = []
     for spec in args.checkpoints:
         path, model = split_model(spec)
         with model_flag(spec):
-            pres.append((spec, load_pretrained(path, args.weights, model)))
+            pres.append((spec, pretrained.load_pretrained(path, args.weights, model)))
     first = pres[0][1]
     name = args.dataset or first.config.data.name
     root = args.root or (first.config.data.root if not args.dataset else None)
-    test = get_dataset(name, "test", root=root, img_size=first.img_size)
+    test = datasets.get_dataset(name, "test", root=root, img_size=first.img_size)
     for spec, pre in pres:
         if pre.num_channels != test.num_channels:
             raise ValueError(
                 f"{spec} was trained on {pre.num_channels}-channel images but {name} has {test.num_channels} channels"
             )
     if args.analysis == "attention-distance":
-        images = view_tensors(test, range(min(args.images, len(test))), first.img_size)
+        images = datasets.view_tensors(test, range(min(args.images, len(test))), first.img_size)
         curves = {
             spec: analysis.attention_distance(pre.backbone.cpu(), images, pre.mean, pre.std) for spec, pre in pres
         }
@@ -57,7 +60,9 @@ def run(args: argparse.Namespace) -> int:
             print(f"{spec}: mean distance per layer (px) " + " ".join(f"{v:.1f}" for v in d.mean(1)))
         print(analysis.plot_attention_distance(curves, args.out))
         return 0
-    feats = [extract_features(pre.backbone.to(device), test, pre.mean, pre.std, device=device) for _, pre in pres]
+    feats = [
+        features.extract_features(pre.backbone.to(device), test, pre.mean, pre.std, device=device) for _, pre in pres
+    ]
     if args.analysis == "tsne":
         print(
             analysis.plot_tsne(
@@ -65,8 +70,15 @@ def run(args: argparse.Namespace) -> int:
             )
         )
         return 0
-    train = get_dataset(name, "train", root=root, img_size=first.img_size)
-    tr = [extract_features(pre.backbone.to(device), train, pre.mean, pre.std, device=device) for _, pre in pres]
+    train = datasets.get_dataset(name, "train", root=root, img_size=first.img_size)
+    tr = [
+        features.extract_features(pre.backbone.to(device), train, pre.mean, pre.std, device=device) for _, pre in pres
+    ]
     res = analysis.prediction_consistency(tr[0][0], feats[0][0], tr[1][0], feats[1][0], tr[0][1], feats[0][1])
     print(json.dumps({"a": args.checkpoints[0], "b": args.checkpoints[1], **{k: round(v, 2) for k, v in res.items()}}))
     return 0
+
+
+def embed(pre, dataset, device):
+    """``(features, labels)`` of ``dataset`` by a loaded run's backbone, normalised as it was trained."""
+    return features.extract_features(pre.backbone.to(device), dataset, pre.mean, pre.std, device=device)

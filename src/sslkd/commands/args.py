@@ -8,7 +8,9 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from sslkd.errors import NoSuchModelError
+import yaml
+
+from sslkd.errors import ConfigError, NoSuchModelError
 
 
 def positive(kind):
@@ -70,8 +72,9 @@ def add_train_args(p: argparse.ArgumentParser, config_required: bool = True) -> 
 
 
 def add_eval_args(p: argparse.ArgumentParser) -> None:
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--checkpoint", help="checkpoint file or run folder")
+    p.add_argument("source", nargs="?", metavar="RUN", help="run folder or checkpoint (as attention, export, report)")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--checkpoint", help="the same as RUN")
     src.add_argument("--random-init", action="store_true", help="evaluate a randomly initialised backbone")
     p.add_argument("--weights", default="teacher", choices=["teacher", "student"], help="which weights of the run")
     p.add_argument("--model", type=int, default=1, choices=[1, 2], help="MOKD: which of the two models")
@@ -90,6 +93,32 @@ def add_eval_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--seed", type=int, default=0, help="random init, probe and fine-tuning seed")
     p.add_argument("--json", action="store_true", help="print one JSON line instead of a table")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="data.KEY=VALUE",
+        help=f"a data key, e.g. --set data.on_corrupt=skip (repeatable; {', '.join(EVAL_DATA_KEYS)})",
+    )
+
+
+EVAL_DATA_KEYS = ("data.on_corrupt", "data.labels", "data.in_memory", "data.download")
+
+
+def eval_data_options(args: argparse.Namespace) -> dict:
+    """The data keys of an evaluation command's ``--set`` (those ``get_dataset`` takes), checked."""
+    options = {}
+    for text in args.overrides:
+        key, _, value = text.partition("=")
+        if key.strip() not in EVAL_DATA_KEYS or not _:
+            raise ConfigError(f"--set {text}: evaluation takes {', '.join(k + '=...' for k in EVAL_DATA_KEYS)}")
+        options[key.strip()[5:]] = yaml.safe_load(value) if value.strip() else None
+    sources = [x for x in (args.source, args.checkpoint) if x] + (["--random-init"] if args.random_init else [])
+    if len(sources) != 1:
+        raise ConfigError("name one source: RUN (or --checkpoint RUN), or --random-init")
+    args.checkpoint = args.checkpoint or args.source
+    return options
 
 
 def split_model(spec: str) -> tuple[str, int]:

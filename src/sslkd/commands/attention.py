@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import argparse
 
-import numpy as np
-import torch
-from PIL import Image
-
 from sslkd.commands.args import model_flag, share, split_model
-from sslkd.data import get_dataset, view_tensors
-from sslkd.eval.attention import cls_attention, plot_attention
-from sslkd.pretrained import load_pretrained
+from sslkd.lazy import lazy_import
+
+attention = lazy_import("sslkd.eval.attention")
+datasets = lazy_import("sslkd.data")
+pretrained = lazy_import("sslkd.pretrained")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -29,7 +27,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     path, model = split_model(args.checkpoint)
     with model_flag(args.checkpoint):
-        pre = load_pretrained(path, args.weights, model)
+        pre = pretrained.load_pretrained(path, args.weights, model)
     if not getattr(pre.backbone, "is_vit", False):
         other = (
             " (a MOKD run: RUN@2 selects its second model)" if pre.config.method.name == "mokd" and model == 1 else ""
@@ -37,24 +35,16 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"{args.checkpoint}: attention maps need a ViT backbone, this model is a CNN{other}")
     size = pre.img_size
     if args.images:
-        arrays = []
-        for path in args.images:
-            try:
-                with Image.open(path) as im:
-                    im = im.convert("L" if pre.num_channels == 1 else "RGB").resize((size, size), Image.BICUBIC)
-                    arrays.append(np.asarray(im, dtype=np.uint8).reshape(size, size, pre.num_channels))
-            except OSError as e:
-                raise ValueError(f"cannot read image {path}: {e}") from e
-        images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)
+        images = attention.images_from_files(args.images, size, pre.num_channels)
     else:
         name = args.dataset or pre.config.data.name
-        ds = get_dataset(name, "test", root=args.root or pre.config.data.root, img_size=size)
+        ds = datasets.get_dataset(name, "test", root=args.root or pre.config.data.root, img_size=size)
         if ds.num_channels != pre.num_channels:
             raise ValueError(f"{name} has {ds.num_channels} channels, the checkpoint expects {pre.num_channels}")
         bad = [i for i in args.indices if not 0 <= i < len(ds)]
         if bad:
             raise ValueError(f"--indices {' '.join(map(str, bad))}: {name}'s test split has images 0..{len(ds) - 1}")
-        images = view_tensors(ds, args.indices, size)
-    maps = cls_attention(pre.backbone, images, pre.mean, pre.std, args.threshold)
-    print(plot_attention(images, maps, args.out, f"{pre.path} ({args.weights}), step {pre.step}"))
+        images = datasets.view_tensors(ds, args.indices, size)
+    maps = attention.cls_attention(pre.backbone, images, pre.mean, pre.std, args.threshold)
+    print(attention.plot_attention(images, maps, args.out, f"{pre.path} ({args.weights}), step {pre.step}"))
     return 0

@@ -8,11 +8,10 @@ import json
 import time
 from pathlib import Path
 
-import torch
+from sslkd.commands.args import add_eval_args, eval_data_options, model_flag, positive, positive_list
+from sslkd.lazy import lazy_import
 
-from sslkd import api
-from sslkd.commands.args import add_eval_args, model_flag, positive, positive_list
-from sslkd.models import build_backbone
+api = lazy_import("sslkd.api")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -49,12 +48,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    data = api.eval_datasets(args.dataset, args.root, args.img_size)
+    options = eval_data_options(args)
+    data = api.eval_datasets(args.dataset, args.root, args.img_size, **options)
     if args.checkpoint:
         source = args.checkpoint
     else:
-        torch.manual_seed(args.seed)
-        source = build_backbone(args.backbone, data[0].img_size, args.patch_size, data[0].num_channels)
+        source = api.random_backbone(args.backbone, data[0].img_size, args.patch_size, data[0].num_channels, args.seed)
     kw = dict(
         root=args.root,
         which=args.weights,

@@ -7,8 +7,10 @@ import argparse
 from pathlib import Path
 
 from sslkd.commands.args import add_set
-from sslkd.experiments.compare import budget_overrides, run_comparison
-from sslkd.experiments.table1 import DEFAULT_CONFIGS
+from sslkd.lazy import lazy_import
+
+compare = lazy_import("sslkd.experiments.compare")
+table1 = lazy_import("sslkd.experiments.table1")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -48,18 +50,18 @@ def run(args: argparse.Namespace) -> int:
         ([f"train.epochs={args.epochs}"] if args.epochs else [])
         + ([f"train.max_steps={args.max_steps}"] if args.max_steps else [])
         + ([f"train.time_budget_minutes={args.minutes}"] if args.minutes else [])
-        + budget_overrides(args.budget)
+        + compare.budget_overrides(args.budget)
     )
-    table1 = args.experiment == "table1"
-    name = "table1" if table1 else args.name
-    run_comparison(
-        args.configs or DEFAULT_CONFIGS,
+    is_table1 = args.experiment == "table1"
+    name = "table1" if is_table1 else args.name
+    compare.run_comparison(
+        args.configs or table1.DEFAULT_CONFIGS,
         args.out,
         budget + args.overrides,
         args.eval_dataset,
         args.eval_root,
         args.linear_epochs,
-        random_init=table1 or args.random_init,
+        random_init=is_table1 or args.random_init,
         eval_train_samples=args.eval_train_samples,
         eval_test_samples=args.eval_test_samples,
         name=name,

@@ -6,7 +6,10 @@ import argparse
 import json
 
 from sslkd.commands.args import model_flag, split_model
-from sslkd.export import FORMATS, export
+from sslkd.lazy import lazy_import
+
+exporting = lazy_import("sslkd.export")
+FORMATS = ("safetensors", "timm", "onnx")  # sslkd.export.FORMATS, spelled here so that --help needs no PyTorch
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -26,6 +29,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     src, model = split_model(args.source)
     with model_flag(args.source):
-        files = export(src, args.out, args.weights, model, tuple(args.formats or ["safetensors"]))
+        files = exporting.export(src, args.out, args.weights, model, tuple(args.formats or ["safetensors"]))
     print(json.dumps({k: str(v) for k, v in files.items()}))
     return 0

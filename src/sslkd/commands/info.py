@@ -3,17 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import platform
 
-import timm
-import torch
-import torchvision
+from sslkd.lazy import lazy_import
 
-from sslkd import __version__
-from sslkd.data import DATASETS
-from sslkd.device import native_bf16
-from sslkd.methods import METHODS
-from sslkd.models import BACKBONES, is_vit
+backbones = lazy_import("sslkd.models.backbone")
+datasets = lazy_import("sslkd.data.registry")
+devices = lazy_import("sslkd.device")
+methods = lazy_import("sslkd.methods")  # importing the package registers every method
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -24,26 +20,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     if args.models is not None:
         return list_models(args.models)
-    cuda = torch.cuda.is_available()
-    print(f"sslkd {__version__}  python {platform.python_version()}  {platform.machine()}")
-    print(f"torch {torch.__version__}  torchvision {torchvision.__version__}  timm {timm.__version__}")
-    print(
-        f"device: {'cuda: ' + torch.cuda.get_device_name(0) if cuda else 'cpu'}  "
-        f"threads: {torch.get_num_threads()}  cpu: {torch.backends.cpu.get_cpu_capability()}, "
-        f"native bf16: {'yes' if native_bf16(torch.device('cpu')) else 'no (precision auto uses fp32)'}"
-    )
-    print(f"methods: {', '.join(METHODS)}")
-    print(f"backbones: {', '.join(BACKBONES)}")
-    print(f"datasets: {', '.join(DATASETS)}")
+    env = devices.environment()
+    bf16 = "yes" if env["native_bf16"] == "True" else "no (precision auto uses fp32)"
+    print(f"sslkd {env['sslkd']}  python {env['python']}  {env['platform']}")
+    print(f"torch {env['torch']}  torchvision {env['torchvision']}  timm {env['timm']}")
+    print(f"device: {env['device']}  threads: {env['threads']}  cpu: {env['cpu_capability']}, native bf16: {bf16}")
+    print(f"methods: {', '.join(methods.METHODS)}")
+    print(f"backbones: {', '.join(backbones.BACKBONES)}, or any timm model (sslkd info --models PATTERN)")
+    print(f"datasets: {', '.join(datasets.DATASETS)}")
     return 0
 
 
 def list_models(pattern: str) -> int:
     """Backbones matching ``pattern``: timm's ViT family (a mask token: every method) and the
     others (read through forward_features: DINO, MoCo v3, MOKD, SEED; not iBOT, MAE, DMT)."""
-    names = sorted(set(timm.list_models(f"*{pattern}*")) | {a for a in BACKBONES if pattern in a})
-    vits = [n for n in names if is_vit(n)]
-    others = [n for n in names if not is_vit(n)]
+    vits, others = backbones.matching_models(pattern)
     print(f"ViT family, every method ({len(vits)}): {', '.join(vits) or '-'}")
     print(f"other models, not iBOT/MAE/DMT ({len(others)}): {', '.join(others) or '-'}")
     print("model.backbone takes any of them; model.patch_size sets a ViT's patch")

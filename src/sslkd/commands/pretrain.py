@@ -9,21 +9,22 @@ import argparse
 import os
 from pathlib import Path
 
-import torch.distributed as dist
 import yaml
 
-from sslkd import api
-from sslkd.autoconfig import auto_config
 from sslkd.commands.args import add_train_args, positive
-from sslkd.config import to_dict
-from sslkd.distributed import is_distributed
 from sslkd.errors import ConfigError
-from sslkd.methods import METHODS
+from sslkd.lazy import lazy_import
+
+api = lazy_import("sslkd.api")
+autoconfig = lazy_import("sslkd.autoconfig")
+config = lazy_import("sslkd.config")
+distributed = lazy_import("sslkd.distributed")
+METHOD_NAMES = ("dino", "ibot", "mocov3", "mae", "mokd", "seed", "dmt")  # sslkd.methods.METHODS (a test checks)
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_train_args(p, config_required=False)
-    p.add_argument("--method", choices=list(METHODS), help="without --config: the method (defaults from the data)")
+    p.add_argument("--method", choices=METHOD_NAMES, help="without --config: the method (defaults from the data)")
     p.add_argument("--data", help="without --config: a folder of images, or a dataset name (sslkd info)")
     p.add_argument("--model", help="backbone (default: vit_small for photos, vit_tiny for small images)")
     p.add_argument(
@@ -47,7 +48,7 @@ def resolve(args: argparse.Namespace):
     if not args.config:
         if not (args.method and args.data):
             raise ConfigError("give --config FILE|NAME, or --method and --data (a folder of images or a dataset name)")
-        base = auto_config(
+        base = autoconfig.auto_config(
             args.method, args.data, args.model, args.out, args.teachers, args.img_size, args.batch_size, args.epochs
         )
         return api.config(base, args.overrides), True
@@ -74,11 +75,10 @@ def run(args: argparse.Namespace) -> int:
             f"# sslkd pretrain --method {args.method} --data {args.data}: the config used "
             f"(saved as {cfg.output_dir}/config.yaml; --config takes it)"
         )
-        print(yaml.safe_dump(to_dict(cfg), sort_keys=False, explicit_end=True), end="", flush=True)
+        print(yaml.safe_dump(config.to_dict(cfg), sort_keys=False, explicit_end=True), end="", flush=True)
     res = api.pretrain(cfg, progress=not args.no_progress, resume=None if args.resume == "none" else args.resume)
-    main_process = not is_distributed() or dist.get_rank() == 0
-    if is_distributed():
-        dist.destroy_process_group()
+    main_process = distributed.rank() == 0
+    distributed.shutdown()
     if main_process:
         print(api.summary_line(res.summary))
     return 130 if res.summary["status"] == "interrupted" else 0

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-from sslkd.report import build_report
+from sslkd.lazy import lazy_import
+
+report = lazy_import("sslkd.report")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -21,7 +23,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     print(
-        build_report(
+        report.build_report(
             args.runs,
             args.out,
             args.dataset,

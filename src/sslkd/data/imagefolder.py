@@ -160,7 +160,7 @@ def _load_in_memory(
         raise DatasetError(
             f"imagefolder: cannot decode {bad[0]}"
             + (f" (and {len(bad) - 1} more)" if len(bad) > 1 else "")
-            + "; set data.on_corrupt=skip to skip and count them"
+            + "; --set data.on_corrupt=skip skips and counts them"
         )
     keep = [i for i, d in enumerate(decoded) if d is not None]
     if bad:

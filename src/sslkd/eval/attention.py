@@ -6,8 +6,10 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import matplotlib
+import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -66,3 +68,17 @@ def plot_attention(images: torch.Tensor, maps: torch.Tensor, out: str | Path, ti
     fig.savefig(out, dpi=110)
     plt.close(fig)
     return out
+
+
+def images_from_files(paths: Sequence[str | Path], size: int, channels: int) -> torch.Tensor:
+    """uint8 ``[N, C, size, size]`` of image files (resized to a square: attention maps of a whole
+    picture); an unreadable file is a ``ValueError`` naming it."""
+    arrays = []
+    for path in paths:
+        try:
+            with Image.open(path) as im:
+                im = im.convert("L" if channels == 1 else "RGB").resize((size, size), Image.BICUBIC)
+                arrays.append(np.asarray(im, dtype=np.uint8).reshape(size, size, channels))
+        except OSError as e:
+            raise ValueError(f"cannot read image {path}: {e}") from e
+    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2)

@@ -68,6 +68,20 @@ def label_of(cfg: Config) -> str:
     return f"{cfg.method.name.upper()} {cfg.model.backbone}"
 
 
+def labels_of(cfgs: list[Config], names: list[str]) -> list[str]:
+    """Row and legend labels (:func:`label_of`); rows that would share one (two configs of one
+    method, a recipe variant against its base) take the config's ``name``, else the run folder's."""
+    labels = [label_of(c) for c in cfgs]
+    for label in set(labels):
+        same = [j for j, x in enumerate(labels) if x == label]
+        if len(same) > 1:
+            own = [cfgs[j].name for j in same]
+            unique = len(set(own)) == len(own) and "run" not in own
+            for j, name in zip(same, own):
+                labels[j] = name if unique else names[j]
+    return labels
+
+
 def run_names(configs: list[str]) -> list[str]:
     """Each config's run folder under ``out``: its file stem, prefixed by its folder when stems
     collide (``configs/mocov3/cifar10_vit_tiny.yaml`` next to ``configs/mae/cifar10_vit_tiny.yaml``)."""
@@ -169,6 +183,7 @@ def run_comparison(
         rand = build_method(first, ev_train.num_channels, ev_train.img_size, eval_only=True).eval_backbone("teacher")
         rows.append({"pretrain": "Random init", "steps": 0, "minutes": 0.0, **scores(rand)})
     runs, labels = [], []
+    row_labels = labels_of(cfgs, names)
     for run_name, cfg in zip(names, cfgs):
         trainer = Trainer(cfg, progress=progress)
         if trainer.train_set.num_channels != ev_train.num_channels:
@@ -183,7 +198,7 @@ def run_comparison(
                 f"run the same command again to resume the experiment"
             )
         runs.append(Path(cfg.output_dir))
-        labels.append(label_of(cfg))
+        labels.append(row_labels[len(labels)])
         models = models_of(cfg)
         for model, arch in models:
             backbone = trainer.method.eval_backbone("teacher", model)

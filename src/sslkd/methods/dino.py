@@ -18,7 +18,7 @@ from sslkd.schema import NonNegativeFloat, Positive, PositiveFloat, Probability
 
 @dataclass
 class DINOConfig:
-    name: str = "dino"
+    name: str = "dino"  # the method (sslkd info lists them)
     out_dim: Positive = 4096  # prototypes of the head's last layer
     hidden_dim: Positive = 2048  # head MLP width
     bottleneck_dim: Positive = 256  # head bottleneck (L2-normalised) width

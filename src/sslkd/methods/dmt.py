@@ -28,7 +28,7 @@ from sslkd.models.teacher import FrozenTeacher, TeacherConfig
 
 @dataclass
 class DMTConfig(TeacherConfig):
-    name: str = "dmt"
+    name: str = "dmt"  # the method (sslkd info lists them)
     teachers: list[str] = field(default_factory=list)  # sslkd runs, weight files or timm:<model> (ViTs, one width)
     loss: Literal["kl", "mse"] = "kl"  # kl (the paper's) | mse
     tfd: bool = True  # token fusion distillation term

@@ -66,14 +66,14 @@ class DistillConfig:
 class IBOTConfig(DINOConfig):
     """DINO's keys (CLS level) plus iBOT's patch-level, masking and distillation keys."""
 
-    name: str = "ibot"
+    name: str = "ibot"  # the method (sslkd info lists them)
     out_dim: Positive = 8192  # CLS prototypes
     patch_out_dim: Positive | None = None  # None: out_dim
     shared_head: bool = True  # False: the student's patch tokens get their own last layer
     # iBOT's shared_head_teacher: with shared_head False, the teacher still projects its patch tokens
     # with its CLS last layer (the EMA of the student's); False: with its own (the EMA of the student's
     # patch last layer)
-    shared_head_teacher: bool = True
+    shared_head_teacher: bool = True  # see above: the teacher's patch tokens use its CLS last layer
     teacher_patch_temp: PositiveFloat = 0.07  # patch-level teacher temperature after the warmup
     warmup_teacher_patch_temp: PositiveFloat = 0.04  # ... at the start
     center_momentum2: Probability = 0.9  # EMA momentum of the patch centre

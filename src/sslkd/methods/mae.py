@@ -27,7 +27,7 @@ from sslkd.schema import Positive, Range
 
 @dataclass
 class MAEConfig:
-    name: str = "mae"
+    name: str = "mae"  # the method (sslkd info lists them)
     mask_ratio: Annotated[float, Range(gt=0, lt=1)] = 0.75  # share of the patches hidden from the encoder
     decoder_dim: Positive = 128  # decoder width
     decoder_depth: Positive = 2  # decoder blocks

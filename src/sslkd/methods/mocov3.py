@@ -28,7 +28,7 @@ from sslkd.schema import NonNegative, Positive, PositiveFloat
 
 @dataclass
 class MoCoV3Config:
-    name: str = "mocov3"
+    name: str = "mocov3"  # the method (sslkd info lists them)
     hidden_dim: Positive = 4096  # projector / predictor MLP width
     out_dim: Positive = 256  # embedding width
     proj_layers: NonNegative = 0  # 0: the paper's (3 for ViTs, 2 for CNNs)

@@ -47,7 +47,7 @@ class MOKDConfig(DINOConfig):
     ``model`` section; its ``init_seed`` None means model 1's initialisation seed + 1 (two twins
     must not start equal)."""
 
-    name: str = "mokd"
+    name: str = "mokd"  # the method (sslkd info lists them)
     model2: ModelConfig = field(  # the second model, as the model section
         default_factory=ModelConfig,
         metadata={"notes": {"init_seed": "None: model 1's init seed + 1 (twins must differ)"}},

@@ -31,7 +31,7 @@ from sslkd.schema import NonNegative, NonNegativeFloat, Positive, PositiveFloat
 
 @dataclass
 class SEEDConfig(TeacherConfig):
-    name: str = "seed"
+    name: str = "seed"  # the method (sslkd info lists them)
     teacher: str = ""  # sslkd run folder / checkpoint, a .pth/.safetensors file, or timm:<model>
     # auto: the teacher's projection head where its checkpoint has one (SEED distils the teacher's output
     # embedding; DINO/iBOT heads: their bottleneck), else its backbone | head | backbone (CLS/pooled)

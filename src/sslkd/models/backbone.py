@@ -70,6 +70,12 @@ class ModelConfig:
             )
 
 
+def matching_models(pattern: str) -> tuple[list[str], list[str]]:
+    """(ViT-family names, other names) among the aliases and timm models containing ``pattern``."""
+    names = sorted(set(timm.list_models(f"*{pattern}*")) | {a for a in BACKBONES if pattern in a})
+    return [n for n in names if is_vit(n)], [n for n in names if not is_vit(n)]
+
+
 def is_vit(name: str) -> bool:
     """Whether backbone ``name`` gets sslkd's ViT interface (patch tokens, a mask token, a patch size)."""
     return name in VITS or (name not in CNNS and timm.is_model(name) and is_model_in_modules(name, VIT_MODULES))

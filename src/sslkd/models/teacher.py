@@ -160,6 +160,13 @@ def load_external(
             f"teacher not found: {path} (expected an sslkd run folder or checkpoint, a "
             f".pth/.safetensors file, or timm:<model name>)"
         )
+    if path.is_file() and not _looks_like_weights(path):
+        with open(path, "rb") as f:
+            head = f.read(8)
+        raise TeacherError(
+            f"{path}: not a checkpoint file (a PyTorch checkpoint is a zip archive or a pickle, a safetensors "
+            f"file starts with its header's length; this starts with {head!r})"
+        )
     if features == "head":
         raise TeacherError(
             f"{path}: only sslkd checkpoints carry a projection head sslkd can use; use features 'backbone'"
@@ -195,6 +202,13 @@ def _from_timm(name: str, img_size: int | None, in_chans: int) -> tuple[FrozenTe
         ) from e
     backbone = ViTBackbone(net) if vit else CNNBackbone(net, in_chans)
     return FrozenTeacher(backbone, None, img_size), LoadReport(f"timm:{name}", "timm", len(net.state_dict()))
+
+
+def _looks_like_weights(path: Path) -> bool:
+    """A PyTorch zip or pickle, or a safetensors file (8-byte header length, then a JSON object)."""
+    with open(path, "rb") as f:
+        head = f.read(9)
+    return head[:4] == b"PK\x03\x04" or head[:1] == b"\x80" or (len(head) == 9 and head[8:9] == b"{")
 
 
 def read_weights_file(path: Path) -> dict:

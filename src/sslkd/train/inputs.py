@@ -78,7 +78,7 @@ def count_bad_files(
         total = int(t)
     if total and on_corrupt == "fail":
         first = errors[0] if errors else f"a file another process read could not be decoded ({total} in this batch)"
-        raise DatasetError(f"{first}; set data.on_corrupt=skip to skip and count such files")
+        raise DatasetError(f"{first}; --set data.on_corrupt=skip skips and counts such files")
     for e in errors:
         say(f"skipped: {e}")
     return total
