@@ -14,6 +14,10 @@ is read by :mod:`sslkd.teachers` (it rebuilds the run's method). Sources:
                 ``module.momentum_encoder.`` (``teacher``); ``head.`` / ``fc.`` dropped
   mocov2        ``state_dict`` with ``module.encoder_q.`` / ``module.encoder_k.``; ``fc.`` dropped
   mae           ``model``; ``decoder*`` and ``mask_token`` dropped
+  dinov2        a flat dict with ``mask_token`` and LayerScale (``ls1.gamma``); ``register_tokens``
+                with registers (an alias ``teacher_arch`` becomes timm's ``*_dinov2`` model)
+  clip          ``visual.*`` keys of an OpenAI / OpenCLIP checkpoint (the image tower; an alias
+                becomes timm's ``*_clip_224`` model; OpenAI's own weights: ``*_clip_quickgelu_224``)
   timm          a flat tensor dict (``.pth``/``.bin`` or ``.safetensors``)
   ============  ==========================================================================
 
@@ -36,10 +40,11 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 from timm.layers import resample_abs_pos_embed
+from timm.models.vision_transformer import _convert_dinov2, _convert_openai_clip  # timm's own remapping
 from torch import nn
 
 from sslkd.errors import TeacherError
-from sslkd.models.backbone import Backbone, CNNBackbone, ViTBackbone, build_backbone, is_vit
+from sslkd.models.backbone import VITS, Backbone, CNNBackbone, ViTBackbone, build_backbone, is_vit
 from sslkd.models.heads import DINOHead
 from sslkd.schema import Positive
 
@@ -89,7 +94,9 @@ class LoadReport:
 class FrozenTeacher(nn.Module):
     """``forward(x [B, C, H, W]) -> [B, out_dim]``: the backbone's CLS/pooled features, or the
     projection head's output when one is given. Always in eval mode (BatchNorm statistics and
-    dropout frozen), never trained; ``img_size`` resizes inputs for a teacher made for other sizes."""
+    dropout frozen), never trained; ``img_size`` resizes inputs for a teacher made for other sizes
+    (without it, a ViT teacher resizes a crop that is not a multiple of its patch, e.g. DINOv2's 14,
+    down to the nearest one)."""
 
     def __init__(self, backbone: Backbone, head: nn.Module | None = None, img_size: int | None = None) -> None:
         super().__init__()
@@ -97,26 +104,31 @@ class FrozenTeacher(nn.Module):
         self.in_chans = backbone_in_chans(backbone)
         self.requires_grad_(False)
         self.train(False)
+        self.patch = backbone.patch_size if isinstance(backbone, ViTBackbone) else 1
         with torch.no_grad():
-            probe = torch.zeros(2, self.in_chans, img_size or 32, img_size or 32)
-            self.out_dim = int(self.forward(probe).shape[-1])
+            size = img_size or max(32 // self.patch, 2) * self.patch
+            self.out_dim = int(self.forward(torch.zeros(2, self.in_chans, size, size)).shape[-1])
 
     def train(self, mode: bool = True) -> FrozenTeacher:
         return super().train(False)
 
+    def _fit(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.img_size and x.shape[-1] % self.patch == 0 and x.shape[-2] % self.patch == 0:
+            return x
+        size = self.img_size or max(self.patch, x.shape[-1] // self.patch * self.patch)
+        if x.shape[-1] != size or x.shape[-2] != size:
+            x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+        return x
+
     @torch.no_grad()
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.img_size and x.shape[-1] != self.img_size:
-            x = F.interpolate(x, size=(self.img_size, self.img_size), mode="bilinear", align_corners=False)
-        cls, _ = self.backbone.forward_features(x)
+        cls, _ = self.backbone.forward_features(self._fit(x))
         return self.head(cls) if self.head is not None else cls
 
     @torch.no_grad()
     def tokens(self, x: torch.Tensor) -> torch.Tensor:
         """All tokens ``[B, 1 + N, D]`` (CLS first) after the final norm, for token-level distillation."""
-        if self.img_size and x.shape[-1] != self.img_size:
-            x = F.interpolate(x, size=(self.img_size, self.img_size), mode="bilinear", align_corners=False)
-        cls, tok = self.backbone.forward_features(x)
+        cls, tok = self.backbone.forward_features(self._fit(x))
         return torch.cat([cls[:, None], tok], 1)
 
 
@@ -177,12 +189,15 @@ def load_external(
             f"vit_tiny/vit_small/vit_base/resnet18/... )"
         )
     layout, state = extract_state(read_weights_file(path), which, path)
+    arch, file_patch = _foundation_arch(layout, arch, state)
+    patch_size = file_patch or patch_size
     build_size = img_size
     if is_vit(arch):  # build at the file's own grid and depth unless told otherwise: no resampling needed
         blocks = {int(k.split(".")[1]) for k in state if k.startswith("blocks.")}
         depth = depth or (max(blocks) + 1 if blocks else None)
         pos = state.get("pos_embed")
-        grid = int(math.isqrt(pos.shape[1] - 1)) if pos is not None and pos.ndim == 3 else 0
+        n = pos.shape[1] if pos is not None and pos.ndim == 3 else 0
+        grid = math.isqrt(n) if math.isqrt(n) ** 2 == n else math.isqrt(max(n - 1, 0))  # prefix tokens or not
         build_size = build_size or (grid * patch_size if grid else None)
     backbone = build_backbone(arch, build_size or 224, patch_size, in_chans, small_stem=small_stem, depth=depth)
     report = load_into(backbone, state, layout, str(path), strict)
@@ -269,6 +284,7 @@ def extract_state(obj: dict, which: str = "teacher", path: Path | str = "") -> t
         layout, state = "timm", obj.get("state_dict", obj)
         if state and all(k.startswith("module.") for k in state):
             state = _strip(state, "module.")
+        layout, state = _foundation(layout, state)
     bad = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
     if not state or bad:
         raise TeacherError(
@@ -276,6 +292,33 @@ def extract_state(obj: dict, which: str = "teacher", path: Path | str = "") -> t
             + (f" (non-tensor entries: {', '.join(bad[:5])})" if bad else "")
         )
     return layout, state
+
+
+def _foundation(layout: str, state: dict) -> tuple[str, dict]:
+    """Today's foundation models' own layouts, remapped to timm's keys by timm's converters:
+    DINOv2 (LayerScale, a mask token; with registers: ``register_tokens``, a position embedding
+    without the prefix tokens) and CLIP image towers (OpenAI / OpenCLIP ``visual.*``; the text tower
+    and the projection are dropped)."""
+    if "mask_token" in state and any(k.endswith(".ls1.gamma") for k in state):
+        registers = "register_tokens" in state
+        return ("dinov2+registers" if registers else "dinov2"), _convert_dinov2(dict(state), None)
+    clip = next((k for k in state if k.endswith("visual.class_embedding")), None)
+    if clip is not None:
+        converted = _convert_openai_clip(state, None, prefix=clip[: -len("class_embedding")])
+        return "clip", {k: v for k, v in converted.items() if not k.startswith("head.")}
+    return layout, state
+
+
+def _foundation_arch(layout: str, arch: str, state: dict) -> tuple[str, int | None]:
+    """(timm model, patch size) for a foundation layout named by an alias (``vit_small`` + DINOv2
+    weights -> ``vit_small_patch14_dinov2``); a timm name is kept. The patch size is the file's."""
+    weight = state.get("patch_embed.proj.weight")
+    patch = int(weight.shape[-1]) if weight is not None and layout in ("dinov2", "dinov2+registers", "clip") else None
+    if arch in VITS and layout.startswith("dinov2"):
+        return f"{arch}_patch{patch}{'_reg4' if layout.endswith('registers') else ''}_dinov2", patch
+    if arch in VITS and layout == "clip":
+        return f"{arch}_patch{patch}_clip_224", patch
+    return arch, patch
 
 
 def load_into(
