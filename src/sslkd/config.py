@@ -53,6 +53,7 @@ __all__ = [
 ]
 
 Scale = tuple[Fraction, Fraction]
+LoggerName = Literal["tensorboard", "wandb", "mlflow"]  # sslkd.train.loggers.LOGGERS
 
 
 @dataclass
@@ -113,6 +114,7 @@ class TrainConfig:
     keep_last: Positive = 3  # checkpoints kept in the run folder
     log_every: Positive = 10  # steps between log lines / metrics records
     max_steps: Positive | None = None  # stop early (tests, smoke runs); schedules still span epochs
+    loggers: list[LoggerName] = field(default_factory=lambda: ["tensorboard"])  # besides metrics.jsonl; sslkd[loggers]
     time_budget_minutes: PositiveFloat | None = None  # stop after this much training time (equal-time comparisons)
 
 

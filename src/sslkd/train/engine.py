@@ -41,6 +41,7 @@ from sslkd.teachers import load_teachers, load_weights
 from sslkd.train import fsdp
 from sslkd.train.gradcache import cache_batch_gradients, set_rng_state
 from sslkd.train.inputs import build_views, count_bad_files, data_kwargs, ignore_stop_signals, load_datasets
+from sslkd.train.loggers import open_loggers
 from sslkd.train.optim import build_optimizers, clip_per_tensor, compile_networks, set_hparams
 from sslkd.train.resume import Checkpointing
 from sslkd.train.runlog import RunLog
@@ -324,6 +325,7 @@ class Trainer(Checkpointing):
             self.steps_per_epoch,
             {"lr": self.lr, "wd": self.wd, "momentum": self.momentum},
             self._check_finite,
+            open_loggers(t.loggers, self.out, to_dict(cfg), cfg.name) if self.is_main else [],
         )
         old_handlers = {s: signal.signal(s, self._handle_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         end = self.total_steps if t.max_steps is None else min(self.total_steps, t.max_steps)

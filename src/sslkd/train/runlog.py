@@ -1,4 +1,5 @@
-"""A run's metrics: one JSONL record per optimiser step, the last of each flush to TensorBoard.
+"""A run's metrics: one JSONL record per optimiser step, the last of each flush to the loggers
+(TensorBoard, W&B, MLflow: :mod:`sslkd.train.loggers`).
 
 Steps are queued as device tensors and written in batches (``flush``), so the training loop
 synchronises with the device once per ``train.log_every`` steps, not once per step.
@@ -14,9 +15,11 @@ from typing import Any
 
 import torch
 
+from sslkd.train.loggers import Logger, finish_loggers
+
 
 class RunLog:
-    """``metrics.jsonl`` and ``tb/`` in ``out`` (only where ``enabled``: the main process).
+    """``metrics.jsonl`` in ``out`` and the ``loggers`` (only where ``enabled``: the main process).
 
     ``schedules`` maps a name (``lr``, ``wd``, ``momentum``) to its per-step values, written
     into every record; ``check`` sees each step's losses before anything of it is written (the
@@ -29,9 +32,10 @@ class RunLog:
         steps_per_epoch: int,
         schedules: dict[str, Sequence[float] | torch.Tensor],
         check: Callable[[dict[str, torch.Tensor], int], None] | None = None,
+        loggers: list[Logger] | None = None,
     ) -> None:
         self.file = open(out / "metrics.jsonl" if enabled else os.devnull, "a")  # noqa: SIM115 - open for the run, closed by close()
-        self.tb = _tensorboard(out) if enabled else None
+        self.out, self.loggers = out, (loggers or []) if enabled else []
         self.steps_per_epoch = steps_per_epoch
         self.schedules = schedules
         self.check = check
@@ -57,30 +61,20 @@ class RunLog:
             self.file.write(json.dumps(rec) + "\n")
             last = rec
         self.file.flush()
-        if last and self.tb is not None:
-            for k, v in last.items():
-                if k not in ("step", "epoch"):
-                    self.tb.add_scalar(f"train/{k}", v, last["step"])
+        if last:
+            values = {f"train/{k}": v for k, v in last.items() if k not in ("step", "epoch")}
+            for logger in self.loggers:
+                logger.scalars(values, last["step"])
         self.pending.clear()
         return last
 
     def record(self, rec: dict[str, Any], scalars: dict[str, float]) -> None:
-        """Write an extra record now (evaluations), its ``scalars`` to TensorBoard at ``rec['step']``."""
+        """Write an extra record now (evaluations), its ``scalars`` to the loggers at ``rec['step']``."""
         self.file.write(json.dumps(rec) + "\n")
         self.file.flush()
-        if self.tb is not None:
-            for k, v in scalars.items():
-                self.tb.add_scalar(k, v, rec["step"])
+        for logger in self.loggers:
+            logger.scalars(scalars, rec["step"])
 
     def close(self) -> None:
         self.file.close()
-        if self.tb is not None:
-            self.tb.close()
-
-
-def _tensorboard(out: Path):
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:  # tensorboard is a dependency, but keep training if it is broken
-        return None
-    return SummaryWriter(str(out / "tb"))
+        finish_loggers(self.loggers, self.out)
