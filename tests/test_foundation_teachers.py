@@ -77,3 +77,32 @@ def test_openai_clip_image_tower_loads_with_its_features(tmp_path):
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(teacher(x), _features(model, x), rtol=1e-4, atol=1e-5)
+
+
+def _dinov3_file(path):
+    """DINOv3's layout from timm's EVA model: storage tokens, ls1/ls2 gammas, one qkv bias (k part 0)."""
+    model = timm.create_model("vit_small_patch16_dinov3", img_size=32, depth=1, num_classes=0).eval()
+    state = {}
+    for k, v in model.state_dict().items():
+        if "rope" in k:
+            continue
+        if k.endswith("q_bias"):
+            v_bias = model.state_dict()[k.replace("q_bias", "v_bias")]
+            state[k.replace("q_bias", "qkv.bias")] = torch.cat([v, torch.zeros_like(v), v_bias])
+            continue
+        if k.endswith("v_bias"):
+            continue
+        k = k.replace("gamma_1", "ls1.gamma").replace("gamma_2", "ls2.gamma").replace("reg_token", "storage_tokens")
+        state[k] = v
+    state["mask_token"] = torch.zeros(1, 384)
+    torch.save(state, path)
+    return model
+
+
+def test_dinov3_checkpoint_loads_with_its_features(tmp_path):
+    model = _dinov3_file(tmp_path / "dinov3.pth")
+    teacher, report = load_teacher(tmp_path / "dinov3.pth", arch="vit_small", img_size=32)
+    assert report.layout == "dinov3" and not report.missing
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(teacher(x), _features(model, x), rtol=1e-4, atol=1e-5)

@@ -5,6 +5,7 @@ import json
 
 import pytest
 
+from sslkd.cli import main
 from sslkd.config import load_config
 from sslkd.data import get_dataset
 from sslkd.errors import ConfigError
@@ -43,12 +44,32 @@ def test_wandb_and_mlflow_offline_get_metrics_config_and_files(tmp_path, monkeyp
     artifacts = {a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id)}
     assert {"config.yaml", "metrics.jsonl", "curves.png"} <= artifacts
 
+    assert (
+        main(
+            [
+                "report",
+                str(out),
+                "--out",
+                str(tmp_path / "r.html"),
+                "--eval-train-samples",
+                "32",
+                "--eval-test-samples",
+                "16",
+                "--linear-epochs",
+                "2",
+            ]
+        )
+        == 0
+    )  # the report joins both runs
+    assert "report.html" not in artifacts and "r.html" in {
+        a.path for a in mlflow.MlflowClient().list_artifacts(run.info.run_id)
+    }
     runs = sorted((out / "wandb").glob("offline-run-*"))  # one folder per session, one run id: wandb sync joins them
-    assert len(runs) == 2 and {r.name.rsplit("-", 1)[1] for r in runs} == {(out / "wandb_id").read_text()}
-    files = {p.name for p in (runs[-1] / "files").iterdir()}
-    assert {"config.yaml", "metrics.jsonl", "curves.png"} <= files
-    assert "out_dim: 32" in (runs[-1] / "files" / "config.yaml").read_text()
-    for r in runs:  # each session's offline log holds its steps' scalars and the config
+    assert len(runs) == 3 and {r.name.rsplit("-", 1)[1] for r in runs} == {(out / "wandb_id").read_text()}
+    files = {p.name for p in (runs[-2] / "files").iterdir()}
+    assert {"config.yaml", "metrics.jsonl", "curves.png"} <= files and (runs[-1] / "files" / "r.html").is_file()
+    assert "out_dim: 32" in (runs[-2] / "files" / "config.yaml").read_text()
+    for r in runs[:2]:  # each session's offline log holds its steps' scalars and the config
         log = next(r.glob("*.wandb")).read_bytes()
         assert b"train/loss" in log and b"train/teacher_entropy" in log and b"out_dim" in log
 

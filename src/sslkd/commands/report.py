@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from sslkd.lazy import lazy_import
 
+loggers = lazy_import("sslkd.train.loggers")
 report = lazy_import("sslkd.report")
 
 
@@ -22,16 +24,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    print(
-        report.build_report(
-            args.runs,
-            args.out,
-            args.dataset,
-            args.root,
-            args.eval_train_samples,
-            args.eval_test_samples,
-            args.linear_epochs,
-            args.device,
-        )
+    page = report.build_report(
+        args.runs,
+        args.out,
+        args.dataset,
+        args.root,
+        args.eval_train_samples,
+        args.eval_test_samples,
+        args.linear_epochs,
+        args.device,
     )
+    print(page)
+    for run_dir in map(Path, args.runs):  # the W&B / MLflow runs of the run folders take the page too
+        took = loggers.attach(run_dir, [Path(page)])
+        if took:
+            print(f"{run_dir}: report added to its {' and '.join(took)} run")
     return 0

@@ -208,17 +208,24 @@ def build_backbone(
             **kwargs,
         )
         return ViTBackbone(vit)
-    net = _create(arch, in_chans, img_size, drop_path_rate, **kwargs)
+    net = _create(arch, in_chans, img_size, drop_path_rate, depth, **kwargs)
     if small_stem:
         apply_small_stem(net)
     return CNNBackbone(net, in_chans, img_size)
 
 
-def _create(arch: str, in_chans: int, img_size: int, drop_path_rate: float, **kwargs) -> nn.Module:
+def _create(arch: str, in_chans: int, img_size: int, drop_path_rate: float, depth: int | None, **kwargs) -> nn.Module:
     """A timm model without classifier nor pooling; options a model does not take are dropped in
-    turn (fixed-size models take ``img_size``, most take ``drop_path_rate``)."""
+    turn (fixed-size and EVA models take ``img_size`` and ``depth``, most take ``drop_path_rate``;
+    a CNN ignores ``depth``, as it always has)."""
     base = {"pretrained": False, "in_chans": in_chans, "num_classes": 0, "global_pool": "", **kwargs}
-    for extra in ({"drop_path_rate": drop_path_rate, "img_size": img_size}, {"drop_path_rate": drop_path_rate}, {}):
+    sized = {"drop_path_rate": drop_path_rate, "img_size": img_size, **({"depth": depth} if depth else {})}
+    for extra in (
+        sized,
+        {"drop_path_rate": drop_path_rate, "img_size": img_size},
+        {"drop_path_rate": drop_path_rate},
+        {},
+    ):
         try:
             return timm.create_model(arch, **base, **extra)
         except TypeError:

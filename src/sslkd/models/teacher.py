@@ -16,6 +16,8 @@ is read by :mod:`sslkd.teachers` (it rebuilds the run's method). Sources:
   mae           ``model``; ``decoder*`` and ``mask_token`` dropped
   dinov2        a flat dict with ``mask_token`` and LayerScale (``ls1.gamma``); ``register_tokens``
                 with registers (an alias ``teacher_arch`` becomes timm's ``*_dinov2`` model)
+  dinov3        ``storage_tokens`` (RoPE, LayerScale; an alias becomes timm's ``*_dinov3`` EVA
+                model, read through its tokens: SEED, not DMT's token fusion)
   clip          ``visual.*`` keys of an OpenAI / OpenCLIP checkpoint (the image tower; an alias
                 becomes timm's ``*_clip_224`` model; OpenAI's own weights: ``*_clip_quickgelu_224``)
   timm          a flat tensor dict (``.pth``/``.bin`` or ``.safetensors``)
@@ -40,6 +42,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 from timm.layers import resample_abs_pos_embed
+from timm.models.eva import checkpoint_filter_fn as eva_checkpoint_filter
 from timm.models.vision_transformer import _convert_dinov2, _convert_openai_clip  # timm's own remapping
 from torch import nn
 
@@ -192,7 +195,7 @@ def load_external(
     arch, file_patch = _foundation_arch(layout, arch, state)
     patch_size = file_patch or patch_size
     build_size = img_size
-    if is_vit(arch):  # build at the file's own grid and depth unless told otherwise: no resampling needed
+    if is_vit(arch) or layout == "dinov3":  # the file's own depth and grid: no resampling needed
         blocks = {int(k.split(".")[1]) for k in state if k.startswith("blocks.")}
         depth = depth or (max(blocks) + 1 if blocks else None)
         pos = state.get("pos_embed")
@@ -200,6 +203,8 @@ def load_external(
         grid = math.isqrt(n) if math.isqrt(n) ** 2 == n else math.isqrt(max(n - 1, 0))  # prefix tokens or not
         build_size = build_size or (grid * patch_size if grid else None)
     backbone = build_backbone(arch, build_size or 224, patch_size, in_chans, small_stem=small_stem, depth=depth)
+    if layout == "dinov3":  # RoPE, storage tokens, LayerScale: timm's EVA model and converter
+        state = eva_checkpoint_filter(dict(state), backbone.net)
     report = load_into(backbone, state, layout, str(path), strict)
     return FrozenTeacher(backbone, None, img_size), report
 
@@ -299,6 +304,8 @@ def _foundation(layout: str, state: dict) -> tuple[str, dict]:
     DINOv2 (LayerScale, a mask token; with registers: ``register_tokens``, a position embedding
     without the prefix tokens) and CLIP image towers (OpenAI / OpenCLIP ``visual.*``; the text tower
     and the projection are dropped)."""
+    if "storage_tokens" in state:  # remapped once the model is built (timm's converter needs it)
+        return "dinov3", state
     if "mask_token" in state and any(k.endswith(".ls1.gamma") for k in state):
         registers = "register_tokens" in state
         return ("dinov2+registers" if registers else "dinov2"), _convert_dinov2(dict(state), None)
@@ -313,11 +320,17 @@ def _foundation_arch(layout: str, arch: str, state: dict) -> tuple[str, int | No
     """(timm model, patch size) for a foundation layout named by an alias (``vit_small`` + DINOv2
     weights -> ``vit_small_patch14_dinov2``); a timm name is kept. The patch size is the file's."""
     weight = state.get("patch_embed.proj.weight")
-    patch = int(weight.shape[-1]) if weight is not None and layout in ("dinov2", "dinov2+registers", "clip") else None
+    patch = (
+        int(weight.shape[-1])
+        if weight is not None and layout in ("dinov2", "dinov2+registers", "clip", "dinov3")
+        else None
+    )
     if arch in VITS and layout.startswith("dinov2"):
         return f"{arch}_patch{patch}{'_reg4' if layout.endswith('registers') else ''}_dinov2", patch
     if arch in VITS and layout == "clip":
         return f"{arch}_patch{patch}_clip_224", patch
+    if arch in VITS and layout == "dinov3":
+        return f"{arch}_patch{patch}_dinov3", patch
     return arch, patch
 
 

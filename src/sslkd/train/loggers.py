@@ -1,6 +1,7 @@
 """Where a run's numbers go besides ``metrics.jsonl``: TensorBoard (default), Weights & Biases and
 MLflow (``train.loggers``; ``pip install "sslkd[loggers]"``). Each gets the same scalars, the config
-at the start and, at the end, the run's files (config.yaml, env.json, metrics.jsonl, the curves PNG).
+at the start and, at the end, the run's files (config.yaml, env.json, metrics.jsonl, the curves PNG);
+``sslkd report`` adds its HTML page to the same runs (:func:`attach`).
 
 Offline by default and resumable: W&B runs in ``WANDB_MODE`` (``offline`` unless set; ``wandb sync``
 uploads later) with its run id kept in the run folder, MLflow logs to ``MLFLOW_TRACKING_URI``
@@ -129,6 +130,17 @@ def finish_loggers(loggers: list[Logger], out: Path) -> None:
     files.append(curves.plot_curves([out], out / "curves.png", labels=[out.name], smooth=5))
     for lg in loggers:
         lg.finish(files if lg.takes_files else [])
+
+
+def attach(run: Path, files: list[Path]) -> list[str]:
+    """Add ``files`` (``sslkd report``'s page) to the W&B / MLflow runs whose ids ``run`` kept;
+    returns the loggers that took them."""
+    took = []
+    for name, cls, id_file in (("wandb", WandB, "wandb_id"), ("mlflow", MLflow, "mlflow_run_id")):
+        if (run / id_file).is_file():
+            cls(run, {}, run.name).finish(files)
+            took.append(name)
+    return took
 
 
 def _flat(d: dict, prefix: str = "") -> dict[str, str]:
