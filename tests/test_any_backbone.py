@@ -91,3 +91,28 @@ def test_a_student_starts_from_a_run_a_file_or_says_why_not(tmp_path, capsys):
     )
     with pytest.raises(TeacherError, match="does not match the architecture"):
         Trainer(wrong, data, progress=False)
+
+
+def test_weights_of_another_architecture_are_refused_and_a_resume_needs_no_source(tmp_path):
+    dinov2 = timm.create_model("vit_small_patch14_dinov2", img_size=28, depth=1, num_classes=0)
+    torch.save(dinov2.state_dict(), tmp_path / "d.pth")  # LayerScale: not vit_small's blocks
+    base = {
+        **TINY,
+        "model": {"backbone": "vit_small", "patch_size": 14, "depth": 1},
+        "data": {"name": "synthetic", "img_size": 28},
+    }
+    data = get_dataset("synthetic", "train", img_size=28, num_samples=32)
+    with pytest.raises(TeacherError, match="another architecture"):
+        Trainer(
+            load_config(None, [f"output_dir={tmp_path / 'x'}", f"model.pretrained={tmp_path / 'd.pth'}"], base=base),
+            data,
+            progress=False,
+        )
+    good = {**base, "model": {**base["model"], "backbone": "vit_small_patch14_dinov2"}}
+    cfg = load_config(None, [f"output_dir={tmp_path / 'r'}", f"model.pretrained={tmp_path / 'd.pth'}"], base=good)
+    Trainer(cfg, data, progress=False).fit()
+    (tmp_path / "d.pth").unlink()  # the source is gone: resuming takes the weights from the checkpoint
+    cfg = load_config(
+        None, [f"output_dir={tmp_path / 'r'}", f"model.pretrained={tmp_path / 'd.pth'}", "train.max_steps=3"], base=good
+    )
+    assert Trainer(cfg, data, progress=False).fit(resume="auto")["step"] == 3

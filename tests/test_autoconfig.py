@@ -113,3 +113,25 @@ def test_config_flags_and_shipped_names_work_from_any_folder(tmp_path, monkeypat
     assert "give one of them" in capsys.readouterr().err
     assert main(["pretrain", "--data", "digits"]) == 2
     assert "--method and --data" in capsys.readouterr().err
+
+
+def test_explicit_flags_win_and_sizes_fit_the_patch(photos):
+    assert auto_config("dino", str(photos), batch_size=64)["train"]["batch_size"] == 64  # not clamped
+    cfg = auto_config("dino", "cifar10", img_size=100)
+    assert cfg["data"]["img_size"] % cfg["model"]["patch_size"] == 0
+    load_config(None, [], base=cfg)  # validates: the size is a whole number of patches
+    with pytest.raises(ConfigError, match="SEED distils one teacher"):
+        auto_config("seed", "digits", teachers=["a", "b"])
+
+
+def test_teacher_flags_follow_the_configs_method(teachers, tmp_path, capsys):
+    from sslkd.cli import build_parser
+    from sslkd.commands.pretrain import resolve
+
+    args = build_parser().parse_args(
+        ["pretrain", "--config", "dmt/cifar10_vit_tiny_from_table1", "--teacher", teachers[0], "--teacher", teachers[1]]
+    )
+    assert resolve(args)[0].method.teachers == teachers
+    args = build_parser().parse_args(["pretrain", "--config", "dino/cifar10_vit_tiny", "--teacher", teachers[0]])
+    with pytest.raises(ConfigError, match="takes no teacher"):
+        resolve(args)

@@ -77,3 +77,22 @@ def test_wandb_and_mlflow_offline_get_metrics_config_and_files(tmp_path, monkeyp
 def test_an_unknown_logger_names_the_choices():
     with pytest.raises(ConfigError, match=r"train\.loggers\[0\]: must be one of tensorboard, wandb, mlflow"):
         load_config(None, ["train.loggers=[comet]"], base=TINY)
+
+
+def test_a_run_that_fails_at_once_reports_its_own_error(tmp_path, monkeypatch):
+    pytest.importorskip("mlflow")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    from sslkd.errors import TrainingError
+
+    data = get_dataset("synthetic", "train", img_size=16, num_samples=32)
+    cfg = load_config(None, [f"output_dir={tmp_path}", "train.loggers=[mlflow]"], base=TINY)
+    tr = Trainer(cfg, data, progress=False)
+    forward = tr.method.forward
+
+    def nan_loss(*args, **kwargs):
+        losses, metrics = forward(*args, **kwargs)
+        return {**losses, "loss": losses["loss"] * float("nan")}, metrics
+
+    tr.method.forward = nan_loss
+    with pytest.raises(TrainingError, match="non-finite"):  # not the loggers' missing curves
+        tr.fit()

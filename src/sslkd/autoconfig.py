@@ -83,8 +83,7 @@ def auto_config(
     global_size = 224 if size >= 224 else max(2 * patch, size // patch * patch)
     local_size = max(patch, round(global_size * 3 / 7 / patch) * patch)  # DINO: 96 for 224
     gpu = torch.cuda.is_available()
-    batch = batch_size or (64 if gpu or not photos else 32)
-    batch = min(batch, max(2, 2 ** int(count // 2).bit_length() // 2))  # at least two steps per epoch
+    batch = batch_size or min(64 if gpu or not photos else 32, max(2, 2 ** int(count // 2).bit_length() // 2))
     cfg: dict = {
         "name": f"{method}-{data_name}",
         "output_dir": out or f"runs/{method}_{data_name}",
@@ -98,14 +97,16 @@ def auto_config(
         "method": {"name": method},
         "train": {"epochs": epochs or 100, "batch_size": batch, "warmup_epochs": min(10, (epochs or 100) / 10)},
     }
-    if img_size:
-        cfg["data"]["img_size"] = img_size
+    if img_size:  # resized to the patch grid (a ViT cuts images into whole patches)
+        cfg["data"]["img_size"] = max(patch, img_size // patch * patch)
     if method == "mokd":  # a second model of the other family (the paper: ResNet-50 + ViT-S/16)
         other = "resnet18" if is_vit(model) else "vit_tiny"
         cfg["method"]["model2"] = {"backbone": other, "patch_size": patch, "small_stem": not photos}
     if method in ("seed", "dmt"):
         if not teachers:
-            flag = "--teacher RUN|FILE|timm:<model>" if method == "seed" else "--teachers A B ..."
+            flag = "--teacher RUN|FILE|timm:<model>" if method == "seed" else "--teacher A --teacher B ..."
             raise ConfigError(f"--method {method} distils frozen teachers: name them with {flag}")
+        if method == "seed" and len(teachers) > 1:
+            raise ConfigError("--teacher: SEED distils one teacher; DMT takes several")
         cfg["method"].update({"teacher": teachers[0]} if method == "seed" else {"teachers": list(teachers)})
     return cfg

@@ -232,7 +232,7 @@ def load_config(
     Python API) and ``key=value`` ``overrides``; type-check and validate it."""
     data: dict = copy.deepcopy(base or {})
     if path is not None:
-        data = _merge(data, _read_yaml(config_path(path)))
+        data = _merge(data, read_yaml(config_path(path)))
     data = _merge(data, copy.deepcopy(values or {}))
     data = apply_overrides(data, list(overrides or []))
     method = data.setdefault("method", {})
@@ -243,7 +243,7 @@ def load_config(
     return cfg
 
 
-def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict:
+def read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict:
     """A YAML config; ``_base_: other.yaml`` (relative to this file) is loaded first and
     overridden by this file's keys, so experiment variants stay a few lines long."""
     if path.resolve() in seen:
@@ -259,7 +259,7 @@ def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict:
     base = loaded.pop("_base_", None)
     if base is None:
         return loaded
-    return _merge(_read_yaml(path.parent / base, seen + (path.resolve(),)), loaded)
+    return _merge(read_yaml(path.parent / base, seen + (path.resolve(),)), loaded)
 
 
 def _merge(a: dict, b: dict) -> dict:

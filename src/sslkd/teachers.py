@@ -130,13 +130,13 @@ class Weights:
     state: dict[str, torch.Tensor]
 
 
-def load_weights(cfg) -> dict[str, Weights]:
+def load_weights(cfg, read: bool = True) -> dict[str, Weights]:
     """``{spec: Weights}`` for every ``pretrained`` of the config's model sections (``model``, and
     any other such as MOKD's ``method.model2``): an sslkd run or checkpoint (its EMA ``teacher``
     backbone), another project's file (the layouts of :mod:`sslkd.models.teacher`) or ``timm:<name>``
-    (timm's pretrained weights; needs a network)."""
+    (timm's pretrained weights; needs a network). ``read=False``: the specs only (values None)."""
     specs = {mc.pretrained for mc in _model_sections(cfg) if mc.pretrained}
-    return {spec: _read_weights(spec) for spec in sorted(specs)}
+    return {spec: _read_weights(spec) if read else None for spec in sorted(specs)}
 
 
 def _model_sections(obj) -> list[ModelConfig]:

@@ -62,9 +62,17 @@ def resolve(args: argparse.Namespace):
     if args.data:
         folder = Path(args.data).expanduser().is_dir()
         flags.update({"data.name": "imagefolder", "data.root": args.data} if folder else {"data.name": args.data})
-    if args.teachers:
-        flags["method.teacher"] = args.teachers[0]
     values = {k.replace(".", "__"): v for k, v in flags.items() if v is not None}
+    if args.teachers:  # SEED's one teacher or DMT's list, as the config's method takes them
+        raw = config.apply_overrides(config.read_yaml(config.config_path(args.config)), list(args.overrides))
+        method = (raw.get("method") or {}).get("name", "dino")
+        if method not in ("seed", "dmt"):
+            raise ConfigError(f"--teacher: the config's method ({method}) takes no teacher")
+        if method == "seed" and len(args.teachers) > 1:
+            raise ConfigError("--teacher: SEED distils one teacher; DMT takes several")
+        values["method__" + ("teacher" if method == "seed" else "teachers")] = (
+            args.teachers[0] if method == "seed" else list(args.teachers)
+        )
     return api.config(args.config, args.overrides, **values), False
 
 

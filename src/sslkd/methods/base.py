@@ -112,7 +112,8 @@ class Method(nn.Module, abc.ABC):
                     f"weights=sslkd.teachers.load_weights(cfg) (the training engine does)"
                 )
             w = self.weights[mc.pretrained]
-            self.weight_reports.append(load_into(bb, w.state, w.layout, w.source))
+            if w is not None:  # None: a resumed run, whose checkpoint holds the weights
+                self.weight_reports.append(load_into(bb, w.state, w.layout, w.source))
         return bb
 
     def crop_multiple(self) -> int:

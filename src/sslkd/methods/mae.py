@@ -51,6 +51,11 @@ class MAE(Method):
         backbone = self.build_backbone()
         if not isinstance(backbone, ViTBackbone):
             raise ValueError(f"MAE encodes visible patches and needs a ViT backbone, got '{cfg.model.backbone}'")
+        if backbone.num_prefix_tokens != 1:
+            raise ValueError(
+                f"MAE's decoder takes one class token; '{cfg.model.backbone}' has "
+                f"{backbone.num_prefix_tokens} prefix tokens (registers, distillation token)"
+            )
         p = backbone.patch_size
         n = (img_size // p) ** 2
         self.student = nn.Module()

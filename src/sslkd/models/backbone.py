@@ -115,7 +115,8 @@ class ViTBackbone(Backbone):
         x = vit._pos_embed(x)
         x = vit.norm_pre(vit.patch_drop(x))
         x = vit.norm(vit.blocks(x))
-        return x[:, 0], x[:, self.num_prefix_tokens :]
+        tokens = x[:, self.num_prefix_tokens :]
+        return (x[:, 0] if self.num_prefix_tokens else tokens.mean(1)), tokens  # no class token: pooled
 
     def forward_visible(self, x: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         """The encoder on the CLS token and the patches ``ids [B, k]`` only (MAE): ``[B, 1 + k, D]``
@@ -209,7 +210,7 @@ def build_backbone(
         )
         return ViTBackbone(vit)
     net = _create(arch, in_chans, img_size, drop_path_rate, depth, **kwargs)
-    if small_stem:
+    if small_stem and not hasattr(net, "patch_embed"):  # a patch stem (EVA, Swin) keeps its stride
         apply_small_stem(net)
     return CNNBackbone(net, in_chans, img_size)
 

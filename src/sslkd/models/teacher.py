@@ -349,20 +349,36 @@ def load_into(
         if k not in target:
             continue
         if k == "pos_embed" and v.shape != target[k].shape and v.ndim == 3 and v.shape[-1] == target[k].shape[-1]:
-            n = inner.num_prefix_tokens
-            grid = int((target[k].shape[1] - n) ** 0.5)
-            v = resample_abs_pos_embed(v, (grid, grid), num_prefix_tokens=n)
-            report.resampled.append(k)
+            n_file = v.shape[1] - math.isqrt(v.shape[1]) ** 2  # the file's prefix slots (0 or 1 and up)
+            n_model = target[k].shape[1] - math.isqrt(target[k].shape[1]) ** 2
+            if n_file == n_model:
+                grid = math.isqrt(target[k].shape[1] - n_model)
+                v = resample_abs_pos_embed(v, (grid, grid), num_prefix_tokens=n_file)
+                report.resampled.append(k)
         if v.shape != target[k].shape:
             mismatched.append(f"{k} {tuple(v.shape)} vs model {tuple(target[k].shape)}")
             continue
         load[k] = v
-    if mismatched or (strict and report.missing):
+    # a parameter of the model's own kind that the model lacks (LayerScale, registers, ...): another
+    # architecture, not a head to drop
+    kinds = {k.split(".")[0] for k in target}
+    foreign = [
+        k for k in report.unexpected if k.split(".")[0] in kinds or k.endswith("_token") or k.endswith("_tokens")
+    ]
+    hints = []
+    if any(m.startswith("conv1.weight") for m in mismatched):
+        hints.append("a 7x7 stem against sslkd's small 3x3 one: set model.small_stem=false")
+    if any(m.startswith("patch_embed.proj.weight") for m in mismatched):
+        hints.append("another patch size: set model.patch_size (or teacher_patch_size) to the file's")
+    if foreign:
+        hints.append("keys of another architecture: name the file's own model (e.g. timm's *_dinov2 name)")
+    if mismatched or (strict and (foreign or report.missing)):
         raise TeacherError(
             f"{source}: the file does not match the architecture. "
             + (f"Shape mismatches: {'; '.join(mismatched[:6])}. " if mismatched else "")
             + (f"Missing in the file: {', '.join(report.missing[:8])}. " if report.missing else "")
-            + (f"Not in the model: {', '.join(report.unexpected[:8])}." if report.unexpected else "")
+            + (f"Not in the model: {', '.join(report.unexpected[:8])}. " if report.unexpected else "")
+            + (f"Likely: {'; '.join(hints)}." if hints else "")
         )
     inner.load_state_dict(load, strict=False)
     report.loaded = len(load)

@@ -24,6 +24,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from sslkd.checkpoint import list_checkpoints
 from sslkd.config import Config, to_dict
 from sslkd.data import ImageArrayDataset, NoHeldOutSplitError, held_out
 from sslkd.data.augment import MultiCropDataset, RawDataset, SeededEpochSampler
@@ -91,7 +92,8 @@ class Trainer(Checkpointing):
                 for teacher in teachers:
                     print(teacher.report)
         with torch.random.fork_rng(devices=[]):  # pretrained weights leave the initialisation stream alone
-            weights = load_weights(cfg)
+            # a run that resumes takes every weight from its checkpoint: the source may be gone
+            weights = load_weights(cfg, read=not list_checkpoints(self.out))
         self.method: Method = build_method(cfg, train_set.num_channels, img_size, teachers=teachers, weights=weights)
         self.method.to(self.device)
         if self.is_main:

@@ -10,8 +10,10 @@ uploads later) with its run id kept in the run folder, MLflow logs to ``MLFLOW_T
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
+import warnings
 from pathlib import Path
 
 from sslkd.errors import ConfigError
@@ -108,7 +110,7 @@ EXTRA = {"wandb": "wandb", "mlflow": "mlflow-skinny"}
 def open_loggers(names: list[str], out: Path, config: dict, name: str) -> list[Logger]:
     """The loggers ``names`` for run folder ``out``; a missing package is named with its install line
     (TensorBoard, a dependency, is skipped with a warning when broken)."""
-    opened = []
+    opened: list[Logger] = []
     for n in names:
         try:
             opened.append(LOGGERS[n](out, config, name))
@@ -116,6 +118,8 @@ def open_loggers(names: list[str], out: Path, config: dict, name: str) -> list[L
             if n == "tensorboard":
                 print(f"tensorboard logging off: {e}")
                 continue
+            for lg in opened:  # the ones already open are closed, not left running
+                lg.finish([])
             raise ConfigError(f"train.loggers: {n} needs `pip install {EXTRA[n]}` (or sslkd[loggers])") from e
     return opened
 
@@ -127,9 +131,13 @@ def finish_loggers(loggers: list[Logger], out: Path) -> None:
             lg.finish([])
         return
     files = [out / f for f in ("config.yaml", "env.json", "metrics.jsonl") if (out / f).is_file()]
-    files.append(curves.plot_curves([out], out / "curves.png", labels=[out.name], smooth=5))
+    with contextlib.suppress(ValueError):  # a run that failed before its first record has no curves
+        files.append(curves.plot_curves([out], out / "curves.png", labels=[out.name], smooth=5))
     for lg in loggers:
-        lg.finish(files if lg.takes_files else [])
+        try:
+            lg.finish(files if lg.takes_files else [])
+        except Exception as e:  # noqa: BLE001 - a logger must not hide the run's own outcome
+            warnings.warn(f"{type(lg).__name__} did not finish cleanly: {e}", stacklevel=2)
 
 
 def attach(run: Path, files: list[Path]) -> list[str]:
@@ -138,8 +146,13 @@ def attach(run: Path, files: list[Path]) -> list[str]:
     took = []
     for name, cls, id_file in (("wandb", WandB, "wandb_id"), ("mlflow", MLflow, "mlflow_run_id")):
         if (run / id_file).is_file():
-            cls(run, {}, run.name).finish(files)
-            took.append(name)
+            try:
+                cls(run, {}, run.name).finish(files)
+                took.append(name)
+            except Exception as e:  # noqa: BLE001 - the report is written; say why the logger has not got it
+                warnings.warn(
+                    f"{run}: the report was not added to its {name} run ({type(e).__name__}: {e})", stacklevel=2
+                )
     return took
 
 
