@@ -15,10 +15,9 @@ import statistics
 from pathlib import Path
 
 import torch
-from PIL import Image
 
 from sslkd.data.folder import scan_folder
-from sslkd.data.imagefolder import split_root
+from sslkd.data.imagefolder import header_sizes, split_root
 from sslkd.data.registry import DATASETS
 from sslkd.errors import ConfigError
 from sslkd.methods import METHODS
@@ -32,14 +31,7 @@ SAMPLE = 64  # image headers read to pick the size
 def image_size_of(root: Path) -> tuple[int, int]:
     """(median shorter side of up to ``SAMPLE`` evenly spaced images, number of images) of a folder."""
     index = scan_folder(split_root(root, "train"), "none")
-    step = max(1, len(index.paths) // SAMPLE)
-    sides = []
-    for rel in index.paths[::step][:SAMPLE]:
-        try:
-            with Image.open(index.root / rel) as im:
-                sides.append(min(im.size))
-        except OSError:
-            continue  # a bad file is the loader's business (data.on_corrupt)
+    sides = [min(size) for size in header_sizes(index.root, index.paths, SAMPLE)]
     if not sides:
         raise ConfigError(f"--data {root}: none of the sampled images can be read")
     return int(statistics.median(sides)), len(index.paths)

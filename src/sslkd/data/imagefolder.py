@@ -63,12 +63,14 @@ def split_root(root: Path, split: str) -> Path:
     )
 
 
-def _header_sizes(root: Path, paths: list[str], sample: int = 16) -> set[tuple[int, int]]:
-    sizes = set()
+def header_sizes(root: Path, paths: list[str], sample: int = 16) -> list[tuple[int, int]]:
+    """(width, height) of up to ``sample`` evenly spaced images, read from their headers (unreadable
+    files skipped: a bad file is the loader's business)."""
+    sizes = []
     for i in np.linspace(0, len(paths) - 1, min(sample, len(paths))).astype(int):
         try:
             with Image.open(root / paths[i]) as im:
-                sizes.add(im.size)
+                sizes.append(im.size)
         except OSError:
             continue
     return sizes
@@ -79,7 +81,7 @@ def choose_in_memory(index: FolderIndex, channels: int, img_size: int | None) ->
     :data:`IN_MEMORY_MAX_BYTES`; photos of several sizes are read lazily so that crops come from
     each original (``img_size`` never squashes them to a square, unless ``in_memory`` is asked
     for). Returns the choice and the reason."""
-    sizes = _header_sizes(index.root, index.paths)
+    sizes = set(header_sizes(index.root, index.paths))
     if len(sizes) > 1:
         return False, "images of several sizes"
     w, h = (img_size, img_size) if img_size else next(iter(sizes), (224, 224))

@@ -63,8 +63,9 @@ class TeacherConfig:
     teacher_small_stem: bool = False  # another project's CNN file: built with sslkd's small-image stem
 
     def teacher_sources(self) -> list[str]:
-        """The teachers: sslkd run folders / checkpoints, weight files or ``timm:<model>`` names."""
-        raise NotImplementedError
+        """The teachers: sslkd run folders / checkpoints, weight files or ``timm:<model>`` names
+        (each distillation config says which of its keys hold them: SEED one, DMT a list)."""
+        raise NotImplementedError(f"{type(self).__name__} names no teacher sources")
 
     def teacher_output(self) -> str:
         """What the teachers output: ``backbone`` features, their ``head``'s, or ``auto``."""
