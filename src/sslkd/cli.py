@@ -25,6 +25,7 @@ COMMANDS = {
     "analyze": "MOKD's analyses on any checkpoints (RUN or RUN@2 for MOKD's model 2)",
     "experiment": "reproduce a paper's experiment",
     "report": "one self-contained HTML page for one or more runs",
+    "data": "pack an image folder into WebDataset tar shards",
     "export": "the backbone alone as safetensors + timm config.json, or ONNX",
     "bench": "images/s of one training step and of the data pipeline (one JSON line)",
     "info": "versions, device, threads, datasets, methods",

@@ -58,8 +58,8 @@ LoggerName = Literal["tensorboard", "wandb", "mlflow"]  # sslkd.train.loggers.LO
 
 @dataclass
 class DataConfig:
-    name: str = "digits"  # a dataset sslkd knows (sslkd info lists them); imagefolder: any folder of images
-    root: str | None = None  # where the dataset lives (imagefolder: the folder)
+    name: str = "digits"  # a dataset (sslkd info lists them); imagefolder: any folder; shards: sslkd data pack's
+    root: str | None = None  # where the dataset lives (imagefolder: the folder; shards: the packed folder)
     download: bool = False  # fetch the dataset when it is not under root (needs a network)
     img_size: Positive | None = None  # resize images to this size; None keeps the dataset's size
     subset_fraction: Fraction = 1.0  # train on this share of the images (class-balanced)

@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 from torchvision.transforms import InterpolationMode, v2
@@ -203,19 +204,42 @@ class RawDataset(Dataset):
 class SeededEpochSampler(Sampler[tuple[int, int]]):
     """Yields ``(index, seed)`` for one epoch: a permutation and per-sample augmentation seeds
     that are pure functions of ``(seed, epoch)``. ``start`` skips the first samples (resume);
-    ``rank``/``world_size`` shard the permutation for distributed runs."""
+    ``rank``/``world_size`` shard the permutation for distributed runs.
+
+    ``groups`` (a non-decreasing group id per sample: its shard) makes the permutation read group
+    by group: the groups in a random order, each group's samples shuffled, and every process gets
+    one contiguous ``N // world_size`` stretch of it (the last ``N mod world_size`` samples of the
+    epoch's order wait for another epoch). Each process then reads a few whole shards, and batch
+    ``j`` of a process (loader worker ``j mod workers``) its own stretch of them: every rank and
+    every worker reads a disjoint part, and an epoch reads each image at most once."""
 
     def __init__(
-        self, num_samples: int, seed: int, epoch: int, start: int = 0, rank: int = 0, world_size: int = 1
+        self,
+        num_samples: int,
+        seed: int,
+        epoch: int,
+        start: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        groups: np.ndarray | None = None,
     ) -> None:
         self.num_samples, self.seed, self.epoch = num_samples, seed, epoch
         self.start, self.rank, self.world_size = start, rank, world_size
+        self.groups = groups
 
     def _draw(self) -> tuple[torch.Tensor, torch.Tensor]:
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
         perm = torch.randperm(self.num_samples, generator=g)
         seeds = torch.randint(0, 2**62, (self.num_samples,), generator=g)
-        return perm[self.rank :: self.world_size], seeds[self.rank :: self.world_size]
+        if self.groups is None:
+            return perm[self.rank :: self.world_size], seeds[self.rank :: self.world_size]
+        groups = torch.as_tensor(np.asarray(self.groups), dtype=torch.int64)
+        place = torch.empty(int(groups.max()) + 1, dtype=torch.float64)
+        place[torch.randperm(len(place), generator=g)] = torch.arange(len(place), dtype=torch.float64)
+        # a group's place plus a uniform draw in [0, 1): sorted, the groups in random order, shuffled within
+        perm = torch.argsort(place[groups] + torch.rand(self.num_samples, generator=g, dtype=torch.float64))
+        n = self.num_samples // self.world_size
+        return perm[self.rank * n : (self.rank + 1) * n], seeds[self.rank * n : (self.rank + 1) * n]
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
         perm, seeds = self._draw()
@@ -223,4 +247,6 @@ class SeededEpochSampler(Sampler[tuple[int, int]]):
             yield int(perm[i]), int(seeds[i])
 
     def __len__(self) -> int:
+        if self.groups is not None:
+            return max(0, self.num_samples // self.world_size - self.start)
         return max(0, len(range(self.rank, self.num_samples, self.world_size)) - self.start)

@@ -21,6 +21,7 @@ import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import torch
@@ -157,8 +158,9 @@ def scan_folder(
     return FolderIndex(root, paths, lab, found, ignored, example)
 
 
-def decode(path: str | Path, channels: int, draft: int | None = None) -> Image.Image:
-    """Open ``path`` as an 8-bit ``RGB`` (``channels=3``) or ``L`` image, EXIF orientation applied.
+def decode(path: str | Path | BinaryIO, channels: int, draft: int | None = None, name: str = "") -> Image.Image:
+    """Open ``path`` (a file name or a binary stream called ``name`` in messages) as an 8-bit
+    ``RGB`` (``channels=3``) or ``L`` image, EXIF orientation applied.
 
     ``draft``: JPEGs may decode at 1/2, 1/4 or 1/8 scale as long as both sides stay >= ``draft``
     (libjpeg's DCT scaling: a 4000 px photo for 224 px crops decodes ~10x faster). Palette and
@@ -180,7 +182,7 @@ def decode(path: str | Path, channels: int, draft: int | None = None) -> Image.I
                 im = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
             return im.convert(mode) if im.mode != mode else im
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:  # PIL's many failure types
-        raise CorruptImageError(f"cannot decode {path}: {e}") from None
+        raise CorruptImageError(f"cannot decode {name or path}: {e}") from None
 
 
 def pil_to_uint8(im: Image.Image) -> torch.Tensor:
@@ -201,46 +203,28 @@ def guess_channels(root: Path, paths: list[str], sample: int = 32) -> int:
     return 1
 
 
-class ImageFolderDataset(Dataset):
-    """Image files of a :class:`FolderIndex`, decoded per item: ``(uint8 [C, H, W] at the file's
+class LazyImages(Dataset):
+    """Images decoded per item from files (a folder, shards): ``(uint8 [C, H, W] at the image's
     own size, label)``. ``img_size`` is the nominal training size (crops are cut from the original
-    image); ``draft`` lets JPEGs decode at reduced scale while both sides stay >= it."""
+    image); ``draft`` lets JPEGs decode at reduced scale while both sides stay >= it. Subclasses
+    give ``__len__``, ``image`` and ``subset``, and set the attributes of ``_init``."""
 
     lazy = True
 
-    def __init__(
-        self,
-        index: FolderIndex,
-        channels: int | None = None,
-        img_size: int = 224,
-        name: str | None = None,
-        subset: np.ndarray | None = None,
-    ) -> None:
-        paths, labels = index.paths, index.labels
-        if subset is not None:
-            paths, labels = [paths[i] for i in subset], labels[subset]
-        self.root = str(index.root)
-        encoded = [p.encode() for p in paths]
-        self._blob = np.frombuffer(b"".join(encoded), dtype=np.uint8)
-        self._offsets = np.cumsum([0] + [len(e) for e in encoded], dtype=np.int64)
+    def _init(self, labels, classes, channels: int, img_size: int, name: str) -> None:
         self.labels = np.asarray(labels, dtype=np.int64)
-        self.classes = list(index.classes)
-        self.channels = channels or guess_channels(index.root, paths)
-        self.img_size = img_size
+        self.classes = list(classes)
+        self.channels, self.img_size, self.name = channels, img_size, name
         self.draft: int | None = img_size
-        self.name = name or f"imagefolder:{index.root}"
-        self.mean, self.std = IMAGENET_MEAN_STD if self.channels == 3 else GRAY_MEAN_STD
+        self.mean, self.std = IMAGENET_MEAN_STD if channels == 3 else GRAY_MEAN_STD
         self.skipped = 0
-        self.ignored = index.ignored
+        self.ignored = 0
 
     def __len__(self) -> int:
-        return len(self._offsets) - 1
-
-    def path(self, i: int) -> str:
-        return os.path.join(self.root, bytes(self._blob[self._offsets[i] : self._offsets[i + 1]]).decode())
+        raise NotImplementedError
 
     def image(self, i: int, draft: int | None = None) -> Image.Image:
-        return decode(self.path(i), self.channels, draft)
+        raise NotImplementedError
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         return pil_to_uint8(self.image(i, self.draft)), int(self.labels[i])
@@ -257,6 +241,41 @@ class ImageFolderDataset(Dataset):
     def num_classes(self) -> int:
         return len(self.classes)
 
+    def tensors(self):
+        raise DatasetError(f"{self.name} is read lazily from files; it has no in-memory tensor of all images")
+
+
+class ImageFolderDataset(LazyImages):
+    """Image files of a :class:`FolderIndex`, decoded per item (see :class:`LazyImages`)."""
+
+    def __init__(
+        self,
+        index: FolderIndex,
+        channels: int | None = None,
+        img_size: int = 224,
+        name: str | None = None,
+        subset: np.ndarray | None = None,
+    ) -> None:
+        paths, labels = index.paths, index.labels
+        if subset is not None:
+            paths, labels = [paths[i] for i in subset], labels[subset]
+        self.root = str(index.root)
+        encoded = [p.encode() for p in paths]
+        self._blob = np.frombuffer(b"".join(encoded), dtype=np.uint8)
+        self._offsets = np.cumsum([0] + [len(e) for e in encoded], dtype=np.int64)
+        channels = channels or guess_channels(index.root, paths)
+        self._init(labels, index.classes, channels, img_size, name or f"imagefolder:{index.root}")
+        self.ignored = index.ignored
+
+    def __len__(self) -> int:
+        return len(self._offsets) - 1
+
+    def path(self, i: int) -> str:
+        return os.path.join(self.root, bytes(self._blob[self._offsets[i] : self._offsets[i + 1]]).decode())
+
+    def image(self, i: int, draft: int | None = None) -> Image.Image:
+        return decode(self.path(i), self.channels, draft)
+
     def subset(self, indices: np.ndarray) -> ImageFolderDataset:
         """The dataset of the images at ``indices`` (a data.subset_fraction)."""
         index = FolderIndex(
@@ -270,9 +289,6 @@ class ImageFolderDataset(Dataset):
         out.draft = self.draft
         return out
 
-    def tensors(self):
-        raise DatasetError(f"{self.name} is read lazily from files; it has no in-memory tensor of all images")
-
 
 class EvalCrops(Dataset):
     """The standard evaluation view of a lazy dataset: resize the shorter side to ``size * 256 /
@@ -280,7 +296,7 @@ class EvalCrops(Dataset):
     error)``: a file that cannot be decoded gives a black image and its error message (the caller
     drops it and says so), so that one bad file does not end an evaluation of thousands."""
 
-    def __init__(self, base: ImageFolderDataset, size: int, indices: np.ndarray | None = None) -> None:
+    def __init__(self, base: LazyImages, size: int, indices: np.ndarray | None = None) -> None:
         self.base, self.size = base, size
         self.resize = int(round(size * 256 / 224))
         self.indices = np.arange(len(base)) if indices is None else np.asarray(indices)
@@ -308,7 +324,7 @@ class TrainCrops(Dataset):
     original image and a flip, as uint8 ``[C, size, size]``; an undecodable file is replaced by
     the next image (fine-tuning has no step count to keep exact)."""
 
-    def __init__(self, base: ImageFolderDataset, size: int, scale: tuple[float, float], indices: np.ndarray) -> None:
+    def __init__(self, base: LazyImages, size: int, scale: tuple[float, float], indices: np.ndarray) -> None:
         self.base, self.indices = base, np.asarray(indices)
         self.t = v2.Compose(
             [

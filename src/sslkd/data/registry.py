@@ -14,6 +14,7 @@ from sslkd.data.folder import ImageFolderDataset
 from sslkd.data.idx import load_fashion_mnist
 from sslkd.data.imagefolder import load_imagefolder
 from sslkd.data.imagenet32 import load_imagenet32
+from sslkd.data.shards import load_shards
 from sslkd.data.toy import load_digits, make_synthetic
 
 
@@ -44,6 +45,14 @@ def _imagefolder(split, root, img_size=None, on_corrupt="fail", **kw):
     )
 
 
+def _shards(split, root, img_size=None, **kw):
+    if root is None:
+        raise DatasetError("shards: set data.root to a folder written by `sslkd data pack`")
+    if kw.get("in_memory"):
+        raise DatasetError("shards are read lazily; data.in_memory applies to imagefolder")
+    return load_shards(root, split, img_size, kw.get("verbose", False))
+
+
 def _imagenet32(split, root, subset_fraction=1.0, seed=0, **_):
     return load_imagenet32(split, root, subset_fraction, seed)
 
@@ -63,12 +72,13 @@ DATASETS: dict[str, Callable[..., ImageArrayDataset]] = {
     "cifar100": _cifar("cifar100"),
     "fashion-mnist": _fashion,
     "imagefolder": _imagefolder,
+    "shards": _shards,
     "imagenet32": _imagenet32,
     "digits": _digits,
     "synthetic": _synthetic,
 }
 # loaders that resize or subsample by themselves
-_SELF_RESIZING = {"imagefolder", "digits", "synthetic"}
+_SELF_RESIZING = {"imagefolder", "shards", "digits", "synthetic"}
 _SELF_SUBSETTING = {"imagenet32"}
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import os
 import signal
 import time
 from pathlib import Path
@@ -27,7 +28,7 @@ from tqdm.auto import tqdm
 from sslkd.checkpoint import list_checkpoints
 from sslkd.config import Config, to_dict
 from sslkd.data import ImageArrayDataset, NoHeldOutSplitError, held_out
-from sslkd.data.augment import MultiCropDataset, RawDataset, SeededEpochSampler
+from sslkd.data.augment import MultiCropDataset, RawDataset
 from sslkd.device import autocast_dtype, environment, resolve_device, tune_cpu_malloc
 from sslkd.distributed import (
     all_reduce_mean,
@@ -41,7 +42,7 @@ from sslkd.schedules import cosine_schedule, freeze_steps
 from sslkd.teachers import load_teachers, load_weights
 from sslkd.train import fsdp
 from sslkd.train.gradcache import cache_batch_gradients, set_rng_state
-from sslkd.train.inputs import build_views, count_bad_files, data_kwargs, ignore_stop_signals, load_datasets
+from sslkd.train.inputs import build_views, count_bad_files, data_kwargs, epoch_loader, load_datasets
 from sslkd.train.loggers import open_loggers
 from sslkd.train.optim import build_optimizers, clip_per_tensor, compile_networks, set_hparams
 from sslkd.train.resume import Checkpointing
@@ -144,28 +145,9 @@ class Trainer(Checkpointing):
 
     # ------------------------------------------------------------------ training
     def _loader(self, epoch: int, start: int) -> DataLoader:
-        t = self.cfg.train
-        # each process reads every world-th image of the epoch's permutation, from its share of `start`
-        sampler = SeededEpochSampler(
-            len(self.train_set), self.cfg.seed, epoch, start // self.world, self.rank, self.world
-        )
-        nw = self.cfg.data.num_workers
         whole = self.batch_aug is not None and not self.lazy  # whole uint8 images to the device
         data = RawDataset(self.train_set) if whole else MultiCropDataset(self.train_set, self.worker_aug)
-        return DataLoader(
-            data,
-            batch_size=t.batch_size // (t.accum_steps * self.world),
-            sampler=sampler,
-            drop_last=True,
-            num_workers=nw,
-            pin_memory=self.device.type == "cuda",
-            persistent_workers=False,
-            prefetch_factor=4 if nw else None,
-            worker_init_fn=ignore_stop_signals if nw else None,
-            # own generator: creating a loader must not consume the global RNG
-            # (a resumed run creates one mid-epoch)
-            generator=torch.Generator().manual_seed(self.cfg.seed + epoch),
-        )
+        return epoch_loader(data, self.cfg, epoch, start, self.rank, self.world, self.device.type == "cuda")
 
     def _batches(self, epoch: int, start: int):
         """The epoch's batches of views from image ``start`` on: augmented per image by the loader's
@@ -320,7 +302,10 @@ class Trainer(Checkpointing):
         resumed = self.resume(resume)  # first: a refused resumption must leave the folder's files alone
         if self.is_main:
             (self.out / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
-            (self.out / "env.json").write_text(json.dumps(environment(self.device), indent=1))
+            # torchrun's GROUP_WORLD_SIZE: its launchers, one per node
+            nodes = os.environ.get("GROUP_WORLD_SIZE", "1")
+            env = {**environment(self.device), "processes": str(self.world), "nodes": nodes}
+            (self.out / "env.json").write_text(json.dumps(env, indent=1))
         log = RunLog(
             self.out,
             self.is_main,

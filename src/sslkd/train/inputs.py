@@ -13,10 +13,11 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
+from torch.utils.data import DataLoader, Dataset
 
 from sslkd.config import Config
 from sslkd.data import DatasetError, ImageArrayDataset, NoHeldOutSplitError, get_dataset, held_out
-from sslkd.data.augment import MultiCropTransform
+from sslkd.data.augment import MultiCropTransform, SeededEpochSampler
 from sslkd.data.batch_augment import BatchMultiCrop
 from sslkd.data.pil_augment import PILMultiCrop
 from sslkd.device import reset_cpu_malloc
@@ -31,6 +32,32 @@ def ignore_stop_signals(worker_id: int) -> None:  # noqa: ARG001
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     reset_cpu_malloc()  # decoding photos of every size: freed buffers go back to the system
+
+
+def epoch_loader(
+    data: Dataset, cfg: Config, epoch: int, start: int, rank: int = 0, world: int = 1, pin_memory: bool = False
+) -> DataLoader:
+    """The loader of one epoch's training items from image ``start`` (counted over all processes)
+    on, for process ``rank`` of ``world``: per-process batches of ``batch_size / (accum_steps x
+    world)``, shard by shard when the data are shards (``shard_of``)."""
+    t, nw = cfg.train, cfg.data.num_workers
+    base = getattr(data, "base", data)
+    sampler = SeededEpochSampler(
+        len(data), cfg.seed, epoch, start // world, rank, world, getattr(base, "shard_of", None)
+    )
+    return DataLoader(
+        data,
+        batch_size=t.batch_size // (t.accum_steps * world),
+        sampler=sampler,
+        drop_last=True,
+        num_workers=nw,
+        pin_memory=pin_memory,
+        persistent_workers=False,
+        prefetch_factor=4 if nw else None,
+        worker_init_fn=ignore_stop_signals if nw else None,
+        # own generator: creating a loader must not consume the global RNG (a resumed run creates one mid-epoch)
+        generator=torch.Generator().manual_seed(cfg.seed + epoch),
+    )
 
 
 def data_kwargs(cfg: Config) -> dict[str, Any]:

@@ -1,0 +1,134 @@
+"""A collection packed as WebDataset tar shards (``sslkd data pack``), read by random access.
+
+The folder holds ``{split}-NNNNNN.tar`` shards (plain POSIX tar in WebDataset's layout:
+``KEY.jpg`` + ``KEY.cls``, readable by ``tar``, ``webdataset``, ``wids``, timm's ``wds/``
+reader), ``_info.json`` (timm's shard info: the file names and sample counts of each split, plus
+an ``sslkd`` section with the classes, channels, formats and files skipped when packing) and
+``{split}.index.npy``: where each image's bytes lie (shard, byte offset, size) and its label.
+
+Reading by offset (one ``pread`` per image) makes a shard set a map-style dataset like a folder:
+the seeded sampler, exact mid-epoch resume and the corrupt-file rules work unchanged, and the
+training sampler reads shard by shard (:class:`~sslkd.data.augment.SeededEpochSampler` with
+``groups``). The index is memory-mapped: 28 bytes an image in the page cache, shared by every
+loader worker and every process of a node, not copied into each.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from sslkd.data.base import DatasetError, NoHeldOutSplitError
+from sslkd.data.folder import LazyImages, decode
+
+INFO = "_info.json"
+FORMAT_VERSION = 1
+INDEX_DTYPE = np.dtype([("shard", "<i4"), ("key", "<i8"), ("offset", "<i8"), ("size", "<i4"), ("label", "<i4")])
+HELD_OUT = "val"  # the split name of a packed val/ or test/ folder
+
+
+def read_info(root: str | Path) -> dict:
+    """``_info.json`` of a packed folder, checked; a clear error for a folder that is not one."""
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise DatasetError(f"shards: {root} does not exist or is not a folder")
+    path = root / INFO
+    if not path.is_file():
+        if (root / "_pack.json").is_file():
+            raise DatasetError(f"shards: packing {root} was interrupted; the same `sslkd data pack` finishes it")
+        raise DatasetError(f"shards: {root} has no {INFO}; `sslkd data pack FOLDER --out {root}` writes shards there")
+    try:
+        info = json.loads(path.read_text())
+        version = info["sslkd"]["format"]
+    except (ValueError, KeyError, TypeError) as e:
+        raise DatasetError(f"shards: {path} is not an sslkd shard description ({e!r})") from None
+    if version > FORMAT_VERSION:
+        raise DatasetError(f"shards: {root} has format {version}; this sslkd reads up to {FORMAT_VERSION}: upgrade it")
+    return info
+
+
+class ShardDataset(LazyImages):
+    """The images of one split of a packed folder, decoded per item (see :class:`LazyImages`).
+
+    ``shard_of`` (per item, non-decreasing) lets the training sampler read shard by shard."""
+
+    def __init__(
+        self,
+        root: str | Path,
+        split: str = "train",
+        img_size: int = 224,
+        rows: np.ndarray | None = None,
+        info: dict | None = None,
+    ) -> None:
+        self.root = Path(root).expanduser()
+        self.info = info or read_info(self.root)
+        if split not in self.info["splits"]:
+            raise DatasetError(f"shards: {self.root} has no split '{split}' (it has {', '.join(self.info['splits'])})")
+        self.split = split
+        self.files = list(self.info["splits"][split]["filenames"])
+        self.index = np.load(self.root / f"{split}.index.npy", mmap_mode="r")
+        if self.index.dtype != INDEX_DTYPE:
+            raise DatasetError(f"shards: {self.root / f'{split}.index.npy'} has fields {self.index.dtype}")
+        self.rows = np.arange(len(self.index)) if rows is None else np.asarray(rows, dtype=np.int64)
+        meta = self.info["sslkd"]
+        labels = self.index["label"][self.rows] if meta["classes"] else np.full(len(self.rows), -1)
+        self._init(labels, meta["classes"], int(meta["channels"]), img_size, f"shards:{self.root}/{split}")
+        self.shard_of = np.asarray(self.index["shard"][self.rows], dtype=np.int64)
+        self._fds: OrderedDict[tuple[int, int], int] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getstate__(self) -> dict:  # loader workers open their own files
+        return {**self.__dict__, "_fds": OrderedDict()}
+
+    def _fd(self, shard: int) -> int:
+        key = (os.getpid(), shard)  # a forked worker must not share its parent's descriptors' cache
+        fd = self._fds.pop(key, None)
+        if fd is None:
+            fd = os.open(self.root / self.files[shard], os.O_RDONLY)
+            while len(self._fds) >= 8:  # the sampler reads one or two shards at a time
+                os.close(self._fds.popitem(last=False)[1])
+        self._fds[key] = fd
+        return fd
+
+    def read(self, i: int) -> tuple[bytes, str]:
+        """The stored bytes of item ``i`` and its name for messages (``shard.tar:key``)."""
+        shard, key, offset, size, _ = self.index[self.rows[i]]
+        name = f"{self.root / self.files[shard]}:{key:08d}"
+        data = os.pread(self._fd(int(shard)), int(size), int(offset))
+        return data, name
+
+    def image(self, i: int, draft: int | None = None) -> Image.Image:
+        data, name = self.read(i)
+        return decode(io.BytesIO(data), self.channels, draft, name=name)
+
+    def subset(self, indices: np.ndarray) -> ShardDataset:
+        out = ShardDataset(self.root, self.split, self.img_size, self.rows[np.asarray(indices)], self.info)
+        out.draft = self.draft
+        return out
+
+
+def load_shards(root: str | Path, split: str = "train", img_size: int | None = None, verbose: bool = False):
+    """``train`` or ``test`` (the packed held-out split) of the shards at ``root``."""
+    info = read_info(root)
+    name = "train" if split == "train" else HELD_OUT
+    if name not in info["splits"]:
+        raise NoHeldOutSplitError(
+            f"shards: {root} has no held-out split (its source had no val/ or test/ folder); "
+            f"accuracy needs images the model was not fitted on"
+        )
+    ds = ShardDataset(root, name, img_size or 224, info=info)
+    if verbose:
+        s = info["splits"][name]
+        print(
+            f"shards {root}: {len(ds)} images in {len(s['filenames'])} shards, "
+            f"{len(ds.classes) or 'no'} classes, read lazily"
+        )
+    return ds
