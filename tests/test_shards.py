@@ -2,6 +2,7 @@
 
 import json
 import os
+import pickle
 import socket
 import subprocess
 import sys
@@ -14,12 +15,13 @@ import torch.multiprocessing as mp
 import webdataset
 from PIL import Image
 
+from sslkd.autoconfig import auto_config
 from sslkd.cli import main
 from sslkd.config import load_config
 from sslkd.data import DatasetError, get_dataset, held_out
 from sslkd.data import pack as pack_mod
 from sslkd.data.augment import SeededEpochSampler
-from sslkd.data.folder import decode, pil_to_uint8
+from sslkd.data.folder import decode, pil_to_uint8, scan_folder
 from sslkd.data.shards import ShardDataset
 from sslkd.train.inputs import epoch_loader
 
@@ -78,11 +80,15 @@ def test_pack_keeps_images_labels_and_names_the_file_left_out(packed, capsys):
 def test_pack_resumes_where_it_was_interrupted(packed, tmp_path, monkeypatch):
     root, fresh = packed
     out = tmp_path / "shards"
+    # interrupt right after the shard holding the bad file: its name must survive the resumption
+    index = scan_folder(root / "train")
+    order = list(np.random.default_rng(0).permutation(len(index.paths)))
+    cut = order.index(index.paths.index("n01440764/broken.JPEG")) // 4 + 1
     write = pack_mod._write_shard
     calls = []
 
     def interrupted(*a, **k):
-        if len(calls) == 3:
+        if len(calls) == cut:
             raise KeyboardInterrupt
         calls.append(a[3])
         return write(*a, **k)
@@ -90,19 +96,40 @@ def test_pack_resumes_where_it_was_interrupted(packed, tmp_path, monkeypatch):
     monkeypatch.setattr(pack_mod, "_write_shard", interrupted)
     with pytest.raises(KeyboardInterrupt):
         pack_mod.pack_folder(root, out, shard_size=4, progress=False)
-    with pytest.raises(DatasetError, match="interrupted"):
-        get_dataset("shards", "train", root=out)
+    for attempt in (lambda: get_dataset("shards", "train", root=out), lambda: auto_config("dino", str(out))):
+        with pytest.raises(DatasetError, match="interrupted"):
+            attempt()
     done = {p: p.stat().st_mtime_ns for p in calls}
     calls.clear()
     monkeypatch.setattr(pack_mod, "_write_shard", lambda *a, **k: calls.append(a[3]) or write(*a, **k))
     pack_mod.pack_folder(root, out, shard_size=4, progress=False)
-    assert len(calls) == 9 - 3 and not set(calls) & set(done)  # the 3 finished shards were kept, not rewritten
+    assert len(calls) == 9 - cut and not set(calls) & set(done)  # the finished shards were kept, not rewritten
     assert all(p.stat().st_mtime_ns == t for p, t in done.items())
-    for p in sorted(fresh.glob("*.tar")) + sorted(fresh.glob("*.index.npy")):
+    for p in [*sorted(fresh.glob("*.tar")), *sorted(fresh.glob("*.index.npy")), fresh / "_info.json"]:
         assert (out / p.name).read_bytes() == p.read_bytes(), p.name  # as if never interrupted
-    assert not list(out.glob("*.tmp")) and not list(out.glob("*.idx.npy"))
-    with pytest.raises(DatasetError, match="another folder or other options"):
-        pack_mod.pack_folder(root, out, shard_size=5, progress=False)
+    assert "broken.JPEG" in json.loads((out / "_info.json").read_text())["sslkd"]["skipped_files"]["train"][0]
+    assert not [p for p in out.iterdir() if p.suffix in (".tmp", ".json") and p.name[0] != "_"]
+    assert not list(out.glob("*.idx.npy"))
+    for other in ({"shard_size": 5}, {"shard_size": None, "shard_mb": 1.0}, {"seed": 1}):
+        with pytest.raises(DatasetError, match="another folder or other options"):
+            pack_mod.pack_folder(root, out, **{"shard_size": 4, **other, "progress": False})
+
+
+def test_shard_files_are_closed_and_workers_map_the_index(packed):
+    _, out = packed
+    fds = lambda: len(os.listdir("/proc/self/fd"))  # noqa: E731
+    ds = ShardDataset(out)
+    before = fds()  # with the index's memory map
+    for i in range(len(ds)):
+        ds.read(i)
+    assert fds() == before + len(ds.files)  # one descriptor a shard, reused
+    ds.close()
+    assert fds() == before
+    ds[0]
+    del ds
+    assert fds() == before - 1  # closed when the dataset goes, its memory map too
+    copy = pickle.loads(pickle.dumps(ShardDataset(out)))  # as a spawned loader worker gets it
+    assert isinstance(copy.index, np.memmap) and copy.read(3) == ShardDataset(out).read(3)
 
 
 def test_reading_errors_name_the_folder(tmp_path):
@@ -166,6 +193,30 @@ def test_shard_order_changes_every_epoch_and_every_group_stays_together():
     assert len(SeededEpochSampler(30, 0, 0, start=4, rank=1, world_size=4, groups=groups)) == 7 - 4
 
 
+def _read(n, world, groups=None, start=0, moved=None):
+    return [
+        [i for i, _ in SeededEpochSampler(n, 0, 5, start, r, world, groups, moved)] for r in range(world)
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize("grouped", [False, True])
+def test_every_process_reads_as_many_images_and_resumes_with_another_number(grouped):
+    n, groups = 103, np.repeat(np.arange(26), 4)[:103] if grouped else None
+    for world in (1, 2, 3, 4):  # equal counts: no process waits in an extra collective step
+        assert len({len(part) for part in _read(n, world, groups)}) == 1
+    # 3 steps of a global batch of 8 by 2 processes, then resumed by 1 and by 4 processes
+    before = [i for part in _read(n, 2, groups) for i in part[:12]]
+    for world in (1, 4):
+        if grouped:
+            after = _read(n, world, groups, moved=(24, 2))
+        else:
+            after = [part[24 // world :] for part in _read(n, world, groups)]
+        rest = [i for part in after for i in part]
+        assert not set(rest) & set(before) and len(set(rest)) == len(rest)  # nothing twice
+        assert len(before) + len(rest) >= n // 8 * 8  # nothing the epoch's steps needed is missing
+        assert len({len(part) for part in after}) == 1
+
+
 def _config(tmp_path, root, out, extra=""):
     cfg = tmp_path / f"{out.name}.yaml"
     cfg.write_text(
@@ -222,6 +273,11 @@ def test_two_torchrun_nodes_train_one_job_on_shards(packed, tmp_path):
     steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3]  # written once (by global rank 0), continued after the restart
     assert (out / "checkpoint-3.pt").is_file()
+    # requeued on one node with one process: the epoch goes on with the images not read yet
+    args = ["pretrain", "--config", str(cfg), "--no-progress", "--set", "train.max_steps=4", "--resume", "auto"]
+    assert main(args) == 0
+    steps = [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4] and json.loads((out / "env.json").read_text())["processes"] == "1"
 
 
 def test_pack_reports_progress_and_a_summary(tmp_path, capsys):
@@ -232,3 +288,10 @@ def test_pack_reports_progress_and_a_summary(tmp_path, capsys):
     summary = json.loads(captured.out.strip().splitlines()[-1])
     assert summary["splits"]["train"]["images"] == 6 and summary["classes"] == 2
     assert summary["splits"]["train"]["shards"] == 6  # 1 KiB shards: one image each
+
+
+def test_a_run_without_yaml_recognises_shards(packed):
+    root, out = packed
+    from_folder, from_shards = auto_config("dino", str(root)), auto_config("dino", str(out))
+    assert from_shards["data"] == {**from_folder["data"], "name": "shards", "root": str(out)}
+    assert from_shards["aug"] == from_folder["aug"] and from_shards["model"] == from_folder["model"]

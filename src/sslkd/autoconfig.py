@@ -14,11 +14,13 @@ import os
 import statistics
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from sslkd.data.folder import scan_folder
 from sslkd.data.imagefolder import header_sizes, split_root
 from sslkd.data.registry import DATASETS
+from sslkd.data.shards import is_shards, load_shards
 from sslkd.errors import ConfigError
 from sslkd.methods import METHODS
 from sslkd.models import BACKBONES, is_backbone, is_vit
@@ -29,12 +31,19 @@ SAMPLE = 64  # image headers read to pick the size
 
 
 def image_size_of(root: Path) -> tuple[int, int]:
-    """(median shorter side of up to ``SAMPLE`` evenly spaced images, number of images) of a folder."""
-    index = scan_folder(split_root(root, "train"), "none")
-    sides = [min(size) for size in header_sizes(index.root, index.paths, SAMPLE)]
+    """(median shorter side of up to ``SAMPLE`` evenly spaced images, number of images) of a
+    folder of images or of shards."""
+    if is_shards(root):
+        shards = load_shards(root)  # an interrupted packing: says so
+        sides = [min(shards.header_size(int(i))) for i in np.linspace(0, len(shards) - 1, min(SAMPLE, len(shards)))]
+        count = len(shards)
+        shards.close()
+    else:
+        index = scan_folder(split_root(root, "train"), "none")
+        sides, count = [min(size) for size in header_sizes(index.root, index.paths, SAMPLE)], len(index.paths)
     if not sides:
         raise ConfigError(f"--data {root}: none of the sampled images can be read")
-    return int(statistics.median(sides)), len(index.paths)
+    return int(statistics.median(sides)), count
 
 
 def auto_config(
@@ -54,7 +63,7 @@ def auto_config(
     folder = Path(data).expanduser()
     if folder.is_dir():
         side, count = image_size_of(folder)
-        data_cfg: dict = {"name": "imagefolder", "root": str(folder)}
+        data_cfg: dict = {"name": "shards" if is_shards(folder) else "imagefolder", "root": str(folder)}
         data_name = folder.resolve().name
     elif data in DATASETS:
         side, count = NATIVE_SIZE.get(data, 32), 10_000

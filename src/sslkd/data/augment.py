@@ -203,15 +203,20 @@ class RawDataset(Dataset):
 
 class SeededEpochSampler(Sampler[tuple[int, int]]):
     """Yields ``(index, seed)`` for one epoch: a permutation and per-sample augmentation seeds
-    that are pure functions of ``(seed, epoch)``. ``start`` skips the first samples (resume);
-    ``rank``/``world_size`` shard the permutation for distributed runs.
+    that are pure functions of ``(seed, epoch)``. ``start`` skips this process's first samples
+    (resume); ``rank``/``world_size`` share the permutation out for distributed runs: every
+    process gets ``N // world_size`` samples (equal batch counts: no process waits for another's
+    extra step), the last ``N mod world_size`` of the epoch's order are not read that epoch.
 
-    ``groups`` (a non-decreasing group id per sample: its shard) makes the permutation read group
-    by group: the groups in a random order, each group's samples shuffled, and every process gets
-    one contiguous ``N // world_size`` stretch of it (the last ``N mod world_size`` samples of the
-    epoch's order wait for another epoch). Each process then reads a few whole shards, and batch
-    ``j`` of a process (loader worker ``j mod workers``) its own stretch of them: every rank and
-    every worker reads a disjoint part, and an epoch reads each image at most once."""
+    Without ``groups`` process ``r`` reads positions ``r, r + world, ...``: after ``s`` images over
+    all processes the first ``s`` of the order have been read, whatever the number of processes.
+
+    ``groups`` (a group id per sample: its shard) makes the permutation read group by group: the
+    groups in a random order, each group's samples shuffled, and every process gets one contiguous
+    stretch of it (a few whole shards); batch ``j`` of a process goes to loader worker
+    ``j mod workers``: every rank and every worker reads its own part. ``moved`` =
+    ``(images read, old world size)`` resumes such an epoch with another number of processes: the
+    images the old processes had not read, shared out anew."""
 
     def __init__(
         self,
@@ -222,24 +227,34 @@ class SeededEpochSampler(Sampler[tuple[int, int]]):
         rank: int = 0,
         world_size: int = 1,
         groups: np.ndarray | None = None,
+        moved: tuple[int, int] | None = None,
     ) -> None:
         self.num_samples, self.seed, self.epoch = num_samples, seed, epoch
         self.start, self.rank, self.world_size = start, rank, world_size
-        self.groups = groups
+        self.groups, self.moved = groups, moved
 
     def _draw(self) -> tuple[torch.Tensor, torch.Tensor]:
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        perm = torch.randperm(self.num_samples, generator=g)
-        seeds = torch.randint(0, 2**62, (self.num_samples,), generator=g)
+        n_all, w, r = self.num_samples, self.world_size, self.rank
+        perm = torch.randperm(n_all, generator=g)
+        seeds = torch.randint(0, 2**62, (n_all,), generator=g)
         if self.groups is None:
-            return perm[self.rank :: self.world_size], seeds[self.rank :: self.world_size]
+            keep = n_all // w * w
+            return perm[:keep][r::w], seeds[:keep][r::w]
         groups = torch.as_tensor(np.asarray(self.groups), dtype=torch.int64)
         place = torch.empty(int(groups.max()) + 1, dtype=torch.float64)
         place[torch.randperm(len(place), generator=g)] = torch.arange(len(place), dtype=torch.float64)
         # a group's place plus a uniform draw in [0, 1): sorted, the groups in random order, shuffled within
-        perm = torch.argsort(place[groups] + torch.rand(self.num_samples, generator=g, dtype=torch.float64))
-        n = self.num_samples // self.world_size
-        return perm[self.rank * n : (self.rank + 1) * n], seeds[self.rank * n : (self.rank + 1) * n]
+        perm = torch.argsort(place[groups] + torch.rand(n_all, generator=g, dtype=torch.float64))
+        if self.moved:  # drop what the old processes read (each the start of its stretch)
+            read, old = self.moved
+            n_old, k = n_all // old, read // old
+            left = torch.ones(n_all, dtype=torch.bool)
+            for q in range(old):
+                left[q * n_old : q * n_old + k] = False
+            perm, seeds = perm[left], seeds[left]
+        n = len(perm) // w
+        return perm[r * n : (r + 1) * n], seeds[r * n : (r + 1) * n]
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
         perm, seeds = self._draw()
@@ -247,6 +262,5 @@ class SeededEpochSampler(Sampler[tuple[int, int]]):
             yield int(perm[i]), int(seeds[i])
 
     def __len__(self) -> int:
-        if self.groups is not None:
-            return max(0, self.num_samples // self.world_size - self.start)
-        return max(0, len(range(self.rank, self.num_samples, self.world_size)) - self.start)
+        left = self.num_samples - (self.moved[0] if self.groups is not None and self.moved else 0)
+        return max(0, left // self.world_size - self.start)

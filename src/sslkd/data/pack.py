@@ -85,9 +85,10 @@ def _write_shard(index: FolderIndex, rows: np.ndarray, keys: np.ndarray, path: P
                 label = int(index.labels[rows[int(key) - keys[0]]]) if labelled else -1
                 entries.append((0, int(key), m.offset_data, m.size, label))
     os.replace(tmp, path)
+    _atomic_write(path.with_name(path.name + ".skipped.json"), json.dumps(skipped).encode())
     buf = io.BytesIO()
     np.save(buf, np.array(entries, dtype=INDEX_DTYPE))
-    _atomic_write(path.with_name(path.name + ".idx.npy"), buf.getvalue())
+    _atomic_write(path.with_name(path.name + ".idx.npy"), buf.getvalue())  # last: the shard is done
     return skipped
 
 
@@ -110,7 +111,7 @@ def pack_folder(
         indexes[HELD_OUT] = scan_folder(held, classes=train.classes) if train.classes else scan_folder(held, "none")
     except NoHeldOutSplitError:
         pass
-    options = {"seed": seed, "labels": labels, "format": FORMAT_VERSION}
+    options = {"seed": seed, "labels": labels, "shard_mb": None if shard_size else shard_mb, "format": FORMAT_VERSION}
     plan = {"options": options, "splits": {s: _plan(ix, seed, shard_size, shard_mb) for s, ix in indexes.items()}}
     out.mkdir(parents=True, exist_ok=True)
     if (out / INFO).is_file() and not (out / PLAN).is_file():
@@ -138,7 +139,9 @@ def pack_folder(
         for k, start in enumerate(range(0, len(order), size)):
             path = out / f"{split}-{k:06d}.tar"
             rows = order[start : start + size]
-            if not (path.is_file() and path.with_name(path.name + ".idx.npy").is_file()):
+            if path.is_file() and path.with_name(path.name + ".idx.npy").is_file():  # done before
+                skipped[split] += json.loads(path.with_name(path.name + ".skipped.json").read_text())
+            else:
                 keys = np.arange(start, start + len(rows))
                 for bad in _write_shard(index, rows, keys, path, labelled):
                     skipped[split].append(bad)
@@ -177,5 +180,6 @@ def pack_folder(
     _atomic_write(out / INFO, json.dumps(info, indent=1).encode())
     for split in indexes:
         for name in info["splits"][split]["filenames"]:
-            (out / (name + ".idx.npy")).unlink(missing_ok=True)
+            for part in (".idx.npy", ".skipped.json"):
+                (out / (name + part)).unlink(missing_ok=True)
     return info

@@ -9,7 +9,7 @@ an ``sslkd`` section with the classes, channels, formats and files skipped when 
 Reading by offset (one ``pread`` per image) makes a shard set a map-style dataset like a folder:
 the seeded sampler, exact mid-epoch resume and the corrupt-file rules work unchanged, and the
 training sampler reads shard by shard (:class:`~sslkd.data.augment.SeededEpochSampler` with
-``groups``). The index is memory-mapped: 28 bytes an image in the page cache, shared by every
+``groups``). The index is memory-mapped: 32 bytes an image in the page cache, shared by every
 loader worker and every process of a node, not copied into each.
 """
 
@@ -29,8 +29,14 @@ from sslkd.data.folder import LazyImages, decode
 
 INFO = "_info.json"
 FORMAT_VERSION = 1
-INDEX_DTYPE = np.dtype([("shard", "<i4"), ("key", "<i8"), ("offset", "<i8"), ("size", "<i4"), ("label", "<i4")])
+INDEX_DTYPE = np.dtype([("shard", "<i4"), ("key", "<i8"), ("offset", "<i8"), ("size", "<i8"), ("label", "<i4")])
+OPEN_FILES = 32  # shard files a process keeps open (training reads one or two at a time; evaluation any)
 HELD_OUT = "val"  # the split name of a packed val/ or test/ folder
+
+
+def is_shards(root: Path) -> bool:
+    """Whether ``root`` holds shards written by ``sslkd data pack`` (or being written)."""
+    return (root / INFO).is_file() or (root / "_pack.json").is_file()
 
 
 def read_info(root: str | Path) -> dict:
@@ -85,18 +91,36 @@ class ShardDataset(LazyImages):
     def __len__(self) -> int:
         return len(self.rows)
 
-    def __getstate__(self) -> dict:  # loader workers open their own files
-        return {**self.__dict__, "_fds": OrderedDict()}
+    def __getstate__(self) -> dict:  # a spawned worker maps the index itself and opens its own files
+        return {**self.__dict__, "index": None, "_fds": OrderedDict()}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self.index = np.load(self.root / f"{self.split}.index.npy", mmap_mode="r")
 
     def _fd(self, shard: int) -> int:
-        key = (os.getpid(), shard)  # a forked worker must not share its parent's descriptors' cache
+        key = (os.getpid(), shard)  # a forked worker must not use its parent's cache of descriptors
         fd = self._fds.pop(key, None)
         if fd is None:
             fd = os.open(self.root / self.files[shard], os.O_RDONLY)
-            while len(self._fds) >= 8:  # the sampler reads one or two shards at a time
-                os.close(self._fds.popitem(last=False)[1])
+            while len(self._fds) >= OPEN_FILES:
+                self._close(*self._fds.popitem(last=False))
         self._fds[key] = fd
         return fd
+
+    @staticmethod
+    def _close(key: tuple[int, int], fd: int) -> None:
+        if key[0] == os.getpid():  # a forked worker's inherited descriptors are its parent's to close
+            os.close(fd)
+
+    def close(self) -> None:
+        """Close the shard files this process opened."""
+        fds = self.__dict__.get("_fds") or {}  # also for an object whose __init__ failed
+        while fds:
+            self._close(*fds.popitem())
+
+    def __del__(self) -> None:
+        self.close()
 
     def read(self, i: int) -> tuple[bytes, str]:
         """The stored bytes of item ``i`` and its name for messages (``shard.tar:key``)."""
@@ -108,6 +132,11 @@ class ShardDataset(LazyImages):
     def image(self, i: int, draft: int | None = None) -> Image.Image:
         data, name = self.read(i)
         return decode(io.BytesIO(data), self.channels, draft, name=name)
+
+    def header_size(self, i: int) -> tuple[int, int]:
+        """(width, height) of item ``i`` from its header (no decoding)."""
+        with Image.open(io.BytesIO(self.read(i)[0])) as im:
+            return im.size
 
     def subset(self, indices: np.ndarray) -> ShardDataset:
         out = ShardDataset(self.root, self.split, self.img_size, self.rows[np.asarray(indices)], self.info)

@@ -139,6 +139,7 @@ class Trainer(Checkpointing):
             torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
         self.step = 0
+        self.resumed_world = self.world  # processes of the run a checkpoint came from
         self.train_seconds = 0.0  # wall-clock training time, kept across resumptions
         self._saved_step = -1
         self._stop_signal: int | None = None
@@ -147,7 +148,9 @@ class Trainer(Checkpointing):
     def _loader(self, epoch: int, start: int) -> DataLoader:
         whole = self.batch_aug is not None and not self.lazy  # whole uint8 images to the device
         data = RawDataset(self.train_set) if whole else MultiCropDataset(self.train_set, self.worker_aug)
-        return epoch_loader(data, self.cfg, epoch, start, self.rank, self.world, self.device.type == "cuda")
+        # the processes that read this epoch's first `start` images (a checkpoint's, when resuming)
+        read_by = self.resumed_world if start else self.world
+        return epoch_loader(data, self.cfg, epoch, start, self.rank, self.world, self.device.type == "cuda", read_by)
 
     def _batches(self, epoch: int, start: int):
         """The epoch's batches of views from image ``start`` on: augmented per image by the loader's

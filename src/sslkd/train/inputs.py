@@ -35,15 +35,31 @@ def ignore_stop_signals(worker_id: int) -> None:  # noqa: ARG001
 
 
 def epoch_loader(
-    data: Dataset, cfg: Config, epoch: int, start: int, rank: int = 0, world: int = 1, pin_memory: bool = False
+    data: Dataset,
+    cfg: Config,
+    epoch: int,
+    start: int,
+    rank: int = 0,
+    world: int = 1,
+    pin_memory: bool = False,
+    start_world: int | None = None,
 ) -> DataLoader:
     """The loader of one epoch's training items from image ``start`` (counted over all processes)
     on, for process ``rank`` of ``world``: per-process batches of ``batch_size / (accum_steps x
-    world)``, shard by shard when the data are shards (``shard_of``)."""
+    world)``, shard by shard when the data are shards (``shard_of``). ``start_world``: the number
+    of processes that read the first ``start`` images (a run resumed with another number)."""
     t, nw = cfg.train, cfg.data.num_workers
-    base = getattr(data, "base", data)
+    groups = getattr(getattr(data, "base", data), "shard_of", None)
+    moved = start and groups is not None and start_world not in (None, world)
     sampler = SeededEpochSampler(
-        len(data), cfg.seed, epoch, start // world, rank, world, getattr(base, "shard_of", None)
+        len(data),
+        cfg.seed,
+        epoch,
+        0 if moved else start // world,
+        rank,
+        world,
+        groups,
+        (start, start_world) if moved else None,
     )
     return DataLoader(
         data,

@@ -76,6 +76,7 @@ class Checkpointing:
             "scaler": self.scaler.state_dict(),
             "rng_cpu": torch.get_rng_state(),
             "skipped_files": self.skipped_files,
+            "world": self.world,  # the data order of a resumed epoch depends on it
             "data": {
                 "num_channels": self.train_set.num_channels,
                 "img_size": self.train_set.img_size,
@@ -111,6 +112,7 @@ class Checkpointing:
         self.step = self._saved_step = int(state["step"])
         self.train_seconds = float(state.get("train_seconds", 0.0))
         self.skipped_files = int(state.get("skipped_files", 0))
+        self.resumed_world = int(state.get("world", self.world))
 
     def save(self) -> Path:
         """Write ``checkpoint-<step>.pt`` (the main process only) and keep the last ``keep_last``."""
