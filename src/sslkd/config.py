@@ -95,6 +95,7 @@ class TrainConfig:
     batch_size: Positive = 64  # images per optimiser step, over all processes
     accum_steps: Positive = 1  # micro-batches per optimiser step (gradient accumulation)
     base_lr: PositiveFloat = 5e-4  # scaled by batch_size / 256 (batch_size is per optimiser step)
+    optimizer: Literal["adamw", "sgd"] = "adamw"  # sgd: momentum 0.9 (SEED's ResNets); MOKD: method.optimizer1/2
     min_lr: NonNegativeFloat = 1e-6  # the cosine schedule's end
     warmup_epochs: NonNegativeFloat = 10  # may be fractional (short budgets)
     weight_decay: NonNegativeFloat = 0.04  # cosine from this ...

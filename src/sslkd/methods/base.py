@@ -137,7 +137,7 @@ class Method(nn.Module, abc.ABC):
         """How the engine optimises: a list of ``{"params": [(name, param)], "kind": "adamw" | "sgd",
         "lr": base lr or None (train.base_lr), "weight_decay": constant or None (the schedule)}``,
         one optimiser each; learning rates follow the engine's warmup + cosine shape."""
-        return [{"params": self.trainable_parameters(), "kind": "adamw"}]
+        return [{"params": self.trainable_parameters(), "kind": self.cfg.train.optimizer}]
 
     def clip_groups(self) -> list[list[nn.Parameter]]:
         """Parameter sets whose gradients are clipped by norm separately (one per trained model)."""

@@ -1,0 +1,105 @@
+"""What each paper's ImageNet-1k config costs: training FLOPs and activation memory per image, weights.
+
+For every ``configs/*/imagenet1k_*.yaml``, one optimiser step at batch 3 on generated 224-px photos
+(the config's own crops, heads and teachers; random teacher weights of the right architecture) runs
+under ``torch.utils.flop_counter.FlopCounterMode`` (matmuls, convolutions, attention: forward and
+backward, teachers included) and ``saved_tensors_hooks`` (bytes autograd keeps for the backward:
+the activations, in the config's precision). Per image, then scaled to the whole run
+(images x epochs) and to the config's per-GPU batch at 8 GPUs a node; weights, gradients and AdamW
+state count 16 bytes a trained parameter, EMA teachers and frozen teachers 4 (fp32) a parameter.
+
+GPU-hours are FLOPs over a sustained rate, calibrated on the one run a paper timed: MOKD R50 +
+ViT-S/16, 100 epochs, 122 h on 8 V100s (MOKD Suppl. C.3, Table S3). Printed as JSON lines.
+
+    python benchmarks/paper_configs.py
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+from importlib import resources
+from pathlib import Path
+
+import timm
+import torch
+from safetensors.torch import save_file
+from torch.utils.flop_counter import FlopCounterMode
+
+sys.path.insert(0, str(Path(__file__).parents[1] / "tests"))
+from test_shards import make_imagenet  # noqa: E402
+
+from sslkd.config import config_path, load_config  # noqa: E402
+from sslkd.train import Trainer  # noqa: E402
+from sslkd.train.inputs import load_datasets  # noqa: E402
+
+IMAGENET = 1_281_167
+CALIBRATION = ("mokd/imagenet1k_resnet50_vits16", 122 * 8)  # V100-hours measured by the paper
+
+
+def measure(name: str, root: Path, files: Path) -> dict:
+    extra = []
+    if name.startswith("seed/"):
+        extra = [f"method.teacher={files / 'moco.pth.tar'}"]
+    if name.startswith("dmt/"):
+        vitb = files / "vitb16.safetensors"
+        extra = [f"method.teachers=[{vitb},{vitb},{vitb}]", "method.teacher_arch=vit_base"]
+    cfg = load_config(config_path(name), [f"data.root={root}", "data.num_workers=0", "train.batch_size=3", *extra])
+    epochs, batch = cfg.train.epochs, load_config(config_path(name), []).train.batch_size
+    cfg.output_dir = str(files / name.replace("/", "_"))
+    train, _ = load_datasets(cfg)
+    trainer = Trainer(cfg, train, progress=False)
+    views = next(trainer._batches(0, 0))
+    saved = [0]
+
+    def pack(t):
+        saved[0] += t.numel() * t.element_size()
+        return t
+
+    with FlopCounterMode(display=False) as counter, torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        trainer.train_step([views])
+    method = trainer.method
+    trained = {id(p) for _, p in method.trainable_parameters()}
+    n_trained = sum(p.numel() for _, p in method.trainable_parameters())
+    n_other = sum(p.numel() for p in method.parameters() if id(p) not in trained)
+    n_other += sum(b.numel() for b in method.buffers() if b.is_floating_point() and b.numel() > 1_000_000)  # queues
+    per_gpu = max(1, batch // 8)
+    state_gb = (16 * n_trained + 4 * n_other) / 1e9
+    return {
+        "config": name,
+        "epochs": epochs,
+        "batch": batch,
+        "gflop_per_image": counter.get_total_flops() / 3 / 1e9,
+        "run_pflop": counter.get_total_flops() / 3 * IMAGENET * epochs / 1e15,
+        "activations_mb_per_image": saved[0] / 3 / 2**20,
+        "trained_params_m": n_trained / 1e6,
+        "other_params_m": n_other / 1e6,
+        "per_gpu_batch_at_8_gpus": per_gpu,
+        "memory_gb_per_gpu": state_gb + saved[0] / 3 * per_gpu / 1e9,
+    }
+
+
+def main() -> None:
+    names = sorted(
+        f"{p.parent.name}/{p.stem}" for p in Path(str(resources.files("sslkd") / "configs")).glob("*/imagenet1k_*.yaml")
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        root = make_imagenet(Path(tmp) / "imagenet", classes=2, per_class=3, val_per_class=1)
+        files = Path(tmp)
+        r50 = timm.create_model("resnet50", num_classes=0).state_dict()
+        moco = {f"module.encoder_{e}.{k}": v for e in "qk" for k, v in r50.items()}
+        torch.save({"state_dict": moco}, files / "moco.pth.tar")
+        vitb = timm.create_model("vit_base_patch16_224", num_classes=0)
+        save_file(vitb.state_dict(), str(files / "vitb16.safetensors"))
+        rows = [measure(n, root, files) for n in names]
+    cal = next(r for r in rows if r["config"] == CALIBRATION[0])
+    rate = cal["run_pflop"] * 1e15 / (CALIBRATION[1] * 3600)  # sustained FLOP/s of one V100 in that run
+    for r in rows:
+        r["v100_hours"] = r["run_pflop"] * 1e15 / rate / 3600
+        r["calibration_tflops_per_v100"] = rate / 1e12
+        print(json.dumps({k: round(v, 2) if isinstance(v, float) else v for k, v in r.items()}))
+
+
+if __name__ == "__main__":
+    main()
