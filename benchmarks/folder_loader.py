@@ -14,7 +14,7 @@ medians), so that the machine's drift hits all alike.
 generated folders of 256-512 px JPEGs of two sizes; what must not grow is the difference.
 
     python benchmarks/folder_loader.py speed --images 96 --rounds 4
-    python benchmarks/folder_loader.py memory --sizes 2000 20000 --steps 10
+    python benchmarks/folder_loader.py memory --sizes 2000 20000 --steps 10 [--shards]
     python benchmarks/folder_loader.py scan --files 1000000
 """
 
@@ -192,10 +192,10 @@ class _Indexed:
         return self.get(i)
 
 
-def _pretrain_rss(root: Path, steps: int, out: Path) -> dict:
+def _pretrain_rss(root: Path, steps: int, out: Path, name: str = "imagefolder") -> dict:
     cfg = out.with_suffix(".yaml")
     cfg.write_text(
-        f"data: {{name: imagefolder, root: {root}, img_size: 64, num_workers: 2}}\n"
+        f"data: {{name: {name}, root: {root}, img_size: 64, num_workers: 2}}\n"
         "aug: {local_crops_number: 2, local_crops_size: 32}\n"
         "model: {backbone: vit_tiny, patch_size: 16, depth: 2}\n"
         "method: {name: dino, out_dim: 256, hidden_dim: 256, bottleneck_dim: 64}\n"
@@ -232,12 +232,19 @@ def memory(args) -> dict:
         for f in files[:n] if n < biggest else []:
             (root / f.parent.name).mkdir(parents=True, exist_ok=True)
             os.link(f, root / f.parent.name / f.name)
-        row = _pretrain_rss(root if n < biggest else tmp / "all", args.steps, tmp / f"run{n}")
+        root = root if n < biggest else tmp / "all"
+        if args.shards:  # the same images packed: sslkd data pack
+            from sslkd.data.pack import pack_folder
+
+            pack_folder(root, tmp / f"shards{n}", progress=False)
+            row = _pretrain_rss(tmp / f"shards{n}", args.steps, tmp / f"run{n}", "shards")
+        else:
+            row = _pretrain_rss(root, args.steps, tmp / f"run{n}")
         rows.append({"images": n, **{k: round(v, 1) for k, v in row.items()}})
         print(json.dumps(rows[-1]), flush=True)
     first, last = rows[0], rows[-1]
     return {
-        "bench": "folder_memory",
+        "bench": "shards_memory" if args.shards else "folder_memory",
         "date": time.strftime("%Y-%m-%d"),
         "steps": args.steps,
         "rows": rows,
@@ -288,6 +295,7 @@ def main() -> None:
     m = sub.add_parser("memory")
     m.add_argument("--sizes", type=int, nargs="+", default=[2000, 20000])
     m.add_argument("--steps", type=int, default=10)
+    m.add_argument("--shards", action="store_true", help="pack each tree and train on its shards")
     c = sub.add_parser("scan")
     c.add_argument("--files", type=int, default=1_000_000)
     for q in (s, m, c):
