@@ -1,12 +1,16 @@
-"""What each paper's ImageNet-1k config costs: training FLOPs and activation memory per image, weights.
+"""What each paper's ImageNet-1k config costs: training FLOPs and memory per image, fixed memory.
 
-For every ``configs/*/imagenet1k_*.yaml``, one optimiser step at batch 3 on generated 224-px photos
-(the config's own crops, heads and teachers; random teacher weights of the right architecture) runs
-under ``torch.utils.flop_counter.FlopCounterMode`` (matmuls, convolutions, attention: forward and
-backward, teachers included) and ``saved_tensors_hooks`` (bytes autograd keeps for the backward:
-the activations, in the config's precision). Per image, then scaled to the whole run
-(images x epochs) and to the config's per-GPU batch at 8 GPUs a node; weights, gradients and AdamW
-state count 16 bytes a trained parameter, EMA teachers and frozen teachers 4 (fp32) a parameter.
+For every ``configs/*/imagenet1k_*.yaml``, optimiser steps at batch 3 and 6 on generated 224-px
+photos (the config's own crops, heads and teachers; random teacher weights of the right
+architecture) run under ``torch.utils.flop_counter``'s formulas (matmuls, convolutions, attention:
+forward and backward, teachers included; see :class:`Flops`) and ``saved_tensors_hooks`` (bytes
+autograd keeps for the backward, in the config's precision, each storage once, parameters not
+again). The difference of the two steps is the cost of an image; a step also keeps weight copies
+once a call: a constant. FLOPs are scaled to whole runs (images x epochs); memory to 64 images a
+GPU, with weights, gradients and optimiser state (16 bytes a trained parameter under AdamW, 12
+under SGD) and EMA / frozen teachers (4 bytes a parameter). Not counted: elementwise work (RKD-A's
+B^3 angles over the global batch grow faster than the batch and are not in the difference), DDP
+buckets, the CUDA context, allocator slack.
 
 GPU-hours are FLOPs over a sustained rate, calibrated on the one run a paper timed: MOKD R50 +
 ViT-S/16, 100 epochs, 122 h on 8 V100s (MOKD Suppl. C.3, Table S3). Printed as JSON lines.
@@ -26,8 +30,9 @@ from pathlib import Path
 import timm
 import torch
 from safetensors.torch import save_file
+from torch.ops import aten
 from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils.flop_counter import flop_registry
+from torch.utils.flop_counter import conv_flop_count, flop_registry, sdpa_backward_flop_count, sdpa_flop_count
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "tests"))
 from test_shards import make_imagenet  # noqa: E402
@@ -42,15 +47,27 @@ CALIBRATION = ("mokd/imagenet1k_resnet50_vits16", 122 * 8)  # V100-hours measure
 
 class Flops(TorchDispatchMode):
     """FlopCounterMode's per-operator formulas without its module tracker (which fails on MOKD's
-    T-Heads fed by the other model's tensors)."""
+    T-Heads fed by the other model's tensors), with two corrections: a grouped convolution's
+    backward (the registry counts depthwise convolutions' weight gradients as dense) and the CPU
+    flash-attention kernels timm's fused attention runs here (not in the registry)."""
 
     total = 0
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
-        count = flop_registry.get(func._overloadpacket)
-        if count is not None:
-            self.total += count(*args, **(kwargs or {}), out_val=out)
+        packet = func._overloadpacket
+        if packet is aten.convolution_backward:  # grad_out, x, w, ..., transposed (7), ..., mask (10)
+            grad_out, x, w, transposed, mask = args[0], args[1], args[2], args[7], args[10]
+            fwd = conv_flop_count(list(x.shape), list(w.shape), list(grad_out.shape), transposed)
+            self.total += fwd * (int(mask[0]) + int(mask[1]))  # each gradient costs a forward
+        elif packet is aten._scaled_dot_product_flash_attention_for_cpu:
+            q, k, v = args[:3]
+            self.total += sdpa_flop_count(q.shape, k.shape, v.shape)
+        elif packet is aten._scaled_dot_product_flash_attention_for_cpu_backward:
+            grad_out, q, k, v = args[:4]
+            self.total += sdpa_backward_flop_count(grad_out.shape, q.shape, k.shape, v.shape)
+        elif packet in flop_registry:
+            self.total += flop_registry[packet](*args, **(kwargs or {}), out_val=out)
         return out
 
 
@@ -67,12 +84,16 @@ def measure(name: str, root: Path, files: Path) -> dict:
     train, _ = load_datasets(cfg)
     trainer = Trainer(cfg, train, progress=False)
     views = next(trainer._batches(0, 0))
+    params = {p.untyped_storage().data_ptr() for p in trainer.method.parameters()}
     cost = {}
     for b in (3, 6):  # per image: the difference (weights saved once a call are a step's constant)
-        saved = [0]
+        saved, seen = [0], set(params)  # each storage once; parameters are counted below
 
-        def pack(t, saved=saved):
-            saved[0] += t.numel() * t.element_size()
+        def pack(t, saved=saved, seen=seen):
+            ptr = t.untyped_storage().data_ptr()
+            if ptr not in seen:
+                seen.add(ptr)
+                saved[0] += t.untyped_storage().nbytes()
             return t
 
         with Flops() as counter, torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
@@ -86,7 +107,14 @@ def measure(name: str, root: Path, files: Path) -> dict:
     n_trained = sum(p.numel() for _, p in method.trainable_parameters())
     n_other = sum(p.numel() for p in method.parameters() if id(p) not in trained)
     n_other += sum(b.numel() for b in method.buffers() if b.is_floating_point() and b.numel() > 1_000_000)  # queues
-    fixed_gb = (16 * n_trained + 4 * n_other + act_fixed) / 1e9
+    # weights + gradients (8 bytes) and the optimiser's moments: AdamW 2, SGD with momentum 1
+    state = sum(
+        (8 + (4 if isinstance(opt, torch.optim.SGD) else 8)) * p.numel()
+        for opt in trainer.optimizers
+        for group in opt.param_groups
+        for p in group["params"]
+    )
+    fixed_gb = (state + 4 * n_other + act_fixed) / 1e9
     epochs = paper.train.epochs
     return {
         "config": name,
@@ -110,6 +138,8 @@ def main() -> None:
         root = make_imagenet(Path(tmp) / "imagenet", classes=2, per_class=3, val_per_class=1)
         files = Path(tmp)
         r50 = timm.create_model("resnet50", num_classes=0).state_dict()
+        mlp = torch.nn.Sequential(torch.nn.Linear(2048, 2048), torch.nn.ReLU(), torch.nn.Linear(2048, 128))
+        r50.update({f"fc.{k}": v for k, v in mlp.state_dict().items()})  # MoCo v2's projection MLP
         moco = {f"module.encoder_{e}.{k}": v for e in "qk" for k, v in r50.items()}
         torch.save({"state_dict": moco}, files / "moco.pth.tar")
         vitb = timm.create_model("vit_base_patch16_224", num_classes=0)

@@ -40,6 +40,8 @@ def tree_and_teachers(tmp_path_factory):
     files = tmp_path_factory.mktemp("teachers")
     torch.manual_seed(0)
     r50 = timm.create_model("resnet50", num_classes=0).state_dict()
+    mlp = torch.nn.Sequential(torch.nn.Linear(2048, 2048), torch.nn.ReLU(), torch.nn.Linear(2048, 128))
+    r50.update({f"fc.{k}": v for k, v in mlp.state_dict().items()})  # MoCo v2's projection MLP
     moco = {f"module.encoder_{e}.{k}": v for e in "qk" for k, v in r50.items()}
     torch.save({"state_dict": moco, "epoch": 200}, files / "moco_v2_200ep_pretrain.pth.tar")
     save_file(timm.create_model("vit_base_patch16_224", num_classes=0).state_dict(), str(files / "vitb16.safetensors"))

@@ -306,3 +306,25 @@ def test_student_initialisation_and_crops_do_not_depend_on_the_teacher(tmp_path)
         assert tr.method.crop_multiple() == 1 and tr.transform.local_size == 14
         students.append(tr.method.student.backbone.state_dict())
     assert all(torch.equal(students[0][k], students[1][k]) for k in students[0])
+
+
+def test_mocov2_projection_head_is_the_teachers_output(tmp_path):
+    """SEED distils MoCo v2's 128-d MLP output (its key encoder's), not the pooled features."""
+    torch.manual_seed(0)
+    src = timm.create_model("resnet18", num_classes=0, global_pool="").eval()
+    mlp = torch.nn.Sequential(torch.nn.Linear(512, 512), torch.nn.ReLU(), torch.nn.Linear(512, 128))
+    sd = {}
+    for enc, scale in (("encoder_q", 0.0), ("encoder_k", 1.0)):  # the key encoder is the teacher
+        sd.update({f"module.{enc}.{k}": v for k, v in src.state_dict().items()})
+        sd.update({f"module.{enc}.fc.{k}": v * scale for k, v in mlp.state_dict().items()})
+    torch.save({"state_dict": sd}, tmp_path / "moco.pth.tar")
+    teacher, report = load_teacher(tmp_path / "moco.pth.tar", arch="resnet18", features="auto")
+    assert teacher.out_dim == 128 and "MoCo v2 MLP, 512-512-128" in str(report)
+    x = torch.randn(2, 3, 32, 32)
+    torch.testing.assert_close(teacher(x), mlp(src.forward_features(x).mean((2, 3))), rtol=1e-5, atol=1e-5)
+    assert load_teacher(tmp_path / "moco.pth.tar", arch="resnet18")[0].out_dim == 512  # features: backbone
+    bare = {k: v for k, v in sd.items() if ".fc." not in k}
+    torch.save({"state_dict": bare}, tmp_path / "bare.pth.tar")
+    assert load_teacher(tmp_path / "bare.pth.tar", arch="resnet18", features="auto")[0].out_dim == 512
+    with pytest.raises(TeacherError, match="projection head"):
+        load_teacher(tmp_path / "bare.pth.tar", arch="resnet18", features="head")

@@ -12,7 +12,7 @@ is read by :mod:`sslkd.teachers` (it rebuilds the run's method). Sources:
                 prefixes stripped, ``head.`` (projection) dropped
   mocov3        ``state_dict`` with ``module.base_encoder.`` (``student``) and
                 ``module.momentum_encoder.`` (``teacher``); ``head.`` / ``fc.`` dropped
-  mocov2        ``state_dict`` with ``module.encoder_q.`` / ``module.encoder_k.``; ``fc.`` dropped
+  mocov2        ``state_dict`` with ``module.encoder_q.`` / ``module.encoder_k.``; ``fc.``: the head
   mae           ``model``; ``decoder*`` and ``mask_token`` dropped
   dinov2        a flat dict with ``mask_token`` and LayerScale (``ls1.gamma``); ``register_tokens``
                 with registers (an alias ``teacher_arch`` becomes timm's ``*_dinov2`` model)
@@ -183,16 +183,19 @@ def load_external(
             f"{path}: not a checkpoint file (a PyTorch checkpoint is a zip archive or a pickle, a safetensors "
             f"file starts with its header's length; this starts with {head!r})"
         )
-    if features == "head":
-        raise TeacherError(
-            f"{path}: only sslkd checkpoints carry a projection head sslkd can use; use features 'backbone'"
-        )
     if arch is None:
         raise TeacherError(
             f"{path}: an external checkpoint needs its architecture (teacher_arch, one of "
             f"vit_tiny/vit_small/vit_base/resnet18/... )"
         )
-    layout, state = extract_state(read_weights_file(path), which, path)
+    raw = read_weights_file(path)
+    layout, state = extract_state(raw, which, path)
+    head = moco_head(raw["state_dict"], which) if layout == "mocov2" and features != "backbone" else None
+    if features == "head" and head is None:
+        raise TeacherError(
+            f"{path}: only sslkd checkpoints and MoCo v2 files with their MLP (fc.0, fc.2) carry a projection "
+            f"head sslkd can use; use features 'backbone'"
+        )
     arch, file_patch = _foundation_arch(layout, arch, state)
     patch_size = file_patch or patch_size
     build_size = img_size
@@ -207,7 +210,36 @@ def load_external(
     if layout == "dinov3":  # RoPE, storage tokens, LayerScale: timm's EVA model and converter
         state = eva_checkpoint_filter(dict(state), backbone.net)
     report = load_into(backbone, state, layout, str(path), strict)
-    return FrozenTeacher(backbone, None, img_size), report
+    if head is not None:
+        report.loaded += len(head.state_dict())
+        report.features = "projection head (MoCo v2 MLP, " + "-".join(str(w) for w in head.widths) + ")"
+    return FrozenTeacher(backbone, head, img_size), report
+
+
+class MoCoHead(nn.Sequential):
+    """MoCo v2's projection MLP ``fc``: Linear, ReLU, Linear (MoCo v1's: one Linear)."""
+
+    def __init__(self, weights: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        layers: list[nn.Module] = []
+        for i, (w, b) in enumerate(weights):
+            layers += [nn.ReLU()] if i else []
+            layers.append(nn.Linear(w.shape[1], w.shape[0]))
+            layers[-1].weight.data.copy_(w)
+            layers[-1].bias.data.copy_(b)
+        super().__init__(*layers)
+        self.widths = [weights[0][0].shape[1]] + [w.shape[0] for w, _ in weights]
+
+
+def moco_head(sd: dict, which: str) -> MoCoHead | None:
+    """The projection head of a MoCo v1/v2 checkpoint (the key encoder's for ``which="teacher"``):
+    SEED distils this output (128-d), not the pooled features. None if the file has none."""
+    enc = "module.encoder_k." if which == "teacher" and any(k.startswith("module.encoder_k.") for k in sd) else ""
+    enc = enc or "module.encoder_q."
+    fc = {k[len(enc) + 3 :]: v for k, v in sd.items() if k.startswith(enc + "fc.")}
+    names = ["0", "2"] if "0.weight" in fc and "2.weight" in fc else [""] if "weight" in fc else []
+    if not names:
+        return None
+    return MoCoHead([(fc[f"{n}.weight" if n else "weight"], fc[f"{n}.bias" if n else "bias"]) for n in names])
 
 
 def _from_timm(name: str, img_size: int | None, in_chans: int) -> tuple[FrozenTeacher, LoadReport]:
