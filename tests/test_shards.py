@@ -295,3 +295,14 @@ def test_a_run_without_yaml_recognises_shards(packed):
     from_folder, from_shards = auto_config("dino", str(root)), auto_config("dino", str(out))
     assert from_shards["data"] == {**from_folder["data"], "name": "shards", "root": str(out)}
     assert from_shards["aug"] == from_folder["aug"] and from_shards["model"] == from_folder["model"]
+
+
+def test_shards_evaluate_by_knn_and_linear_probe(packed, tmp_path, capsys):
+    _, root = packed
+    out = tmp_path / "run"
+    args = ["pretrain", "--config", str(_config(tmp_path, root, out)), "--no-progress", "--set", "train.max_steps=1"]
+    assert main(args) == 0
+    for protocol in ("knn", "linear"):
+        extra = ["--epochs", "2"] if protocol == "linear" else []
+        assert main(["eval", protocol, str(out), "--dataset", "shards", "--root", str(root), *extra]) == 0
+        assert "on shards (24 train / 6 test)" in capsys.readouterr().out  # the packed val/ split
