@@ -4,8 +4,10 @@ Generated ~500 x 375 JPEGs (``folder_loader.make_jpegs``) are packed by ``sslkd 
 when the ``datasets`` package is installed, saved as an Arrow dataset (an image column of the
 undecoded bytes, ``save_to_disk``). Each reader then runs in a fresh process on one core
 (``torch.set_num_threads(1)``, no workers) over one training epoch's order (the seeded sampler;
-shard by shard for shards, as training reads them) and reports images/s of (a) reading the bytes
-and (b) reading + decoding as training does (JPEG draft at 224), and the process's peak RSS.
+shard by shard for shards, as training reads them), in batches of 64 whose reads a shard set
+announces first (``ShardDataset.prefetch``, as the loader's batched fetch does), and reports
+images/s of (a) reading the bytes and (b) reading + decoding as training does (JPEG draft at 224),
+and the process's peak RSS.
 ``cold``: each file's pages are dropped from the page cache first (``posix_fadvise DONTNEED``),
 as on a first epoch over a collection larger than memory; ``warm``: read once before timing.
 Readers alternate (A B C C B A ...) and the medians are reported.
@@ -42,7 +44,7 @@ def _drop_cache(root: Path) -> None:
 
 
 def _reader(kind: str, root: Path):
-    """(number of images, read(i) -> bytes, decode(i) -> PIL image, groups) of one reader."""
+    """(number of images, read(i) -> bytes, decode(i) -> PIL image, groups, announce(batch)) of a reader."""
     from sslkd.data import get_dataset
     from sslkd.data.folder import decode
 
@@ -57,20 +59,20 @@ def _reader(kind: str, root: Path):
         def dec(i):
             return decode(io.BytesIO(read(i)), 3, 224)
 
-        return len(ds), read, dec, None
+        return len(ds), read, dec, None, lambda batch: None
     ds = get_dataset("imagefolder" if kind == "folder" else "shards", "train", root=root, in_memory=False)
     if kind == "folder":
-        return len(ds), lambda i: Path(ds.path(i)).read_bytes(), lambda i: ds.image(i, 224), None
-    return len(ds), lambda i: ds.read(i)[0], lambda i: ds.image(i, 224), ds.shard_of
+        return len(ds), lambda i: Path(ds.path(i)).read_bytes(), lambda i: ds.image(i, 224), None, ds.prefetch
+    return len(ds), lambda i: ds.read(i)[0], lambda i: ds.image(i, 224), ds.shard_of, ds.prefetch
 
 
-def one(kind: str, root: Path, what: str, cold: bool) -> dict:
+def one(kind: str, root: Path, what: str, cold: bool, batch: int = 64) -> dict:
     import torch
 
     from sslkd.data.augment import SeededEpochSampler
 
     torch.set_num_threads(1)
-    n, read, dec, groups = _reader(kind, root)
+    n, read, dec, groups, announce = _reader(kind, root)
     order = [i for i, _ in SeededEpochSampler(n, 0, 0, groups=groups)]
     fn = read if what == "read" else dec
     if cold:
@@ -79,8 +81,11 @@ def one(kind: str, root: Path, what: str, cold: bool) -> dict:
         for i in order:
             read(i)
     t0 = time.perf_counter()
-    for i in order:
-        fn(i)
+    for start in range(0, n, batch):  # as a loader worker fetches a batch: its reads announced first
+        part = order[start : start + batch]
+        announce(part)
+        for i in part:
+            fn(i)
     dt = time.perf_counter() - t0
     # VmHWM, not ru_maxrss: the latter keeps the parent's high-water mark across exec
     hwm = next(line for line in Path("/proc/self/status").read_text().splitlines() if line.startswith("VmHWM"))

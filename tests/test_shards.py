@@ -20,7 +20,7 @@ from sslkd.cli import main
 from sslkd.config import load_config
 from sslkd.data import DatasetError, get_dataset, held_out
 from sslkd.data import pack as pack_mod
-from sslkd.data.augment import SeededEpochSampler
+from sslkd.data.augment import MultiCropDataset, SeededEpochSampler
 from sslkd.data.folder import decode, pil_to_uint8, scan_folder
 from sslkd.data.shards import ShardDataset
 from sslkd.train.inputs import epoch_loader
@@ -306,3 +306,16 @@ def test_shards_evaluate_by_knn_and_linear_probe(packed, tmp_path, capsys):
         extra = ["--epochs", "2"] if protocol == "linear" else []
         assert main(["eval", protocol, str(out), "--dataset", "shards", "--root", str(root), *extra]) == 0
         assert "on shards (24 train / 6 test)" in capsys.readouterr().out  # the packed val/ split
+
+
+def test_a_batch_announces_its_reads_before_reading(packed, monkeypatch):
+    _, root = packed
+    ds = ShardDataset(root)
+    hints = []
+    monkeypatch.setattr(os, "posix_fadvise", lambda fd, off, size, advice: hints.append((off, size, advice)))
+    cfg = load_config(None, ["train.batch_size=4", "seed=3"])
+    data = MultiCropDataset(ds, lambda im: [im[:, :8, :8]])  # a uint8 [C, H, W] image: a corner
+    batch = next(iter(epoch_loader(data, cfg, 0, 0)))
+    rows = [int(ds.rows[i]) for i, _ in list(SeededEpochSampler(len(ds), 3, 0, groups=ds.shard_of))[:4]]
+    want = [(int(ds.index[r]["offset"]), int(ds.index[r]["size"]), os.POSIX_FADV_WILLNEED) for r in rows]
+    assert hints == want and batch[1].tolist() == [int(ds.index[r]["label"]) for r in rows]

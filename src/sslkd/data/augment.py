@@ -164,6 +164,14 @@ def load_or_replace(base: Dataset, index: int, seed: int, tries: int = 16, pil: 
     raise DatasetError(f"{tries} files in a row could not be decoded, last: {bad[-1]}")
 
 
+def prefetch(base: Dataset, items: list[tuple[int, int]]) -> None:
+    """Announce a batch's ``(index, seed)`` reads to a lazily read dataset (shards fetch them
+    concurrently); in-memory sets have nothing to fetch."""
+    announce = getattr(base, "prefetch", None)
+    if announce is not None:
+        announce([index for index, _ in items])
+
+
 class MultiCropDataset(Dataset):
     """Wraps a uint8 dataset; item ``(index, seed)`` -> ``(crops, label, seed, bad)`` drawn with that
     seed (``bad``: see :func:`load_or_replace`). A lazily read folder (``base.lazy``) hands PIL
@@ -175,6 +183,10 @@ class MultiCropDataset(Dataset):
 
     def __len__(self) -> int:
         return len(self.base)  # type: ignore[arg-type]
+
+    def __getitems__(self, items: list[tuple[int, int]]) -> list:  # the DataLoader's batched fetch
+        prefetch(self.base, items)
+        return [self[item] for item in items]
 
     def __getitem__(self, item: tuple[int, int]) -> tuple[list[torch.Tensor], int, int, str]:
         index, seed = item
@@ -195,6 +207,10 @@ class RawDataset(Dataset):
 
     def __len__(self) -> int:
         return len(self.base)  # type: ignore[arg-type]
+
+    def __getitems__(self, items: list[tuple[int, int]]) -> list:
+        prefetch(self.base, items)
+        return [self[item] for item in items]
 
     def __getitem__(self, item: tuple[int, int]) -> tuple[torch.Tensor, int, int, str]:
         img, label, bad = load_or_replace(self.base, *item)

