@@ -148,3 +148,17 @@ class THead(nn.Module):
         if search is not None:
             x = x[:, 1:]  # the search token is not pooled
         return self.fc(self.norm(x.mean(1)))
+
+
+class MoCoHead(nn.Sequential):
+    """MoCo v2's projection MLP ``fc``: Linear, ReLU, Linear (MoCo v1's: one Linear)."""
+
+    def __init__(self, weights: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        layers: list[nn.Module] = []
+        for i, (w, b) in enumerate(weights):
+            layers += [nn.ReLU()] if i else []
+            layers.append(nn.Linear(w.shape[1], w.shape[0]))
+            layers[-1].weight.data.copy_(w)
+            layers[-1].bias.data.copy_(b)
+        super().__init__(*layers)
+        self.widths = [weights[0][0].shape[1]] + [w.shape[0] for w, _ in weights]

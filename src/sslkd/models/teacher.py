@@ -48,7 +48,7 @@ from torch import nn
 
 from sslkd.errors import TeacherError
 from sslkd.models.backbone import VITS, Backbone, CNNBackbone, ViTBackbone, build_backbone, is_vit
-from sslkd.models.heads import DINOHead
+from sslkd.models.heads import DINOHead, MoCoHead
 from sslkd.schema import Positive
 
 
@@ -214,20 +214,6 @@ def load_external(
         report.loaded += len(head.state_dict())
         report.features = "projection head (MoCo v2 MLP, " + "-".join(str(w) for w in head.widths) + ")"
     return FrozenTeacher(backbone, head, img_size), report
-
-
-class MoCoHead(nn.Sequential):
-    """MoCo v2's projection MLP ``fc``: Linear, ReLU, Linear (MoCo v1's: one Linear)."""
-
-    def __init__(self, weights: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
-        layers: list[nn.Module] = []
-        for i, (w, b) in enumerate(weights):
-            layers += [nn.ReLU()] if i else []
-            layers.append(nn.Linear(w.shape[1], w.shape[0]))
-            layers[-1].weight.data.copy_(w)
-            layers[-1].bias.data.copy_(b)
-        super().__init__(*layers)
-        self.widths = [weights[0][0].shape[1]] + [w.shape[0] for w, _ in weights]
 
 
 def moco_head(sd: dict, which: str) -> MoCoHead | None:
