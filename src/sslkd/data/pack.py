@@ -30,7 +30,7 @@ from tqdm import tqdm
 from sslkd.data.base import DatasetError, NoHeldOutSplitError
 from sslkd.data.folder import FolderIndex, guess_channels, scan_folder
 from sslkd.data.imagefolder import split_root
-from sslkd.data.shards import FORMAT_VERSION, HELD_OUT, INDEX_DTYPE, INFO
+from sslkd.data.shards import FORMAT_VERSION, HELD_OUT_SPLIT, INDEX_DTYPE, INFO
 
 PLAN = "_pack.json"
 MTIME = 946684800  # 2000-01-01: fixed member times make shards reproducible
@@ -108,7 +108,9 @@ def pack_folder(
     indexes = {"train": train}
     try:
         held = split_root(folder, "test")
-        indexes[HELD_OUT] = scan_folder(held, classes=train.classes) if train.classes else scan_folder(held, "none")
+        # labelled by the training classes, as a folder's held-out split is
+        labelled = scan_folder(held, classes=train.classes) if train.classes else None
+        indexes[HELD_OUT_SPLIT] = labelled or scan_folder(held, "none")
     except NoHeldOutSplitError:
         pass
     options = {"seed": seed, "labels": labels, "shard_mb": None if shard_size else shard_mb, "format": FORMAT_VERSION}

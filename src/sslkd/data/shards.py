@@ -31,7 +31,7 @@ INFO = "_info.json"
 FORMAT_VERSION = 1
 INDEX_DTYPE = np.dtype([("shard", "<i4"), ("key", "<i8"), ("offset", "<i8"), ("size", "<i8"), ("label", "<i4")])
 OPEN_FILES = 32  # shard files a process keeps open (training reads one or two at a time; evaluation any)
-HELD_OUT = "val"  # the split name of a packed val/ or test/ folder
+HELD_OUT_SPLIT = "val"  # the split name of a packed val/ or test/ folder
 
 
 def is_shards(root: Path) -> bool:
@@ -155,7 +155,7 @@ class ShardDataset(LazyImages):
 def load_shards(root: str | Path, split: str = "train", img_size: int | None = None, verbose: bool = False):
     """``train`` or ``test`` (the packed held-out split) of the shards at ``root``."""
     info = read_info(root)
-    name = "train" if split == "train" else HELD_OUT
+    name = "train" if split == "train" else HELD_OUT_SPLIT
     if name not in info["splits"]:
         raise NoHeldOutSplitError(
             f"shards: {root} has no held-out split (its source had no val/ or test/ folder); "
