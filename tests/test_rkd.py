@@ -36,39 +36,43 @@ def naive_angle(x):
     return psi
 
 
-def naive_rkd_d(s, t, kind, delta=1.0, ts=0.1, tt=0.04):
+def naive_rkd_d(s, t, kind, delta=1.0, ts=0.1, tt=0.04, sign=-1.0, rows=None):
+    """The paper's Eq. 1-2 (Huber) or the row cross-entropy of ``softmax(sign * psi_D / tau)``,
+    over the relations of the samples in ``rows`` (default: all)."""
     ps, pt = naive_dist(s), naive_dist(t)
     b = len(s)
+    rows = range(b) if rows is None else rows
     if kind == "huber":
-        return np.mean([huber(ps[i, j], pt[i, j], delta) for i in range(b) for j in range(b) if i != j])
+        return np.mean([huber(ps[i, j], pt[i, j], delta) for i in rows for j in range(b) if i != j])
     total = 0.0
-    for i in range(b):
+    for i in rows:
         cols = [j for j in range(b) if j != i]
-        q = softmax(pt[i, cols] / tt)
-        total += -(q * np.log(softmax(ps[i, cols] / ts))).sum()
-    return total / b
+        q = softmax(sign * pt[i, cols] / tt)
+        total += -(q * np.log(softmax(sign * ps[i, cols] / ts))).sum()
+    return total / len(rows)
 
 
-def naive_rkd_a(s, t, kind, delta=1.0, ts=0.1, tt=0.04):
+def naive_rkd_a(s, t, kind, delta=1.0, ts=0.1, tt=0.04, rows=None):
     ps, pt = naive_angle(s), naive_angle(t)
     b = len(s)
+    rows = range(b) if rows is None else rows
     if kind == "huber":
         return np.mean(
             [
                 huber(ps[j, i, k], pt[j, i, k], delta)
                 for i, j, k in itertools.product(range(b), repeat=3)
-                if i != j and k != j
+                if i != j and k != j and i in rows
             ]
         )
     total = 0.0
     for j in range(b):
-        for i in range(b):
+        for i in rows:
             if i == j:
                 continue
             cols = [k for k in range(b) if k not in (i, j)]
             q = softmax(pt[j, i, cols] / tt)
             total += -(q * np.log(softmax(ps[j, i, cols] / ts))).sum()
-    return total / (b * (b - 1))
+    return total / (len(rows) * (b - 1))
 
 
 @pytest.mark.parametrize("kind", ["huber", "ce"])
@@ -80,6 +84,38 @@ def test_rkd_matches_equations_in_float64(kind, cls, naive):
     for delta in (1.0, 0.3):
         loss = cls(loss=kind, delta=delta, **kwargs)(s, t).item()
         np.testing.assert_allclose(loss, naive(s.numpy(), t.numpy(), kind, delta), rtol=1e-6)
+
+
+@pytest.mark.parametrize("rank, sign", [("near", -1.0), ("far", 1.0)])
+def test_distance_ce_sign_matches_equation_and_near_ranks_the_nearest_highest(rank, sign):
+    g = torch.Generator().manual_seed(5)
+    s, t = torch.randn(7, 5, generator=g, dtype=torch.float64), torch.randn(7, 5, generator=g, dtype=torch.float64)
+    loss = RKDDistanceLoss("ce", ce_rank=rank)(s, t).item()
+    np.testing.assert_allclose(loss, naive_rkd_d(s.numpy(), t.numpy(), "ce", sign=sign), rtol=1e-6)
+    # the teacher's target of sample 0 puts its largest mass on its nearest (near) / farthest (far) neighbour
+    d = naive_dist(t.numpy())[0, 1:]
+    target = softmax(sign * d / 0.04)
+    assert np.argmax(target) == (np.argmin(d) if rank == "near" else np.argmax(d))
+
+
+@pytest.mark.parametrize("kind", ["huber", "ce"])
+@pytest.mark.parametrize("cls, naive", [(RKDDistanceLoss, naive_rkd_d), (RKDAngleLoss, naive_rkd_a)])
+def test_rows_and_teacher_temperature_match_equations(kind, cls, naive):
+    """``rows`` keeps the relations of those samples (per group, then averaged over groups);
+    ``teacher_temp`` in forward replaces the constructor's."""
+    g = torch.Generator().manual_seed(6)
+    s, t = (torch.randn(2, 7, 5, generator=g, dtype=torch.float64) for _ in range(2))
+    rows = torch.zeros(2, 7, dtype=torch.bool)
+    rows[0, [1, 4]] = True
+    rows[1, [0, 2, 3, 6]] = True
+    kwargs = {"chunk_size": 3} if cls is RKDAngleLoss else {}
+    out = cls(loss=kind, **kwargs)(s, t, teacher_temp=0.07, rows=rows).item()
+    want = np.mean(
+        [naive(s[i].numpy(), t[i].numpy(), kind, tt=0.07, rows=rows[i].nonzero()[:, 0].tolist()) for i in range(2)]
+    )
+    np.testing.assert_allclose(out, want, rtol=1e-6)
+    with pytest.raises(ValueError, match="rows must be a bool tensor"):
+        cls(loss=kind)(s, t, rows=rows[:, :3])
 
 
 def test_invariances():

@@ -5,6 +5,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+# the k of DINO (20) and of MOKD's tables (the best of 10, 20, 100, 200), the CLI's and tables' default
+DEFAULT_KS = (10, 20, 100, 200)
+
 
 @torch.no_grad()
 def knn_classify(

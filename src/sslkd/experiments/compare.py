@@ -9,17 +9,20 @@ from __future__ import annotations
 import copy
 import csv
 import dataclasses
+import json
+import subprocess
 from pathlib import Path
 
 import torch
 
 from sslkd.config import Config, ConfigError, load_config
 from sslkd.data import get_dataset, held_out, view_tensors
-from sslkd.device import resolve_device
+from sslkd.device import environment, resolve_device
 from sslkd.eval import evaluate
 from sslkd.eval.attention import cls_attention, plot_attention
 from sslkd.eval.curves import plot_curves
 from sslkd.eval.finetune import finetune
+from sslkd.eval.knn import DEFAULT_KS
 from sslkd.methods import build_method
 from sslkd.train import Trainer, TrainingError
 
@@ -143,7 +146,7 @@ def run_comparison(
             ev_test,
             ("knn", "linear"),
             device=device,
-            k=first.eval.knn_k,
+            k=DEFAULT_KS,
             temperature=first.eval.knn_t,
             linear_epochs=linear_epochs,
             max_train=eval_train_samples,
@@ -156,6 +159,8 @@ def run_comparison(
             "linear_top5": lin["top5"],
             "knn_top1": knn["top1"],
             "knn_top5": knn["top5"],
+            "knn_k": knn["k"],
+            **{f"knn_top1_k{k}": r["top1"] for k, r in knn["per_k"].items()},
             "eval_train": res["train_images"],
             "eval_test": res["test_images"],
         }
@@ -219,7 +224,26 @@ def run_comparison(
                 plot_attention(images, maps, out / f"attention_{run_name}{suffix}.png", label)
     plot_curves(runs, out / "curves.png", labels=labels, smooth=5)
     _write(rows, out, dataset, name, first)
+    meta = {"commit": source_commit(), "environment": environment(device), "overrides": list(overrides or [])}
+    (out / f"{name}.json").write_text(json.dumps({"rows": rows, "configs": configs, **meta}, indent=1) + "\n")
     return rows
+
+
+def source_commit() -> str | None:
+    """The git commit (``+dirty`` when the tree has changes) of the sslkd source, if it is a checkout."""
+    here = Path(__file__).parent
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["git", *args], cwd=here, capture_output=True, text=True, timeout=10)
+
+    try:
+        head = run("rev-parse", "HEAD")
+        if head.returncode:
+            return None
+        dirty = run("status", "--porcelain", "--untracked-files=no").stdout.strip()
+        return head.stdout.strip() + ("+dirty" if dirty else "")
+    except OSError:
+        return None
 
 
 def _subset(dataset, n: int | None):
@@ -240,6 +264,8 @@ def _write(rows: list[dict], out: Path, dataset: str, name: str, cfg: Config) ->
         "linear_top5",
         "knn_top1",
         "knn_top5",
+        "knn_k",
+        *(f"knn_top1_k{k}" for k in DEFAULT_KS),
         "eval_train",
         "eval_test",
     ] + (["finetune_top1", "finetune_top5"] if tuned else [])
@@ -250,16 +276,17 @@ def _write(rows: list[dict], out: Path, dataset: str, name: str, cfg: Config) ->
     n_train, n_test = rows[0]["eval_train"], rows[0]["eval_test"]
     lines = [
         f"Results on {dataset} ({n_train} train / {n_test} test images; linear probe on frozen CLS / pooled "
-        f"features; weighted kNN k={cfg.eval.knn_k}, T={cfg.eval.knn_t})",
+        f"features; weighted kNN T={cfg.eval.knn_t}, the best of k = {', '.join(map(str, DEFAULT_KS))}, "
+        f"each k in the CSV / JSON)",
         "",
-        "| Pre-train | steps | train min | Sup linear Acc@1 | Acc@5 | Unsup kNN Acc@1 | Acc@5 |"
+        "| Pre-train | steps | train min | Sup linear Acc@1 | Acc@5 | Unsup kNN Acc@1 | Acc@5 | k |"
         + (" Fine-tune Acc@1 | Acc@5 |" if tuned else ""),
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: |" + (" ---: | ---: |" if tuned else ""),
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |" + (" ---: | ---: |" if tuned else ""),
     ]
     for r in rows:
         lines.append(
             f"| {r['pretrain']} | {r['steps']} | {r['minutes']:.1f} | {r['linear_top1']:.2f} | "
-            f"{r['linear_top5']:.2f} | {r['knn_top1']:.2f} | {r['knn_top5']:.2f} |"
+            f"{r['linear_top5']:.2f} | {r['knn_top1']:.2f} | {r['knn_top5']:.2f} | {r['knn_k']} |"
             + (f" {r['finetune_top1']:.2f} | {r['finetune_top5']:.2f} |" if tuned else "")
         )
     (out / f"{name}.md").write_text("\n".join(lines) + "\n")

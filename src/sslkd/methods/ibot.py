@@ -53,12 +53,23 @@ class DistillConfig:
     levels: Literal["cls", "patch", "both"] = "both"  # cls | patch | both: where RKD applies
     loss: Literal["ce", "huber"] = "ce"  # ce (the paper's) | huber (RKD's)
     delta: PositiveFloat = 1.0  # Huber threshold
-    student_temp: PositiveFloat = 0.1  # relational CE: student temperature
-    teacher_temp: PositiveFloat = 0.04  # relational CE: teacher temperature
+    student_temp: PositiveFloat | None = None  # relational CE, student side; None: method.student_temp
+    # relational CE, teacher side; None: the method's teacher temperature at each step, with its warmup
+    # (CLS relations: teacher_temp, patch relations: teacher_patch_temp), as every other iBOT value
+    teacher_temp: PositiveFloat | None = None
+    # RKD-D with ce: near (softmax of -psi_D / tau: each row ranks the nearest neighbours highest, a
+    # similarity) | far (+psi_D / tau, the farthest highest: sslkd before 2026-12-07)
+    distance_rank: Literal["near", "far"] = "near"
+    # CLS level: cross (teacher view v against the student's other views, as DINO pairs them) | all
+    # (also the same view: the teacher's structure of crop v against the student's masked crop v)
+    cls_pairs: Literal["cross", "all"] = "cross"
     features: Literal["head", "bottleneck"] = "head"  # head | bottleneck
     # patch level: structures of the images the student saw masked (the seed's masked image modelling
     # on structures) | all images (unmasked ones too: sslkd's behaviour before 2026-11-29)
     patch_images: Literal["masked", "all"] = "masked"
+    # patch level, inside each image: masked (the relations of the masked tokens to every token: the
+    # visible-visible pairs, which the student sees, left out) | all (every token's relations)
+    patch_tokens: Literal["masked", "all"] = "masked"
     angle_chunk: Positive = 32  # RKD-A: anchors per chunk (memory)
 
 
@@ -86,6 +97,10 @@ class IBOTConfig(DINOConfig):
     # the patch centre's statistic: all (iBOT: every patch token of the teacher) | masked (lightly's
     # IBOTPatchLoss: the masked positions only; the teacher's head then skips the unmasked patches)
     patch_center: Literal["all", "masked"] = "all"
+    # the masked-patch loss's average over the images of a view: batch (all of them, unmasked ones
+    # adding 0: iBOT's code) | masked (those with a masked patch: sslkd before 2026-12-07, ~2x the
+    # weight at mask_prob 0.5)
+    patch_norm: Literal["batch", "masked"] = "batch"
     distill: DistillConfig = field(default_factory=DistillConfig)
 
     def validate(self) -> None:
@@ -174,10 +189,11 @@ class IBOT(Method):
         self.masker = MaskGenerator(tuple(m.mask_ratio), m.mask_prob, m.mask_mode, m.mask_min_aspect)
         self._mask_cache: tuple | None = None
         d = m.distill
-        kw = dict(loss=d.loss, delta=d.delta, student_temp=d.student_temp, teacher_temp=d.teacher_temp)
+        student_temp = m.student_temp if d.student_temp is None else d.student_temp
+        kw = dict(loss=d.loss, delta=d.delta, student_temp=student_temp, teacher_temp=d.teacher_temp or m.teacher_temp)
         self.rkd = nn.ModuleList()
         if d.mode in ("rkd-d", "rkd-da"):
-            self.rkd.append(RKDDistanceLoss(**kw))
+            self.rkd.append(RKDDistanceLoss(ce_rank=d.distance_rank, **kw))
         if d.mode in ("rkd-a", "rkd-da"):
             self.rkd.append(RKDAngleLoss(chunk_size=d.angle_chunk, **kw))
 
@@ -203,8 +219,13 @@ class IBOT(Method):
         rows = patch_out if keep is not None else patch_out[masks.flatten(1)]
         return rows.float().mean(0) if len(rows) else self.patch_loss.center[0]
 
-    def _relational(self, s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        return sum(fn(s, t) for fn in self.rkd)
+    def _relational(
+        self, s: torch.Tensor, t: torch.Tensor, temp: float, rows: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """The RKD terms' sum; ``temp``: the teacher temperature of this level and step, unless
+        ``distill.teacher_temp`` fixes it."""
+        temp = self.cfg.method.distill.teacher_temp or temp
+        return sum(fn(s, t, temp, rows) for fn in self.rkd)
 
     def _rkd_levels(self) -> tuple[bool, bool]:
         d = self.cfg.method.distill
@@ -255,13 +276,23 @@ class IBOT(Method):
             return enc["s_cls_out"], enc["t_cls_out"]
         return enc["s_cls_z"], enc["by_view"](enc["t"]["cls_z"])
 
-    def _rkd_cls(self, s_rel: torch.Tensor, t_rel: torch.Tensor) -> torch.Tensor:
+    def _rkd_cls(self, s_rel: torch.Tensor, t_rel: torch.Tensor, temp: float) -> torch.Tensor:
         """CLS-level RKD over the global batch (every process's images, gradient-aware gather), for
-        each (teacher global view, different student view) pair, as DINO pairs views."""
+        each (teacher global view, different student view) pair, as DINO pairs views
+        (``distill.cls_pairs: all`` adds the same-view pairs)."""
         s_rel = gather_batch(s_rel.transpose(0, 1)).transpose(0, 1)
         t_rel = gather_batch(t_rel.transpose(0, 1), differentiable=False).transpose(0, 1)
-        pairs = [(tv, sv) for tv in range(len(t_rel)) for sv in range(len(s_rel)) if sv != tv]
-        return sum(self._relational(s_rel[sv], t_rel[tv]) for tv, sv in pairs) / len(pairs)
+        same = self.cfg.method.distill.cls_pairs == "all"
+        pairs = [(tv, sv) for tv in range(len(t_rel)) for sv in range(len(s_rel)) if same or sv != tv]
+        return sum(self._relational(s_rel[sv], t_rel[tv], temp) for tv, sv in pairs) / len(pairs)
+
+    def _temps(self, epoch: float) -> tuple[float, float]:
+        """The teacher temperatures of this step: (CLS, patch), each after its warmup."""
+        m = self.cfg.method
+        return (
+            warmup_temp(m.warmup_teacher_temp, m.teacher_temp, m.warmup_teacher_temp_epochs, epoch),
+            warmup_temp(m.warmup_teacher_patch_temp, m.teacher_patch_temp, m.warmup_teacher_temp_epochs, epoch),
+        )
 
     def has_batch_losses(self) -> bool:
         return self._rkd_levels()[0]
@@ -273,7 +304,8 @@ class IBOT(Method):
         return {"student": s_rel.transpose(0, 1), "teacher": t_rel.transpose(0, 1)}
 
     def batch_losses(self, features: dict[str, torch.Tensor], info: StepInfo) -> dict[str, torch.Tensor]:
-        return {"rkd_cls": self._rkd_cls(features["student"].transpose(0, 1), features["teacher"].transpose(0, 1))}
+        s_rel, t_rel = features["student"].transpose(0, 1), features["teacher"].transpose(0, 1)
+        return {"rkd_cls": self._rkd_cls(s_rel, t_rel, self._temps(info.epoch)[0])}
 
     def forward(self, views, info: StepInfo, cached: dict | None = None):
         m, d = self.cfg.method, self.cfg.method.distill
@@ -285,8 +317,7 @@ class IBOT(Method):
             (s["patch_out"], t["patch_out"]) if keep is not None else (by_view(s["patch_out"]), by_view(t["patch_out"]))
         )
         vmask = masks.reshape(2, enc["batch"], enc["hw"])
-        temp = warmup_temp(m.warmup_teacher_temp, m.teacher_temp, m.warmup_teacher_temp_epochs, info.epoch)
-        temp2 = warmup_temp(m.warmup_teacher_patch_temp, m.teacher_patch_temp, m.warmup_teacher_temp_epochs, info.epoch)
+        temp, temp2 = self._temps(info.epoch)
         losses: dict[str, torch.Tensor] = {}
         total = s_cls_out.new_zeros((), dtype=torch.float32)
         if not rkd_cls or d.combine == "add":
@@ -296,15 +327,15 @@ class IBOT(Method):
             center_stat = (
                 t.get("patch_mean") if m.patch_center == "all" else self._masked_mean(t["patch_out"], keep, masks)
             )
-            losses["patch"] = self.patch_loss(
-                s_patch, t_patch, vmask, temp2, (enc["has_masked"] / info.shards).to(vmask.device), center_stat
-            )
+            # iBOT's code: the mean over every image of a view; masked: over those with a masked patch
+            den = enc["has_masked"] / info.shards if m.patch_norm == "masked" else torch.full((2,), enc["batch"])
+            losses["patch"] = self.patch_loss(s_patch, t_patch, vmask, temp2, den.to(vmask.device), center_stat)
             total = total + m.lambda2 * losses["patch"]
         rkd_weight = 1.0 if d.combine == "replace" else d.weight
         if rkd_cls:
             s_rel, t_rel = self._cls_relation_inputs(enc)
             if cached is None:
-                losses["rkd_cls"] = self._rkd_cls(s_rel, t_rel)
+                losses["rkd_cls"] = self._rkd_cls(s_rel, t_rel, temp)
             else:  # the whole batch's loss value and gradient (gradient caching)
                 losses["rkd_cls"] = cached["losses"]["rkd_cls"] + cached_gradient_term(
                     s_rel.transpose(0, 1), cached, "student", info.accum_steps
@@ -316,14 +347,16 @@ class IBOT(Method):
             t_rel = t_patch if head else by_view(t["patch_z"])
             # one batched call over the groups of patch tokens (a per-image loop was ~6x slower on a GPU)
             s_rel, t_rel = s_rel.flatten(0, 1), t_rel.flatten(0, 1)
+            rows = masks.flatten(1) if d.patch_tokens == "masked" else None  # [2b, N]: masked tokens
             if d.patch_images == "all":
-                losses["rkd_patch"] = self._relational(s_rel, t_rel)
+                losses["rkd_patch"] = self._relational(s_rel, t_rel, temp2, rows)
             else:  # masked views only; sum / (masked views per shard of the step): exact when split
                 sel = vmask.any(-1).flatten()
                 n = int(sel.sum())
                 per_shard = (enc["has_masked"].sum() / info.shards).clamp_min(1).to(s_rel.device)
+                rows = None if rows is None else rows[sel]
                 losses["rkd_patch"] = (
-                    self._relational(s_rel[sel], t_rel[sel]) * n / per_shard if n else s_rel.sum() * 0.0
+                    self._relational(s_rel[sel], t_rel[sel], temp2, rows) * n / per_shard if n else s_rel.sum() * 0.0
                 )
             total = total + rkd_weight * m.lambda2 * losses["rkd_patch"]
         metrics = collapse_metrics(
