@@ -58,7 +58,15 @@ def test_defaults_follow_the_images_and_the_method(photos):
         big["aug"]["global_crops_size"],
         big["aug"]["local_crops_size"],
     ) == ("vit_small", 16, 224, 96)  # DINO/iBOT's recipe
-    assert auto_config("mokd", "digits")["method"]["model2"]["backbone"] == "resnet18"
+    mokd = auto_config("mokd", "digits", epochs=20)
+    assert mokd["method"]["model2"]["backbone"] == "resnet18"
+    # MOKD's Suppl. A.1, not DINO's: ViT lr 3e-4, tau' 0.04 -> 0.07 over 30% of the run, no grayscale/solarize
+    assert mokd["train"]["base_lr"] == 3e-4 and mokd["train"]["clip_mode"] == "per_param"
+    assert mokd["method"]["warmup_teacher_temp_epochs"] == pytest.approx(6)
+    assert (mokd["aug"]["grayscale_p"], mokd["aug"]["solarize_p"]) == (0.0, 0.0)
+    m = load_config(None, ["output_dir=/tmp/unused"], base=mokd).method
+    assert (m.warmup_teacher_temp, m.teacher_temp) == (0.04, 0.07)
+    assert "base_lr" not in auto_config("dino", "digits")["train"]  # DINO keeps the general defaults
     with pytest.raises(ConfigError, match="--teacher"):
         auto_config("seed", "digits")
     with pytest.raises(ConfigError, match="trains a ViT"):

@@ -65,7 +65,7 @@ def test_each_term_matches_the_papers_equations(setup):
         bb.eval()  # BatchNorm: the same statistics in both passes
     losses, _ = method(views, StepInfo(0, 0.0, 10, 1))
     m = cfg.method
-    tt, st = m.teacher_temp, m.student_temp
+    tt, st = m.warmup_teacher_temp, m.student_temp  # tau' at epoch 0 of its warmup
     with torch.no_grad():
         T = [[net(v) for v in views[:2]] for net in method.teacher]
         S = [[net(v, with_thead=k < 2) for k, v in enumerate(views)] for net in method.student]
@@ -76,7 +76,8 @@ def test_each_term_matches_the_papers_equations(setup):
         # L_sm: DINO multi-crop, teacher global view a/b against every other student view
         pairs = [(a, b) for a in range(2) for b in range(3) if a != b]
         sm = np.mean([H(T[i][a]["m"], S[i][b]["m"], c_m[i], tt, st) for a, b in pairs])
-        cm = np.mean([H(T[j][a]["m"], S[i][b]["m"], c_m[j], tt, st) for a, b in pairs])
+        # L_cm = H(m'_b(j), m_a)/2 + H(m'_a(j), m_b)/2: the global views only (Eq. 5, Algorithm 1)
+        cm = 0.5 * (H(T[j][1]["m"], S[i][0]["m"], c_m[j], tt, st) + H(T[j][0]["m"], S[i][1]["m"], c_m[j], tt, st))
         # L_st = H(t'_b, t_a)/2 + H(t'_a, t_b)/2
         st_ = 0.5 * (H(T[i][1]["t"], S[i][0]["t"], c_t[i], tt, st) + H(T[i][0]["t"], S[i][1]["t"], c_t[i], tt, st))
         # L_ct: target for student view v = j's EMA T-Head on j's tokens of the other view, searched by
@@ -93,6 +94,28 @@ def test_each_term_matches_the_papers_equations(setup):
         float(losses[f"s{k}{i + 1}"]) + lam[i] * float(losses[f"c{k}{i + 1}"]) for i in range(2) for k in ("m", "t")
     )
     assert float(losses["loss"].detach()) == pytest.approx(total, rel=1e-6)
+
+
+@pytest.mark.parametrize("pool", ["mean", "cls"])
+def test_vit_mlp_head_reads_the_pooled_tokens_and_export_gives_that_feature(pool, tmp_path):
+    """Sec. 3.2: the tokens are globally average-pooled before the MLP-Head (``vit_pool: mean``);
+    the evaluated backbone gives that feature, and so does the plain timm model of its export."""
+    from sslkd.export import export, load_export
+
+    cfg = load_config(None, [f"output_dir={tmp_path / 'run'}", f"method.vit_pool={pool}"], base=MOKD)
+    trainer = Trainer(cfg, get_dataset("synthetic", "train", img_size=16, num_samples=32), progress=False)
+    trainer.fit()
+    method = trainer.method.eval()
+    x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    net = method.student[0]
+    with torch.no_grad():
+        feature, tokens = net.backbone.forward_features(x)
+        want = tokens.mean(1) if pool == "mean" else net.backbone.vit.forward_features(x)[:, 0]
+        torch.testing.assert_close(feature, want)
+        torch.testing.assert_close(net(x)["m"], net.head(want))
+        export(tmp_path / "run", tmp_path / "export", model=1)
+        plain = load_export(tmp_path / "export")
+        torch.testing.assert_close(plain(x), method.eval_backbone("teacher", 1)(x), rtol=1e-4, atol=1e-5)
 
 
 def test_model1_loss_does_not_reach_model2(setup):
@@ -128,7 +151,8 @@ def test_lambda0_without_theads_is_two_independent_dino_runs(tmp_path):
         "method.self_thead=false",
         "method.cross_thead=false",
         "method.optimizer2=adamw",
-    ]  # DINO trains both with AdamW
+        "method.vit_pool=cls",
+    ]  # DINO trains both with AdamW, and its ViT's head reads the CLS token
     cfg = load_config(None, [f"output_dir={tmp_path / 'mokd'}", *off], base=MOKD)
     Trainer(cfg, data, progress=False).fit()
     mokd = [
@@ -329,6 +353,8 @@ def test_configs_follow_the_papers_training_recipe():
     for path in [root / "cifar10_resnet18_vit_tiny.yaml", *sorted((root / "table7").glob("*.yaml"))]:
         cfg = load_config(str(path))
         m = cfg.method
+        # A.1's augmentations (no grayscale, no solarize) and DINO's per-tensor clipping
+        assert (cfg.aug.grayscale_p, cfg.aug.solarize_p, cfg.train.clip_mode) == (0, 0, "per_param"), path
         assert (m.warmup_teacher_temp, m.teacher_temp, m.warmup_teacher_temp_epochs) == (0.04, 0.07, 30), path
         assert cfg.train.epochs == 100 and cfg.train.base_lr == 3e-4 and m.sgd_lr == 0.1, path
 

@@ -110,4 +110,6 @@ def auto_config(
         if method == "seed" and len(teachers) > 1:
             raise ConfigError("--teacher: SEED distils one teacher; DMT takes several")
         cfg["method"].update({"teacher": teachers[0]} if method == "seed" else {"teachers": list(teachers)})
+    for section, values in METHODS[method].first_run(cfg["train"]["epochs"]).items():
+        cfg.setdefault(section, {}).update(values)
     return cfg

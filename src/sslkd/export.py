@@ -51,7 +51,9 @@ def _describe(backbone: nn.Module) -> tuple[nn.Module, str, dict, str]:
             "in_chans": int(vit.patch_embed.proj.in_channels),
             "depth": len(vit.blocks),
             "num_classes": 0,
-            "global_pool": "token",
+            # sslkd's features: the final norm, then the CLS token or the patch tokens' mean (timm's
+            # avg pool with fc_norm off normalises before pooling, as sslkd does)
+            **({"global_pool": "token"} if backbone.pool == "cls" else {"global_pool": "avg", "fc_norm": False}),
             "dynamic_img_size": True,
         }
         return vit, vit.pretrained_cfg["architecture"], args, "patch"

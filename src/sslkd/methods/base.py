@@ -98,6 +98,13 @@ class Method(nn.Module, abc.ABC):
         differentiated: with several terms, return them weighted as ``forward`` adds them."""
         return {}
 
+    @classmethod
+    def first_run(cls, epochs: int) -> dict:
+        """Config overrides (a nested mapping) that a run without a YAML file of ``epochs`` epochs
+        takes for this method, beyond the config classes' defaults (the paper's recipe where it
+        differs from the general one)."""
+        return {}
+
     def build_backbone(self, mc: ModelConfig | None = None) -> Backbone:
         """The backbone ``mc`` (default ``cfg.model``) describes, for this method's images, starting
         from ``mc.pretrained``'s weights when it names some (not for evaluation: the checkpoint has them)."""

@@ -7,15 +7,26 @@ centred, sharpened cross-entropy ``H(target, student)`` averaged over pairs of d
 
 - ``L_sm_i``: MLP-Head against its own EMA teacher (DINO, multi-crop);
 - ``L_st_i``: T-Head against its own EMA T-Head (global views);
-- ``L_cm_i``: MLP-Head against model ``j``'s EMA MLP-Head (``j``'s centre);
+- ``L_cm_i``: MLP-Head against model ``j``'s EMA MLP-Head (``j``'s centre), on the two global
+  views only (Eq. 5, Algorithm 1; the local crops enter ``L_sm`` alone);
 - ``L_ct_i``: T-Head on view ``v`` against model ``j``'s EMA T-Head run on ``j``'s tokens of the
   other view with this model's pooled view-``v`` feature as an extra search token
   (cross-attention feature search, Eq. 6-7);
 - ``L_i = L_sm_i + L_st_i + lambda_i (L_cm_i + L_ct_i)``, each term switchable (Table 7).
 
+A ViT's MLP-Head reads its patch tokens global-average-pooled (Sec. 3.2: "the representations
+are globally-average-pooled and fed into the corresponding MLP-Head"), as a CNN's pooled map;
+``method.vit_pool: cls`` reads the CLS token instead. The evaluated feature is the same pooled one.
+
 Targets are stop-gradient, as in DINO; so the search projection (the 1x1 convolution that
 brings the pooled feature to the other T-Head's width) keeps its initial weights: it lives in
-the EMA T-Head, whose online copy never sees a search token. ``L_1`` does not depend on model
+the EMA T-Head, whose online copy never sees a search token. This is the paper's own Algorithm 1:
+the searches run only in the momentum T-Heads (``t1_(Za2, Zb1_)``), which change only by
+``n_.params = l * n.params + (1 - l) * n.params``, and the online T-Heads are called without a
+search token; the text says as much ("The T-Head of the momentum model cannot be updated if
+there is only the feature search loss"). The projection is a fixed random linear map of the
+pooled feature (full rank: no information lost); the trained T-Head blocks' query and key
+projections, EMA-copied into the searching head, learn to read it. ``L_1`` does not depend on model
 2's student parameters nor ``L_2`` on model 1's, so back-propagating ``L_1 + L_2`` gives each
 model its own gradient. ``lambda1 = 0.1, lambda2 = 1`` by default: Table 8's best for R50
 (model 1) + ViT-S (model 2), the smaller weight for the stronger model; the paper's text says
@@ -48,6 +59,11 @@ class MOKDConfig(DINOConfig):
     must not start equal)."""
 
     name: str = "mokd"  # the method (sslkd info lists them)
+    teacher_temp: PositiveFloat = 0.07  # tau' after its warmup (Suppl. A.1)
+    warmup_teacher_temp: PositiveFloat = 0.04  # tau' at the start (Suppl. A.1)
+    warmup_teacher_temp_epochs: NonNegativeFloat = 30  # the paper's 30 of 100 epochs; a first run: 30% of it
+    # a ViT's feature for the MLP-Head and evaluation: mean (its patch tokens pooled, Sec. 3.2) | cls
+    vit_pool: Literal["mean", "cls"] = "mean"
     model2: ModelConfig = field(  # the second model, as the model section
         default_factory=ModelConfig,
         metadata={"notes": {"init_seed": "None: model 1's init seed + 1 (twins must differ)"}},
@@ -103,6 +119,8 @@ class MOKD(Method):
         for seed, model_cfg in zip(seeds, (mc, m2)):
             torch.manual_seed(seed)
             bb = self.build_backbone(model_cfg)
+            if bb.is_vit:
+                bb.pool = m.vit_pool
             backbones.append(bb)
             heads.append(
                 DINOHead(
@@ -130,6 +148,18 @@ class MOKD(Method):
         self.teacher = nn.ModuleList(ema_teacher(s) for s in self.student)
         self.mlp_loss = nn.ModuleList(DINOLoss(m.out_dim, m.student_temp, m.center_momentum) for _ in range(2))
         self.thead_loss = nn.ModuleList(DINOLoss(m.out_dim, m.student_temp, m.center_momentum) for _ in range(2))
+
+    @classmethod
+    def first_run(cls, epochs: int) -> dict:
+        """Suppl. A.1's recipe for a run without a YAML file: the ViT's AdamW base lr 3e-4 (the
+        CNN's SGD lr 0.1 is ``sgd_lr``), tau' warmed up over the first 30% of the run, DINO's
+        per-tensor clipping, and A.1's augmentations (crop, flip, blur, colour jitter: no grayscale,
+        no solarize)."""
+        return {
+            "train": {"base_lr": 3e-4, "clip_mode": "per_param"},
+            "method": {"warmup_teacher_temp_epochs": 0.3 * epochs},
+            "aug": {"grayscale_p": 0.0, "solarize_p": 0.0},
+        }
 
     def optimizer_specs(self) -> list[dict]:
         """One optimiser per model: SGD (momentum 0.9, ``sgd_lr``, constant ``sgd_weight_decay``) for a
@@ -193,8 +223,8 @@ class MOKD(Method):
                     losses["st" + n] = st
             self_loss = sum(losses.get(k + n, 0) for k in ("sm", "st"))
             cross = 0
-            if m.cross_mlp:
-                losses["cm" + n] = self.mlp_loss[j](s_out[i]["m"], t_out[j]["m"], temp, record=False)
+            if m.cross_mlp:  # the global views only (Eq. 5, Algorithm 1)
+                losses["cm" + n] = self.mlp_loss[j](s_out[i]["m"][:n_global], t_out[j]["m"], temp, record=False)
                 cross = cross + losses["cm" + n]
             if m.cross_thead:
                 with torch.no_grad():  # model j's EMA T-Head on j's other view, searched by i's view v

@@ -96,7 +96,12 @@ class Backbone(nn.Module, abc.ABC):
 
 
 class ViTBackbone(Backbone):
+    """``pool``: what ``forward_features`` returns as the image's feature: ``cls`` (the CLS token
+    after the final norm) or ``mean`` (the patch tokens after the final norm, averaged: MOKD's
+    global average pooling); models without a class token always pool."""
+
     is_vit = True
+    pool = "cls"
 
     def __init__(self, vit: nn.Module) -> None:
         super().__init__()
@@ -116,7 +121,7 @@ class ViTBackbone(Backbone):
         x = vit.norm_pre(vit.patch_drop(x))
         x = vit.norm(vit.blocks(x))
         tokens = x[:, self.num_prefix_tokens :]
-        return (x[:, 0] if self.num_prefix_tokens else tokens.mean(1)), tokens  # no class token: pooled
+        return (x[:, 0] if self.num_prefix_tokens and self.pool == "cls" else tokens.mean(1)), tokens
 
     def forward_visible(self, x: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         """The encoder on the CLS token and the patches ``ids [B, k]`` only (MAE): ``[B, 1 + k, D]``
