@@ -109,3 +109,16 @@ def test_knn_over_several_k_prints_each_and_the_best(capsys):
     with pytest.raises(SystemExit) as e:  # a usage error naming the value
         main(["eval", "knn", "--random-init", "--dataset", "digits", "--k", "10,0"])
     assert e.value.code == 2 and "must be positive, got 0" in capsys.readouterr().err
+
+
+def test_knn_defaults_to_mokds_k_list_and_says_so(capsys):
+    """Without --k: the best of k = 10, 20, 100, 200 (MOKD's protocol, DINO's 20 among them), each
+    printed; --help names the list."""
+    from sslkd.eval.knn import DEFAULT_KS
+
+    assert main(["eval", "knn", "--random-init", "--dataset", "digits", "--backbone", "vit_tiny", "--json"]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert tuple(int(k) for k in res["per_k"]) == DEFAULT_KS == (10, 20, 100, 200)
+    with pytest.raises(SystemExit):
+        main(["eval", "knn", "--help"])
+    assert "default: 10,20,100,200" in " ".join(capsys.readouterr().out.split())

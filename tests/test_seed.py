@@ -309,12 +309,13 @@ def test_student_initialisation_and_crops_do_not_depend_on_the_teacher(tmp_path)
 
 
 def test_mocov2_projection_head_is_the_teachers_output(tmp_path):
-    """SEED distils MoCo v2's 128-d MLP output (its key encoder's), not the pooled features."""
+    """SEED distils MoCo v2's 128-d MLP output (the query encoder's, as SEED's code loads
+    ``encoder_q``), not the pooled features."""
     torch.manual_seed(0)
     src = timm.create_model("resnet18", num_classes=0, global_pool="").eval()
     mlp = torch.nn.Sequential(torch.nn.Linear(512, 512), torch.nn.ReLU(), torch.nn.Linear(512, 128))
     sd = {}
-    for enc, scale in (("encoder_q", 0.0), ("encoder_k", 1.0)):  # the key encoder is the teacher
+    for enc, scale in (("encoder_q", 1.0), ("encoder_k", 0.0)):  # the query encoder is the teacher
         sd.update({f"module.{enc}.{k}": v for k, v in src.state_dict().items()})
         sd.update({f"module.{enc}.fc.{k}": v * scale for k, v in mlp.state_dict().items()})
     torch.save({"state_dict": sd}, tmp_path / "moco.pth.tar")

@@ -25,6 +25,7 @@ from sslkd.device import resolve_device
 from sslkd.eval import PROTOCOLS
 from sslkd.eval import evaluate as evaluate_features
 from sslkd.eval.finetune import finetune
+from sslkd.eval.knn import DEFAULT_KS
 from sslkd.export import load_export, timm_module
 from sslkd.models import Backbone, build_backbone
 from sslkd.pretrained import load_pretrained
@@ -113,7 +114,7 @@ def evaluate(
     device: str = "auto",
     batch_size: int = 256,
     workers: int = 0,
-    k: int | list[int] = 20,
+    k: int | list[int] = DEFAULT_KS,
     temperature: float = 0.07,
     epochs: int | None = None,
     lr: float | None = None,
@@ -127,10 +128,11 @@ def evaluate(
 
     ``source``: a run folder or checkpoint (its ``which`` weights, ``model`` 2 for MOKD's second
     model), a :class:`Run`, or a backbone (``nn.Module`` mapping images to features; normalised
-    with the dataset's statistics). ``protocol``: ``knn`` (``k``: one or a list, the best is
-    reported; ``temperature``), ``linear`` (``epochs`` default 100, ``lr`` 0.1) or ``finetune``
-    (a copy is not made: the backbone is trained in place; ``epochs`` default 30, ``lr`` 1e-3,
-    ``finetune_args`` the rest of :func:`sslkd.eval.finetune.finetune`'s keywords). Returns
+    with the dataset's statistics). ``protocol``: ``knn`` (``k``: one or a list, default 10, 20,
+    100, 200; the best is reported, each under ``per_k``; ``temperature``), ``linear`` (``epochs``
+    default 100, ``lr`` 0.1) or ``finetune`` (a copy is not made: the backbone is trained in
+    place; ``epochs`` default 30, ``lr`` 1e-3, ``finetune_args`` the rest of
+    :func:`sslkd.eval.finetune.finetune`'s keywords). Returns
     ``{"top1", "top5", "protocol", "source", "dataset", ...}``."""
     if protocol not in (*PROTOCOLS, "finetune"):
         raise ValueError(f"unknown protocol '{protocol}'; available: {', '.join((*PROTOCOLS, 'finetune'))}")

@@ -43,7 +43,14 @@ def freeze_steps(
     about when only ``max_steps`` cuts the run short (a trial of a longer run)."""
     planned = total_steps if max_steps is None else min(total_steps, max_steps)
     if epochs is None:
-        return math.ceil(0.01 * planned)
+        steps = math.ceil(0.01 * planned)
+        if steps >= planned and has_last_layer:  # a run of a step or two: the 1% is all of it
+            warnings.warn(
+                f"the head's last layer stays frozen for this whole run of {planned} step(s): the default "
+                f"freezes the first 1% of a run (at least one step); set train.freeze_last_layer=0 to train it",
+                stacklevel=3,
+            )
+        return steps
     steps = round(epochs * steps_per_epoch)
     if steps and steps >= planned and has_last_layer:
         why = (

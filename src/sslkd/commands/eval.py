@@ -16,13 +16,14 @@ api = lazy_import("sslkd.api")
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     protocols = p.add_subparsers(dest="protocol", required=True)
-    knn = protocols.add_parser("knn", help="weighted kNN (k=20, T=0.07, cosine)")
+    knn = protocols.add_parser("knn", help="weighted kNN (k=10,20,100,200, T=0.07, cosine)")
     add_eval_args(knn)
     knn.add_argument(
         "--k",
         type=positive_list(int),
-        default=[20],
-        help="neighbours; a list (10,20,100,200: MOKD's protocol) prints each and the best",
+        default=None,
+        help="neighbours, one or a list (default: 10,20,100,200, MOKD's protocol, DINO's 20 among them); "
+        "prints each and the best",
     )
     knn.add_argument("--temperature", type=positive(float), default=0.07, help="temperature of the vote")
     lin = protocols.add_parser("linear", help="linear probe on frozen features")
@@ -66,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
         progress=True,
     )
     if args.protocol == "knn":
-        kw.update(k=args.k, temperature=args.temperature)
+        kw.update(temperature=args.temperature, **({"k": args.k} if args.k else {}))
     elif args.protocol == "linear":
         kw.update(epochs=args.epochs, lr=args.lr)
     else:

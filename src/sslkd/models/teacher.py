@@ -147,6 +147,11 @@ class Bottleneck(nn.Module):
         return self.head.bottleneck(x)
 
 
+# MoCo v1/v2 files hold a query and a key (momentum) encoder; SEED's code and MoCo's linear
+# evaluation load the query encoder
+MOCOV2_ENCODER = "module.encoder_q."
+
+
 def backbone_in_chans(backbone: Backbone) -> int:
     if isinstance(backbone, ViTBackbone):
         return backbone.vit.patch_embed.proj.in_channels
@@ -217,10 +222,10 @@ def load_external(
 
 
 def moco_head(sd: dict, which: str) -> MoCoHead | None:
-    """The projection head of a MoCo v1/v2 checkpoint (the key encoder's for ``which="teacher"``):
-    SEED distils this output (128-d), not the pooled features. None if the file has none."""
-    enc = "module.encoder_k." if which == "teacher" and any(k.startswith("module.encoder_k.") for k in sd) else ""
-    enc = enc or "module.encoder_q."
+    """The projection head of a MoCo v1/v2 checkpoint, the query encoder's (``which`` does not
+    matter: SEED's code loads ``encoder_q`` as its teacher, as MoCo's own evaluation does): SEED
+    distils this output (128-d), not the pooled features. None if the file has none."""
+    enc = MOCOV2_ENCODER
     fc = {k[len(enc) + 3 :]: v for k, v in sd.items() if k.startswith(enc + "fc.")}
     names = ["0", "2"] if "0.weight" in fc and "2.weight" in fc else [""] if "weight" in fc else []
     if not names:
@@ -294,12 +299,7 @@ def extract_state(obj: dict, which: str = "teacher", path: Path | str = "") -> t
                 else "module.base_encoder."
             )
         else:
-            layout = "mocov2"
-            enc = (
-                "module.encoder_k."
-                if which == "teacher" and any(k.startswith("module.encoder_k.") for k in sd)
-                else "module.encoder_q."
-            )
+            layout, enc = "mocov2", MOCOV2_ENCODER
         state = {k: v for k, v in _strip(sd, enc).items() if not k.startswith(("head.", "fc."))}
     elif "model" in obj and isinstance(obj["model"], dict):
         layout = "mae"
