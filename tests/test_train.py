@@ -407,3 +407,38 @@ def test_compatibility_check_reads_keys_added_since_as_their_defaults(tmp_path):
     changed = {**now, "model": {**now["model"], "init_seed": 5}}
     with pytest.raises(ckpt.CheckpointError, match=r"different model; .*\(model.init_seed: None -> 5\)"):
         check_compatible(old, changed, tmp_path / "c.pt")
+
+
+def test_time_budget_plans_every_schedule_to_end_at_the_budget_and_resume_keeps_the_plan(tmp_path, data, monkeypatch):
+    """A step costs 1 s on a fake clock: the rate measured over steps 3-8 plans 30 steps for 30 s,
+    the learning-rate cosine ends at step 30 (not at train.epochs' 40), plan.json says so, and a run
+    stopped at step 12 resumes with the same plan and the same schedule."""
+    from sslkd.train import engine
+
+    clock = [0.0]
+    monkeypatch.setattr(engine.time, "perf_counter", lambda: clock[0])
+    real_step = Trainer.train_step
+
+    def one_second_step(self, micro):
+        clock[0] += 1.0
+        return real_step(self, micro)
+
+    monkeypatch.setattr(Trainer, "train_step", one_second_step)
+    base = ["train.epochs=10", "train.time_budget_minutes=0.5", "train.log_every=1", "train.min_lr=0"]
+    whole = Trainer(load_config(None, [f"output_dir={tmp_path / 'whole'}", *base], base=TINY), data, progress=False)
+    summary = whole.fit()
+    assert (summary["status"], summary["step"], summary["planned_steps"]) == ("finished", 30, 30)
+    assert len(whole.lr) == 30 and whole.lr[-1] < 0.01 * whole.lr.max()  # the cosine reached its end
+    plan = json.loads((tmp_path / "whole" / "plan.json").read_text())
+    assert plan["planned_steps"] == 30 and plan["bound_steps"] == 40 and plan["seconds_per_step"] == 1.0
+    assert plan["steps_done"] == 30 and plan["train_seconds"] == 30.0
+    lrs = {r["step"]: r["lr"] for r in losses_of(tmp_path / "whole")}
+
+    part_dir = tmp_path / "part"
+    cut = Trainer(
+        load_config(None, [f"output_dir={part_dir}", *base, "train.max_steps=12"], base=TINY), data, progress=False
+    )
+    assert cut.fit()["step"] == 12 and cut.plan.planned_steps == 30
+    resumed = Trainer(load_config(None, [f"output_dir={part_dir}", *base], base=TINY), data, progress=False)
+    assert resumed.fit(resume="auto")["step"] == 30 and resumed.plan == cut.plan  # not measured again
+    assert {r["step"]: r["lr"] for r in losses_of(part_dir)} == lrs

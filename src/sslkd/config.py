@@ -116,7 +116,9 @@ class TrainConfig:
     log_every: Positive = 10  # steps between log lines / metrics records
     max_steps: Positive | None = None  # stop early (tests, smoke runs); schedules still span epochs
     loggers: list[LoggerName] = field(default_factory=lambda: ["tensorboard"])  # besides metrics.jsonl; sslkd[loggers]
-    time_budget_minutes: PositiveFloat | None = None  # stop after this much training time (equal-time comparisons)
+    # a time budget: the step rate is measured over the first steps and every schedule planned to end
+    # after this much training time (train.epochs stays an upper bound); plan.json records the plan
+    time_budget_minutes: PositiveFloat | None = None
 
 
 @dataclass

@@ -36,6 +36,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--out", help="run folder (output_dir)")
     p.add_argument("--epochs", type=positive(int), help="train.epochs")
+    p.add_argument(
+        "--minutes",
+        type=positive(float),
+        help="train.time_budget_minutes: measure the step rate, then plan every schedule to end at this "
+        "much training time (train.epochs stays an upper bound)",
+    )
     p.add_argument("--batch-size", type=positive(int), help="train.batch_size (images per optimiser step)")
     p.add_argument("--img-size", type=positive(int), help="data.img_size (resize the images)")
     p.set_defaults(run=run)
@@ -45,6 +51,8 @@ def resolve(args: argparse.Namespace):
     """The run's config from ``--config`` or from ``--method``/``--data``, flags and ``--set`` applied."""
     if args.config and args.method:
         raise ConfigError("--config and --method: the config names its method; give one of them")
+    if args.minutes:
+        args.overrides = [*args.overrides, f"train.time_budget_minutes={args.minutes}"]
     if not args.config:
         if not (args.method and args.data):
             raise ConfigError("give --config FILE|NAME, or --method and --data (a folder of images or a dataset name)")

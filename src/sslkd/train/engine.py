@@ -33,6 +33,7 @@ from sslkd.device import autocast_dtype, environment, resolve_device, tune_cpu_m
 from sslkd.distributed import (
     all_reduce_mean,
     any_process,
+    from_main_process,
     init_from_env,
 )
 from sslkd.errors import TrainingError
@@ -41,6 +42,7 @@ from sslkd.methods import METHODS, Method, StepInfo, build_method
 from sslkd.schedules import cosine_schedule, freeze_steps
 from sslkd.teachers import load_teachers, load_weights
 from sslkd.train import fsdp
+from sslkd.train.budget import PROBE_STEPS, BudgetPlanner, Plan, write_plan
 from sslkd.train.gradcache import cache_batch_gradients, set_rng_state
 from sslkd.train.inputs import build_views, count_bad_files, data_kwargs, epoch_loader, load_datasets
 from sslkd.train.loggers import open_loggers
@@ -129,11 +131,8 @@ class Trainer(Checkpointing):
             any(True for _ in self.method.last_layer_parameters()),
         )
         self.optimizers = self._build_optimizers()
-        lr = t.base_lr * t.batch_size / 256
-        warm = round(t.warmup_epochs * self.steps_per_epoch)
-        self.lr = cosine_schedule(lr, t.min_lr, self.total_steps, warm)
-        self.wd = cosine_schedule(t.weight_decay, t.weight_decay_end, self.total_steps)
-        self.momentum = cosine_schedule(t.momentum_teacher, t.momentum_teacher_end, self.total_steps)
+        self.plan: Plan | None = None  # a time budget's plan (train.time_budget_minutes), once measured
+        self._plan_schedules(self.total_steps)
         self.dtype = autocast_dtype(t.precision, self.device)
         if self.device.type == "cuda":  # fp32 runs: TF32 tensor cores (10-bit mantissa products, fp32 sums)
             torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
@@ -180,6 +179,25 @@ class Trainer(Checkpointing):
 
     def _build_optimizers(self) -> list[torch.optim.Optimizer]:
         return build_optimizers(self.method.optimizer_specs(), self.cfg.train.base_lr, self.device.type == "cuda")
+
+    def _plan_schedules(self, total: int) -> None:
+        """Learning rate, weight decay and EMA momentum per step over a run of ``total`` steps."""
+        t = self.cfg.train
+        warm = round(t.warmup_epochs * self.steps_per_epoch)
+        self.total_steps = total
+        self.lr = cosine_schedule(t.base_lr * t.batch_size / 256, t.min_lr, total, warm)
+        self.wd = cosine_schedule(t.weight_decay, t.weight_decay_end, total)
+        self.momentum = cosine_schedule(t.momentum_teacher, t.momentum_teacher_end, total)
+
+    def _apply_plan(self, plan: Plan, log: RunLog | None = None) -> None:
+        """Every schedule spans ``plan.planned_steps`` from now on (the steps before the plan ran the
+        provisional one: the same warm-up, a cosine a few steps in)."""
+        self.plan = plan
+        self._plan_schedules(plan.planned_steps)
+        if log is not None:
+            log.schedules = {"lr": self.lr, "wd": self.wd, "momentum": self.momentum}
+        if self.cfg.train.freeze_last_layer is None:  # the default: 1% of the run
+            self.freeze_steps = math.ceil(0.01 * plan.planned_steps)
 
     def _set_hparams(self, step: int) -> None:
         set_hparams(self.optimizers, float(self.lr[step]), float(self.wd[step]))
@@ -332,6 +350,9 @@ class Trainer(Checkpointing):
         status, last = "finished", {}
         tic, seen = time.perf_counter(), 0
         budget = t.time_budget_minutes * 60 if t.time_budget_minutes else float("inf")
+        planner = None
+        if t.time_budget_minutes and self.plan is None:  # measure the step rate, then plan the schedules
+            planner = BudgetPlanner(budget, t.epochs * self.steps_per_epoch, self.step)
         mark = time.perf_counter()
         try:
             self.method.train()
@@ -346,6 +367,13 @@ class Trainer(Checkpointing):
                     now = time.perf_counter()  # wall clock, data loading and saving included
                     self.train_seconds, mark = self.train_seconds + now - mark, now
                     micro = []
+                    if planner is not None and self.step == planner.probe_from + PROBE_STEPS:
+                        self._apply_plan(from_main_process(planner.observe(self.step, self.train_seconds)), log)
+                        end = self.total_steps if t.max_steps is None else min(self.total_steps, t.max_steps)
+                        bar.total, planner = end, None
+                        bar.write(self.plan.describe())
+                    elif planner is not None:
+                        planner.observe(self.step, self.train_seconds)
                     seen += t.batch_size
                     log.add(self.step - 1, losses, {**metrics, "skipped_files": torch.tensor(self.skipped_files)})
                     bar.update(1)
@@ -387,10 +415,13 @@ class Trainer(Checkpointing):
             log.close()
             for s, h in old_handlers.items():
                 signal.signal(s, h)
+        if self.plan is not None and self.is_main:
+            write_plan(self.out, self.plan, status=status, steps_done=self.step, train_seconds=self.train_seconds)
         return {
             **last,
             "status": status,
             "step": self.step,
+            "planned_steps": self.total_steps,
             "train_seconds": round(self.train_seconds, 1),
             "skipped_files": self.skipped_files,
         }

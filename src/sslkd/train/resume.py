@@ -4,6 +4,7 @@ that wrote it (:func:`check_compatible`)."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,7 @@ from sslkd.config import load_config, to_dict
 from sslkd.distributed import from_main_process, gather_batch, is_distributed
 from sslkd.errors import CheckpointError, TrainingError
 from sslkd.train import fsdp
+from sslkd.train.budget import Plan
 
 FORMAT = 1  # the checkpoint layout's version
 
@@ -69,6 +71,7 @@ class Checkpointing:
             "format": FORMAT,
             "step": self.step,
             "train_seconds": self.train_seconds,
+            "plan": None if self.plan is None else dataclasses.asdict(self.plan),  # a time budget's
             "config": to_dict(self.cfg),
             "method": fsdp.full_model_state(self.method) if self.sharded else self.method.state_dict(),
             # one optimiser: its state (the layout of single-optimiser runs); several: a list
@@ -111,6 +114,8 @@ class Checkpointing:
             torch.cuda.set_rng_state(state["rng_cuda"], self.device)
         self.step = self._saved_step = int(state["step"])
         self.train_seconds = float(state.get("train_seconds", 0.0))
+        if state.get("plan"):  # a budgeted run keeps the plan it measured
+            self._apply_plan(Plan(**state["plan"]))
         self.skipped_files = int(state.get("skipped_files", 0))
         self.resumed_world = int(state.get("world", self.world))
 
