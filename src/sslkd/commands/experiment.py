@@ -10,6 +10,7 @@ from sslkd.commands.args import add_set
 from sslkd.lazy import lazy_import
 
 compare = lazy_import("sslkd.experiments.compare")
+seeds = lazy_import("sslkd.experiments.seeds")
 table1 = lazy_import("sslkd.experiments.table1")
 
 
@@ -24,9 +25,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     for e in (t1, cmp):
         e.add_argument("--epochs", type=int, default=None, help="budget: epochs per run (same for all)")
         e.add_argument("--max-steps", type=int, default=None, help="budget: stop every run after this many steps")
-        e.add_argument("--minutes", type=float, default=None, help="budget: wall-clock training minutes per run")
+        e.add_argument(
+            "--minutes",
+            type=float,
+            default=None,
+            help="budget: training minutes per run, planned: each run measures its step rate and "
+            "ends every schedule at the budget (--epochs stays an upper bound)",
+        )
         e.add_argument(
             "--budget", default="", help="the same as one spec: e.g. 1epochs, 500steps, 20min, 1epochs,20min"
+        )
+        e.add_argument(
+            "--seeds",
+            default=None,
+            help="run every row N times (seeds 0..N-1) or with these seeds (0,1,5): mean and spread per row, "
+            "runs in <out>/<row>/seed<s>",
         )
         add_set(e)
         e.add_argument("--eval-dataset", default=None, help="default: the pretraining dataset")
@@ -67,6 +80,7 @@ def run(args: argparse.Namespace) -> int:
         name=name,
         finetune_epochs=args.finetune_epochs,
         progress=not args.no_progress,
+        seeds=seeds.parse_seeds(args.seeds),
     )
     print((Path(args.out) / f"{name}.md").read_text())
     return 0

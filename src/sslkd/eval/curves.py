@@ -8,6 +8,7 @@ import warnings
 from pathlib import Path
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -47,30 +48,50 @@ def read_metrics(run: str | Path) -> list[dict]:
     return [by_step[s] for s in sorted(by_step)]
 
 
-def plot_curves(runs: list[str | Path], out: str | Path, labels: list[str] | None = None, smooth: int = 1) -> Path:
-    """PNG with two panels: every loss term (solid: total) and the teacher/student agreement."""
+def _band(groups: list[list[dict]], key: str, smooth: int, scale: float = 1.0):
+    """(steps, mean, min, max) of ``key`` over the runs of one row (seeds), at the steps all have."""
+    common = sorted(set.intersection(*({r["step"] for r in rows} for rows in groups)))
+    series = []
+    for rows in groups:
+        by_step = {r["step"]: scale * r.get(key, float("nan")) for r in rows}
+        series.append(np.array(_smooth([by_step[t] for t in common], smooth)))
+    stacked = np.stack(series) if series else np.zeros((1, 0))
+    return common, stacked.mean(0), stacked.min(0), stacked.max(0)
+
+
+def plot_curves(
+    runs: list[str | Path | list[str | Path]], out: str | Path, labels: list[str] | None = None, smooth: int = 1
+) -> Path:
+    """PNG with two panels: every loss term (solid: total) and the teacher/student agreement. An
+    entry of ``runs`` may be a list of runs (one row's seeds): its mean is drawn with a band from
+    the seeds' minimum to maximum."""
     if labels and len(labels) != len(runs):
         raise ValueError(f"{len(labels)} labels for {len(runs)} runs: give one label per run")
     fig, (ax_l, ax_a) = plt.subplots(1, 2, figsize=(12, 4.5))
-    for i, run in enumerate(runs):
-        rows = read_metrics(run)
-        if not rows:
-            raise ValueError(f"{run}: no training records")
-        label = labels[i] if labels else Path(run).name
-        steps = [r["step"] for r in rows]
-        color = f"C{i % 10}"
-        for key in [k for k in rows[-1] if k not in SKIP and not _is_diagnostic(k)]:
-            ys = _smooth([r.get(key, float("nan")) for r in rows], smooth)
+    for i, entry in enumerate(runs):
+        group = list(entry) if isinstance(entry, list | tuple) else [entry]
+        records = [read_metrics(run) for run in group]
+        for run, rows in zip(group, records):
+            if not rows:
+                raise ValueError(f"{run}: no training records")
+        label = labels[i] if labels else Path(group[0]).name
+        seeds = f" ({len(group)} seeds)" if len(group) > 1 else ""
+        color, last = f"C{i % 10}", records[0][-1]
+        for key in [k for k in last if k not in SKIP and not _is_diagnostic(k)]:
+            steps, mean, lo, hi = _band(records, key, smooth)
+            main = key == "loss"
             ax_l.plot(
                 steps,
-                ys,
+                mean,
                 color=color,
-                lw=1.6 if key == "loss" else 0.8,
-                ls="-" if key == "loss" else "--",
-                label=f"{label}: {key}",
+                lw=1.6 if main else 0.8,
+                ls="-" if main else "--",
+                label=f"{label}{seeds}: {key}",
             )
+            if len(group) > 1 and main:
+                ax_l.fill_between(steps, lo, hi, color=color, alpha=0.2, lw=0)
         # MOKD: one per model (agreement1, agreement2); DMT: the student's cosine to the fused teacher
-        agreements = [k for k in rows[-1] if k.rstrip("0123456789") == "agreement" or k == "cosine_to_fused"]
+        agreements = [k for k in last if k.rstrip("0123456789") == "agreement" or k == "cosine_to_fused"]
         for n, key in enumerate(agreements):
             name = (
                 label
@@ -79,14 +100,11 @@ def plot_curves(runs: list[str | Path], out: str | Path, labels: list[str] | Non
                 if key == "cosine_to_fused"
                 else f"{label}: model {key[len('agreement') :]}"
             )
-            ax_a.plot(
-                steps,
-                _smooth([100 * r.get(key, float("nan")) for r in rows], smooth),
-                color=color,
-                ls=("-", "--", ":")[n % 3],
-                label=name,
-            )
-    ax_l.set(xlabel="step", ylabel="loss", title="loss terms")
+            steps, mean, lo, hi = _band(records, key, smooth, 100.0)
+            ax_a.plot(steps, mean, color=color, ls=("-", "--", ":")[n % 3], label=name + seeds)
+            if len(group) > 1:
+                ax_a.fill_between(steps, lo, hi, color=color, alpha=0.2, lw=0)
+    ax_l.set(xlabel="step", ylabel="loss", title="loss terms (band: min-max over seeds)")
     ax_a.set(xlabel="step", ylabel="% images, same argmax (DMT: cosine x 100)", title="teacher/student agreement")
     for ax in (ax_l, ax_a):
         ax.grid(alpha=0.3)

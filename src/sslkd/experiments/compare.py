@@ -23,6 +23,7 @@ from sslkd.eval.attention import cls_attention, plot_attention
 from sslkd.eval.curves import plot_curves
 from sslkd.eval.finetune import finetune
 from sslkd.eval.knn import DEFAULT_KS
+from sslkd.experiments.seeds import summarize, summary_markdown
 from sslkd.methods import build_method
 from sslkd.train import Trainer, TrainingError
 
@@ -114,44 +115,113 @@ def run_comparison(
     name: str = "comparison",
     finetune_epochs: int = 0,
     progress: bool = True,
+    seeds: list[int] | None = None,
 ) -> list[dict]:
-    """Pretrain every config into ``out/<config stem>`` (resuming if interrupted), evaluate each
-    (and a random init of the first config's backbone), write ``<name>.md``/``.csv``,
-    ``curves.png`` and ``attention_<run>.png``. ``eval_*_samples`` evaluate on evenly spaced
-    subsets (all classes) when the full sets cost too much. ``finetune_epochs > 0`` adds full
-    fine-tuning (:func:`sslkd.eval.finetune.finetune`, default recipe, warm-up a fifth of the
-    epochs up to 3) of a copy of every backbone on the same subsets. Returns the table rows."""
+    """Pretrain every config into ``out/<config stem>`` (with ``seeds``: once per seed, into
+    ``out/<config stem>/seed<s>`` with ``seed=s``), resuming if interrupted, evaluate each (and a
+    random init of the first config's backbone), write ``<name>.md``/``.csv``/``.json`` (with
+    ``seeds``: each row's mean and spread beside the per-seed figures), ``curves.png`` (one band
+    per row over its seeds) and ``attention_<run>.png``. Each run's scores are kept in its folder
+    (``compare_scores.json``): an interrupted experiment, run again, redoes neither the finished
+    runs nor their evaluation. ``eval_*_samples`` evaluate on evenly spaced subsets (all classes)
+    when the full sets cost too much. ``finetune_epochs > 0`` adds full fine-tuning
+    (:func:`sslkd.eval.finetune.finetune`, default recipe, warm-up a fifth of the epochs up to 3)
+    of a copy of every backbone on the same subsets. Returns the table rows (one per run)."""
     out = Path(out)
     names = run_names(configs)
-    cfgs = []
-    for c, n in zip(configs, names):
-        try:
-            cfgs.append(load_config(c, list(overrides or []) + [f"output_dir={out / n}"]))
-        except ConfigError as e:  # say which of the configs (the shared --set may fit only some)
-            raise ConfigError(f"{c}: {e}") from e
+    runs = _run_configs(configs, names, out, list(overrides or []), seeds)
     out.mkdir(parents=True, exist_ok=True)  # only once every config is valid
-    first = cfgs[0]
+    first = runs[0][2]
     dataset = eval_dataset or first.data.name
     root = eval_root if eval_dataset else (eval_root or first.data.root)
     size = first.aug.global_crops_size or first.data.img_size
     ev_train = get_dataset(dataset, "train", root=root, img_size=size)
     ev_test = held_out(dataset, ev_train, root=root, img_size=size)
-    device = resolve_device(first.device)
-    ft_train, ft_test = _subset(ev_train, eval_train_samples), _subset(ev_test, eval_test_samples)
+    scorer = _Scorer(
+        ev_train, ev_test, first, size, linear_epochs, eval_train_samples, eval_test_samples, finetune_epochs, progress
+    )
+    rows = []
+    if random_init:
+        for seed in seeds or [None]:
+            cfg = first if seed is None else runs[[r[1] for r in runs].index(seed)][2]
+            folder = out / "random_init" / ("" if seed is None else f"seed{seed}")
 
-    def scores(backbone) -> dict:
+            def rand(cfg=cfg):
+                torch.manual_seed(cfg.init_seed)
+                method = build_method(cfg, ev_train.num_channels, ev_train.img_size, eval_only=True)
+                return method.eval_backbone("teacher")
+
+            rows.append({"pretrain": "Random init", "seed": cfg.seed, "steps": 0, "minutes": 0.0,
+                         **scorer.cached(folder, 0, 1, rand)})  # fmt: skip
+    labels = dict(zip(names, labels_of([r[2] for r in runs[:: len(seeds or [None])]], names)))
+    for run_name, seed, cfg in runs:
+        first_seed = seed is None or seed == seeds[0]  # attention maps of one seed
+        rows += _train_and_score(run_name, cfg, labels[run_name], scorer, out, progress, first_seed)
+    groups = [[Path(c.output_dir) for n, _, c in runs if n == run_name] for run_name in names]
+    plot_curves(groups, out / "curves.png", labels=[labels[n] for n in names], smooth=5)
+    _write(rows, out, dataset, name, first)
+    meta = {"commit": source_commit(), "environment": environment(scorer.device), "overrides": list(overrides or [])}
+    record = {"rows": rows, "configs": configs, "seeds": seeds, **meta}
+    if seeds:
+        record["summary"] = summarize(rows)
+    (out / f"{name}.json").write_text(json.dumps(record, indent=1) + "\n")
+    return rows
+
+
+def _run_configs(
+    configs: list[str], names: list[str], out: Path, overrides: list[str], seeds: list[int] | None
+) -> list[tuple[str, int | None, Config]]:
+    """``(run name, seed or None, config)`` of every run, config by config, seed by seed; every
+    config checked before any work."""
+    runs = []
+    for c, n in zip(configs, names):
+        for seed in seeds or [None]:
+            folder = out / n if seed is None else out / n / f"seed{seed}"
+            extra = [f"output_dir={folder}"] + ([] if seed is None else [f"seed={seed}"])
+            try:
+                runs.append((n, seed, load_config(c, overrides + extra)))
+            except ConfigError as e:  # say which of the configs (the shared --set may fit only some)
+                raise ConfigError(f"{c}: {e}") from e
+    return runs
+
+
+class _Scorer:
+    """Linear probe + weighted kNN (+ fine-tuning) of a backbone on the evaluation split, and a
+    cache of each run's scores in its folder."""
+
+    def __init__(self, ev_train, ev_test, first: Config, size, linear_epochs, n_train, n_test, ft_epochs, progress):
+        self.ev_train, self.ev_test, self.first, self.size = ev_train, ev_test, first, size
+        self.linear_epochs, self.n_train, self.n_test = linear_epochs, n_train, n_test
+        self.ft_epochs, self.progress = ft_epochs, progress
+        self.device = resolve_device(first.device)
+        self.key = {"linear_epochs": linear_epochs, "eval_train": n_train, "eval_test": n_test, "finetune": ft_epochs}
+
+    def cached(self, folder: Path, step: int, model: int, backbone) -> dict:
+        """The scores of model ``model`` at ``step`` from ``folder/compare_scores.json`` when it
+        holds them for these evaluation settings; else ``backbone()``'s, stored there."""
+        path = folder / "compare_scores.json"
+        stored = json.loads(path.read_text()) if path.is_file() else {}
+        key = json.dumps({**self.key, "step": step, "model": model}, sort_keys=True)
+        if key not in stored:
+            stored[key] = self.scores(backbone())
+            folder.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(stored, indent=1) + "\n")
+        return stored[key]
+
+    def scores(self, backbone) -> dict:
+        device = self.device
         res = evaluate(
             backbone.to(device),
-            ev_train,
-            ev_test,
+            self.ev_train,
+            self.ev_test,
             ("knn", "linear"),
             device=device,
             k=DEFAULT_KS,
-            temperature=first.eval.knn_t,
-            linear_epochs=linear_epochs,
-            max_train=eval_train_samples,
-            max_test=eval_test_samples,
-            progress=progress,
+            temperature=self.first.eval.knn_t,
+            linear_epochs=self.linear_epochs,
+            max_train=self.n_train,
+            max_test=self.n_test,
+            progress=self.progress,
         )
         lin, knn = res["linear"], res["knn"]
         row = {
@@ -164,68 +234,59 @@ def run_comparison(
             "eval_train": res["train_images"],
             "eval_test": res["test_images"],
         }
-        if finetune_epochs > 0:
+        if self.ft_epochs > 0:
+            ft_train, ft_test = _subset(self.ev_train, self.n_train), _subset(self.ev_test, self.n_test)
             ft = finetune(
                 copy.deepcopy(backbone),
                 ft_train,
                 ft_test,
-                ev_train.mean,
-                ev_train.std,
-                size,
-                epochs=finetune_epochs,
-                warmup_epochs=min(3.0, finetune_epochs / 5),
-                precision=first.train.precision,
+                self.ev_train.mean,
+                self.ev_train.std,
+                self.size,
+                epochs=self.ft_epochs,
+                warmup_epochs=min(3.0, self.ft_epochs / 5),
+                precision=self.first.train.precision,
                 device=device,
-                seed=first.seed,
-                progress=progress,
+                seed=self.first.seed,
+                progress=self.progress,
             )
             row.update(finetune_top1=ft["top1"], finetune_top5=ft["top5"])
         return row
 
-    rows = []
-    if random_init:
-        torch.manual_seed(first.init_seed)
-        rand = build_method(first, ev_train.num_channels, ev_train.img_size, eval_only=True).eval_backbone("teacher")
-        rows.append({"pretrain": "Random init", "steps": 0, "minutes": 0.0, **scores(rand)})
-    runs, labels = [], []
-    row_labels = labels_of(cfgs, names)
-    for run_name, cfg in zip(names, cfgs):
-        trainer = Trainer(cfg, progress=progress)
-        if trainer.train_set.num_channels != ev_train.num_channels:
-            raise ValueError(
-                f"{run_name}: pretrained on {trainer.train_set.num_channels}-channel images, "
-                f"{dataset} has {ev_train.num_channels}"
-            )
-        summary = trainer.fit(resume="auto")
-        if summary["status"] == "interrupted":  # Ctrl-C / SIGTERM stop the experiment, not just this run
-            raise TrainingError(
-                f"{run_name}: interrupted at step {summary['step']} (checkpoint written); "
-                f"run the same command again to resume the experiment"
-            )
-        runs.append(Path(cfg.output_dir))
-        labels.append(row_labels[len(labels)])
-        models = models_of(cfg)
-        for model, arch in models:
-            backbone = trainer.method.eval_backbone("teacher", model)
-            label = labels[-1] if len(models) == 1 else f"{labels[-1]}: {arch} (model {model})"
-            rows.append(
-                {
-                    "pretrain": label,
-                    "steps": summary["step"],
-                    "minutes": summary["train_seconds"] / 60,
-                    **scores(backbone),
-                }
-            )
-            spread = torch.linspace(0, len(ev_test) - 1, 6).long().tolist()  # over the classes
-            images = view_tensors(ev_test, spread, trainer.method.img_size)
-            if getattr(backbone, "is_vit", False) and images.shape[-1] == trainer.method.img_size:
-                maps = cls_attention(backbone.cpu(), images, ev_train.mean, ev_train.std)
-                suffix = "" if len(models) == 1 else f"_model{model}"
-                plot_attention(images, maps, out / f"attention_{run_name}{suffix}.png", label)
-    plot_curves(runs, out / "curves.png", labels=labels, smooth=5)
-    _write(rows, out, dataset, name, first)
-    meta = {"commit": source_commit(), "environment": environment(device), "overrides": list(overrides or [])}
-    (out / f"{name}.json").write_text(json.dumps({"rows": rows, "configs": configs, **meta}, indent=1) + "\n")
+
+def _train_and_score(
+    run_name: str, cfg: Config, label: str, scorer: _Scorer, out: Path, progress: bool, first_seed: bool
+) -> list[dict]:
+    """Train (or resume, or find finished) one run and score each model it trains; attention maps
+    of the first seed's ViTs."""
+    trainer = Trainer(cfg, progress=progress)
+    ev_train, ev_test = scorer.ev_train, scorer.ev_test
+    if trainer.train_set.num_channels != ev_train.num_channels:
+        raise ValueError(
+            f"{run_name}: pretrained on {trainer.train_set.num_channels}-channel images, "
+            f"the evaluation set has {ev_train.num_channels}"
+        )
+    summary = trainer.fit(resume="auto")
+    if summary["status"] == "interrupted":  # Ctrl-C / SIGTERM stop the experiment, not just this run
+        raise TrainingError(
+            f"{run_name}: interrupted at step {summary['step']} (checkpoint written); "
+            f"run the same command again to resume the experiment"
+        )
+    rows, models = [], models_of(cfg)
+    for model, arch in models:
+        backbone = trainer.method.eval_backbone("teacher", model)
+        row_label = label if len(models) == 1 else f"{label}: {arch} (model {model})"
+        scores = scorer.cached(Path(cfg.output_dir), summary["step"], model, lambda b=backbone: b)
+        rows.append(
+            {"pretrain": row_label, "seed": cfg.seed, "steps": summary["step"],
+             "minutes": summary["train_seconds"] / 60, **scores}
+        )  # fmt: skip
+        spread = torch.linspace(0, len(ev_test) - 1, 6).long().tolist()  # over the classes
+        images = view_tensors(ev_test, spread, trainer.method.img_size)
+        if first_seed and getattr(backbone, "is_vit", False) and images.shape[-1] == trainer.method.img_size:
+            maps = cls_attention(backbone.cpu(), images, ev_train.mean, ev_train.std)
+            suffix = "" if len(models) == 1 else f"_model{model}"
+            plot_attention(images, maps, out / f"attention_{run_name}{suffix}.png", row_label)
     return rows
 
 
@@ -258,6 +319,7 @@ def _write(rows: list[dict], out: Path, dataset: str, name: str, cfg: Config) ->
     tuned = "finetune_top1" in rows[0]
     keys = [
         "pretrain",
+        "seed",
         "steps",
         "minutes",
         "linear_top1",
@@ -279,13 +341,22 @@ def _write(rows: list[dict], out: Path, dataset: str, name: str, cfg: Config) ->
         f"features; weighted kNN T={cfg.eval.knn_t}, the best of k = {', '.join(map(str, DEFAULT_KS))}, "
         f"each k in the CSV / JSON)",
         "",
-        "| Pre-train | steps | train min | Sup linear Acc@1 | Acc@5 | Unsup kNN Acc@1 | Acc@5 | k |"
-        + (" Fine-tune Acc@1 | Acc@5 |" if tuned else ""),
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |" + (" ---: | ---: |" if tuned else ""),
+    ]
+    several = len({r["seed"] for r in rows}) > 1
+    if several:  # each row's seeds: mean and spread first, every run below
+        lines += [*summary_markdown(summarize(rows)), "", "Every run:", ""]
+    lines += [
+        f"| Pre-train |{' seed |' if several else ''} steps | train min | Sup linear Acc@1 | Acc@5 | "
+        "Unsup kNN Acc@1 | Acc@5 | k |" + (" Fine-tune Acc@1 | Acc@5 |" if tuned else ""),
+        f"| --- |{' ---: |' if several else ''} ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+        + (" ---: | ---: |" if tuned else ""),
     ]
     for r in rows:
         lines.append(
-            f"| {r['pretrain']} | {r['steps']} | {r['minutes']:.1f} | {r['linear_top1']:.2f} | "
+            f"| {r['pretrain']} |"
+            + (f" {r['seed']} |" if several else "")
+            + " "
+            + f"{r['steps']} | {r['minutes']:.1f} | {r['linear_top1']:.2f} | "
             f"{r['linear_top5']:.2f} | {r['knn_top1']:.2f} | {r['knn_top5']:.2f} | {r['knn_k']} |"
             + (f" {r['finetune_top1']:.2f} | {r['finetune_top5']:.2f} |" if tuned else "")
         )
