@@ -302,3 +302,87 @@ def test_patch_rkd_relates_only_the_views_the_student_saw_masked(tmp_path):
                     halves.append(method(part, StepInfo(0, 0.0, 8, 1, accum_steps=2, micro=micro))[0]["rkd_patch"])
             torch.testing.assert_close(sum(halves) / 2, losses["rkd_patch"], rtol=1e-5, atol=1e-7)
     assert groups["all"] == 16
+
+
+def _fidelity_method(tmp_path, *extra):
+    base = [
+        f"output_dir={tmp_path}",
+        "method.name=ibot",
+        "model.depth=1",
+        "method.out_dim=32",
+        "method.hidden_dim=32",
+        "method.bottleneck_dim=16",
+        "method.mask_prob=0.5",
+        "model.drop_path_rate=0.0",
+        "train.batch_size=8",
+        "aug.local_crops_number=1",
+        "aug.local_crops_size=8",
+        "device=cpu",
+        "method.teacher_temp=0.08",
+        "method.warmup_teacher_temp=0.02",
+        "method.warmup_teacher_temp_epochs=3",
+        "method.teacher_patch_temp=0.09",
+        "method.warmup_teacher_patch_temp=0.03",
+        *extra,
+    ]
+    tr = Trainer(
+        load_config(None, base), get_dataset("synthetic", "train", img_size=16, num_samples=32), progress=False
+    )
+    return tr.method, next(iter(tr._loader(0, 0)))[0]
+
+
+@pytest.mark.parametrize("pairs", ["cross", "all"])
+def test_rkd_relations_follow_ibots_temperatures_views_and_masked_tokens(tmp_path, pairs):
+    """Issue 28, items 2-4: the teacher side of a relation takes iBOT's teacher temperature of
+    that step and level (CLS: teacher_temp's warm-up, patch: teacher_patch_temp's) unless fixed;
+    CLS relations pair each teacher view with the student's other views (``all``: every view);
+    patch relations have the masked tokens as rows."""
+    method, views = _fidelity_method(tmp_path, "method.distill.mode=rkd-d", f"method.distill.cls_pairs={pairs}")
+    calls = []
+    real = method.rkd[0].forward
+    method.rkd[0].forward = lambda s, t, temp=None, rows=None: (
+        calls.append((s.shape, temp, rows)) or real(s, t, temp, rows)
+    )
+    info = StepInfo(0, 1.0, 8, 1)  # epoch 1 of a 3-epoch warm-up (0, 1, 2): half way
+    with torch.no_grad():
+        method(views, info)
+    cls_calls = [c for c in calls if c[2] is None]
+    patch_calls = [c for c in calls if c[2] is not None]
+    n_views = len(views)  # 2 global + 1 local
+    assert len(cls_calls) == (2 * n_views if pairs == "all" else 2 * (n_views - 1))
+    assert all(c[1] == pytest.approx(0.05) for c in cls_calls)  # 0.02 -> 0.08, half way
+    assert len(patch_calls) == 1 and patch_calls[0][1] == pytest.approx(0.06)  # 0.03 -> 0.09, half way
+    masks, _ = method.masks(2, 4, 4, info, 8)
+    masked_views = masks.flatten(2).any(-1).flatten()
+    torch.testing.assert_close(patch_calls[0][2], masks.flatten(2).flatten(0, 1)[masked_views])
+    # fixed temperatures and every token, when asked
+    method, views = _fidelity_method(
+        tmp_path / "fixed",
+        "method.distill.mode=rkd-d",
+        "method.distill.teacher_temp=0.05",
+        "method.distill.patch_tokens=all",
+    )
+    calls.clear()
+    real = method.rkd[0].forward
+    method.rkd[0].forward = lambda s, t, temp=None, rows=None: (
+        calls.append((s.shape, temp, rows)) or real(s, t, temp, rows)
+    )
+    with torch.no_grad():
+        method(views, info)
+    assert all(c[1] == 0.05 and c[2] is None for c in calls)
+
+
+def test_patch_loss_averages_over_the_whole_batch_as_ibots_code(tmp_path):
+    """Issue 28, item 5: iBOT's code averages each view's per-image masked-patch loss over every
+    image of the batch (unmasked images add 0); ``patch_norm: masked`` over the masked images."""
+    losses = {}
+    for norm in ("batch", "masked"):
+        method, views = _fidelity_method(tmp_path / norm, f"method.patch_norm={norm}")
+        with torch.no_grad():
+            losses[norm] = method(views, StepInfo(0, 0.0, 8, 1))[0]["patch"]
+    masks, has = method.masks(2, 4, 4, StepInfo(0, 0.0, 8, 1), 8)
+    assert 0 < has.sum() < 16  # some images of each view unmasked
+    # the same per-image sums, divided by 8 images or by the masked ones, view by view
+    ratio = float(losses["batch"] / losses["masked"])
+    per_view = has / 8
+    assert min(per_view) - 1e-6 <= ratio <= max(per_view) + 1e-6
