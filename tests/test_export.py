@@ -91,3 +91,28 @@ def test_export_unknown_format_is_named(tmp_path):
 
     with pytest.raises(ValueError, match="valid: safetensors, timm, onnx"):
         export(tmp_path, tmp_path / "x", formats=("tflite",))
+
+
+def test_export_refuses_a_used_folder_writes_usual_modes_and_names_an_unwritable_one(tmp_path, capsys):
+    """Issue 31, item 7: no silent overwrite (``--force`` to mean it), files readable as any other
+    (safetensors alone writes 0600), one line for a read-only target."""
+    import os
+    import stat
+
+    run = _run(tmp_path, "vit_tiny")
+    out = tmp_path / "export"
+    assert main(["export", str(run), "--out", str(out)]) == 0
+    mask = os.umask(0)
+    os.umask(mask)
+    for f in ("model.safetensors", "config.json"):
+        assert stat.S_IMODE((out / f).stat().st_mode) == 0o666 & ~mask, f
+    capsys.readouterr()
+    assert main(["export", str(run), "--out", str(out)]) != 0
+    err = capsys.readouterr().err.strip()
+    assert "holds files already" in err and "--force" in err and len(err.splitlines()) == 1
+    assert main(["export", str(run), "--out", str(out), "--force"]) == 0
+    if os.geteuid() != 0:  # root writes anywhere
+        locked = tmp_path / "locked"
+        locked.mkdir(mode=0o555)
+        assert main(["export", str(run), "--out", str(locked)]) != 0
+        assert len(capsys.readouterr().err.strip().splitlines()) == 1

@@ -9,6 +9,7 @@ import torch
 from sslkd import checkpoint as ckpt
 from sslkd.config import load_config
 from sslkd.data import get_dataset
+from sslkd.errors import DIVERGED_EXIT, DivergedError
 from sslkd.train import Trainer, TrainingError
 from sslkd.train.resume import check_compatible
 
@@ -245,7 +246,10 @@ def test_sigterm_to_the_process_group_with_loader_workers_checkpoints(tmp_path):
     assert ckpt.list_checkpoints(tmp_path)
 
 
-def test_non_finite_loss_names_step_and_term(tmp_path, data):
+@pytest.mark.parametrize("where", ["head", "backbone"])
+def test_non_finite_loss_names_step_and_term(tmp_path, data, where):
+    """A NaN in the head, or in the backbone (whose features the collapse metric's SVD reads: it
+    must not raise first), stops the run naming the loss term and the step."""
     cfg = load_config(None, [f"output_dir={tmp_path}", "train.log_every=1", "train.ckpt_every_steps=1"], base=TINY)
     tr = Trainer(cfg, data, progress=False)
     orig = tr.train_step
@@ -253,11 +257,14 @@ def test_non_finite_loss_names_step_and_term(tmp_path, data):
     def poisoned(micro):
         if tr.step == 2:  # a NaN enters at the third step
             with torch.no_grad():
-                tr.method.student.head.mlp[0].weight.fill_(float("nan"))
+                net = tr.method.student
+                (net.head.mlp[0].weight if where == "head" else net.backbone.vit.patch_embed.proj.weight).fill_(
+                    float("nan")
+                )
         return orig(micro)
 
     tr.train_step = poisoned
-    with pytest.raises(TrainingError, match="'loss'.*step 3"):
+    with pytest.raises(DivergedError, match="'loss'.*step 3; .*checkpoint-2.pt \\(step 2\\) is kept"):
         tr.fit()
     assert [p.name for p in ckpt.list_checkpoints(tmp_path)] == ["checkpoint-2.pt", "checkpoint-1.pt"]
     state = ckpt.load(ckpt.list_checkpoints(tmp_path)[0])
@@ -442,3 +449,17 @@ def test_time_budget_plans_every_schedule_to_end_at_the_budget_and_resume_keeps_
     resumed = Trainer(load_config(None, [f"output_dir={part_dir}", *base], base=TINY), data, progress=False)
     assert resumed.fit(resume="auto")["step"] == 30 and resumed.plan == cut.plan  # not measured again
     assert {r["step"]: r["lr"] for r in losses_of(part_dir)} == lrs
+
+
+def test_a_diverging_run_exits_with_its_own_status_and_one_line(tmp_path, capsys):
+    """Issue 31, item 3: a learning rate of 1e4 makes the loss non-finite; the CLI says so in one
+    line naming the term and the step, and exits with DIVERGED_EXIT (not 1)."""
+    from sslkd.cli import main
+
+    args = ["pretrain", "--method", "dino", "--data", "digits", "--out", str(tmp_path / "run"), "--no-progress"]
+    args += ["--set", "train.base_lr=1e4", "--set", "train.warmup_epochs=0", "--set", "train.max_steps=30"]
+    args += ["--set", "method.out_dim=64", "--set", "method.hidden_dim=64", "--set", "method.bottleneck_dim=32"]
+    args += ["--set", "train.batch_size=16", "--set", "data.num_workers=0", "--set", "train.log_every=1"]
+    assert main(args) == DIVERGED_EXIT
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("sslkd: diverged: non-finite loss term") and len(err.splitlines()) == 1

@@ -12,7 +12,7 @@ import importlib
 import sys
 
 from sslkd import __version__
-from sslkd.errors import USER_ERRORS, ConfigError
+from sslkd.errors import DIVERGED_EXIT, USER_ERRORS, ConfigError, DivergedError
 
 # command -> its one-line help; each is the module sslkd.commands.<command>
 COMMANDS = {
@@ -52,6 +52,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"sslkd: config error: {e}", file=sys.stderr)
         return 2
+    except DivergedError as e:
+        print(f"sslkd: diverged: {e}", file=sys.stderr)
+        return DIVERGED_EXIT
     except (*USER_ERRORS, ValueError, OSError) as e:  # OSError: names the file
         print(f"sslkd: error: {e}", file=sys.stderr)
         return 1

@@ -24,6 +24,14 @@ class TrainingError(RuntimeError):
     """Training cannot go on (non-finite loss, ...); the message says where."""
 
 
+class DivergedError(TrainingError):
+    """A loss term became non-finite: the run stopped, its last finite checkpoint kept (the CLI
+    exits with :data:`DIVERGED_EXIT`)."""
+
+
+DIVERGED_EXIT = 3  # sslkd's exit status for a diverged run (1: other errors, 2: config errors)
+
+
 class NoSuchModelError(ValueError):
     """A model index a method does not have (MOKD trains two models, the others one)."""
 

@@ -20,6 +20,7 @@ pooling that sslkd never trains, use ``model.forward_features(x).mean((2, 3))``)
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import timm
@@ -96,21 +97,29 @@ def export(
     weights: str = "teacher",
     model: int = 1,
     formats: tuple[str, ...] = ("safetensors",),
+    force: bool = False,
 ) -> dict[str, Path]:
-    """Write the backbone of checkpoint/run ``source`` into folder ``out``; returns the files."""
+    """Write the backbone of checkpoint/run ``source`` into folder ``out``; returns the files. A
+    folder that holds files already is refused unless ``force`` (an earlier export would be mixed
+    with or replaced by this one); files get the usual modes (0666 less the umask)."""
     bad = [f for f in formats if f not in FORMATS]
     if bad:
         raise ValueError(f"unknown export format(s) {', '.join(bad)}; valid: {', '.join(FORMATS)}")
+    out = Path(out)
+    if out.is_dir() and any(out.iterdir()) and not force:
+        raise FileExistsError(f"{out} holds files already (an earlier export?); choose another --out or pass --force")
     pre = load_pretrained(source, weights, model)
     net, arch, args, stem = _describe(pre.backbone)
     net = net.eval().float()
-    out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    if not os.access(out, os.W_OK):
+        raise PermissionError(f"{out}: the folder is not writable")
     files: dict[str, Path] = {}
     c = args["in_chans"]
     if {"safetensors", "timm"} & set(formats):
         state = {k: v.detach().contiguous().clone() for k, v in net.state_dict().items()}
         save_file(state, str(out / "model.safetensors"), metadata={"format": "pt", "architecture": arch})
+        _usual_mode(out / "model.safetensors")  # safetensors writes 0600
         cfg = {
             "architecture": arch,
             "num_classes": 0,
@@ -152,3 +161,10 @@ def export(
         )
         files["onnx"] = out / "model.onnx"
     return files
+
+
+def _usual_mode(path: Path) -> None:
+    """``path`` readable as any new file of this user is (0666 less the umask)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    path.chmod(0o666 & ~mask)

@@ -23,12 +23,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         choices=list(FORMATS),
         help="repeatable; default safetensors (which timm loads: the same files)",
     )
+    p.add_argument("--force", action="store_true", help="write into a folder that holds files already")
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     src, model = split_model(args.source)
     with model_flag(args.source):
-        files = exporting.export(src, args.out, args.weights, model, tuple(args.formats or ["safetensors"]))
+        formats = tuple(args.formats or ["safetensors"])
+        files = exporting.export(src, args.out, args.weights, model, formats, force=args.force)
     print(json.dumps({k: str(v) for k, v in files.items()}))
     return 0

@@ -16,8 +16,11 @@ def collapse_metrics(
     to a line), teacher/student argmax agreement on the global views."""
     ent = -(teacher_probs * teacher_probs.clamp_min(1e-12).log()).sum(-1).mean()
     z = torch.nn.functional.normalize(student_feats.float().flatten(0, -2), dim=-1)
-    sv = torch.linalg.svdvals(z - z.mean(0))
-    p = sv / sv.sum().clamp_min(1e-12)
-    erank = torch.exp(-(p * p.clamp_min(1e-12).log()).sum())
+    if torch.isfinite(z).all():
+        sv = torch.linalg.svdvals(z - z.mean(0))
+        p = sv / sv.sum().clamp_min(1e-12)
+        erank = torch.exp(-(p * p.clamp_min(1e-12).log()).sum())
+    else:  # a diverging run: the SVD would fail; the engine's finiteness check names the loss term
+        erank = z.new_tensor(float("nan"))
     agree = (student_out[: teacher_out.shape[0]].argmax(-1) == teacher_out.argmax(-1)).float().mean()
     return {"teacher_entropy": ent, "feature_std": z.std(0).mean(), "effective_rank": erank, "agreement": agree}

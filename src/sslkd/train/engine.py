@@ -36,7 +36,7 @@ from sslkd.distributed import (
     from_main_process,
     init_from_env,
 )
-from sslkd.errors import TrainingError
+from sslkd.errors import DivergedError, TrainingError
 from sslkd.eval import evaluate, normalize_batch
 from sslkd.methods import METHODS, Method, StepInfo, build_method
 from sslkd.schedules import cosine_schedule, freeze_steps
@@ -277,9 +277,11 @@ class Trainer(Checkpointing):
     def _check_finite(self, losses: dict[str, torch.Tensor], step: int) -> None:
         for name, value in losses.items():
             if not math.isfinite(float(value)):
-                raise TrainingError(
-                    f"non-finite loss term '{name}' = {float(value)} at step {step}; "
-                    f"the last good checkpoint in {self.out} is kept"
+                kept = list_checkpoints(self.out)
+                where = f"{kept[0]} (step {kept[0].stem.split('-')[1]}) is kept" if kept else "no checkpoint yet"
+                raise DivergedError(
+                    f"non-finite loss term '{name}' = {float(value)} at step {step}; {where}; "
+                    f"lower train.base_lr or raise train.warmup_epochs, then resume or start anew"
                 )
 
     def knn(self) -> dict[str, float]:
