@@ -208,6 +208,29 @@ def _get(obj: Any, dotted: str) -> Any:
 CONFIGS = Path(__file__).parent / "configs"  # shipped with the package (the checkout's configs/ links here)
 
 
+def stored_config(stored: dict) -> dict:
+    """A config mapping read from a checkpoint, with the keys it predates set to the behaviour it
+    was trained with: a method config class's ``legacy_defaults`` (keys whose default changed what
+    a run does) fill in only where the stored mapping lacks them, so that evaluating an old run
+    rebuilds the network it trained and resuming it with today's defaults is refused by name."""
+    out = copy.deepcopy(stored)
+    method = out.get("method") or {}
+    try:
+        legacy = getattr(method_config_class(method.get("name", "dino")), "legacy_defaults", {})
+    except ConfigError:
+        return out
+
+    def fill(section: dict, values: dict) -> None:
+        for key, value in values.items():
+            if isinstance(value, dict):
+                fill(section.setdefault(key, {}), value)
+            else:
+                section.setdefault(key, value)
+
+    fill(method, legacy)
+    return out
+
+
 def config_path(spec: str | Path) -> Path:
     """A config file: ``spec`` as a path, else a shipped config by name (``ibot/cifar10_vit_tiny_kd``,
     with or without ``configs/`` and ``.yaml``), so that the names work from any folder and from an

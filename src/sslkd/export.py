@@ -54,7 +54,11 @@ def _describe(backbone: nn.Module) -> tuple[nn.Module, str, dict, str]:
             "num_classes": 0,
             # sslkd's features: the final norm, then the CLS token or the patch tokens' mean (timm's
             # avg pool with fc_norm off normalises before pooling, as sslkd does)
-            **({"global_pool": "token"} if backbone.pool == "cls" else {"global_pool": "avg", "fc_norm": False}),
+            **(
+                {"global_pool": "token"}
+                if backbone.pool == "cls" and backbone.num_prefix_tokens  # without a class token: pooled
+                else {"global_pool": "avg", "fc_norm": False}
+            ),
             "dynamic_img_size": True,
         }
         return vit, vit.pretrained_cfg["architecture"], args, "patch"

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sslkd import checkpoint as ckpt
-from sslkd.config import Config, from_dict
+from sslkd.config import Config, from_dict, stored_config
 from sslkd.methods import Method, build_method
 from sslkd.models import Backbone
 
@@ -29,7 +29,7 @@ def load_method(path: str | Path) -> tuple[Method, dict, Path]:
     reload its frozen source teacher)."""
     path = ckpt.resolve_checkpoint(path)
     state = ckpt.load(path)
-    cfg = from_dict(Config, state["config"])
+    cfg = from_dict(Config, stored_config(state["config"]))
     data = state["data"]
     img_size = cfg.aug.global_crops_size or data["img_size"]
     method = build_method(cfg, data["num_channels"], img_size, eval_only=True)

@@ -44,7 +44,7 @@ def freeze_steps(
     planned = total_steps if max_steps is None else min(total_steps, max_steps)
     if epochs is None:
         steps = math.ceil(0.01 * planned)
-        if steps >= planned and has_last_layer:  # a run of a step or two: the 1% is all of it
+        if steps >= planned and has_last_layer:  # a one-step run: its 1% (at least a step) is all of it
             warnings.warn(
                 f"the head's last layer stays frozen for this whole run of {planned} step(s): the default "
                 f"freezes the first 1% of a run (at least one step); set train.freeze_last_layer=0 to train it",

@@ -137,9 +137,8 @@ def run_comparison(
     size = first.aug.global_crops_size or first.data.img_size
     ev_train = get_dataset(dataset, "train", root=root, img_size=size)
     ev_test = held_out(dataset, ev_train, root=root, img_size=size)
-    scorer = _Scorer(
-        ev_train, ev_test, first, size, linear_epochs, eval_train_samples, eval_test_samples, finetune_epochs, progress
-    )
+    settings = eval_settings(first, dataset, root, size, linear_epochs, eval_train_samples, eval_test_samples)
+    scorer = _Scorer(ev_train, ev_test, first, settings, finetune_epochs, progress)
     rows = []
     if random_init:
         for seed in seeds or [None]:
@@ -159,7 +158,7 @@ def run_comparison(
         rows += _train_and_score(run_name, cfg, labels[run_name], scorer, out, progress, first_seed)
     groups = [[Path(c.output_dir) for n, _, c in runs if n == run_name] for run_name in names]
     plot_curves(groups, out / "curves.png", labels=[labels[n] for n in names], smooth=5)
-    _write(rows, out, dataset, name, first)
+    _write(rows, out, dataset, name, first, several=len(seeds or []) > 1)
     meta = {"commit": source_commit(), "environment": environment(scorer.device), "overrides": list(overrides or [])}
     record = {"rows": rows, "configs": configs, "seeds": seeds, **meta}
     if seeds:
@@ -185,23 +184,45 @@ def _run_configs(
     return runs
 
 
+def eval_settings(
+    first: Config, dataset: str, root, size, linear_epochs: int, n_train: int | None, n_test: int | None
+) -> dict:
+    """What a run's scores depend on besides its weights: the key of its cached scores."""
+    return {
+        "dataset": dataset,
+        "root": None if root is None else str(root),
+        "size": size,
+        "knn_t": first.eval.knn_t,
+        "ks": list(DEFAULT_KS),
+        "linear_epochs": linear_epochs,
+        "eval_train": n_train,
+        "eval_test": n_test,
+    }
+
+
+def score_key(settings: dict, step: int, model: int) -> str:
+    """The key of one model's scores at ``step`` in a run's ``compare_scores.json``."""
+    return json.dumps({**settings, "step": step, "model": model}, sort_keys=True)
+
+
 class _Scorer:
     """Linear probe + weighted kNN (+ fine-tuning) of a backbone on the evaluation split, and a
     cache of each run's scores in its folder."""
 
-    def __init__(self, ev_train, ev_test, first: Config, size, linear_epochs, n_train, n_test, ft_epochs, progress):
-        self.ev_train, self.ev_test, self.first, self.size = ev_train, ev_test, first, size
-        self.linear_epochs, self.n_train, self.n_test = linear_epochs, n_train, n_test
+    def __init__(self, ev_train, ev_test, first: Config, settings: dict, ft_epochs: int, progress: bool):
+        self.ev_train, self.ev_test, self.first, self.size = ev_train, ev_test, first, settings["size"]
+        self.linear_epochs = settings["linear_epochs"]
+        self.n_train, self.n_test = settings["eval_train"], settings["eval_test"]
         self.ft_epochs, self.progress = ft_epochs, progress
         self.device = resolve_device(first.device)
-        self.key = {"linear_epochs": linear_epochs, "eval_train": n_train, "eval_test": n_test, "finetune": ft_epochs}
+        self.key = {**settings, "finetune": ft_epochs}
 
     def cached(self, folder: Path, step: int, model: int, backbone) -> dict:
         """The scores of model ``model`` at ``step`` from ``folder/compare_scores.json`` when it
         holds them for these evaluation settings; else ``backbone()``'s, stored there."""
         path = folder / "compare_scores.json"
         stored = json.loads(path.read_text()) if path.is_file() else {}
-        key = json.dumps({**self.key, "step": step, "model": model}, sort_keys=True)
+        key = score_key(self.key, step, model)
         if key not in stored:
             stored[key] = self.scores(backbone())
             folder.mkdir(parents=True, exist_ok=True)
@@ -315,7 +336,7 @@ def _subset(dataset, n: int | None):
     return dataclasses.replace(dataset, images=dataset.images[idx], labels=dataset.labels[idx])
 
 
-def _write(rows: list[dict], out: Path, dataset: str, name: str, cfg: Config) -> None:
+def _write(rows: list[dict], out: Path, dataset: str, name: str, cfg: Config, several: bool = False) -> None:
     tuned = "finetune_top1" in rows[0]
     keys = [
         "pretrain",
@@ -342,7 +363,6 @@ def _write(rows: list[dict], out: Path, dataset: str, name: str, cfg: Config) ->
         f"each k in the CSV / JSON)",
         "",
     ]
-    several = len({r["seed"] for r in rows}) > 1
     if several:  # each row's seeds: mean and spread first, every run below
         lines += [*summary_markdown(summarize(rows)), "", "Every run:", ""]
     lines += [

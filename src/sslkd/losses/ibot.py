@@ -17,9 +17,9 @@ class IBOTPatchLoss(CenteredTeacherLoss):
             \frac{1}{|M_{vb}|} \sum_{n \in M_{vb}} -P_t(u_{vbn}) \cdot \log P_s(\hat u_{vbn})
 
     where ``M_vb`` are the masked patches of image ``b`` in view ``v`` and ``B_v`` the images of
-    view ``v`` with at least one masked patch. Images without a masked patch are left out of the
-    average rather than counted as zero (iBOT's code divides by the whole batch, which makes the
-    loss scale with the share of masked images). The centre (EMA of the teacher's mean patch
+    view ``v`` with at least one masked patch (by default; ``denominator`` replaces ``|B_v|``:
+    iBOT's code, and sslkd's iBOT by default, divides by the whole batch, images without a masked
+    patch adding 0). The centre (EMA of the teacher's mean patch
     output) is updated by :meth:`update_center`, once per optimiser step. Softmax in float32.
 
     ``forward(student [V, B, N, K], teacher [V, B, N, K], masks [V, B, N] bool, teacher_temp,

@@ -25,7 +25,7 @@ outputs, as in the paper) or ``bottleneck`` (the head's L2-normalised bottleneck
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
 
 import torch
 from torch import nn
@@ -68,7 +68,8 @@ class DistillConfig:
     # on structures) | all images (unmasked ones too: sslkd's behaviour before 2026-11-29)
     patch_images: Literal["masked", "all"] = "masked"
     # patch level, inside each image: masked (the relations of the masked tokens to every token: the
-    # visible-visible pairs, which the student sees, left out) | all (every token's relations)
+    # visible-visible pairs, which the student sees, left out; with patch_images: all, an unmasked
+    # image then adds 0) | all (every token's relations)
     patch_tokens: Literal["masked", "all"] = "masked"
     angle_chunk: Positive = 32  # RKD-A: anchors per chunk (memory)
 
@@ -102,6 +103,11 @@ class IBOTConfig(DINOConfig):
     # weight at mask_prob 0.5)
     patch_norm: Literal["batch", "masked"] = "batch"
     distill: DistillConfig = field(default_factory=DistillConfig)
+    # what a run stored before 2026-12-07 did (sslkd.config.stored_config)
+    legacy_defaults: ClassVar[dict] = {
+        "patch_norm": "masked",
+        "distill": {"distance_rank": "far", "teacher_temp": 0.04, "student_temp": 0.1, "patch_tokens": "all"},
+    }
 
     def validate(self) -> None:
         if not self.shared_head and self.shared_head_teacher and self.patch_out_dim not in (None, self.out_dim):

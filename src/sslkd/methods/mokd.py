@@ -36,7 +36,7 @@ the reverse (1 for the larger model); set ``method.lambda1``/``lambda2`` to foll
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import ClassVar, Literal
 
 import torch
 from torch import nn
@@ -80,6 +80,9 @@ class MOKDConfig(DINOConfig):
     optimizer2: Literal["auto", "sgd", "adamw"] = "auto"  # the same for model 2
     sgd_lr: PositiveFloat = 0.1  # the paper's ResNet base lr (x batch/256), with train.base_lr's schedule shape
     sgd_weight_decay: NonNegativeFloat = 1.0e-4  # SGD's weight decay (constant)
+
+    # a run stored before 2026-12-07 fed its ViT's CLS token to the MLP-Head (sslkd.config.stored_config)
+    legacy_defaults: ClassVar[dict] = {"vit_pool": "cls"}
 
     def validate(self) -> None:
         self.model2.validate("method.model2.")

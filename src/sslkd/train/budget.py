@@ -4,7 +4,9 @@ A run given ``train.time_budget_minutes`` does not plan ``train.epochs`` and get
 (its cosine schedules would never finish): it measures its own step rate over a few steps once
 the machine is warm, then plans the number of steps that fits the rest of the budget, and every
 schedule (learning rate, weight decay, EMA momentum) spans exactly that many steps. ``train.epochs``
-stays an upper bound. The plan is kept in the checkpoints (a resumed run keeps it) and written to
+stays an upper bound, and the learning-rate warm-up keeps its share of it (``warmup_epochs /
+epochs`` of the planned steps); a method's own warm-ups counted in epochs (the teacher
+temperature's) stay in epochs. The plan is kept in the checkpoints (a resumed run keeps it) and written to
 ``plan.json`` in the run folder, with how close the run came to it once it ends.
 """
 
@@ -17,6 +19,9 @@ from pathlib import Path
 
 WARM_STEPS = 3  # steps not timed: first-call allocations, caches, loader start-up
 PROBE_STEPS = 5  # steps timed to measure the rate
+# the share of the remaining budget planned: the probe misses per-epoch costs (loader restarts,
+# checkpoints, kNN), and a run that overshoots is cut by the clock before its schedules end
+MARGIN = 0.97
 
 
 @dataclass
@@ -58,7 +63,7 @@ class BudgetPlanner:
         if self.mark is None or step != self.probe_from + PROBE_STEPS:
             return None
         rate = max((train_seconds - self.mark) / PROBE_STEPS, 1e-9)
-        fitted = step + max(0, math.floor((self.budget - train_seconds) / rate))
+        fitted = step + max(0, math.floor(MARGIN * (self.budget - train_seconds) / rate))
         planned = max(step + 1, min(fitted, self.bound))
         return Plan(self.budget, rate, self.probe_from, fitted, self.bound, planned)
 

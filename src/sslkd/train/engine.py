@@ -180,10 +180,12 @@ class Trainer(Checkpointing):
     def _build_optimizers(self) -> list[torch.optim.Optimizer]:
         return build_optimizers(self.method.optimizer_specs(), self.cfg.train.base_lr, self.device.type == "cuda")
 
-    def _plan_schedules(self, total: int) -> None:
-        """Learning rate, weight decay and EMA momentum per step over a run of ``total`` steps."""
+    def _plan_schedules(self, total: int, planned: bool = False) -> None:
+        """Learning rate, weight decay and EMA momentum per step over a run of ``total`` steps; a
+        time budget's plan (``planned``) keeps the warm-up's share of the configured run."""
         t = self.cfg.train
-        warm = round(t.warmup_epochs * self.steps_per_epoch)
+        share = t.warmup_epochs / t.epochs if planned else None
+        warm = round(share * total) if planned else round(t.warmup_epochs * self.steps_per_epoch)
         self.total_steps = total
         self.lr = cosine_schedule(t.base_lr * t.batch_size / 256, t.min_lr, total, warm)
         self.wd = cosine_schedule(t.weight_decay, t.weight_decay_end, total)
@@ -193,7 +195,7 @@ class Trainer(Checkpointing):
         """Every schedule spans ``plan.planned_steps`` from now on (the steps before the plan ran the
         provisional one: the same warm-up, a cosine a few steps in)."""
         self.plan = plan
-        self._plan_schedules(plan.planned_steps)
+        self._plan_schedules(plan.planned_steps, planned=True)
         if log is not None:
             log.schedules = {"lr": self.lr, "wd": self.wd, "momentum": self.momentum}
         if self.cfg.train.freeze_last_layer is None:  # the default: 1% of the run
@@ -355,6 +357,8 @@ class Trainer(Checkpointing):
         planner = None
         if t.time_budget_minutes and self.plan is None:  # measure the step rate, then plan the schedules
             planner = BudgetPlanner(budget, t.epochs * self.steps_per_epoch, self.step)
+        if any_process(self.train_seconds >= budget):  # resumed with its budget spent: done, not one more step
+            status = "time_budget"
         mark = time.perf_counter()
         try:
             self.method.train()
@@ -373,7 +377,8 @@ class Trainer(Checkpointing):
                         self._apply_plan(from_main_process(planner.observe(self.step, self.train_seconds)), log)
                         end = self.total_steps if t.max_steps is None else min(self.total_steps, t.max_steps)
                         bar.total, planner = end, None
-                        bar.write(self.plan.describe())
+                        if self.is_main:
+                            bar.write(self.plan.describe())
                     elif planner is not None:
                         planner.observe(self.step, self.train_seconds)
                     seen += t.batch_size
@@ -400,7 +405,7 @@ class Trainer(Checkpointing):
                     self._end_of_epoch(self.step // self.steps_per_epoch, log, last)
             if status == "time_budget":
                 log.flush()
-                path = self.save()
+                path = self.save() if self._saved_step != self.step else self.out / f"checkpoint-{self.step}.pt"
                 bar.write(f"time budget of {t.time_budget_minutes} min reached at step {self.step}: wrote {path}")
             if status == "interrupted":
                 log.flush()

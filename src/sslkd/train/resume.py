@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from sslkd import checkpoint as ckpt
-from sslkd.config import load_config, to_dict
+from sslkd.config import load_config, stored_config, to_dict
 from sslkd.distributed import from_main_process, gather_batch, is_distributed
 from sslkd.errors import CheckpointError, TrainingError
 from sslkd.train import fsdp
@@ -27,7 +27,7 @@ def check_compatible(stored: dict, now: dict, path: str | Path) -> None:
     """Refuse (``CheckpointError``) to resume from ``path``, written with config ``stored``, into a
     run with config ``now`` whose data order or networks would differ (``RUN_IDENTITY``)."""
     differ, leaves = [], []
-    stored, now = _with_defaults(stored), _with_defaults(now)
+    stored, now = _with_defaults(stored_config(stored)), _with_defaults(now)
     for key in RUN_IDENTITY:
         a, b = stored, now
         for part in key.split("."):
@@ -114,8 +114,9 @@ class Checkpointing:
             torch.cuda.set_rng_state(state["rng_cuda"], self.device)
         self.step = self._saved_step = int(state["step"])
         self.train_seconds = float(state.get("train_seconds", 0.0))
-        if state.get("plan"):  # a budgeted run keeps the plan it measured
-            self._apply_plan(Plan(**state["plan"]))
+        plan, budget = state.get("plan"), self.cfg.train.time_budget_minutes
+        if plan and budget and plan["budget_seconds"] == budget * 60:  # kept; another budget: measured anew
+            self._apply_plan(Plan(**plan))
         self.skipped_files = int(state.get("skipped_files", 0))
         self.resumed_world = int(state.get("world", self.world))
 
