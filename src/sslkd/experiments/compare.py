@@ -128,6 +128,7 @@ def run_comparison(
     (:func:`sslkd.eval.finetune.finetune`, default recipe, warm-up a fifth of the epochs up to 3)
     of a copy of every backbone on the same subsets. Returns the table rows (one per run)."""
     out = Path(out)
+    commit = source_commit()  # the code that runs now (the tree may change before the experiment ends)
     names = run_names(configs)
     runs = _run_configs(configs, names, out, list(overrides or []), seeds)
     out.mkdir(parents=True, exist_ok=True)  # only once every config is valid
@@ -159,7 +160,7 @@ def run_comparison(
     groups = [[Path(c.output_dir) for n, _, c in runs if n == run_name] for run_name in names]
     plot_curves(groups, out / "curves.png", labels=[labels[n] for n in names], smooth=5)
     _write(rows, out, dataset, name, first, several=len(seeds or []) > 1)
-    meta = {"commit": source_commit(), "environment": environment(scorer.device), "overrides": list(overrides or [])}
+    meta = {"commit": commit, "environment": environment(scorer.device), "overrides": list(overrides or [])}
     record = {"rows": rows, "configs": configs, "seeds": seeds, **meta}
     if seeds:
         record["summary"] = summarize(rows)
