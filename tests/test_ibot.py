@@ -337,7 +337,8 @@ def test_rkd_relations_follow_ibots_temperatures_views_and_masked_tokens(tmp_pat
     that step and level (CLS: teacher_temp's warm-up, patch: teacher_patch_temp's) unless fixed;
     CLS relations pair each teacher view with the student's other views (``all``: every view);
     patch relations have the masked tokens as rows."""
-    method, views = _fidelity_method(tmp_path, "method.distill.mode=rkd-d", f"method.distill.cls_pairs={pairs}")
+    extra = ("method.distill.mode=rkd-d", f"method.distill.cls_pairs={pairs}", "method.distill.patch_tokens=masked")
+    method, views = _fidelity_method(tmp_path, *extra)
     calls = []
     real = method.rkd[0].forward
     method.rkd[0].forward = lambda s, t, temp=None, rows=None: (

@@ -425,7 +425,7 @@ def test_a_run_stored_before_a_behaviour_changing_default_keeps_its_behaviour(tm
 
     now = to_dict(load_config(None, ["method.name=ibot", "method.distill.mode=rkd-d"], base=TINY))
     old = json.loads(json.dumps(now))
-    for key in ("distance_rank", "teacher_temp", "student_temp", "patch_tokens"):
+    for key in ("distance_rank", "teacher_temp", "student_temp"):
         del old["method"]["distill"][key]
     del old["method"]["patch_norm"]
     with pytest.raises(ckpt.CheckpointError, match=r"method.distill.distance_rank: 'far' -> 'near'"):

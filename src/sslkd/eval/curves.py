@@ -13,7 +13,7 @@ import numpy as np
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-SKIP = {"step", "epoch", "lr", "wd", "momentum", "img_per_s", "teacher_temp", "knn_top1", "knn_top5"}
+SKIP = {"step", "epoch", "lr", "wd", "momentum", "img_per_s", "teacher_temp", "knn_top1", "knn_top5", "skipped_files"}
 # diagnostics, not loss terms; methods that train several models log them as <name><model>
 DIAGNOSTICS = ("agreement", "teacher_entropy", "feature_std", "mask_ratio", "effective_rank", "cosine_to_fused")
 

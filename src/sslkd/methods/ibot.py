@@ -67,10 +67,10 @@ class DistillConfig:
     # patch level: structures of the images the student saw masked (the seed's masked image modelling
     # on structures) | all images (unmasked ones too: sslkd's behaviour before 2026-11-29)
     patch_images: Literal["masked", "all"] = "masked"
-    # patch level, inside each image: masked (the relations of the masked tokens to every token: the
-    # visible-visible pairs, which the student sees, left out; with patch_images: all, an unmasked
-    # image then adds 0) | all (every token's relations)
-    patch_tokens: Literal["masked", "all"] = "masked"
+    # patch level, inside each image: all (every token's relations: measured better than masked at
+    # Table 1's CPU budget, docs/methods/ibot.md) | masked (the relations of the masked tokens to
+    # every token, the visible-visible pairs left out; with patch_images: all, an unmasked image adds 0)
+    patch_tokens: Literal["masked", "all"] = "all"
     angle_chunk: Positive = 32  # RKD-A: anchors per chunk (memory)
 
 
@@ -106,7 +106,7 @@ class IBOTConfig(DINOConfig):
     # what a run stored before 2026-12-07 did (sslkd.config.stored_config)
     legacy_defaults: ClassVar[dict] = {
         "patch_norm": "masked",
-        "distill": {"distance_rank": "far", "teacher_temp": 0.04, "student_temp": 0.1, "patch_tokens": "all"},
+        "distill": {"distance_rank": "far", "teacher_temp": 0.04, "student_temp": 0.1},
     }
 
     def validate(self) -> None:
