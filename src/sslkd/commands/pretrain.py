@@ -51,7 +51,7 @@ def resolve(args: argparse.Namespace):
     """The run's config from ``--config`` or from ``--method``/``--data``, flags and ``--set`` applied."""
     if args.config and args.method:
         raise ConfigError("--config and --method: the config names its method; give one of them")
-    if args.minutes:
+    if getattr(args, "minutes", None):  # resolve() also serves commands without --minutes (distill)
         args.overrides = [*args.overrides, f"train.time_budget_minutes={args.minutes}"]
     if not args.config:
         if not (args.method and args.data):
