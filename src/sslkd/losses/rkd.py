@@ -40,16 +40,6 @@ def pairwise_distances(x: torch.Tensor) -> torch.Tensor:
     return d2.sqrt() * off
 
 
-def _rows_mask(rows: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor | None:
-    """``rows [..., B]`` (bool) checked against ``like [..., B, D]``."""
-    if rows is None:
-        return None
-    if rows.shape != like.shape[:-1] or rows.dtype != torch.bool:
-        want = tuple(like.shape[:-1])
-        raise ValueError(f"rows must be a bool tensor of shape {want}, got {rows.dtype} {tuple(rows.shape)}")
-    return rows
-
-
 def _offdiag_ce(
     student_logits: torch.Tensor, teacher_logits: torch.Tensor, keep: torch.Tensor, dims: int
 ) -> torch.Tensor:
@@ -121,8 +111,7 @@ class RKDDistanceLoss(nn.Module):
         teacher_temp: float | None = None,
         rows: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        _check(student, teacher)
-        rows = _rows_mask(rows, student)
+        rows = _check(student, teacher, rows)
         tau_t = self.teacher_temp if teacher_temp is None else teacher_temp
         with torch.autocast(student.device.type, enabled=False):
             with torch.no_grad():
@@ -222,8 +211,7 @@ class RKDAngleLoss(nn.Module):
         teacher_temp: float | None = None,
         rows: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        _check(student, teacher)
-        rows = _rows_mask(rows, student)
+        rows = _check(student, teacher, rows)
         tau_t = self.teacher_temp if teacher_temp is None else teacher_temp
         b = student.shape[-2]
         if b < 3:
@@ -251,7 +239,8 @@ class RKDAngleLoss(nn.Module):
         return _group_mean(total, per_row * (b if rows is None else rows.sum(-1)))
 
 
-def _check(student: torch.Tensor, teacher: torch.Tensor) -> None:
+def _check(student: torch.Tensor, teacher: torch.Tensor, rows: torch.Tensor | None = None) -> torch.Tensor | None:
+    """Refuse inputs a relational loss cannot take; returns ``rows`` ([..., B] bool or None)."""
     if student.ndim < 2 or student.shape != teacher.shape:
         raise ValueError(
             f"expected student and teacher [..., B, D] of the same shape, got "
@@ -259,3 +248,7 @@ def _check(student: torch.Tensor, teacher: torch.Tensor) -> None:
         )
     if student.shape[-2] < 2:
         raise ValueError("relational losses need at least 2 samples")
+    if rows is not None and (rows.shape != student.shape[:-1] or rows.dtype != torch.bool):
+        want = tuple(student.shape[:-1])
+        raise ValueError(f"rows must be a bool tensor of shape {want}, got {rows.dtype} {tuple(rows.shape)}")
+    return rows
