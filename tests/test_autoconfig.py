@@ -143,3 +143,62 @@ def test_teacher_flags_follow_the_configs_method(teachers, tmp_path, capsys):
     args = build_parser().parse_args(["pretrain", "--config", "dino/cifar10_vit_tiny", "--teacher", teachers[0]])
     with pytest.raises(ConfigError, match="takes no teacher"):
         resolve(args)
+
+
+@pytest.fixture
+def big_photos(tmp_path):
+    """Four 320 x 240 photos in two class folders."""
+    for c in ("a", "b"):
+        (tmp_path / "big" / c).mkdir(parents=True)
+        for i in range(2):
+            Image.new("RGB", (320, 240), (60 * i, 90, 30)).save(tmp_path / "big" / c / f"{i}.jpg")
+    return tmp_path / "big"
+
+
+def test_a_cpu_run_of_photos_fits_the_device_and_img_size_shrinks_every_path(big_photos, monkeypatch):
+    """Issue 31, item 9: no GPU -> photos at 64 px with ViT-Tiny/8 (said); asking for the GPU
+    recipe gets it; --img-size, --set data.img_size and --config --img-size all shrink the crops."""
+    from sslkd.cli import build_parser
+    from sslkd.commands.pretrain import resolve
+
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+
+    def resolved(*argv):
+        notes: list[str] = []
+        cfg, _ = resolve(build_parser().parse_args(["pretrain", *argv]), notes)
+        m, a = cfg.model, cfg.aug
+        return (m.backbone, m.patch_size, a.global_crops_size, a.local_crops_size, cfg.data.img_size), notes
+
+    got, notes = resolved("--method", "dino", "--data", str(big_photos))
+    assert got == ("vit_tiny", 8, 64, 24, 64) and "no GPU" in notes[0]
+    got, notes = resolved("--method", "dino", "--data", str(big_photos), "--img-size", "224", "--model", "vit_small")
+    assert got == ("vit_small", 16, 224, 96, 224) and not notes
+    assert (
+        resolved("--method", "dino", "--data", str(big_photos), "--set", "data.img_size=32")[0]
+        == resolved("--method", "dino", "--data", str(big_photos), "--img-size", "32")[0]
+    )
+    assert resolved("--method", "dino", "--data", str(big_photos), "--img-size", "32")[0][2] == 32
+    got, notes = resolved("--config", "ibot/imagenet1k_vits16_kd", "--img-size", "64")
+    assert got[:4] == ("vit_small", 16, 64, 32) and "crops 224/96 px -> 64/32 px" in notes[0]
+
+
+def test_a_run_planned_past_hours_says_so_with_a_trial_that_fits(monkeypatch):
+    """The estimate counts the backbones' FLOPs (checked against the ViT formula) over a measured
+    device rate; a long plan prints the estimate and the same command with --minutes 60."""
+    from sslkd import autoconfig, estimate
+
+    n, d, depth = 8 * 8 + 1, 192, 12  # ViT-Tiny/4 at 32 px: 64 patches + CLS
+    blocks = depth * (2 * n * 12 * d * d + 2 * 2 * n * n * d)  # qkv, proj, mlp; q.k and a.v
+    embed = 2 * 64 * (4 * 4 * 3) * d
+    assert estimate.forward_gflops("vit_tiny", 4, True, None, 32, 3) == pytest.approx((blocks + embed) / 1e9, rel=0.01)
+    monkeypatch.setattr(estimate, "device_gflops", lambda device: 100.0)
+    cfg = load_config(None, [], base=auto_config("dino", "cifar10"))  # 100 epochs of 50,000 images
+    notes = autoconfig.long_run_notes(cfg, ["sslkd", "pretrain", "--method", "dino", "--data", "cifar10"])
+    est = estimate.estimate(cfg, 50_000, 3, "cpu")
+    assert est.steps == 100 * (50_000 // cfg.train.batch_size) and est.hours > autoconfig.LONG_RUN_HOURS
+    assert f"~{est.hours:,.0f} h here" in notes[0]
+    assert notes[1].endswith("sslkd pretrain --method dino --data cifar10 --minutes 60")
+    short = load_config(None, ["train.epochs=1", "data.subset_fraction=0.02"], base=auto_config("dino", "cifar10"))
+    assert autoconfig.long_run_notes(short, ["sslkd"]) == []
+    budgeted = load_config(None, ["train.time_budget_minutes=60"], base=auto_config("dino", "cifar10"))
+    assert autoconfig.long_run_notes(budgeted, ["sslkd"]) == []

@@ -456,8 +456,12 @@ def test_held_out_split_is_labelled_by_the_training_classes(tmp_path):
     test = held_out("imagefolder", train, root=tmp_path / "d")
     assert test.classes == ["ant", "bee", "cat"] and test.labels.tolist() == [1, 1, 2, 2]  # not [0, 0, 1, 1]
     write_photo(tmp_path / "d" / "val" / "dog" / "x", "jpg", 50, 40, np.random.default_rng(0))
-    with pytest.raises(DatasetError, match="outside the training classes .*dog"):
+    with pytest.raises(DatasetError, match="outside the training classes .*dog") as e:
         held_out("imagefolder", train, root=tmp_path / "d")
+    assert "loose" not in str(e.value)  # nothing is loose: the message says so only when it is
+    write_photo(tmp_path / "d" / "val" / "y", "jpg", 50, 40, np.random.default_rng(0))
+    with pytest.raises(DatasetError, match=r"\(folders dog; images loose in the folder\)"):
+        held_out("imagefolder", train, root=tmp_path / "d", use_cache=False)
     # held-out images never become training images: val/ without train/ is refused for training
     make_tree(tmp_path / "e" / "val", per_class=2)
     make_tree(tmp_path / "e", classes=("x", "y"), per_class=2)

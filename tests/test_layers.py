@@ -14,7 +14,7 @@ LAYERS = [
     ["sslkd.losses", "sslkd.eval"],
     ["sslkd.methods"],
     ["sslkd.config"],
-    ["sslkd.pretrained", "sslkd.teachers", "sslkd.autoconfig"],
+    ["sslkd.pretrained", "sslkd.teachers", "sslkd.estimate", "sslkd.autoconfig"],
     ["sslkd.train"],
     ["sslkd.experiments", "sslkd.report", "sslkd.export", "sslkd.bench", "sslkd.demo", "sslkd.docs", "sslkd.api"],
     ["sslkd.commands", "sslkd.cli", "sslkd.__main__"],

@@ -92,7 +92,7 @@ def load_backbone(source: str | Path | Run, which: str = "teacher", model: int =
 def eval_datasets(dataset: str, root: str | None = None, img_size: int | None = None, **options) -> tuple:
     """``(train, test)`` of a labelled dataset: its training split and its held-out split
     labelled by the training classes; a dataset without labels is an error. ``options``: data keys
-    (``on_corrupt``, ``labels``, ``in_memory``, ``download``)."""
+    (``on_corrupt``, ``max_pixels``, ``labels``, ``in_memory``, ``download``)."""
     train = get_dataset(dataset, "train", root=root, img_size=img_size, **options)
     if not train.num_classes:
         raise ValueError(

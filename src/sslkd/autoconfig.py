@@ -10,23 +10,31 @@ ordinary config mapping: ``--set`` overrides any key, and the run folder keeps t
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shlex
 import statistics
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from sslkd.data.folder import scan_folder
+from sslkd.config import Config
+from sslkd.data.folder import CorruptImageError, scan_folder
 from sslkd.data.imagefolder import header_sizes, split_root
 from sslkd.data.registry import DATASETS
 from sslkd.data.shards import is_shards, load_shards
-from sslkd.errors import ConfigError
+from sslkd.device import resolve_device
+from sslkd.errors import ConfigError, DatasetError
+from sslkd.estimate import estimate
 from sslkd.methods import METHODS
 from sslkd.models import BACKBONES, is_backbone, is_vit
 
 NATIVE_SIZE = {"cifar10": 32, "cifar100": 32, "fashion-mnist": 28, "imagenet32": 32, "digits": 16, "synthetic": 32}
+TRAIN_IMAGES = {"cifar10": 50_000, "cifar100": 50_000, "fashion-mnist": 60_000, "imagenet32": 1_281_167, "digits": 1438}
 NEEDS_VIT = ("ibot", "mae", "dmt")
+CPU_PHOTO_SIZE = 64  # photos on a CPU: the images of the CIFAR recipes' cost per token, at 8 px patches
+LONG_RUN_HOURS = 3.0  # a planned run longer than this on the device found is said, with a trial that fits
 SAMPLE = 64  # image headers read to pick the size
 
 
@@ -35,7 +43,10 @@ def image_size_of(root: Path) -> tuple[int, int]:
     folder of images or of shards."""
     if is_shards(root):
         shards = load_shards(root)  # an interrupted packing: says so
-        sides = [min(shards.header_size(int(i))) for i in np.linspace(0, len(shards) - 1, min(SAMPLE, len(shards)))]
+        sides = []
+        for i in np.linspace(0, len(shards) - 1, min(SAMPLE, len(shards))).astype(int):
+            with contextlib.suppress(CorruptImageError):  # the loader meets it under data.on_corrupt
+                sides.append(min(shards.header_size(int(i))))
         count = len(shards)
         shards.close()
     else:
@@ -55,9 +66,11 @@ def auto_config(
     img_size: int | None = None,
     batch_size: int | None = None,
     epochs: int | None = None,
+    notes: list[str] | None = None,
 ) -> dict:
     """The config mapping of a first run of ``method`` on ``data`` (a folder of images, or a
-    dataset name from ``sslkd info``); see the module doc. Arguments given win over the defaults."""
+    dataset name from ``sslkd info``); see the module doc. Arguments given win over the defaults;
+    a choice made for the device found is explained in ``notes``."""
     if method not in METHODS:
         raise ConfigError(f"--method: unknown method '{method}'; available: {', '.join(METHODS)}")
     folder = Path(data).expanduser()
@@ -66,10 +79,18 @@ def auto_config(
         data_cfg: dict = {"name": "shards" if is_shards(folder) else "imagefolder", "root": str(folder)}
         data_name = folder.resolve().name
     elif data in DATASETS:
-        side, count = NATIVE_SIZE.get(data, 32), 10_000
+        side, count = NATIVE_SIZE.get(data, 32), TRAIN_IMAGES.get(data, 10_000)
         data_cfg, data_name = {"name": data}, data
     else:
         raise ConfigError(f"--data {data}: not a folder, nor a dataset name ({', '.join(DATASETS)})")
+    gpu = torch.cuda.is_available()
+    if not gpu and img_size is None and model is None and side >= 128:  # ViT-S/16 at 224 px: weeks here
+        img_size = CPU_PHOTO_SIZE
+        if notes is not None:
+            notes.append(
+                f"no GPU: photos trained at {CPU_PHOTO_SIZE} px with vit_tiny/8 (on a GPU: 224 px, vit_small/16; "
+                f"--img-size 224 --model vit_small asks for those here)"
+            )
     size = img_size or side
     photos = size >= 128
     model = model or ("vit_small" if photos else "vit_tiny")
@@ -83,7 +104,6 @@ def auto_config(
     patch = 16 if size >= 128 else 8 if size >= 48 else 4
     global_size = 224 if size >= 224 else max(2 * patch, size // patch * patch)
     local_size = max(patch, round(global_size * 3 / 7 / patch) * patch)  # DINO: 96 for 224
-    gpu = torch.cuda.is_available()
     batch = batch_size or min(64 if gpu or not photos else 32, max(2, 2 ** int(count // 2).bit_length() // 2))
     cfg: dict = {
         "name": f"{method}-{data_name}",
@@ -113,3 +133,35 @@ def auto_config(
     for section, values in METHODS[method].first_run(cfg["train"]["epochs"]).items():
         cfg.setdefault(section, {}).update(values)
     return cfg
+
+
+def train_images(cfg: Config) -> int | None:
+    """The number of images a run of ``cfg`` trains on, where it is known without loading them."""
+    d = cfg.data
+    try:
+        if d.name == "imagefolder" and d.root:
+            n = len(scan_folder(split_root(Path(d.root).expanduser(), "train"), "none").paths)
+        elif d.name == "shards" and d.root:
+            shards = load_shards(d.root)
+            n = len(shards)
+            shards.close()
+        else:
+            n = TRAIN_IMAGES.get(d.name)
+    except DatasetError:  # the run itself says what is wrong with the data
+        return None
+    return None if n is None else max(1, int(n * d.subset_fraction))
+
+
+def long_run_notes(cfg: Config, trial: list[str]) -> list[str]:
+    """Lines saying that ``cfg`` is planned for more than :data:`LONG_RUN_HOURS` on the device it
+    runs on, with ``trial`` (the command line as typed) planned into an hour by ``--minutes 60``."""
+    images = train_images(cfg)
+    if cfg.train.time_budget_minutes or images is None:
+        return []
+    est = estimate(cfg, images, 3, resolve_device(cfg.device))
+    if est.hours <= LONG_RUN_HOURS:
+        return []
+    return [
+        f"this run is planned for {est.describe(cfg)}",
+        f"a trial that ends in an hour, every schedule planned into it: {shlex.join([*trial, '--minutes', '60'])}",
+    ]

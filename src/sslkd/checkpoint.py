@@ -3,10 +3,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import pickle
 import re
+import shutil
 import warnings
 from pathlib import Path
 from typing import Any
@@ -19,7 +21,8 @@ _NAME = re.compile(r"^checkpoint-(\d+)\.pt$")
 
 
 def save_atomic(obj: Any, path: str | Path) -> Path:
-    """Write ``obj`` to ``path`` so that ``path`` is either the old file or the complete new one."""
+    """Write ``obj`` to ``path`` so that ``path`` is either the old file or the complete new one;
+    a failed write leaves no temp file behind (a full disk stays as full as it was)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
@@ -34,14 +37,46 @@ def save_atomic(obj: Any, path: str | Path) -> Path:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
-    except OSError as e:
-        tmp.unlink(missing_ok=True)
-        if e.errno == errno.ENOSPC:
+    except (OSError, RuntimeError) as e:  # torch's zip writer reports a full disk as RuntimeError
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        if _disk_full(e):
+            free = shutil.disk_usage(path.parent).free
             raise CheckpointError(
-                f"disk full while writing {path}; free space and resume (the previous checkpoints are intact)"
+                f"disk full writing {path.name} in {path.parent}: {_mib(free)} free, a checkpoint needs "
+                f"about {_mib(_nbytes(obj))}; the earlier checkpoints are intact: free space, then "
+                f"rerun with --resume auto"
             ) from e
         raise CheckpointError(f"cannot write checkpoint {path}: {e}") from e
+    except BaseException:  # a second Ctrl-C mid-write: no temp file left behind
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise
     return path
+
+
+def _disk_full(e: BaseException | None) -> bool:
+    """Whether ``e`` or an exception it arose from is ENOSPC / EDQUOT."""
+    while e is not None:
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        e = e.__cause__ or e.__context__
+    return False
+
+
+def _nbytes(obj: Any) -> int:
+    """Bytes of the tensors in ``obj`` (nested dicts / lists): about a checkpoint's size."""
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(_nbytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(_nbytes(v) for v in obj)
+    return 0
+
+
+def _mib(n: int) -> str:
+    return f"{n / 2**20:.1f} MiB"
 
 
 def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict:

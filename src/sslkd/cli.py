@@ -12,7 +12,7 @@ import importlib
 import sys
 
 from sslkd import __version__
-from sslkd.errors import DIVERGED_EXIT, USER_ERRORS, ConfigError, DivergedError
+from sslkd.errors import DIVERGED_EXIT, USER_ERRORS, Aborted, ConfigError, DivergedError
 
 # command -> its one-line help; each is the module sslkd.commands.<command>
 COMMANDS = {
@@ -47,11 +47,18 @@ def build_parser(only: set[str] | None = None) -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser(only={argv[0]} if argv and argv[0] in COMMANDS else set()).parse_args(argv)
+    args.argv = argv  # as typed: a command can suggest the same line with a flag added
     try:
         return args.run(args)
     except ConfigError as e:
         print(f"sslkd: config error: {e}", file=sys.stderr)
         return 2
+    except Aborted as e:
+        print(f"sslkd: aborted at step {e.step} without a checkpoint (the last one written is kept)", file=sys.stderr)
+        return 128 + e.signum
+    except KeyboardInterrupt:  # outside a training run: nothing to save
+        print("sslkd: interrupted", file=sys.stderr)
+        return 130
     except DivergedError as e:
         print(f"sslkd: diverged: {e}", file=sys.stderr)
         return DIVERGED_EXIT

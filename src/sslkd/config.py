@@ -65,6 +65,7 @@ class DataConfig:
     subset_fraction: Fraction = 1.0  # train on this share of the images (class-balanced)
     num_workers: NonNegative = 0  # loader processes (0: in the training process)
     on_corrupt: Literal["fail", "skip"] = "fail"  # undecodable file: fail (stop, naming it) | skip (replace, count)
+    max_pixels: Positive = 800_000_000  # an image declaring more pixels is a corrupt file (a decompression bomb)
     in_memory: bool | None = None  # imagefolder: decode all images into memory (None: when small and one size)
     labels: Literal["auto", "folders", "none"] = "auto"  # class folders: auto (when unambiguous) | folders | none
     augment_on: Literal["loader", "device"] = "loader"  # loader: per image in workers | device: batched on the device

@@ -29,6 +29,15 @@ class DivergedError(TrainingError):
     exits with :data:`DIVERGED_EXIT`)."""
 
 
+class Aborted(KeyboardInterrupt):
+    """A second Ctrl-C / SIGTERM: the run stops at once, without a checkpoint (the CLI exits with
+    128 + the signal's number, as a shell does)."""
+
+    def __init__(self, signum: int, step: int) -> None:
+        super().__init__(signum, step)
+        self.signum, self.step = signum, step
+
+
 DIVERGED_EXIT = 3  # sslkd's exit status for a diverged run (1: other errors, 2: config errors)
 
 

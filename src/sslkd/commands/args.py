@@ -103,7 +103,7 @@ def add_eval_args(p: argparse.ArgumentParser) -> None:
     )
 
 
-EVAL_DATA_KEYS = ("data.on_corrupt", "data.labels", "data.in_memory", "data.download")
+EVAL_DATA_KEYS = ("data.on_corrupt", "data.max_pixels", "data.labels", "data.in_memory", "data.download")
 
 
 def eval_data_options(args: argparse.Namespace) -> dict:

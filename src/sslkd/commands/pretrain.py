@@ -19,6 +19,7 @@ api = lazy_import("sslkd.api")
 autoconfig = lazy_import("sslkd.autoconfig")
 config = lazy_import("sslkd.config")
 distributed = lazy_import("sslkd.distributed")
+models = lazy_import("sslkd.models")
 METHOD_NAMES = ("dino", "ibot", "mocov3", "mae", "mokd", "seed", "dmt")  # sslkd.methods.METHODS (a test checks)
 
 
@@ -47,8 +48,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.set_defaults(run=run)
 
 
-def resolve(args: argparse.Namespace):
-    """The run's config from ``--config`` or from ``--method``/``--data``, flags and ``--set`` applied."""
+def resolve(args: argparse.Namespace, notes: list[str] | None = None):
+    """The run's config from ``--config`` or from ``--method``/``--data``, flags and ``--set``
+    applied; choices made for the device or the image size are said in ``notes``."""
     if args.config and args.method:
         raise ConfigError("--config and --method: the config names its method; give one of them")
     if getattr(args, "minutes", None):  # resolve() also serves commands without --minutes (distill)
@@ -56,8 +58,10 @@ def resolve(args: argparse.Namespace):
     if not args.config:
         if not (args.method and args.data):
             raise ConfigError("give --config FILE|NAME, or --method and --data (a folder of images or a dataset name)")
+        set_size = {k.strip(): v.strip() for k, _, v in (o.partition("=") for o in args.overrides)}.get("data.img_size")
+        img_size = args.img_size or (int(set_size) if set_size and set_size.isdigit() else None)  # sizes the recipe
         base = autoconfig.auto_config(
-            args.method, args.data, args.model, args.out, args.teachers, args.img_size, args.batch_size, args.epochs
+            args.method, args.data, args.model, args.out, args.teachers, img_size, args.batch_size, args.epochs, notes
         )
         return api.config(base, args.overrides), True
     flags = {
@@ -81,12 +85,39 @@ def resolve(args: argparse.Namespace):
         values["method__" + ("teacher" if method == "seed" else "teachers")] = (
             args.teachers[0] if method == "seed" else list(args.teachers)
         )
+    cfg = api.config(args.config, args.overrides, **values)
+    if args.img_size and not any(o.strip().startswith("aug.") for o in args.overrides):
+        values.update(_crops_within(cfg, args.img_size, notes))
     return api.config(args.config, args.overrides, **values), False
 
 
+def _crops_within(cfg, size: int, notes: list[str] | None) -> dict:
+    """``--img-size`` below a config's crop sizes: the crops shrink in proportion (whole patches
+    of a ViT), not upsample ``size``-px images to them; the config's model stays."""
+    g, loc = cfg.aug.global_crops_size, cfg.aug.local_crops_size
+    if not g or g <= size:
+        return {}
+    patch = cfg.model.patch_size if models.is_vit(cfg.model.backbone) else 1
+    new_g = max(patch, size // patch * patch)
+    new_loc = max(patch, round(loc * new_g / g / patch) * patch) if loc else None
+    if notes is not None:
+        shown = f"{g}/{loc}" if loc else str(g)
+        notes.append(
+            f"--img-size {size}: crops {shown} px -> {new_g}{f'/{new_loc}' if loc else ''} px "
+            f"(the config's model, {cfg.model.backbone}, stays)"
+        )
+    return {"aug__global_crops_size": new_g, **({"aug__local_crops_size": new_loc} if loc else {})}
+
+
 def run(args: argparse.Namespace) -> int:
-    cfg, built = resolve(args)
-    if built and os.environ.get("RANK", "0") == "0":  # torchrun: print once
+    notes: list[str] = []
+    cfg, built = resolve(args, notes)
+    main_process = os.environ.get("RANK", "0") == "0"  # torchrun: print once
+    if main_process:
+        notes += autoconfig.long_run_notes(cfg, ["sslkd", *getattr(args, "argv", [])])
+        for note in notes:  # comments: the config printed below stays valid YAML
+            print(f"# {note}", flush=True)
+    if built and main_process:
         print(
             f"# sslkd pretrain --method {args.method} --data {args.data}: the config used "
             f"(saved as {cfg.output_dir}/config.yaml; --config takes it)"
@@ -97,4 +128,4 @@ def run(args: argparse.Namespace) -> int:
     distributed.shutdown()
     if main_process:
         print(api.summary_line(res.summary))
-    return 130 if res.summary["status"] == "interrupted" else 0
+    return 128 + res.summary["signal"] if res.summary["status"] == "interrupted" else 0  # a shell's 130 / 143

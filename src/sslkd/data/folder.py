@@ -35,7 +35,19 @@ EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", 
 IMAGENET_MEAN_STD = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 # one-channel images: the luma of ImageNet's statistics (ITU-R 601-2 weights)
 GRAY_MEAN_STD = ((0.4490,), (0.2260,))
-Image.MAX_IMAGE_PIXELS = 400_000_000  # very large scans are photos too; PIL's default warns at 89 Mpx
+MAX_PIXELS = 800_000_000  # data.max_pixels' default: very large scans are photos too (PIL stops at 179 Mpx)
+# PIL's own failure types for a file it cannot read, a header declaring too many pixels among them
+UNREADABLE = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+
+
+def set_max_pixels(limit: int) -> None:
+    """Refuse images declaring more than ``limit`` pixels (``data.max_pixels``), as corrupt files:
+    a header can declare 60000x60000 pixels in a few bytes. Set before the loader's workers start."""
+    Image.MAX_IMAGE_PIXELS = limit // 2  # PIL: a warning above this, an error above twice this
+    warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+
+
+set_max_pixels(MAX_PIXELS)
 ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is corrupt, not silently grey
 
 
@@ -61,25 +73,36 @@ class FolderIndex:
 
 
 def _walk(root: Path) -> tuple[list[str], list[tuple[str, int]], int, str]:
-    """Image paths below ``root``, every folder's mtime, the non-image count and an example."""
+    """Image paths below ``root``, every folder's mtime, the count of entries not indexed (other
+    files, a folder seen before through a link: a loop, an unreadable folder) and an example."""
     paths, dirs, ignored, example = [], [], 0, ""
-    stack = [""]
+    stack, seen = [""], set()
     while stack:
         rel = stack.pop()
         full = os.path.join(root, rel) if rel else str(root)
-        dirs.append((rel, os.stat(full).st_mtime_ns))
+        try:
+            st = os.stat(full)
+            if (st.st_dev, st.st_ino) in seen:  # a symlink loop, or a second link to a folder
+                raise OSError(f"{shown(full)} was indexed already (a link loop?)")
+            seen.add((st.st_dev, st.st_ino))
+            with os.scandir(full) as it:
+                entries = [(e.name, e.is_dir()) for e in it if not e.name.startswith(".")]
+        except OSError as e:
+            if not rel:
+                raise DatasetError(f"imagefolder: cannot read {shown(full)}: {e}") from None
+            ignored += 1
+            example = example or f"{full} ({e.strerror or e})"
+            continue
+        dirs.append((rel, st.st_mtime_ns))
         files, subdirs = [], []
-        with os.scandir(full) as it:
-            for e in it:
-                if e.name.startswith("."):
-                    continue
-                if e.is_dir():
-                    subdirs.append(f"{rel}/{e.name}" if rel else e.name)
-                elif os.path.splitext(e.name)[1].lower() in EXTENSIONS:
-                    files.append(f"{rel}/{e.name}" if rel else e.name)
-                else:
-                    ignored += 1
-                    example = example or os.path.join(full, e.name)
+        for name, is_dir in entries:
+            if is_dir:
+                subdirs.append(f"{rel}/{name}" if rel else name)
+            elif os.path.splitext(name)[1].lower() in EXTENSIONS:
+                files.append(f"{rel}/{name}" if rel else name)
+            else:
+                ignored += 1
+                example = example or os.path.join(full, name)
         paths += sorted(files)
         stack += sorted(subdirs, reverse=True)  # depth first, in name order
     return paths, dirs, ignored, example
@@ -89,12 +112,14 @@ def _labels(paths: list[str], mode: str, root: Path, classes: list[str] | None =
     tops = [p.split("/", 1)[0] if "/" in p else None for p in paths]
     if classes is not None:  # a held-out split: the training split's classes, looked up by folder name
         lookup = {c: i for i, c in enumerate(classes)}
-        unknown = sorted({str(t) for t in tops if t not in lookup})
-        if unknown:
+        unknown = sorted({t for t in tops if t is not None and t not in lookup})
+        loose = None in tops
+        if unknown or loose:
+            where = [f"folders {', '.join(unknown[:5])}{' ...' if len(unknown) > 5 else ''}"] if unknown else []
             raise DatasetError(
                 f"imagefolder: {root} has images outside the training classes "
-                f"({', '.join(unknown[:5])}{' ...' if len(unknown) > 5 else ''}; 'None': loose "
-                f"in the folder); a held-out split needs <class>/<image> with the training classes"
+                f"({'; '.join(where + (['images loose in the folder'] if loose else []))}); "
+                f"a held-out split needs <class>/<image> with the training classes"
             )
         return np.asarray([lookup[t] for t in tops], dtype=np.int64), list(classes)
     depths = {p.count("/") for p in paths}
@@ -121,17 +146,16 @@ def scan_folder(
         raise DatasetError(f"data.labels must be auto, folders or none, got '{labels}'")
     if not root.is_dir():
         raise DatasetError(f"imagefolder: {root} does not exist or is not a folder")
-    key = hashlib.sha1(str(root.resolve()).encode()).hexdigest()[:16]
-    cached = cache_dir() / f"index-{key}.npz"
+    key = hashlib.sha1(os.fsencode(root.resolve())).hexdigest()[:16]
+    cached = cache_dir() / f"index-v2-{key}.npz"  # v2: NUL-separated file-system bytes
     paths = None
     if use_cache and cached.is_file():
         try:
             with np.load(cached) as z:
-                dirs = bytes(z["dirs"]).decode().split("\n")
+                dirs = _unpack_names(z["dirs"])
                 mtimes = z["mtimes"]
                 if all(os.stat(root / d).st_mtime_ns == int(m) for d, m in zip(dirs, mtimes)):
-                    blob = bytes(z["paths"]).decode()
-                    paths = blob.split("\n") if blob else []
+                    paths = _unpack_names(z["paths"]) if z["paths"].size else []
                     ignored, example = int(z["ignored"]), str(z["example"])
         except (OSError, ValueError, KeyError):
             paths = None  # a folder vanished or the cache is unreadable: scan again
@@ -143,8 +167,8 @@ def scan_folder(
                 tmp = cached.with_name(cached.stem + f".{os.getpid()}.tmp.npz")
                 np.savez(
                     tmp,
-                    paths=np.frombuffer("\n".join(paths).encode(), np.uint8),
-                    dirs=np.frombuffer("\n".join(d for d, _ in dirs_m).encode(), np.uint8),
+                    paths=_pack_names(paths),
+                    dirs=_pack_names([d for d, _ in dirs_m]),
                     mtimes=np.asarray([m for _, m in dirs_m], np.int64),
                     ignored=ignored,
                     example=example,
@@ -156,6 +180,21 @@ def scan_folder(
         raise DatasetError(f"imagefolder: no image files ({', '.join(sorted(EXTENSIONS))}) under {root}")
     lab, found = _labels(paths, labels, root, classes)
     return FolderIndex(root, paths, lab, found, ignored, example)
+
+
+def _pack_names(names: list[str]) -> np.ndarray:
+    """File names as one byte array, NUL-separated (the one byte no file name holds), each in the
+    file system's own bytes (``os.fsencode``: non-UTF-8 names round-trip)."""
+    return np.frombuffer(b"\0".join(os.fsencode(n) for n in names), np.uint8)
+
+
+def _unpack_names(packed: np.ndarray) -> list[str]:
+    return [os.fsdecode(n) for n in bytes(packed).split(b"\0")]
+
+
+def shown(name: str) -> str:
+    """``name`` fit for a one-line message: control characters and undecodable bytes escaped."""
+    return name if name.isprintable() else repr(name)[1:-1]
 
 
 def decode(path: str | Path | BinaryIO, channels: int, draft: int | None = None, name: str = "") -> Image.Image:
@@ -181,8 +220,9 @@ def decode(path: str | Path | BinaryIO, channels: int, draft: int | None = None,
                 rgba = im.convert("RGBA")
                 im = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
             return im.convert(mode) if im.mode != mode else im
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:  # PIL's many failure types
-        raise CorruptImageError(f"cannot decode {name or path}: {e}") from None
+    except UNREADABLE as e:
+        hint = "; raise data.max_pixels to read it" if isinstance(e, Image.DecompressionBombError) else ""
+        raise CorruptImageError(f"cannot decode {shown(str(name or path))}: {e}{hint}") from None
 
 
 def pil_to_uint8(im: Image.Image) -> torch.Tensor:
@@ -192,13 +232,14 @@ def pil_to_uint8(im: Image.Image) -> torch.Tensor:
 
 
 def guess_channels(root: Path, paths: list[str], sample: int = 32) -> int:
-    """1 when every sampled image is grayscale, else 3 (headers only, no decoding)."""
+    """1 when every sampled image is grayscale, else 3 (headers only, no decoding; an unreadable
+    header is skipped: the loader meets the file under ``data.on_corrupt``)."""
     for i in np.linspace(0, len(paths) - 1, min(sample, len(paths))).astype(int):
         try:
             with Image.open(root / paths[i]) as im:
                 if im.mode not in ("L", "1", "I;16", "I;16B", "I;16L", "I", "F", "LA"):
                     return 3
-        except OSError:
+        except UNREADABLE:
             continue
     return 1
 
@@ -263,7 +304,7 @@ class ImageFolderDataset(LazyImages):
         if subset is not None:
             paths, labels = [paths[i] for i in subset], labels[subset]
         self.root = str(index.root)
-        encoded = [p.encode() for p in paths]
+        encoded = [os.fsencode(p) for p in paths]  # any legal name: newlines, non-UTF-8 bytes
         self._blob = np.frombuffer(b"".join(encoded), dtype=np.uint8)
         self._offsets = np.cumsum([0] + [len(e) for e in encoded], dtype=np.int64)
         channels = channels or guess_channels(index.root, paths)
@@ -274,7 +315,7 @@ class ImageFolderDataset(LazyImages):
         return len(self._offsets) - 1
 
     def path(self, i: int) -> str:
-        return os.path.join(self.root, bytes(self._blob[self._offsets[i] : self._offsets[i + 1]]).decode())
+        return os.path.join(self.root, os.fsdecode(bytes(self._blob[self._offsets[i] : self._offsets[i + 1]])))
 
     def image(self, i: int, draft: int | None = None) -> Image.Image:
         return decode(self.path(i), self.channels, draft)

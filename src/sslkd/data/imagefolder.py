@@ -26,6 +26,7 @@ from PIL import Image
 
 from sslkd.data.base import DatasetError, ImageArrayDataset, NoHeldOutSplitError
 from sslkd.data.folder import (
+    UNREADABLE,
     CorruptImageError,
     FolderIndex,
     ImageFolderDataset,
@@ -65,13 +66,13 @@ def split_root(root: Path, split: str) -> Path:
 
 def header_sizes(root: Path, paths: list[str], sample: int = 16) -> list[tuple[int, int]]:
     """(width, height) of up to ``sample`` evenly spaced images, read from their headers (unreadable
-    files skipped: a bad file is the loader's business)."""
+    files skipped: the loader meets them under ``data.on_corrupt``)."""
     sizes = []
     for i in np.linspace(0, len(paths) - 1, min(sample, len(paths))).astype(int):
         try:
             with Image.open(root / paths[i]) as im:
                 sizes.append(im.size)
-        except OSError:
+        except UNREADABLE:
             continue
     return sizes
 
@@ -110,7 +111,8 @@ def load_imagefolder(
     index = scan_folder(folder, labels, use_cache, classes)
     if index.ignored:
         warnings.warn(
-            f"imagefolder: ignored {index.ignored} non-image file(s) under {folder} (e.g. {index.ignored_example})",
+            f"imagefolder: ignored {index.ignored} non-image file(s), link loop(s) or unreadable folder(s) "
+            f"under {folder} (e.g. {index.ignored_example})",
             stacklevel=2,
         )
     channels = channels or guess_channels(folder, index.paths)
@@ -142,10 +144,11 @@ def _load_in_memory(
 ) -> ImageArrayDataset:
     root, classes = index.root, index.classes
     files = [root / p for p in index.paths]
-    key = hashlib.sha1(f"v2|{root.resolve()}|{img_size}|{channels}|{on_corrupt}|{classes}".encode())
+    key = f"v2|{root.resolve()}|{img_size}|{channels}|{on_corrupt}|{classes}"
+    key = hashlib.sha1(key.encode(errors="surrogateescape"))
     key.update(index.labels.tobytes())
     for f in files:
-        key.update(f"{f.relative_to(root)}:{f.stat().st_size}".encode())
+        key.update(f"{f.relative_to(root)}:{f.stat().st_size}".encode(errors="surrogateescape"))
     cached = cache_dir() / f"imagefolder-{key.hexdigest()[:16]}.npz"
     if use_cache and cached.is_file():
         try:

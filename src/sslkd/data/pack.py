@@ -48,7 +48,7 @@ def _plan(index: FolderIndex, seed: int, shard_size: int | None, shard_mb: float
     if shard_size is None:  # from the mean size of up to 256 files of the (seeded) order
         sizes = [os.stat(index.root / index.paths[i]).st_size for i in order[:256]]
         shard_size = max(1, int(shard_mb * 2**20 / max(1.0, float(np.mean(sizes)))))
-    digest = hashlib.sha1("\n".join(index.paths).encode())
+    digest = hashlib.sha1("\n".join(index.paths).encode(errors="surrogateescape"))
     digest.update(index.labels.tobytes())
     root = str(index.root.resolve())
     return {"root": root, "images": len(order), "shard_size": shard_size, "files": digest.hexdigest()}

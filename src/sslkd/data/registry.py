@@ -10,7 +10,7 @@ import numpy as np
 
 from sslkd.data.base import DatasetError, ImageArrayDataset, balanced_subset, resize_images
 from sslkd.data.cifar import load_cifar
-from sslkd.data.folder import ImageFolderDataset
+from sslkd.data.folder import ImageFolderDataset, set_max_pixels
 from sslkd.data.idx import load_fashion_mnist
 from sslkd.data.imagefolder import load_imagefolder
 from sslkd.data.imagenet32 import load_imagenet32
@@ -91,6 +91,7 @@ def get_dataset(
     subset_fraction: float = 1.0,
     seed: int = 0,
     on_corrupt: str = "fail",
+    max_pixels: int | None = None,
     **kwargs: Any,
 ) -> ImageArrayDataset | ImageFolderDataset:
     """Load dataset ``name`` (see :data:`DATASETS`) as uint8 images and integer labels.
@@ -99,6 +100,8 @@ def get_dataset(
     it as its nominal training size); ``subset_fraction`` keeps a class-balanced seeded fraction.
     ``imagefolder`` also takes ``in_memory`` (None: automatic), ``labels`` (auto/folders/none)
     and, for a held-out split, ``classes`` and ``channels`` of the training split (:func:`held_out`).
+    ``max_pixels``: images declaring more pixels are corrupt files (the process-wide limit, kept
+    for the loader's workers; default :data:`~sslkd.data.folder.MAX_PIXELS`).
     Errors (missing root, wrong checksum, truncated file, empty folder) raise
     :class:`DatasetError` naming the path; nothing falls back to another dataset.
     """
@@ -106,6 +109,8 @@ def get_dataset(
         raise DatasetError(f"unknown dataset '{name}'; available: {', '.join(DATASETS)}")
     if split not in ("train", "test"):
         raise DatasetError(f"split must be 'train' or 'test', got '{split}'")
+    if max_pixels is not None:
+        set_max_pixels(max_pixels)
     ds = DATASETS[name](
         split,
         root,

@@ -25,7 +25,7 @@ import numpy as np
 from PIL import Image
 
 from sslkd.data.base import DatasetError, NoHeldOutSplitError
-from sslkd.data.folder import LazyImages, decode
+from sslkd.data.folder import UNREADABLE, CorruptImageError, LazyImages, decode
 
 INFO = "_info.json"
 FORMAT_VERSION = 1
@@ -142,9 +142,14 @@ class ShardDataset(LazyImages):
         return decode(io.BytesIO(data), self.channels, draft, name=name)
 
     def header_size(self, i: int) -> tuple[int, int]:
-        """(width, height) of item ``i`` from its header (no decoding)."""
-        with Image.open(io.BytesIO(self.read(i)[0])) as im:
-            return im.size
+        """(width, height) of item ``i`` from its header (no decoding); raises
+        :class:`CorruptImageError` naming the shard and member."""
+        data, name = self.read(i)
+        try:
+            with Image.open(io.BytesIO(data)) as im:
+                return im.size
+        except UNREADABLE as e:
+            raise CorruptImageError(f"cannot read the header of {name}: {e}") from None
 
     def subset(self, indices: np.ndarray) -> ShardDataset:
         out = ShardDataset(self.root, self.split, self.img_size, self.rows[np.asarray(indices)], self.info)

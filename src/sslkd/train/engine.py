@@ -36,7 +36,7 @@ from sslkd.distributed import (
     from_main_process,
     init_from_env,
 )
-from sslkd.errors import DivergedError, TrainingError
+from sslkd.errors import Aborted, DivergedError, TrainingError
 from sslkd.eval import evaluate, normalize_batch
 from sslkd.methods import METHODS, Method, StepInfo, build_method
 from sslkd.schedules import cosine_schedule, freeze_steps
@@ -48,6 +48,7 @@ from sslkd.train.inputs import build_views, count_bad_files, data_kwargs, epoch_
 from sslkd.train.loggers import open_loggers
 from sslkd.train.optim import build_optimizers, clip_per_tensor, compile_networks, set_hparams
 from sslkd.train.resume import Checkpointing
+from sslkd.train.runlock import run_lock
 from sslkd.train.runlog import RunLog
 
 
@@ -314,16 +315,24 @@ class Trainer(Checkpointing):
 
     def _handle_signal(self, signum, frame) -> None:  # noqa: ARG002
         """First SIGINT/SIGTERM: finish the step, checkpoint, exit. A second one aborts at once."""
+        if self._stop_signal is not None:
+            raise Aborted(signum, self.step)
         self._stop_signal = signum
-        signal.signal(signum, signal.default_int_handler if signum == signal.SIGINT else signal.SIG_DFL)
+        if self.is_main:
+            again = "Ctrl-C again" if signum == signal.SIGINT else "a second SIGTERM"
+            tqdm.write(f"stopping after this step, writing a checkpoint ({again} to abort without one)")
 
     def fit(self, resume: str | None = None) -> dict[str, Any]:
         """Train to ``train.epochs`` (or ``train.max_steps``, or until ``train.time_budget_minutes`` of
         training, summed over resumptions). Returns a summary dict with ``status`` in
         {"finished", "interrupted", "max_steps", "time_budget"}."""
-        cfg, t = self.cfg, self.cfg.train
         if self.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
+        with run_lock(self.out, self.is_main):  # one process per run folder
+            return self._fit(resume)
+
+    def _fit(self, resume: str | None) -> dict[str, Any]:
+        cfg, t = self.cfg, self.cfg.train
         resumed = self.resume(resume)  # first: a refused resumption must leave the folder's files alone
         if self.is_main:
             (self.out / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
@@ -338,6 +347,7 @@ class Trainer(Checkpointing):
             {"lr": self.lr, "wd": self.wd, "momentum": self.momentum},
             self._check_finite,
             open_loggers(t.loggers, self.out, to_dict(cfg), cfg.name) if self.is_main else [],
+            start_step=self.step,
         )
         old_handlers = {s: signal.signal(s, self._handle_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         end = self.total_steps if t.max_steps is None else min(self.total_steps, t.max_steps)
@@ -431,6 +441,7 @@ class Trainer(Checkpointing):
             "planned_steps": self.total_steps,
             "train_seconds": round(self.train_seconds, 1),
             "skipped_files": self.skipped_files,
+            **({"signal": self._stop_signal} if status == "interrupted" else {}),
         }
 
     def _end_of_epoch(self, epoch: int, log: RunLog, last: dict) -> None:

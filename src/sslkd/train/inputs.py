@@ -84,6 +84,7 @@ def data_kwargs(cfg: Config) -> dict[str, Any]:
         img_size=d.img_size,
         seed=cfg.seed,
         on_corrupt=d.on_corrupt,
+        max_pixels=d.max_pixels,
         in_memory=d.in_memory,
         labels=d.labels,
     )

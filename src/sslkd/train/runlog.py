@@ -23,7 +23,8 @@ class RunLog:
 
     ``schedules`` maps a name (``lr``, ``wd``, ``momentum``) to its per-step values, written
     into every record; ``check`` sees each step's losses before anything of it is written (the
-    engine's non-finite check)."""
+    engine's non-finite check). Records after ``start_step`` (a resumed run's step) are dropped
+    from an existing file first: they are logged again."""
 
     def __init__(
         self,
@@ -33,7 +34,10 @@ class RunLog:
         schedules: dict[str, Sequence[float] | torch.Tensor],
         check: Callable[[dict[str, torch.Tensor], int], None] | None = None,
         loggers: list[Logger] | None = None,
+        start_step: int = 0,
     ) -> None:
+        if enabled:  # a run resumed at start_step rewrites what it logged after it (no step twice)
+            truncate(out / "metrics.jsonl", start_step)
         self.file = open(out / "metrics.jsonl" if enabled else os.devnull, "a")  # noqa: SIM115 - open for the run, closed by close()
         self.out, self.loggers = out, (loggers or []) if enabled else []
         self.steps_per_epoch = steps_per_epoch
@@ -78,3 +82,26 @@ class RunLog:
     def close(self) -> None:
         self.file.close()
         finish_loggers(self.loggers, self.out)
+
+
+def truncate(path: Path, step: int) -> None:
+    """Drop the records of ``path`` (a ``metrics.jsonl``) after ``step``, atomically; a torn last
+    line (a crash mid-write) goes too."""
+    if not path.is_file():
+        return
+    kept, dropped = [], False
+    with open(path) as f:
+        for line in f:
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                dropped = True
+                continue
+            if isinstance(rec, dict) and int(rec.get("step", 0)) > step:
+                dropped = True
+            else:
+                kept.append(line if line.endswith("\n") else line + "\n")
+    if dropped:
+        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+        tmp.write_text("".join(kept))
+        os.replace(tmp, path)
