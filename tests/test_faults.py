@@ -258,6 +258,18 @@ def undecodable_image(tmp_path, capsys, monkeypatch):  # noqa: ARG001
     return rc, seen.out + seen.err
 
 
+def nothing_decodes(tmp_path, capsys, monkeypatch):  # noqa: ARG001
+    """Every file bad under skip: the loader's worker gives up after 16 in a row; its error
+    reaches the user as the one line it is, not as the worker's traceback."""
+    root = _photo_tree(tmp_path / "photos")
+    for f in (root / "train").rglob("*.png"):
+        f.write_bytes(b"not a png")
+    rc = main(_train_on(tmp_path, root, "data.on_corrupt=skip", "data.num_workers=1"))
+    seen = capsys.readouterr()
+    assert len(seen.err.strip().splitlines()) == 1 and "Traceback" not in seen.err, seen.err
+    return rc, seen.out + seen.err
+
+
 def png_header(width: int, height: int) -> bytes:
     """A PNG whose header declares ``width x height`` pixels, a few bytes long."""
 
@@ -336,6 +348,7 @@ SCENARIOS = {
     "Ctrl-C twice": ctrl_c_twice,
     "a torn newest checkpoint (kill -9, power cut)": torn_checkpoint,
     "an undecodable image": undecodable_image,
+    "no image of the folder decodes (under skip)": nothing_decodes,
     "an image header declaring 60000 x 60000 pixels": huge_header,
     "a symlink loop in the image folder": link_loop,
     "file names with a newline, a tab, non-UTF-8 bytes": odd_file_names,

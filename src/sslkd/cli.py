@@ -63,8 +63,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"sslkd: diverged: {e}", file=sys.stderr)
         return DIVERGED_EXIT
     except (*USER_ERRORS, ValueError, OSError) as e:  # OSError: names the file
-        print(f"sslkd: error: {e}", file=sys.stderr)
+        print(f"sslkd: error: {one_line(e)}", file=sys.stderr)
         return 1
+
+
+def one_line(e: BaseException) -> str:
+    """``e``'s message; raised in a loader worker, PyTorch re-raises it with the worker's whole
+    traceback as its message: the original message alone (the traceback's last line)."""
+    text = str(e)
+    if "Original Traceback" in text:  # torch.utils.data's ExceptionWrapper
+        text = text.rstrip().splitlines()[-1].split(": ", 1)[-1]
+    return text
 
 
 if __name__ == "__main__":
