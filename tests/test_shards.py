@@ -319,3 +319,27 @@ def test_a_batch_announces_its_reads_before_reading(packed, monkeypatch):
     rows = [int(ds.rows[i]) for i, _ in list(SeededEpochSampler(len(ds), 3, 0, groups=ds.shard_of))[:4]]
     want = [(int(ds.index[r]["offset"]), int(ds.index[r]["size"]), os.POSIX_FADV_WILLNEED) for r in rows]
     assert hints == want and batch[1].tolist() == [int(ds.index[r]["label"]) for r in rows]
+
+
+def test_a_damaged_member_is_named_and_the_size_sampling_goes_on(packed, tmp_path):
+    """Issue 31, item 4: a damaged member's header names its shard and key (it said
+    ``<_io.BytesIO ...>``), and the no-YAML path's size sampling skips it."""
+    import shutil
+
+    from sslkd.data.folder import CorruptImageError
+
+    _, out = packed
+    copy = tmp_path / "shards"
+    shutil.copytree(out, copy)
+    ds = ShardDataset(copy)
+    shard, key, offset, size, _ = ds.index[ds.rows[0]]
+    with open(copy / ds.files[int(shard)], "r+b") as f:
+        f.seek(int(offset))
+        f.write(b"\0" * int(size))
+    ds.close()
+    ds = ShardDataset(copy)
+    with pytest.raises(CorruptImageError, match=rf"{ds.files[int(shard)]}:{int(key):08d}"):
+        ds.header_size(0)
+    with pytest.raises(CorruptImageError, match=rf"{ds.files[int(shard)]}:{int(key):08d}"):
+        ds[0]
+    assert auto_config("dino", str(copy))["data"]["name"] == "shards"
