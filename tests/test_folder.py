@@ -79,6 +79,10 @@ def test_every_mode_decodes_to_8bit_with_orientation_applied(tmp_path):
     # 16-bit is scaled, not clipped: 65535 -> 255, 257 -> 1
     Image.fromarray(np.array([[65535, 257]], dtype=np.uint16)).save(tmp_path / "w.png")
     assert np.asarray(decode(tmp_path / "w.png", 1)).tolist() == [[255, 1]]
+    # float TIFFs span their own range (0-1 reflectance was near-black; 0-4095 was clipped white)
+    for peak in (1.0, 4095.0):
+        Image.fromarray(np.array([[0.0, peak / 2, peak]], dtype=np.float32), "F").save(tmp_path / "f.tif")
+        assert np.asarray(decode(tmp_path / "f.tif", 1)).tolist() == [[0, 128, 255]], peak
     # transparent pixels are composited on white, not black
     Image.new("RGBA", (2, 2), (0, 0, 0, 0)).save(tmp_path / "t.png")
     assert np.asarray(decode(tmp_path / "t.png", 3)).min() == 255

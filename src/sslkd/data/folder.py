@@ -212,10 +212,14 @@ def decode(path: str | Path | BinaryIO, channels: int, draft: int | None = None,
                 im.draft(mode, (draft, draft))
             im = ImageOps.exif_transpose(im)
             im.load()
-            if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+            if im.mode in ("I;16", "I;16B", "I;16L", "I"):
                 a = np.asarray(im, dtype=np.float32)
                 peak = 65535.0 if im.mode.startswith("I;16") or a.max() > 255 else 255.0
                 im = Image.fromarray((a.clip(0, peak) * (255.0 / peak) + 0.5).astype(np.uint8), "L")
+            elif im.mode == "F":  # floats have no conventional range (0-1, 0-4095, ...): their own
+                a = np.nan_to_num(np.asarray(im, dtype=np.float64))
+                lo, span = a.min(), a.max() - a.min()
+                im = Image.fromarray(((a - lo) * (255.0 / span if span else 0.0) + 0.5).astype(np.uint8), "L")
             if im.mode in ("P", "PA", "LA", "RGBA") or "transparency" in im.info:
                 rgba = im.convert("RGBA")
                 im = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)
