@@ -194,7 +194,7 @@ def test_a_run_planned_past_hours_says_so_with_a_trial_that_fits(monkeypatch):
     monkeypatch.setattr(estimate, "device_gflops", lambda device: 100.0)
     cfg = load_config(None, [], base=auto_config("dino", "cifar10"))  # 100 epochs of 50,000 images
     notes = autoconfig.long_run_notes(cfg, ["sslkd", "pretrain", "--method", "dino", "--data", "cifar10"])
-    est = estimate.estimate(cfg, 50_000, 3, "cpu")
+    est = estimate.estimate(cfg, 50_000, 32, 3, "cpu")
     assert est.steps == 100 * (50_000 // cfg.train.batch_size) and est.hours > autoconfig.LONG_RUN_HOURS
     assert f"~{est.hours:,.0f} h here" in notes[0]
     assert notes[1].endswith("sslkd pretrain --method dino --data cifar10 --minutes 60")

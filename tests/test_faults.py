@@ -65,10 +65,10 @@ def _steps(out: Path) -> list[int]:
     return [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines() if "loss" in line]
 
 
-def _start(tmp_path: Path, out: Path, steps: int = 400) -> subprocess.Popen:
+def _start(tmp_path: Path, out: Path, *sets: str) -> subprocess.Popen:
     """A real ``sslkd pretrain`` process (its own session: signals reach it alone), long enough to
     be signalled mid-run."""
-    args = _pretrain(tmp_path, out, f"train.max_steps={steps}", epochs=100)
+    args = _pretrain(tmp_path, out, "train.max_steps=400", *sets, epochs=100)
     return subprocess.Popen(
         [sys.executable, "-m", "sslkd", *args],
         stdout=subprocess.PIPE,
@@ -171,9 +171,9 @@ def diverged(tmp_path, capsys, monkeypatch):  # noqa: ARG001
     return rc, seen.out + seen.err
 
 
-def _signalled(tmp_path, signals: list[int]) -> tuple[int, str, Path]:
+def _signalled(tmp_path, signals: list[int], *sets: str) -> tuple[int, str, Path]:
     out = tmp_path / "run"
-    proc = _start(tmp_path, out)
+    proc = _start(tmp_path, out, *sets)
     try:
         _wait_steps(proc, out, 2)
         for i, s in enumerate(signals):
@@ -201,8 +201,9 @@ def sigterm(tmp_path, capsys, monkeypatch):  # noqa: ARG001
 
 
 def ctrl_c_twice(tmp_path, capsys, monkeypatch):  # noqa: ARG001
-    """The second Ctrl-C, 0.3 s after the first, lands while the step or its checkpoint runs."""
-    rc, text, out = _signalled(tmp_path, [signal.SIGINT, signal.SIGINT])
+    """The second Ctrl-C, 0.3 s after the first, lands while the step or its checkpoint runs (steps
+    of a deeper model on larger images: the tiny ones end, checkpoint and exit within 0.3 s)."""
+    rc, text, out = _signalled(tmp_path, [signal.SIGINT, signal.SIGINT], "model.depth=6", "data.img_size=32")
     err = [line for line in text.splitlines() if line.startswith("sslkd:")]
     assert len(err) == 1, text[-2000:]
     assert not [p for p in out.iterdir() if ".tmp" in p.name]

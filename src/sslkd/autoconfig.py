@@ -135,30 +135,31 @@ def auto_config(
     return cfg
 
 
-def train_images(cfg: Config) -> int | None:
-    """The number of images a run of ``cfg`` trains on, where it is known without loading them."""
+def train_data(cfg: Config) -> tuple[int, int] | None:
+    """(images, side) a run of ``cfg`` trains on, where known without loading them: ``side`` is the
+    size the loader gives the images without ``data.img_size`` (a folder of photos read lazily and
+    shards: 224; small images in memory: their own)."""
     d = cfg.data
     try:
-        if d.name == "imagefolder" and d.root:
-            n = len(scan_folder(split_root(Path(d.root).expanduser(), "train"), "none").paths)
-        elif d.name == "shards" and d.root:
-            shards = load_shards(d.root)
-            n = len(shards)
-            shards.close()
+        if d.name in ("imagefolder", "shards") and d.root:
+            side, n = image_size_of(Path(d.root).expanduser())
+            side = side if side < 128 and d.name == "imagefolder" else 224
+        elif d.name in TRAIN_IMAGES:
+            n, side = TRAIN_IMAGES[d.name], NATIVE_SIZE[d.name]
         else:
-            n = TRAIN_IMAGES.get(d.name)
-    except DatasetError:  # the run itself says what is wrong with the data
+            return None
+    except (DatasetError, ConfigError):  # the run itself says what is wrong with the data
         return None
-    return None if n is None else max(1, int(n * d.subset_fraction))
+    return max(1, int(n * d.subset_fraction)), side
 
 
 def long_run_notes(cfg: Config, trial: list[str]) -> list[str]:
     """Lines saying that ``cfg`` is planned for more than :data:`LONG_RUN_HOURS` on the device it
     runs on, with ``trial`` (the command line as typed) planned into an hour by ``--minutes 60``."""
-    images = train_images(cfg)
-    if cfg.train.time_budget_minutes or images is None:
+    data = train_data(cfg)
+    if cfg.train.time_budget_minutes or data is None:
         return []
-    est = estimate(cfg, images, 3, resolve_device(cfg.device))
+    est = estimate(cfg, *data, 3, resolve_device(cfg.device))
     if est.hours <= LONG_RUN_HOURS:
         return []
     return [

@@ -4,8 +4,9 @@ The backbones' forward FLOPs per view are counted on the meta device (shapes onl
 no compute, well under a second); a step costs about three forward passes of every crop through
 each trained model (forward + backward) and one of the global crops through its EMA teacher.
 The device's rate is a measured matrix product at :data:`EFFICIENCY` of it, the share a training
-step reached in ``sslkd bench`` runs here. Heads, losses and the data pipeline are left out: an
-estimate to within about 2x, enough to tell an hour from a month."""
+step reached in ``sslkd bench`` runs here. Heads, losses and the data pipeline are left out: on
+this repository's 2-core CPU it came 4-15% under the measured step time of DINO, iBOT and MOKD
+runs (benchmarks/results/estimate_calibration_cpu.json), enough to tell an hour from a month."""
 
 from __future__ import annotations
 
@@ -60,9 +61,11 @@ class Estimate:
     gflop_per_image: float
     device_gflops: float
 
+    side: int
+
     def describe(self, cfg: Config) -> str:
         models = " + ".join(_name(m) for m in _models(cfg))
-        g, loc = _sizes(cfg)
+        g, loc = _sizes(cfg, self.side)
         crops = f"2 x {g} px" + (f" + {cfg.aug.local_crops_number} x {loc} px" if cfg.aug.local_crops_number else "")
         return (
             f"~{self.hours:,.0f} h here ({self.steps:,} steps of {self.images_per_step} images, {models}, "
@@ -79,23 +82,30 @@ def _name(m: ModelConfig) -> str:
     return f"{m.backbone}/{m.patch_size}" if is_vit(m.backbone) else m.backbone
 
 
-def _sizes(cfg: Config) -> tuple[int, int]:
-    g = cfg.aug.global_crops_size or cfg.data.img_size or 224
+def _sizes(cfg: Config, side: int) -> tuple[int, int]:
+    """The global and local crop sizes of ``cfg`` on images of ``side`` px (as the loaders size them)."""
+    g = cfg.aug.global_crops_size or cfg.data.img_size or side
     return g, cfg.aug.local_crops_size or max(8, round(g * 3 / 7))
 
 
-def estimate(cfg: Config, images: int, channels: int, device: torch.device) -> Estimate:
-    """The planned run's duration on ``device`` over ``images`` training images."""
-    g, loc = _sizes(cfg)
+def estimate(cfg: Config, images: int, side: int, channels: int, device: torch.device | str) -> Estimate:
+    """The planned run's duration on ``device`` over ``images`` training images of ``side`` px
+    (the dataset's size where ``data.img_size`` is unset)."""
+    g, loc = _sizes(cfg, side)
     per_image = 0.0
     for m in _models(cfg):
-        fwd = functools.partial(forward_gflops, m.backbone, m.patch_size, m.small_stem, m.depth, chans=channels)
-        student = 2 * fwd(size=g) + cfg.aug.local_crops_number * fwd(size=loc)
-        per_image += 3 * student + 2 * fwd(size=g)  # forward + backward, and the teacher's globals
+        patch = m.patch_size if is_vit(m.backbone) else 1  # crops are cut in whole patches
+
+        def fwd(size: int, m: ModelConfig = m, patch: int = patch) -> float:
+            size = max(patch, size // patch * patch)
+            return forward_gflops(m.backbone, m.patch_size, m.small_stem, m.depth, size, channels)
+
+        student = 2 * fwd(g) + cfg.aug.local_crops_number * fwd(loc)
+        per_image += 3 * student + 2 * fwd(g)  # forward + backward, and the teacher's globals
     t = cfg.train
     steps = max(1, images // t.batch_size) * t.epochs
     if t.max_steps is not None:
         steps = min(steps, t.max_steps)
-    rate = device_gflops(device)
+    rate = device_gflops(torch.device(device))
     seconds = steps * t.batch_size * per_image / (rate * EFFICIENCY)
-    return Estimate(seconds / 3600, steps, t.batch_size, per_image, rate)
+    return Estimate(seconds / 3600, steps, t.batch_size, per_image, rate, side)

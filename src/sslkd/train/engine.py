@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from sslkd.checkpoint import list_checkpoints
 from sslkd.config import Config, to_dict
-from sslkd.data import ImageArrayDataset, NoHeldOutSplitError, held_out
+from sslkd.data import ImageArrayDataset
 from sslkd.data.augment import MultiCropDataset, RawDataset
 from sslkd.device import autocast_dtype, environment, resolve_device, tune_cpu_malloc
 from sslkd.distributed import (
@@ -37,15 +37,16 @@ from sslkd.distributed import (
     init_from_env,
 )
 from sslkd.errors import Aborted, DivergedError, TrainingError
-from sslkd.eval import evaluate, normalize_batch
+from sslkd.eval import normalize_batch
 from sslkd.methods import METHODS, Method, StepInfo, build_method
 from sslkd.schedules import cosine_schedule, freeze_steps
 from sslkd.teachers import load_teachers, load_weights
 from sslkd.train import fsdp
 from sslkd.train.budget import PROBE_STEPS, BudgetPlanner, Plan, write_plan
 from sslkd.train.gradcache import cache_batch_gradients, set_rng_state
-from sslkd.train.inputs import build_views, count_bad_files, data_kwargs, epoch_loader, load_datasets
+from sslkd.train.inputs import build_views, count_bad_files, epoch_loader, load_datasets
 from sslkd.train.loggers import open_loggers
+from sslkd.train.monitor import KnnMonitor
 from sslkd.train.optim import build_optimizers, clip_per_tensor, compile_networks, set_hparams
 from sslkd.train.resume import Checkpointing
 from sslkd.train.runlock import run_lock
@@ -72,8 +73,9 @@ class Trainer(Checkpointing):
             self.device = torch.device("cuda", local_rank)
         if train_set is None:
             train_set, test_set = load_datasets(cfg, verbose=self.is_main)
-        self.train_set, self.test_set = train_set, test_set
+        self.train_set = train_set
         self.out = Path(cfg.output_dir)
+        self.monitor = KnnMonitor(cfg, train_set, test_set, self.device)
         self.progress = progress and self.is_main
         t = cfg.train
         if t.batch_size % (t.accum_steps * self.world):
@@ -287,32 +289,6 @@ class Trainer(Checkpointing):
                     f"lower train.base_lr or raise train.warmup_epochs, then resume or start anew"
                 )
 
-    def knn(self) -> dict[str, float]:
-        e = self.cfg.eval
-        if self.test_set is None:
-            self.test_set = held_out(self.cfg.data.name, self.train_set, **data_kwargs(self.cfg))
-        res = evaluate(
-            self.method.eval_backbone("teacher"),
-            self.train_set,
-            self.test_set,
-            ("knn",),
-            size=self.cfg.aug.global_crops_size,
-            device=self.device,
-            k=e.knn_k,
-            temperature=e.knn_t,
-            max_train=e.knn_max_train,
-            num_workers=self.cfg.data.num_workers,
-        )
-        return {"top1": res["knn"]["top1"], "top5": res["knn"]["top5"]}
-
-    def _knn_possible(self) -> bool:
-        if self.test_set is None:
-            try:
-                self.test_set = held_out(self.cfg.data.name, self.train_set, **data_kwargs(self.cfg))
-            except NoHeldOutSplitError:
-                return False
-        return True
-
     def _handle_signal(self, signum, frame) -> None:  # noqa: ARG002
         """First SIGINT/SIGTERM: finish the step, checkpoint, exit. A second one aborts at once."""
         if self._stop_signal is not None:
@@ -332,123 +308,133 @@ class Trainer(Checkpointing):
             return self._fit(resume)
 
     def _fit(self, resume: str | None) -> dict[str, Any]:
-        cfg, t = self.cfg, self.cfg.train
+        t = self.cfg.train
         resumed = self.resume(resume)  # first: a refused resumption must leave the folder's files alone
+        self._write_run_files()
+        loop = _Loop(self, self._open_log())
+        if resumed:
+            loop.bar.write(f"resumed from {resumed} at step {self.step}")
+        if t.time_budget_minutes and self.plan is None:  # measure the step rate, then plan the schedules
+            loop.planner = BudgetPlanner(loop.budget, t.epochs * self.steps_per_epoch, self.step)
+        if any_process(self.train_seconds >= loop.budget):  # resumed with its budget spent: not one more step
+            loop.status = "time_budget"
+        old_handlers = {s: signal.signal(s, self._handle_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        try:
+            self.method.train()
+            loop.mark = time.perf_counter()
+            while self.step < loop.end and loop.status == "finished":
+                self._epoch(loop)
+            self._close(loop)
+        finally:
+            loop.bar.close()
+            loop.log.close()
+            for s, h in old_handlers.items():
+                signal.signal(s, h)
+        if self.plan is not None and self.is_main:
+            write_plan(self.out, self.plan, status=loop.status, steps_done=self.step, train_seconds=self.train_seconds)
+        return {
+            **loop.last,
+            "status": loop.status,
+            "step": self.step,
+            "planned_steps": self.total_steps,
+            "train_seconds": round(self.train_seconds, 1),
+            "skipped_files": self.skipped_files,
+            **({"signal": self._stop_signal} if loop.status == "interrupted" else {}),
+        }
+
+    def _write_run_files(self) -> None:
         if self.is_main:
-            (self.out / "config.yaml").write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+            (self.out / "config.yaml").write_text(yaml.safe_dump(to_dict(self.cfg), sort_keys=False))
             # torchrun's GROUP_WORLD_SIZE: its launchers, one per node
             nodes = os.environ.get("GROUP_WORLD_SIZE", "1")
             env = {**environment(self.device), "processes": str(self.world), "nodes": nodes}
             (self.out / "env.json").write_text(json.dumps(env, indent=1))
-        log = RunLog(
+
+    def _open_log(self) -> RunLog:
+        cfg = self.cfg
+        return RunLog(
             self.out,
             self.is_main,
             self.steps_per_epoch,
             {"lr": self.lr, "wd": self.wd, "momentum": self.momentum},
             self._check_finite,
-            open_loggers(t.loggers, self.out, to_dict(cfg), cfg.name) if self.is_main else [],
+            open_loggers(cfg.train.loggers, self.out, to_dict(cfg), cfg.name) if self.is_main else [],
             start_step=self.step,
         )
-        old_handlers = {s: signal.signal(s, self._handle_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-        end = self.total_steps if t.max_steps is None else min(self.total_steps, t.max_steps)
-        bar = tqdm(
-            total=end,
-            initial=self.step,
-            disable=not self.progress,
-            unit="step",
-            dynamic_ncols=True,
-            desc=f"{cfg.method.name} {cfg.model.backbone}",
-        )
-        if resumed:
-            bar.write(f"resumed from {resumed} at step {self.step}")
-        status, last = "finished", {}
-        tic, seen = time.perf_counter(), 0
-        budget = t.time_budget_minutes * 60 if t.time_budget_minutes else float("inf")
-        planner = None
-        if t.time_budget_minutes and self.plan is None:  # measure the step rate, then plan the schedules
-            planner = BudgetPlanner(budget, t.epochs * self.steps_per_epoch, self.step)
-        if any_process(self.train_seconds >= budget):  # resumed with its budget spent: done, not one more step
-            status = "time_budget"
-        mark = time.perf_counter()
-        try:
-            self.method.train()
-            while self.step < end and status == "finished":
-                epoch, start = divmod(self.step, self.steps_per_epoch)
-                micro: list[list[torch.Tensor]] = []
-                for views in self._batches(epoch, start * t.batch_size):
-                    micro.append(views)
-                    if len(micro) < t.accum_steps:
-                        continue
-                    losses, metrics = self.train_step(micro)
-                    now = time.perf_counter()  # wall clock, data loading and saving included
-                    self.train_seconds, mark = self.train_seconds + now - mark, now
-                    micro = []
-                    if planner is not None and self.step == planner.probe_from + PROBE_STEPS:
-                        self._apply_plan(from_main_process(planner.observe(self.step, self.train_seconds)), log)
-                        end = self.total_steps if t.max_steps is None else min(self.total_steps, t.max_steps)
-                        bar.total, planner = end, None
-                        if self.is_main:
-                            bar.write(self.plan.describe())
-                    elif planner is not None:
-                        planner.observe(self.step, self.train_seconds)
-                    seen += t.batch_size
-                    log.add(self.step - 1, losses, {**metrics, "skipped_files": torch.tensor(self.skipped_files)})
-                    bar.update(1)
-                    if self.step % t.log_every == 0 or self.step == end:
-                        rate = seen / max(time.perf_counter() - tic, 1e-9)
-                        last = log.flush(rate)
-                        bar.set_postfix(loss=f"{last['loss']:.4f}", img_s=f"{rate:.0f}")
-                        tic, seen = time.perf_counter(), 0
-                    if t.ckpt_every_steps and self.step % t.ckpt_every_steps == 0:
-                        log.flush()
-                        self.save()
-                    if self.step >= end:
-                        break
-                    if any_process(self.train_seconds >= budget):
-                        status = "time_budget"
-                        break
-                    if any_process(self._stop_signal is not None):  # torchrun signals every rank, not at once
-                        status = "interrupted"
-                        break
-                if status == "finished" and self.step % self.steps_per_epoch == 0:
-                    log.flush()  # finiteness checked before any save
-                    self._end_of_epoch(self.step // self.steps_per_epoch, log, last)
-            if status == "time_budget":
-                log.flush()
-                path = self.save() if self._saved_step != self.step else self.out / f"checkpoint-{self.step}.pt"
-                bar.write(f"time budget of {t.time_budget_minutes} min reached at step {self.step}: wrote {path}")
-            if status == "interrupted":
-                log.flush()
-                path = self.save()
-                bar.write(f"interrupted at step {self.step}: wrote {path}; resume with --resume auto")
-            elif self.step >= end:
-                log.flush()
-                if t.max_steps is not None and end < self.total_steps:
-                    status = "max_steps"
-                if self._saved_step != self.step:  # the same on every process: save() is collective
-                    self.save()
-        finally:
-            bar.close()
-            log.close()
-            for s, h in old_handlers.items():
-                signal.signal(s, h)
-        if self.plan is not None and self.is_main:
-            write_plan(self.out, self.plan, status=status, steps_done=self.step, train_seconds=self.train_seconds)
-        return {
-            **last,
-            "status": status,
-            "step": self.step,
-            "planned_steps": self.total_steps,
-            "train_seconds": round(self.train_seconds, 1),
-            "skipped_files": self.skipped_files,
-            **({"signal": self._stop_signal} if status == "interrupted" else {}),
-        }
+
+    def _epoch(self, loop: _Loop) -> None:
+        """The rest of the current epoch, or until the loop stops (``loop.status``, the end)."""
+        t = self.cfg.train
+        epoch, start = divmod(self.step, self.steps_per_epoch)
+        micro: list[list[torch.Tensor]] = []
+        for views in self._batches(epoch, start * t.batch_size):
+            micro.append(views)
+            if len(micro) < t.accum_steps:
+                continue
+            losses, metrics = self.train_step(micro)
+            micro = []
+            if not self._after_step(loop, losses, metrics):
+                break
+        if loop.status == "finished" and self.step % self.steps_per_epoch == 0:
+            loop.log.flush()  # finiteness checked before any save
+            self._end_of_epoch(self.step // self.steps_per_epoch, loop.log, loop.last)
+
+    def _after_step(self, loop: _Loop, losses: dict, metrics: dict) -> bool:
+        """Clock, budget plan, logs, checkpoint after a step; False when the loop stops here."""
+        t = self.cfg.train
+        now = time.perf_counter()  # wall clock, data loading and saving included
+        self.train_seconds, loop.mark = self.train_seconds + now - loop.mark, now
+        if loop.planner is not None and self.step == loop.planner.probe_from + PROBE_STEPS:
+            self._apply_plan(from_main_process(loop.planner.observe(self.step, self.train_seconds)), loop.log)
+            loop.end, loop.planner = self._end(), None
+            loop.bar.total = loop.end
+            if self.is_main:
+                loop.bar.write(self.plan.describe())
+        elif loop.planner is not None:
+            loop.planner.observe(self.step, self.train_seconds)
+        loop.seen += t.batch_size
+        loop.log.add(self.step - 1, losses, {**metrics, "skipped_files": torch.tensor(self.skipped_files)})
+        loop.bar.update(1)
+        if self.step % t.log_every == 0 or self.step == loop.end:
+            rate = loop.seen / max(time.perf_counter() - loop.tic, 1e-9)
+            loop.last = loop.log.flush(rate)
+            loop.bar.set_postfix(loss=f"{loop.last['loss']:.4f}", img_s=f"{rate:.0f}")
+            loop.tic, loop.seen = time.perf_counter(), 0
+        if t.ckpt_every_steps and self.step % t.ckpt_every_steps == 0:
+            loop.log.flush()
+            self.save()
+        if self.step >= loop.end:
+            return False
+        if any_process(self.train_seconds >= loop.budget):
+            loop.status = "time_budget"
+        elif any_process(self._stop_signal is not None):  # torchrun signals every rank, not at once
+            loop.status = "interrupted"
+        return loop.status == "finished"
+
+    def _close(self, loop: _Loop) -> None:
+        """The last records and checkpoint of a run that stopped (``loop.status``) or ended."""
+        t = self.cfg.train
+        loop.log.flush()
+        if loop.status == "time_budget":
+            path = self.save() if self._saved_step != self.step else self.out / f"checkpoint-{self.step}.pt"
+            loop.bar.write(f"time budget of {t.time_budget_minutes} min reached at step {self.step}: wrote {path}")
+        if loop.status == "interrupted":
+            path = self.save()
+            loop.bar.write(f"interrupted at step {self.step}: wrote {path}; resume with --resume auto")
+        elif self.step >= loop.end:
+            if t.max_steps is not None and loop.end < self.total_steps:
+                loop.status = "max_steps"
+            if self._saved_step != self.step:  # the same on every process: save() is collective
+                self.save()
+
+    def _end(self) -> int:
+        """The last step of this run: the plan's, cut by ``train.max_steps``."""
+        t = self.cfg.train
+        return self.total_steps if t.max_steps is None else min(self.total_steps, t.max_steps)
 
     def _end_of_epoch(self, epoch: int, log: RunLog, last: dict) -> None:
-        e = self.cfg.eval
-        due = e.knn_every and (epoch % e.knn_every == 0 or epoch == self.cfg.train.epochs)
-        if due and self.train_set.num_classes and self._knn_possible():  # every process embeds
-            res = self.knn()
+        if self.monitor.due(epoch):
+            res = self.monitor(self.method.eval_backbone("teacher"))
             last.update({"knn_top1": res["top1"], "knn_top5": res["top5"]})
             log.record(
                 {"step": self.step, "epoch": epoch, "knn_top1": res["top1"], "knn_top5": res["top5"]},
@@ -457,3 +443,23 @@ class Trainer(Checkpointing):
             self.method.train()
         if not self.cfg.train.ckpt_every_steps or self.step % self.cfg.train.ckpt_every_steps:
             self.save()
+
+
+class _Loop:
+    """What the training loop carries between steps: where it ends, its clock, budget, logs."""
+
+    def __init__(self, trainer: Trainer, log: RunLog) -> None:
+        t = trainer.cfg.train
+        self.log, self.end = log, trainer._end()
+        self.status, self.last = "finished", {}
+        self.budget = t.time_budget_minutes * 60 if t.time_budget_minutes else float("inf")
+        self.planner: BudgetPlanner | None = None
+        self.tic, self.seen, self.mark = time.perf_counter(), 0, time.perf_counter()
+        self.bar = tqdm(
+            total=self.end,
+            initial=trainer.step,
+            disable=not trainer.progress,
+            unit="step",
+            dynamic_ncols=True,
+            desc=f"{trainer.cfg.method.name} {trainer.cfg.model.backbone}",
+        )
