@@ -152,7 +152,8 @@ def stale_lock(tmp_path, capsys, monkeypatch):  # noqa: ARG001
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
     out.mkdir()
-    (out / runlock.LOCK).write_text(json.dumps({"pid": dead.pid, "host": socket.gethostname(), "since": "x"}))
+    lock = {"pid": dead.pid, "host": socket.gethostname(), "machine": runlock.machine_id(), "since": "x"}
+    (out / runlock.LOCK).write_text(json.dumps(lock))
     rc = main(_pretrain(tmp_path, out, "train.max_steps=2"))
     seen = capsys.readouterr()
     assert not (out / runlock.LOCK).exists()
@@ -385,3 +386,28 @@ def test_a_real_full_tmpfs_leaves_no_temp_file(tmp_path):
         assert sorted(p.name for p in mnt.iterdir()) == ["checkpoint-1.pt"]
     finally:
         subprocess.run(["umount", str(mnt)], check=False)
+
+
+def test_a_live_holder_is_never_taken_over_and_a_silent_node_is(tmp_path):
+    """This machine's holder: alive -> refused however old its heartbeat (a suspended laptop);
+    another node's lock: taken over once its heartbeat is older than STALE_S."""
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        lock = tmp_path / runlock.LOCK
+        rec = {"pid": sleeper.pid, "host": socket.gethostname(), "machine": runlock.machine_id(), "since": "x"}
+        lock.write_text(json.dumps(rec))
+        os.utime(lock, (time.time() - 3600, time.time() - 3600))
+        with pytest.raises(runlock.RunFolderBusy, match=f"PID {sleeper.pid}"):
+            runlock.acquire(tmp_path)
+        lock.write_text(json.dumps({**rec, "host": "node7", "machine": "node7|boot|ns"}))
+        os.utime(lock, (time.time() - 60, time.time() - 60))
+        with pytest.raises(runlock.RunFolderBusy, match="on node7"):  # a minute of silence: still alive
+            runlock.acquire(tmp_path)
+        os.utime(lock, (time.time() - 3600, time.time() - 3600))
+        said = []
+        me = runlock.acquire(tmp_path, said.append)
+        assert "taking over the lock of PID" in said[0] and json.loads(lock.read_text()) == me
+        runlock.release(tmp_path, me)
+        assert not lock.exists()
+    finally:
+        sleeper.kill()

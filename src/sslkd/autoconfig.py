@@ -159,10 +159,15 @@ def long_run_notes(cfg: Config, trial: list[str]) -> list[str]:
     data = train_data(cfg)
     if cfg.train.time_budget_minutes or data is None:
         return []
-    est = estimate(cfg, *data, 3, resolve_device(cfg.device))
+    try:
+        est = estimate(cfg, *data, 3, resolve_device(cfg.device))
+    except Exception:  # noqa: BLE001 - advice only: a model the meta device cannot run must not stop the run
+        return []
+    est.hours /= int(os.environ.get("WORLD_SIZE", "1"))  # torchrun: the processes share the images
     if est.hours <= LONG_RUN_HOURS:
         return []
+    budget = ["--minutes", "60"] if trial[1:2] == ["pretrain"] else ["--set", "train.time_budget_minutes=60"]
     return [
         f"this run is planned for {est.describe(cfg)}",
-        f"a trial that ends in an hour, every schedule planned into it: {shlex.join([*trial, '--minutes', '60'])}",
+        f"a trial that ends in an hour, every schedule planned into it: {shlex.join([*trial, *budget])}",
     ]

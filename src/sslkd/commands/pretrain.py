@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 from pathlib import Path
 
 import yaml
@@ -128,4 +129,6 @@ def run(args: argparse.Namespace) -> int:
     distributed.shutdown()
     if main_process:
         print(api.summary_line(res.summary))
-    return 128 + res.summary["signal"] if res.summary["status"] == "interrupted" else 0  # a shell's 130 / 143
+    if res.summary["status"] != "interrupted":
+        return 0
+    return 128 + (res.summary.get("signal") or signal.SIGINT)  # a shell's 130 / 143; a rank not signalled: 130

@@ -42,12 +42,14 @@ UNREADABLE = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 
 def set_max_pixels(limit: int) -> None:
     """Refuse images declaring more than ``limit`` pixels (``data.max_pixels``), as corrupt files:
-    a header can declare 60000x60000 pixels in a few bytes. Set before the loader's workers start."""
+    a header can declare 60000x60000 pixels in a few bytes. Kept in the environment too, so that
+    loader workers started by spawn or forkserver (which import this module anew) keep it."""
     Image.MAX_IMAGE_PIXELS = limit // 2  # PIL: a warning above this, an error above twice this
+    os.environ["SSLKD_MAX_PIXELS"] = str(limit)
     warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
 
-set_max_pixels(MAX_PIXELS)
+set_max_pixels(int(os.environ.get("SSLKD_MAX_PIXELS", MAX_PIXELS)))
 ImageFile.LOAD_TRUNCATED_IMAGES = False  # a truncated file is corrupt, not silently grey
 
 

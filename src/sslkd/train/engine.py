@@ -15,6 +15,7 @@ import json
 import math
 import os
 import signal
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -157,8 +158,19 @@ class Trainer(Checkpointing):
     def _batches(self, epoch: int, start: int):
         """The epoch's batches of views from image ``start`` on: augmented per image by the loader's
         workers, or as a whole batch on the training device (``data.augment_on: device``), keyed by
-        the first image's seed so that a resumed run draws the same views."""
-        for item in self._loader(epoch, start):
+        the first image's seed so that a resumed run draws the same views. The loader's workers are
+        stopped on the way out, an error included: they ignore SIGTERM (a stop signal is the main
+        process's), so a worker left to exit-time cleanup would block the interpreter's exit."""
+        batches = iter(self._loader(epoch, start))
+        try:
+            yield from self._views(batches)
+        finally:
+            stop = getattr(batches, "_shutdown_workers", None)  # DataLoader's own clean shutdown
+            if stop is not None:
+                stop()
+
+    def _views(self, batches):
+        for item in batches:
             if self.lazy:  # only files decoded while training can fail (the check is collective)
                 self._count_bad_files(item[-1])
             if self.batch_aug is None:
@@ -294,9 +306,10 @@ class Trainer(Checkpointing):
         if self._stop_signal is not None:
             raise Aborted(signum, self.step)
         self._stop_signal = signum
-        if self.is_main:
+        if self.is_main:  # os.write: a buffered print may be mid-write in the interrupted frame
             again = "Ctrl-C again" if signum == signal.SIGINT else "a second SIGTERM"
-            tqdm.write(f"stopping after this step, writing a checkpoint ({again} to abort without one)")
+            msg = f"\nstopping after this step, writing a checkpoint ({again} to abort without one)\n"
+            os.write(sys.stderr.fileno(), msg.encode())
 
     def fit(self, resume: str | None = None) -> dict[str, Any]:
         """Train to ``train.epochs`` (or ``train.max_steps``, or until ``train.time_budget_minutes`` of
@@ -326,10 +339,10 @@ class Trainer(Checkpointing):
                 self._epoch(loop)
             self._close(loop)
         finally:
+            for s, h in old_handlers.items():  # first: a signal while the loggers finish is the caller's
+                signal.signal(s, h)
             loop.bar.close()
             loop.log.close()
-            for s, h in old_handlers.items():
-                signal.signal(s, h)
         if self.plan is not None and self.is_main:
             write_plan(self.out, self.plan, status=loop.status, steps_done=self.step, train_seconds=self.train_seconds)
         return {

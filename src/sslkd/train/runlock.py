@@ -2,16 +2,18 @@
 process, so that a second start on the same folder refuses instead of interleaving metrics and
 deleting the other's checkpoints.
 
-The lock holds the holder's PID, host and start time; a thread refreshes its mtime every
-:data:`HEARTBEAT_S` seconds. A lock is stale, and taken over, when its holder is known dead (same
-host, no such PID) or its heartbeat is older than :data:`STALE_S` (a killed run on another node
-of a shared file system)."""
+The lock holds the holder's PID, machine and start time; a thread refreshes its mtime every
+:data:`HEARTBEAT_S` seconds. A lock of this machine (same host name, boot and PID namespace) is
+stale exactly when its PID is gone: a live holder is never taken over, however long it sleeps. A
+lock of another machine (a node of a shared file system) is stale when its heartbeat is older
+than :data:`STALE_S`."""
 
 from __future__ import annotations
 
 import contextlib
 import json
 import os
+import secrets
 import socket
 import threading
 import time
@@ -30,6 +32,16 @@ class RunFolderBusy(TrainingError):
     """Another live process trains in this run folder."""
 
 
+def machine_id() -> str:
+    """This machine as PIDs see it: host name, boot, PID namespace (containers sharing a host
+    name but not their PIDs differ)."""
+    parts = [socket.gethostname()]
+    for f in ("/proc/sys/kernel/random/boot_id", "/proc/self/ns/pid"):
+        with contextlib.suppress(OSError):
+            parts.append(Path(f).read_text().strip() if "boot" in f else str(os.stat(f).st_ino))
+    return "|".join(parts)
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -41,7 +53,7 @@ def _alive(pid: int) -> bool:
 
 
 def _holder(path: Path) -> dict | None:
-    """The lock's record, None when there is none; an unreadable record reads as a dead holder."""
+    """The lock's record, None when there is none; an unreadable record reads as ``{}``."""
     try:
         rec = json.loads(path.read_text())
         return rec if isinstance(rec, dict) else {}
@@ -58,8 +70,8 @@ def _stale(path: Path, rec: dict) -> bool:
         return True
     if not rec:  # unreadable: torn by a crash, or being written this instant
         return age > 2.0
-    if rec.get("host") == socket.gethostname() and isinstance(rec.get("pid"), int) and not _alive(rec["pid"]):
-        return True
+    if rec.get("machine") == machine_id() and isinstance(rec.get("pid"), int):
+        return not _alive(rec["pid"]) or rec["pid"] == os.getpid()
     return age > STALE_S
 
 
@@ -68,8 +80,12 @@ def _create(path: Path, rec: dict) -> bool:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     except FileExistsError:
         return False
-    with os.fdopen(fd, "w") as f:
-        json.dump(rec, f)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(rec, f)
+    except BaseException:  # a full disk: no empty lock left behind
+        path.unlink(missing_ok=True)
+        raise
     return True
 
 
@@ -77,10 +93,16 @@ def acquire(folder: Path, say=print) -> dict:
     """Take ``folder``'s lock (taking over a stale one, said through ``say``); returns our record.
     Raises :class:`RunFolderBusy` naming a live holder."""
     path = folder / LOCK
-    me = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%d %H:%M:%S")}
+    me = {
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "machine": machine_id(),
+        "since": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "token": secrets.token_hex(8),
+    }
     for _ in range(3):
         if _create(path, me):
-            time.sleep(0.05)  # two takers of one stale lock: the last writer wins, the other sees it
+            time.sleep(0.05)  # a taker of the same stale lock that unlinked ours: seen here
             if _holder(path) == me:
                 return me
         rec = _holder(path)
@@ -91,9 +113,10 @@ def acquire(folder: Path, say=print) -> dict:
                 f"{folder} is in use by PID {rec.get('pid')} on {rec.get('host')} (since {rec.get('since')}); "
                 f"wait for it to end, stop it, or choose another output_dir"
             )
-        say(f"{folder}: taking over the lock of PID {rec.get('pid')} on {rec.get('host')} (no longer running)")
-        with contextlib.suppress(FileNotFoundError):
-            path.unlink()
+        if _holder(path) == rec:  # still the stale one (another taker may have replaced it)
+            say(f"{folder}: taking over the lock of PID {rec.get('pid')} on {rec.get('host')} (no longer running)")
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
     raise RunFolderBusy(f"{folder}: could not take the run lock ({path}); another process keeps taking it")
 
 
@@ -108,31 +131,30 @@ def release(folder: Path, me: dict) -> None:
 @contextlib.contextmanager
 def run_lock(folder: Path, enabled: bool = True, say=print) -> Iterator[None]:
     """Hold ``folder``'s lock with a heartbeat where ``enabled`` (the main process; collective: a
-    refusal stops every process)."""
+    refusal, or a lock that cannot be written, stops every process)."""
     me, busy = None, None
     if enabled:
         try:
             me = acquire(folder, say)
         except RunFolderBusy as e:
             busy = str(e)
-    busy = from_main_process(busy)
-    if busy:
-        raise RunFolderBusy(busy)
-    if me is None:
-        yield
-        return
+        except OSError as e:  # a read-only or full folder: said on every process, not a hang
+            busy = f"{folder}: cannot write the run lock: {e}"
     done = threading.Event()
-
-    def beat() -> None:
-        while not done.wait(HEARTBEAT_S):
-            with contextlib.suppress(OSError):
-                os.utime(folder / LOCK)
-
-    thread = threading.Thread(target=beat, name="sslkd-run-lock", daemon=True)
-    thread.start()
     try:
+        busy = from_main_process(busy)
+        if busy:
+            raise RunFolderBusy(busy)
+        if me is not None:
+
+            def beat() -> None:  # stops if the lock is no longer ours (taken over)
+                while not done.wait(HEARTBEAT_S) and _holder(folder / LOCK) == me:
+                    with contextlib.suppress(OSError):
+                        os.utime(folder / LOCK)
+
+            threading.Thread(target=beat, name="sslkd-run-lock", daemon=True).start()
         yield
     finally:
         done.set()
-        thread.join()
-        release(folder, me)
+        if me is not None:
+            release(folder, me)
