@@ -108,7 +108,7 @@ def test_knn_over_several_k_prints_each_and_the_best(capsys):
     assert "k=1: top-1" in out and "k=100: top-1" in out and "best of 1,20,100" in out
     with pytest.raises(SystemExit) as e:  # a usage error naming the value
         main(["eval", "knn", "--random-init", "--dataset", "digits", "--k", "10,0"])
-    assert e.value.code == 2 and "must be positive, got 0" in capsys.readouterr().err
+    assert e.value.code == 2 and "k[1]: must be > 0 (got 0)" in capsys.readouterr().err
 
 
 def test_knn_defaults_to_mokds_k_list_and_says_so(capsys):

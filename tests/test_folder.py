@@ -317,7 +317,7 @@ def test_skip_counts_every_bad_file_met(tmp_path, capsys):
         == 0
     )
     captured = capsys.readouterr()
-    assert "kNN monitor off" in captured.out
+    assert "evaluation monitor off" in captured.out
     summary = json.loads(captured.out.strip().splitlines()[-1])
     assert summary["step"] == 3 and summary["skipped_files"] >= 4  # one epoch reads every file once
     # an unlabelled folder has nothing to score: evaluation says so in one line

@@ -9,6 +9,7 @@ from PIL import Image
 from sslkd.cli import main
 from sslkd.config import load_config
 from sslkd.data import get_dataset
+from sslkd.eval.curves import read_records
 from sslkd.train import Trainer
 
 SECTIONS = [
@@ -16,7 +17,7 @@ SECTIONS = [
     "Environment",
     "Loss terms and teacher/student agreement",
     "Schedules",
-    "kNN over epochs",
+    "Accuracy over epochs",
     "Collapse indicators",
     "Final evaluation",
     "Attention maps",
@@ -43,10 +44,14 @@ def test_report_has_every_section_with_images(tmp_path):
             "train.epochs=2",
             "train.log_every=1",
             "eval.knn_every=1",
+            "eval.protocols=[knn,logreg]",
             "device=cpu",
         ],
     )
     Trainer(cfg, data, test, progress=False).fit()
+    monitored = [r for r in read_records(tmp_path / "run" / "metrics.jsonl") if "loss" not in r]
+    assert [r["epoch"] for r in monitored] == [1, 2]  # every protocol of eval.protocols, each epoch
+    assert all(0 <= r[f"{p}_top1"] <= r[f"{p}_top5"] <= 100 for r in monitored for p in ("knn", "logreg"))
     out = tmp_path / "report.html"
     assert (
         main(

@@ -47,7 +47,7 @@ def test_compare_with_seeds_tabulates_spread_and_resumes_without_redoing(tmp_pat
     out = tmp_path / "exp"
     argv = ["experiment", "compare", "--configs", *configs, "--seeds", "2", "--max-steps", "2", "--random-init"]
     argv += ["--linear-epochs", "2", "--eval-train-samples", "64", "--eval-test-samples", "32"]
-    argv += ["--out", str(out), "--no-progress", "--name", "cmp"]
+    argv += ["--out", str(out), "--no-progress", "--name", "cmp", "--protocols", "linear,knn,logreg"]
     assert main(argv) == 0
     for row in ("kd", "rkd_d"):  # each row's seeds in their own folders, seeded
         for s in (0, 1):
@@ -57,6 +57,7 @@ def test_compare_with_seeds_tabulates_spread_and_resumes_without_redoing(tmp_pat
     assert record["seeds"] == [0, 1] and "torch" in record["environment"]
     assert [s["pretrain"] for s in record["summary"]] == ["Random init", "iBOT & KD", "iBOT & RKD-D"]
     assert all(s["seeds"] == [0, 1] and len(s["knn_top1_all"]) == 2 for s in record["summary"])
+    assert all(len(s["logreg_top1_all"]) == 2 for s in record["summary"])  # every protocol asked for
     rows = list(csv.DictReader((out / "cmp.csv").read_text().splitlines()))
     assert [(r["pretrain"], r["seed"]) for r in rows][:3] == [
         ("Random init", "0"),
@@ -65,6 +66,7 @@ def test_compare_with_seeds_tabulates_spread_and_resumes_without_redoing(tmp_pat
     ]
     md = (out / "cmp.md").read_text()
     assert "mean ± std (min-max) | per seed" in md and "| iBOT & KD | 0,1 | 2 |" in md and "Every run:" in md
+    assert "LogReg Acc@1: mean" in md and "| LogReg Acc@1 | Acc@5 | C |" in md and "logreg_C" in rows[0]
     assert (out / "curves.png").stat().st_size > 10000
     # run again: nothing is trained or evaluated twice
     from sslkd.experiments import compare
@@ -77,3 +79,10 @@ def test_compare_with_seeds_tabulates_spread_and_resumes_without_redoing(tmp_pat
     assert main(argv) == 0
     assert (out / "kd" / "seed1" / "metrics.jsonl").read_text() == before
     assert json.loads((out / "cmp.json").read_text())["rows"] == record["rows"]
+
+
+def test_compare_names_an_unknown_protocol_before_any_training(tmp_path, capsys):
+    out = tmp_path / "exp"
+    argv = ["experiment", "compare", "--configs", _tiny(tmp_path / "kd.yaml", "kd"), "--protocols", "knn,svm"]
+    assert main([*argv, "--out", str(out), "--no-progress"]) == 2  # a config error
+    assert "unknown protocol 'svm'; available: knn" in capsys.readouterr().err and not out.exists()

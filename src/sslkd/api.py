@@ -22,12 +22,10 @@ from torch import nn
 from sslkd.config import Config, load_config, to_dict
 from sslkd.data import get_dataset, held_out
 from sslkd.device import resolve_device
-from sslkd.eval import PROTOCOLS
-from sslkd.eval import evaluate as evaluate_features
-from sslkd.eval.finetune import finetune
-from sslkd.eval.knn import DEFAULT_KS
+from sslkd.eval import evaluate as evaluate_all
+from sslkd.eval import options_of
 from sslkd.export import load_export, timm_module
-from sslkd.models import Backbone, build_backbone
+from sslkd.models import build_backbone
 from sslkd.pretrained import load_pretrained
 from sslkd.train import Trainer
 
@@ -114,13 +112,9 @@ def evaluate(
     device: str = "auto",
     batch_size: int = 256,
     workers: int = 0,
-    k: int | list[int] = DEFAULT_KS,
-    temperature: float = 0.07,
-    epochs: int | None = None,
-    lr: float | None = None,
     seed: int = 0,
-    finetune_args: dict | None = None,
     progress: bool = False,
+    **options: Any,
 ) -> dict:
     """Accuracy (%) of a backbone on ``dataset``'s held-out split, learnt from its training split
     (``dataset``: a name, with ``root`` for folders, or a ``(train, test)`` pair of datasets; for a
@@ -128,14 +122,12 @@ def evaluate(
 
     ``source``: a run folder or checkpoint (its ``which`` weights, ``model`` 2 for MOKD's second
     model), a :class:`Run`, or a backbone (``nn.Module`` mapping images to features; normalised
-    with the dataset's statistics). ``protocol``: ``knn`` (``k``: one or a list, default 10, 20,
-    100, 200; the best is reported, each under ``per_k``; ``temperature``), ``linear`` (``epochs``
-    default 100, ``lr`` 0.1) or ``finetune`` (a copy is not made: the backbone is trained in
-    place; ``epochs`` default 30, ``lr`` 1e-3, ``finetune_args`` the rest of
-    :func:`sslkd.eval.finetune.finetune`'s keywords). Returns
-    ``{"top1", "top5", "protocol", "source", "dataset", ...}``."""
-    if protocol not in (*PROTOCOLS, "finetune"):
-        raise ValueError(f"unknown protocol '{protocol}'; available: {', '.join((*PROTOCOLS, 'finetune'))}")
+    with the dataset's statistics). ``protocol``: one of :data:`sslkd.eval.PROTOCOLS` (``knn``,
+    ``linear``, ``logreg``, ``finetune``); ``options``: its options as keywords (``k=[10, 20]``,
+    ``temperature``; ``epochs``, ``lr``; ``C``; ``label_fraction``, ...: ``sslkd eval <protocol>
+    --help`` lists them with their defaults). Fine-tuning trains a copy. Returns ``{"top1", "top5",
+    "protocol", "source", "dataset", "train_images", "test_images", ...}``."""
+    opts = options_of(protocol, {k: v for k, v in options.items() if v is not None})  # first: a typo costs nothing
     dev = resolve_device(device)
     pre = None if isinstance(source, nn.Module) else load_pretrained(getattr(source, "path", source), which, model)
     if dataset is None:
@@ -152,56 +144,33 @@ def evaluate(
                 f"{pre.path} was trained on {pre.num_channels}-channel images but "
                 f"{dataset} has {train.num_channels} channels"
             )
-        backbone, mean, std, label = pre.backbone, pre.mean, pre.std, str(pre.path)
-        size = img_size or pre.img_size
-        if not pre.backbone.is_vit and train.img_size != size:
-            size = train.img_size  # CNNs take any size; keep the data's
-        elif pre.backbone.is_vit and size % pre.backbone.patch_size:
-            raise ValueError(
-                f"image size {size} (img_size, --img-size) is not a multiple of the ViT's patch size "
-                f"{pre.backbone.patch_size}"
-            )
-    backbone.to(dev)
-    head = {"protocol": protocol, "source": label, "dataset": dataset}
-    if protocol == "finetune":
-        if not isinstance(backbone, Backbone):
-            raise ValueError("fine-tuning needs an sslkd backbone: pass a run, a checkpoint or build_backbone(...)")
-        res = finetune(
-            backbone,
-            train,
-            test,
-            mean,
-            std,
-            size,
-            30 if epochs is None else epochs,
-            min(batch_size, len(train)),
-            1e-3 if lr is None else lr,
-            device=dev,
-            seed=seed,
-            progress=progress,
-            num_workers=workers,
-            **(finetune_args or {}),
+        backbone, mean, std, size, label = (
+            pre.backbone,
+            pre.mean,
+            pre.std,
+            _eval_size(pre, train, img_size),
+            str(pre.path),
         )
-        return {**head, **res, "test_images": len(test)}
-    res = evaluate_features(
-        backbone,
-        train,
-        test,
-        (protocol,),
-        mean=mean,
-        std=std,
-        size=size,
-        device=dev,
-        k=k,
-        temperature=temperature,
-        linear_epochs=100 if epochs is None else epochs,
-        linear_lr=0.1 if lr is None else lr,
-        seed=seed,
-        batch_size=batch_size,
-        num_workers=workers,
-        progress=progress,
-    )
+    res = evaluate_all(
+        backbone.to(dev), train, test, {protocol: opts}, mean=mean, std=std, size=size, device=dev, seed=seed,
+        batch_size=batch_size, num_workers=workers, progress=progress,
+    )  # fmt: skip
+    head = {"protocol": protocol, "source": label, "dataset": dataset}
     return {**head, **res[protocol], "train_images": res["train_images"], "test_images": res["test_images"]}
+
+
+def _eval_size(pre, train, img_size: int | None) -> int:
+    """The image size a pretrained backbone is evaluated at: ``img_size`` or its training size (a
+    CNN keeps the data's); a ViT's must be a multiple of its patch."""
+    size = img_size or pre.img_size
+    if not pre.backbone.is_vit and train.img_size != size:
+        return train.img_size  # CNNs take any size; keep the data's
+    if pre.backbone.is_vit and size % pre.backbone.patch_size:
+        raise ValueError(
+            f"image size {size} (img_size, --img-size) is not a multiple of the ViT's patch size "
+            f"{pre.backbone.patch_size}"
+        )
+    return size
 
 
 def random_backbone(backbone: str, img_size: int, patch_size: int, in_chans: int, seed: int = 0) -> nn.Module:

@@ -124,10 +124,12 @@ class TrainConfig:
 
 @dataclass
 class EvalConfig:
-    knn_every: NonNegative = 0  # epochs; 0 disables kNN during pretraining
+    knn_every: NonNegative = 0  # epochs; 0 disables the monitor (eval.protocols) during pretraining
     knn_k: Positive = 20  # neighbours of the kNN monitor
     knn_t: PositiveFloat = 0.07  # temperature of the kNN vote
     knn_max_train: Positive | None = None  # cap the kNN bank during pretraining (speed)
+    # what the monitor scores on frozen features, logged as <protocol>_top1/_top5 (knn, linear, logreg)
+    protocols: tuple[str, ...] = ("knn",)
 
 
 def _method_class(data: Any) -> type:

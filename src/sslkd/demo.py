@@ -67,7 +67,7 @@ def run_demo(output_dir: str = "runs/demo", overrides: list[str] | None = None, 
     k, t = cfg.eval.knn_k, cfg.eval.knn_t
 
     def knn_of(backbone) -> dict:
-        return evaluate(backbone, train, test, ("knn",), k=k, temperature=t)["knn"]
+        return evaluate(backbone, train, test, {"knn": {"k": k, "temperature": t}})["knn"]
 
     raw = knn_classify(
         train.tensors()[0].flatten(1).float(),

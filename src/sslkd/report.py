@@ -59,9 +59,10 @@ def _lines(runs: dict[str, list[dict]], keys: tuple[str, ...], title: str) -> tu
     return _png(fig), f"<p class=note>Per step: {', '.join(present)}.</p>"
 
 
-def _knn_records(run: Path) -> list[dict]:
+def _monitor_records(run: Path) -> list[dict]:
+    """The evaluation monitor's records of a run (``eval.protocols`` every ``eval.knn_every`` epochs)."""
     path = run / "metrics.jsonl"
-    return [r for r in read_records(path) if "knn_top1" in r and "loss" not in r]
+    return [r for r in read_records(path) if "loss" not in r and any(k.endswith("_top1") for k in r)]
 
 
 def build_report(
@@ -122,18 +123,20 @@ def build_report(
         section("Loss terms and teacher/student agreement", img(_file_png(curves), "loss terms and agreement"))
     png, caption = _lines(metrics, SCHEDULES, "schedules per step")
     section("Schedules", img(png, "schedules") + caption)
-    knn = {n: _knn_records(p) for n, p in zip(names, paths)}
-    if any(knn.values()):
+    monitored = {n: _monitor_records(p) for n, p in zip(names, paths)}
+    if any(monitored.values()):
         fig, ax = plt.subplots(figsize=(5, 3.2))
-        for i, (n, rows) in enumerate(knn.items()):
-            if rows:
-                ax.plot([r["epoch"] for r in rows], [r["knn_top1"] for r in rows], "o-", color=f"C{i}", label=n)
-        ax.set(xlabel="epoch", ylabel="kNN top-1 (%)", title="kNN during pretraining")
+        for i, (n, rows) in enumerate(monitored.items()):
+            keys = [k for k in rows[0] if k.endswith("_top1")] if rows else []
+            for key, style in zip(keys, ("o-", "s--", "^:")):
+                label = n if len(keys) == 1 else f"{n}: {key.removesuffix('_top1')}"
+                ax.plot([r["epoch"] for r in rows], [r[key] for r in rows], style, color=f"C{i}", label=label)
+        ax.set(xlabel="epoch", ylabel="top-1 (%)", title="monitor during pretraining (eval.protocols)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
-        section("kNN over epochs", img(_png(fig), "kNN over epochs"))
+        section("Accuracy over epochs", img(_png(fig), "accuracy over epochs"))
     else:
-        section("kNN over epochs", "<p class=note>not logged (eval.knn_every: 0); final figures below.</p>")
+        section("Accuracy over epochs", "<p class=note>not logged (eval.knn_every: 0); final figures below.</p>")
     png, caption = _lines(metrics, COLLAPSE, "collapse indicators")
     section("Collapse indicators", img(png, "collapse indicators") + caption)
 
@@ -145,22 +148,14 @@ def build_report(
         kw = {"root": root or d.root} if (root or d.root) else {}
         train = get_dataset(name, "train", img_size=pre.img_size if name == "synthetic" else None, **kw)
         test = held_out(name, train, img_size=pre.img_size if name == "synthetic" else None, **kw)
+        asked = {
+            "knn": {"k": pre.config.eval.knn_k, "temperature": pre.config.eval.knn_t},
+            "linear": {"epochs": linear_epochs},
+        }
         res = evaluate(
-            pre.backbone.to(dev),
-            train,
-            test,
-            ("knn", "linear"),
-            mean=pre.mean,
-            std=pre.std,
-            device=dev,
-            k=pre.config.eval.knn_k,
-            temperature=pre.config.eval.knn_t,
-            linear_epochs=linear_epochs,
-            max_train=eval_train_samples,
-            max_test=eval_test_samples,
-            progress=progress,
-            return_features=True,
-        )
+            pre.backbone.to(dev), train, test, asked, mean=pre.mean, std=pre.std, device=dev,
+            max_train=eval_train_samples, max_test=eval_test_samples, progress=progress, return_features=True,
+        )  # fmt: skip
         k, lin, (fte, lte) = res["knn"], res["linear"], res["test_features"]
         ft = json.loads((p / "finetune.json").read_text()) if (p / "finetune.json").is_file() else {}
         semi = {f.stem.split("_", 1)[1]: json.loads(f.read_text()) for f in sorted(p.glob("finetune_*.json"))}

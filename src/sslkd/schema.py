@@ -71,6 +71,7 @@ __all__ = [
     "Range",
     "apply_overrides",
     "check",
+    "coerce",
     "describe",
     "from_dict",
     "parse_override",
@@ -95,12 +96,13 @@ def describe(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp).replace("typing.", ""))
 
 
-def _coerce(value: Any, tp: Any, key: str) -> Any:
-    """``value`` checked against the annotation ``tp`` (YAML lists become tuples where typed so)."""
+def coerce(value: Any, tp: Any, key: str) -> Any:
+    """``value`` checked against the annotation ``tp``, named ``key`` in errors (YAML lists become
+    tuples where typed so)."""
     origin = typing.get_origin(tp)
     if origin is Annotated:
         base, *meta = typing.get_args(tp)
-        value = _coerce(value, base, key)
+        value = coerce(value, base, key)
         for m in meta:
             if isinstance(m, Range) and value is not None and not all(m.ok(v) for v in _numbers(value)):
                 raise ConfigError(f"{key}: must be {m} (got {value!r})")
@@ -119,7 +121,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             if arg is type(None):
                 continue
             try:
-                return _coerce(value, arg, key)
+                return coerce(value, arg, key)
             except ConfigError as e:
                 errors.append(str(e))
         bounded = [e for e in errors if ": must be" in e]  # the right type, out of range: say that
@@ -131,8 +133,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if origin is tuple and args and args[-1] is not Ellipsis:
             if len(value) != len(args):
                 raise ConfigError(f"{key}: expected {len(args)} values, got {len(value)}")
-            return tuple(_coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
-        out = [_coerce(v, args[0] if args else Any, f"{key}[{i}]") for i, v in enumerate(value)]
+            return tuple(coerce(v, a, f"{key}[{i}]") for i, (v, a) in enumerate(zip(value, args)))
+        out = [coerce(v, args[0] if args else Any, f"{key}[{i}]") for i, v in enumerate(value)]
         return tuple(out) if origin is tuple else out
     if tp is Any:
         return value
@@ -182,7 +184,7 @@ def from_dict(cls: type, data: Any, prefix: str = "") -> Any:
             hint = f"; did you mean {', '.join(close)}?" if close else ""
             raise ConfigError(f"unknown config key '{full}'{hint} (valid: {', '.join(fields)})")
         type_of = fields[key].metadata.get("type_of")
-        kwargs[key] = from_dict(type_of(value), value, full) if type_of else _coerce(value, hints[key], full)
+        kwargs[key] = from_dict(type_of(value), value, full) if type_of else coerce(value, hints[key], full)
     return cls(**kwargs)
 
 
@@ -194,7 +196,7 @@ def check(obj: Any, prefix: str = "") -> None:
         if dataclasses.is_dataclass(value):
             check(value, key + ".")
         elif hints[f.name] is not Any:
-            _coerce(value, hints[f.name], key)
+            coerce(value, hints[f.name], key)
 
 
 def to_dict(cfg: Any) -> dict:

@@ -1,5 +1,5 @@
 """``sslkd experiment table1|compare``: pretrain several configs under one budget, then tabulate
-linear / kNN (and fine-tuning) accuracy with curves and attention maps."""
+each evaluation protocol's accuracy (linear / kNN by default, fine-tuning) with curves and attention maps."""
 
 from __future__ import annotations
 
@@ -46,6 +46,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         e.add_argument("--eval-root", default=None, help="folder of --eval-dataset")
         e.add_argument("--eval-train-samples", type=int, default=None, help="evenly spaced subset (all classes)")
         e.add_argument("--eval-test-samples", type=int, default=None, help="evenly spaced test subset")
+        e.add_argument(
+            "--protocols",
+            default="linear,knn",
+            help="evaluation protocols on frozen features scoring every backbone, comma-separated "
+            "(linear, knn, logreg: sslkd eval --help)",
+        )
         e.add_argument("--linear-epochs", type=int, default=100, help="linear probe epochs")
         e.add_argument(
             "--finetune-epochs",
@@ -81,6 +87,7 @@ def run(args: argparse.Namespace) -> int:
         finetune_epochs=args.finetune_epochs,
         progress=not args.no_progress,
         seeds=seeds.parse_seeds(args.seeds),
+        protocols=[p.strip() for p in args.protocols.split(",") if p.strip()],
     )
     print((Path(args.out) / f"{name}.md").read_text())
     return 0

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -63,6 +63,10 @@ class ImageArrayDataset(Dataset):
     @property
     def num_classes(self) -> int:
         return len(self.classes)
+
+    def subset(self, indices: np.ndarray) -> ImageArrayDataset:
+        """The images at ``indices``, with this set's classes and normalisation."""
+        return replace(self, images=self.images[indices], labels=self.labels[indices])
 
     def tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
         """All images as one uint8 ``[N, C, H, W]`` tensor (a view, no copy) and labels."""

@@ -13,13 +13,17 @@ import numpy as np
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-SKIP = {"step", "epoch", "lr", "wd", "momentum", "img_per_s", "teacher_temp", "knn_top1", "knn_top5", "skipped_files"}
+SKIP = {"step", "epoch", "lr", "wd", "momentum", "img_per_s", "teacher_temp", "skipped_files"}
 # diagnostics, not loss terms; methods that train several models log them as <name><model>
 DIAGNOSTICS = ("agreement", "teacher_entropy", "feature_std", "mask_ratio", "effective_rank", "cosine_to_fused")
 
 
 def _is_diagnostic(key: str) -> bool:
     return key.rstrip("0123456789") in DIAGNOSTICS
+
+
+def _is_accuracy(key: str) -> bool:  # the evaluation monitor's <protocol>_top1/_top5
+    return key.endswith(("_top1", "_top5"))
 
 
 def read_records(path: Path) -> list[dict]:
@@ -77,7 +81,7 @@ def plot_curves(
         label = labels[i] if labels else Path(group[0]).name
         seeds = f" ({len(group)} seeds)" if len(group) > 1 else ""
         color, last = f"C{i % 10}", records[0][-1]
-        for key in [k for k in last if k not in SKIP and not _is_diagnostic(k)]:
+        for key in [k for k in last if k not in SKIP and not _is_diagnostic(k) and not _is_accuracy(k)]:
             steps, mean, lo, hi = _band(records, key, smooth)
             main = key == "loss"
             ax_l.plot(

@@ -12,6 +12,8 @@ so ViTs and CNNs alike). Weight decay skips biases, norms and embeddings' specia
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass, field
+from typing import Literal
 
 import numpy as np
 import torch
@@ -19,15 +21,18 @@ import torch.nn.functional as F
 from timm.optim import param_groups_layer_decay
 from torch import nn
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
 from sslkd.data.base import ImageArrayDataset, balanced_subset
 from sslkd.data.batch_augment import BatchMultiCrop
 from sslkd.data.folder import EvalCrops, TrainCrops
 from sslkd.device import autocast_dtype
 from sslkd.eval.features import normalize_batch
+from sslkd.eval.metrics import TopK
+from sslkd.eval.registry import Context, Protocol, register
+from sslkd.eval.training import train_steps
 from sslkd.models import Backbone
 from sslkd.schedules import cosine_schedule
+from sslkd.schema import Fraction, NonNegativeFloat, Positive, PositiveFloat
 
 
 def _param_groups(backbone: Backbone, head: nn.Linear, weight_decay: float, layer_decay: float) -> list[dict]:
@@ -108,52 +113,34 @@ def finetune(
     )
     dtype = autocast_dtype(precision, device)
     g = torch.Generator().manual_seed(seed)
-    losses = []
-    step = 0
-    bar = tqdm(total=total, disable=not progress, desc="fine-tune", unit="step")  # per step: an ETA within minutes
-    for epoch in range(epochs):
+
+    def batches(epoch: int):
         perm = torch.randperm(len(labels), generator=g)
-        running = 0.0
         if lazy:
             view = TrainCrops(train, size, crop_scale, keep[perm].numpy())
-            batches = iter(DataLoader(view, batch_size, drop_last=True, num_workers=num_workers))
+            for x, y in DataLoader(view, batch_size, drop_last=True, num_workers=num_workers):
+                yield normalize_batch(x.to(device), mean, std), y.to(device)
+            return
         for i in range(steps_per_epoch):
             idx = perm[i * batch_size : (i + 1) * batch_size]
-            if lazy:
-                x, y = next(batches)
-                x, y = normalize_batch(x.to(device), mean, std), y.to(device)
-            else:
-                x = aug(images[idx].to(device), seed * 1_000_003 + step)[0]
-                y = labels[idx].to(device)
-            for grp in opt.param_groups:
-                grp["lr"] = base * float(scales[step]) * grp.get("lr_scale", 1.0)
-            with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-                loss = F.cross_entropy(head(backbone(x)).float(), y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            running += loss.item()
-            step += 1
-            bar.update()
-            if i % 10 == 0:
-                bar.set_postfix(epoch=epoch + 1, loss=f"{running / (i + 1):.3f}", refresh=False)
-        losses.append(running / steps_per_epoch)
-    bar.close()
+            yield aug(images[idx].to(device), seed * 1_000_003 + epoch * steps_per_epoch + i)[0], labels[idx].to(device)
+
+    def loss_of(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            return F.cross_entropy(head(backbone(x)).float(), y)
+
+    for grp in opt.param_groups:
+        grp["base_lr"] = base * grp.get("lr_scale", 1.0)
+    losses = train_steps(loss_of, opt, epochs, batches, steps_per_epoch, scales, desc="fine-tune", progress=progress)
     backbone.eval()
-    correct1 = correct5 = n = 0
+    acc = TopK()
     with torch.no_grad():
         for x, y in _test_batches(test, size, num_workers):
             x = normalize_batch(x.to(device), mean, std, size)
             with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-                logits = head(backbone(x)).float()
-            y = y.to(device)
-            top = logits.topk(min(5, logits.shape[1]), 1).indices
-            correct1 += (top[:, 0] == y).sum().item()
-            correct5 += (top == y[:, None]).any(1).sum().item()
-            n += len(y)
+                acc.update(head(backbone(x)).float(), y.to(device))
     return {
-        "top1": 100 * correct1 / n,
-        "top5": 100 * correct5 / n,
+        **acc.result(),
         "train_images": len(labels),
         "label_fraction": label_fraction,
         "epochs": epochs,
@@ -179,3 +166,40 @@ def _test_batches(test, size: int, num_workers: int, batch_size: int = 256):
         warnings.warn(
             f"fine-tuning: {len(skipped)} test file(s) could not be decoded, first: {skipped[0]}", stacklevel=2
         )
+
+
+@dataclass
+class FinetuneOptions:
+    epochs: Positive = field(default=30, metadata={"help": "fine-tuning epochs"})
+    lr: PositiveFloat = field(default=1e-3, metadata={"help": "base rate for batch 256 (scaled with the batch)"})
+    layer_decay: Fraction = field(default=0.75, metadata={"help": "layer-wise learning-rate decay"})
+    weight_decay: NonNegativeFloat = field(default=0.05, metadata={"help": "AdamW weight decay"})
+    warmup_epochs: NonNegativeFloat = field(default=3.0, metadata={"help": "linear warm-up epochs"})
+    label_fraction: Fraction = field(default=1.0, metadata={"help": "class-balanced share of the labels (0.01, 0.1)"})
+    precision: Literal["auto", "fp32", "bf16"] = field(default="auto", metadata={"help": "autocast precision"})
+
+
+@register
+class FinetuneProtocol(Protocol):
+    name = "finetune"
+    help = "full fine-tuning (AdamW, layer-wise lr decay, warm-up + cosine)"
+    title = "Fine-tune"
+    Options = FinetuneOptions
+    frozen = False
+
+    def run(self, backbone: torch.nn.Module, ctx: Context, options: FinetuneOptions) -> dict:
+        if not isinstance(backbone, Backbone):
+            raise ValueError("fine-tuning needs an sslkd backbone: pass a run, a checkpoint or build_backbone(...)")
+        return finetune(
+            backbone, ctx.train, ctx.test, ctx.mean, ctx.std, ctx.size, options.epochs,
+            min(ctx.batch_size, len(ctx.train)), options.lr, options.layer_decay, options.weight_decay,
+            options.warmup_epochs, label_fraction=options.label_fraction, precision=options.precision,
+            device=ctx.device, seed=ctx.seed, progress=ctx.progress, num_workers=ctx.num_workers,
+        )  # fmt: skip
+
+    def describe(self, result: dict, options: FinetuneOptions) -> list[str]:
+        share = f"{100 * options.label_fraction:g}% of the labels"
+        return [f"fine-tuning {options.epochs} epochs on {result['train_images']} labelled images ({share})"]
+
+    def result_file(self, options: FinetuneOptions) -> str | None:
+        return "finetune.json" if options.label_fraction == 1 else f"finetune_{options.label_fraction:g}.json"

@@ -6,22 +6,20 @@ DINO-alone students at equal wall clock, or the iBOT variants of Table 1
 
 from __future__ import annotations
 
-import copy
 import csv
-import dataclasses
 import json
 import subprocess
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
-from sslkd.config import Config, ConfigError, load_config
+from sslkd.config import Config, ConfigError, load_config, to_dict
 from sslkd.data import get_dataset, held_out, view_tensors
 from sslkd.device import environment, resolve_device
-from sslkd.eval import evaluate
+from sslkd.eval import evaluate, get_protocol, options_of
 from sslkd.eval.attention import cls_attention, plot_attention
 from sslkd.eval.curves import plot_curves
-from sslkd.eval.finetune import finetune
 from sslkd.eval.knn import DEFAULT_KS
 from sslkd.experiments.seeds import summarize, summary_markdown
 from sslkd.methods import build_method
@@ -116,6 +114,7 @@ def run_comparison(
     finetune_epochs: int = 0,
     progress: bool = True,
     seeds: list[int] | None = None,
+    protocols: Sequence[str] = ("linear", "knn"),
 ) -> list[dict]:
     """Pretrain every config into ``out/<config stem>`` (with ``seeds``: once per seed, into
     ``out/<config stem>/seed<s>`` with ``seed=s``), resuming if interrupted, evaluate each (and a
@@ -126,20 +125,24 @@ def run_comparison(
     runs nor their evaluation. ``eval_*_samples`` evaluate on evenly spaced subsets (all classes)
     when the full sets cost too much. ``finetune_epochs > 0`` adds full fine-tuning
     (:func:`sslkd.eval.finetune.finetune`, default recipe, warm-up a fifth of the epochs up to 3)
-    of a copy of every backbone on the same subsets. Returns the table rows (one per run)."""
+    of a copy of every backbone on the same subsets. ``protocols``: the frozen-feature protocols
+    every backbone is scored by (any of :data:`~sslkd.eval.PROTOCOLS`; kNN with the first config's
+    ``eval.knn_t`` and k = 10, 20, 100, 200, the linear probe with ``linear_epochs``, the others
+    with their defaults). Returns the table rows (one per run)."""
     out = Path(out)
     commit = source_commit()  # the code that runs now (the tree may change before the experiment ends)
     names = run_names(configs)
     runs = _run_configs(configs, names, out, list(overrides or []), seeds)
-    out.mkdir(parents=True, exist_ok=True)  # only once every config is valid
     first = runs[0][2]
+    asked = scoring_protocols(first, protocols, linear_epochs, finetune_epochs)
+    out.mkdir(parents=True, exist_ok=True)  # only once every config and protocol is valid
     dataset = eval_dataset or first.data.name
     root = eval_root if eval_dataset else (eval_root or first.data.root)
     size = first.aug.global_crops_size or first.data.img_size
     ev_train = get_dataset(dataset, "train", root=root, img_size=size)
     ev_test = held_out(dataset, ev_train, root=root, img_size=size)
-    settings = eval_settings(first, dataset, root, size, linear_epochs, eval_train_samples, eval_test_samples)
-    scorer = _Scorer(ev_train, ev_test, first, settings, finetune_epochs, progress)
+    settings = eval_settings(dataset, root, size, asked, eval_train_samples, eval_test_samples)
+    scorer = _Scorer(ev_train, ev_test, first, settings, asked, progress)
     rows = []
     if random_init:
         for seed in seeds or [None]:
@@ -159,7 +162,7 @@ def run_comparison(
         rows += _train_and_score(run_name, cfg, labels[run_name], scorer, out, progress, first_seed)
     groups = [[Path(c.output_dir) for n, _, c in runs if n == run_name] for run_name in names]
     plot_curves(groups, out / "curves.png", labels=[labels[n] for n in names], smooth=5)
-    _write(rows, out, dataset, name, first, several=len(seeds or []) > 1)
+    _write(rows, out, dataset, name, asked, several=len(seeds or []) > 1)
     meta = {"commit": commit, "environment": environment(scorer.device), "overrides": list(overrides or [])}
     record = {"rows": rows, "configs": configs, "seeds": seeds, **meta}
     if seeds:
@@ -185,17 +188,37 @@ def _run_configs(
     return runs
 
 
-def eval_settings(
-    first: Config, dataset: str, root, size, linear_epochs: int, n_train: int | None, n_test: int | None
-) -> dict:
+def scoring_protocols(first: Config, names: Sequence[str], linear_epochs: int, finetune_epochs: int) -> dict:
+    """``{protocol: options}`` every backbone is scored by: ``names`` (unknown ones named with the
+    valid), and fine-tuning with the default recipe when ``finetune_epochs > 0`` (warm-up a fifth of
+    the epochs up to 3, the first config's precision)."""
+    given = {
+        "knn": {"k": DEFAULT_KS, "temperature": first.eval.knn_t},
+        "linear": {"epochs": linear_epochs},
+    }
+    asked = {name: options_of(name, given.get(name)) for name in names}
+    if finetune_epochs > 0:
+        precision = first.train.precision
+        asked["finetune"] = options_of(
+            "finetune",
+            {
+                "epochs": finetune_epochs,
+                "warmup_epochs": min(3.0, finetune_epochs / 5),
+                "precision": "auto" if precision == "fp16" else precision,
+            },
+        )
+    if not any(get_protocol(name).frozen for name in asked):
+        raise ConfigError("an experiment scores frozen features by at least one protocol (knn, linear, logreg)")
+    return asked
+
+
+def eval_settings(dataset: str, root, size, protocols: dict, n_train: int | None, n_test: int | None) -> dict:
     """What a run's scores depend on besides its weights: the key of its cached scores."""
     return {
         "dataset": dataset,
         "root": None if root is None else str(root),
         "size": size,
-        "knn_t": first.eval.knn_t,
-        "ks": list(DEFAULT_KS),
-        "linear_epochs": linear_epochs,
+        "protocols": {name: to_dict(options) for name, options in protocols.items()},
         "eval_train": n_train,
         "eval_test": n_test,
     }
@@ -207,16 +230,15 @@ def score_key(settings: dict, step: int, model: int) -> str:
 
 
 class _Scorer:
-    """Linear probe + weighted kNN (+ fine-tuning) of a backbone on the evaluation split, and a
-    cache of each run's scores in its folder."""
+    """The protocols' scores of a backbone on the evaluation split, and a cache of each run's
+    scores in its folder."""
 
-    def __init__(self, ev_train, ev_test, first: Config, settings: dict, ft_epochs: int, progress: bool):
+    def __init__(self, ev_train, ev_test, first: Config, settings: dict, protocols: dict, progress: bool):
         self.ev_train, self.ev_test, self.first, self.size = ev_train, ev_test, first, settings["size"]
-        self.linear_epochs = settings["linear_epochs"]
         self.n_train, self.n_test = settings["eval_train"], settings["eval_test"]
-        self.ft_epochs, self.progress = ft_epochs, progress
+        self.protocols, self.progress = protocols, progress
         self.device = resolve_device(first.device)
-        self.key = {**settings, "finetune": ft_epochs}
+        self.key = settings
 
     def cached(self, folder: Path, step: int, model: int, backbone) -> dict:
         """The scores of model ``model`` at ``step`` from ``folder/compare_scores.json`` when it
@@ -231,48 +253,16 @@ class _Scorer:
         return stored[key]
 
     def scores(self, backbone) -> dict:
-        device = self.device
         res = evaluate(
-            backbone.to(device),
-            self.ev_train,
-            self.ev_test,
-            ("knn", "linear"),
-            device=device,
-            k=DEFAULT_KS,
-            temperature=self.first.eval.knn_t,
-            linear_epochs=self.linear_epochs,
-            max_train=self.n_train,
-            max_test=self.n_test,
-            progress=self.progress,
-        )
-        lin, knn = res["linear"], res["knn"]
+            backbone.to(self.device), self.ev_train, self.ev_test, self.protocols, device=self.device,
+            seed=self.first.seed, max_train=self.n_train, max_test=self.n_test, progress=self.progress,
+        )  # fmt: skip
         row = {
-            "linear_top1": lin["top1"],
-            "linear_top5": lin["top5"],
-            "knn_top1": knn["top1"],
-            "knn_top5": knn["top5"],
-            "knn_k": knn["k"],
-            **{f"knn_top1_k{k}": r["top1"] for k, r in knn["per_k"].items()},
-            "eval_train": res["train_images"],
-            "eval_test": res["test_images"],
+            f"{name}_{key}": value
+            for name in self.protocols
+            for key, value in get_protocol(name).columns(res[name]).items()
         }
-        if self.ft_epochs > 0:
-            ft_train, ft_test = _subset(self.ev_train, self.n_train), _subset(self.ev_test, self.n_test)
-            ft = finetune(
-                copy.deepcopy(backbone),
-                ft_train,
-                ft_test,
-                self.ev_train.mean,
-                self.ev_train.std,
-                self.size,
-                epochs=self.ft_epochs,
-                warmup_epochs=min(3.0, self.ft_epochs / 5),
-                precision=self.first.train.precision,
-                device=device,
-                seed=self.first.seed,
-                progress=self.progress,
-            )
-            row.update(finetune_top1=ft["top1"], finetune_top5=ft["top5"])
+        row.update(eval_train=res["train_images"], eval_test=res["test_images"])
         return row
 
 
@@ -329,56 +319,44 @@ def source_commit() -> str | None:
         return None
 
 
-def _subset(dataset, n: int | None):
-    """The evenly spaced ``n`` images of ``dataset`` that :func:`extract_features` takes."""
-    if n is None or n >= len(dataset):
-        return dataset
-    idx = torch.linspace(0, len(dataset) - 1, n).long().numpy()
-    return dataclasses.replace(dataset, images=dataset.images[idx], labels=dataset.labels[idx])
-
-
-def _write(rows: list[dict], out: Path, dataset: str, name: str, cfg: Config, several: bool = False) -> None:
-    tuned = "finetune_top1" in rows[0]
-    keys = [
-        "pretrain",
-        "seed",
-        "steps",
-        "minutes",
-        "linear_top1",
-        "linear_top5",
-        "knn_top1",
-        "knn_top5",
-        "knn_k",
-        *(f"knn_top1_k{k}" for k in DEFAULT_KS),
-        "eval_train",
-        "eval_test",
-    ] + (["finetune_top1", "finetune_top5"] if tuned else [])
+def _write(rows: list[dict], out: Path, dataset: str, name: str, protocols: dict, several: bool = False) -> None:
+    base = ["pretrain", "seed", "steps", "minutes"]
+    keys = base + [k for k in rows[0] if k not in base and k not in ("eval_train", "eval_test")]
+    keys += ["eval_train", "eval_test"]
     with open(out / f"{name}.csv", "w", newline="") as f:
-        w = csv.DictWriter(f, keys)
+        w = csv.DictWriter(f, keys, extrasaction="ignore")
         w.writeheader()
         w.writerows({k: (round(r[k], 2) if isinstance(r[k], float) else r[k]) for k in keys} for r in rows)
     n_train, n_test = rows[0]["eval_train"], rows[0]["eval_test"]
+    used = [get_protocol(p) for p in protocols]
+    settings = "; ".join(f"{p.name} {_options_text(protocols[p.name])}" for p in used)
     lines = [
-        f"Results on {dataset} ({n_train} train / {n_test} test images; linear probe on frozen CLS / pooled "
-        f"features; weighted kNN T={cfg.eval.knn_t}, the best of k = {', '.join(map(str, DEFAULT_KS))}, "
-        f"each k in the CSV / JSON)",
+        f"Results on {dataset} ({n_train} train / {n_test} test images; frozen CLS / pooled features; "
+        f"{settings}; every setting's figures in the CSV / JSON)",
         "",
     ]
     if several:  # each row's seeds: mean and spread first, every run below
-        lines += [*summary_markdown(summarize(rows)), "", "Every run:", ""]
+        titles = {f"{p.name}_top1": f"{p.title} Acc@1" for p in used}
+        lines += [*summary_markdown(summarize(rows), titles), "", "Every run:", ""]
+    head = [f" {p.title} Acc@1 | Acc@5 |" + (f" {p.chosen} |" if p.chosen else "") for p in used]
+    cols = sum(3 if p.chosen else 2 for p in used)
     lines += [
-        f"| Pre-train |{' seed |' if several else ''} steps | train min | Sup linear Acc@1 | Acc@5 | "
-        "Unsup kNN Acc@1 | Acc@5 | k |" + (" Fine-tune Acc@1 | Acc@5 |" if tuned else ""),
-        f"| --- |{' ---: |' if several else ''} ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
-        + (" ---: | ---: |" if tuned else ""),
+        f"| Pre-train |{' seed |' if several else ''} steps | train min |" + "".join(head),
+        f"| --- |{' ---: |' if several else ''} ---: | ---: |" + " ---: |" * cols,
     ]
     for r in rows:
-        lines.append(
-            f"| {r['pretrain']} |"
-            + (f" {r['seed']} |" if several else "")
-            + " "
-            + f"{r['steps']} | {r['minutes']:.1f} | {r['linear_top1']:.2f} | "
-            f"{r['linear_top5']:.2f} | {r['knn_top1']:.2f} | {r['knn_top5']:.2f} | {r['knn_k']} |"
-            + (f" {r['finetune_top1']:.2f} | {r['finetune_top5']:.2f} |" if tuned else "")
-        )
+        cells = [
+            f" {r[f'{p.name}_top1']:.2f} | {r[f'{p.name}_top5']:.2f} |"
+            + (f" {r[f'{p.name}_{p.chosen}']:g} |" if p.chosen else "")
+            for p in used
+        ]
+        seed = f" {r['seed']} |" if several else ""
+        lines.append(f"| {r['pretrain']} |{seed} {r['steps']} | {r['minutes']:.1f} |" + "".join(cells))
     (out / f"{name}.md").write_text("\n".join(lines) + "\n")
+
+
+def _options_text(options) -> str:
+    """``k=10,20,100,200 temperature=0.07``: a protocol's options in one phrase."""
+    return " ".join(
+        f"{k}={','.join(f'{x:g}' for x in v) if isinstance(v, list) else v}" for k, v in to_dict(options).items()
+    )

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import statistics
 
-METRICS = ("linear_top1", "knn_top1", "finetune_top1")
+
+def metrics_of(row: dict) -> list[str]:
+    """The headline figure of every protocol in a row: its ``<protocol>_top1`` keys."""
+    return [k for k in row if k.endswith("_top1")]
 
 
 def parse_seeds(spec: str | None) -> list[int] | None:
@@ -29,7 +32,7 @@ def parse_seeds(spec: str | None) -> list[int] | None:
 
 def summarize(rows: list[dict]) -> list[dict]:
     """One summary per row label (``pretrain``), in first-seen order: ``seeds``, ``steps`` (the
-    first seed's), and for each metric present ``<m>_mean``, ``_std`` (0 for one seed), ``_min``,
+    first seed's), and for each protocol's top-1 (:func:`metrics_of`) ``<m>_mean``, ``_std`` (0 for one seed), ``_min``,
     ``_max`` and ``_all`` (per seed, in seed order)."""
     labels: dict[str, list[dict]] = {}
     for r in rows:
@@ -38,9 +41,7 @@ def summarize(rows: list[dict]) -> list[dict]:
     for label, group in labels.items():
         group = sorted(group, key=lambda r: (r.get("seed") is None, r.get("seed") or 0))
         s = {"pretrain": label, "seeds": [r.get("seed") for r in group], "steps": group[0]["steps"]}
-        for m in METRICS:
-            if m not in group[0]:
-                continue
+        for m in metrics_of(group[0]):
             values = [float(r[m]) for r in group]
             s.update(
                 {
@@ -66,12 +67,13 @@ def verdict(a: dict, b: dict, metric: str) -> str:
     return "resolved" if gap > a[f"{metric}_std"] + b[f"{metric}_std"] and apart else "not resolved"
 
 
-def summary_markdown(summaries: list[dict]) -> list[str]:
-    """Markdown lines: each row's mean ± std (min-max) and per-seed figures, per metric."""
-    metrics = [m for m in METRICS if f"{m}_mean" in summaries[0]]
-    names = {"linear_top1": "linear Acc@1", "knn_top1": "kNN Acc@1", "finetune_top1": "fine-tune Acc@1"}
+def summary_markdown(summaries: list[dict], titles: dict[str, str] | None = None) -> list[str]:
+    """Markdown lines: each row's mean ± std (min-max) and per-seed figures, per metric
+    (``titles``: a metric's heading, default its key)."""
+    metrics = [k[: -len("_mean")] for k in summaries[0] if k.endswith("_mean")]
+    titles = titles or {}
     head = "| Pre-train | seeds | steps | " + " | ".join(
-        f"{names[m]}: mean ± std (min-max) | per seed" for m in metrics
+        f"{titles.get(m, m)}: mean ± std (min-max) | per seed" for m in metrics
     )
     lines = [head + " |", "| --- | --- | ---: |" + " ---: | --- |" * len(metrics)]
     for s in summaries:

@@ -47,7 +47,7 @@ from sslkd.train.budget import PROBE_STEPS, BudgetPlanner, Plan, write_plan
 from sslkd.train.gradcache import cache_batch_gradients, set_rng_state
 from sslkd.train.inputs import build_views, count_bad_files, epoch_loader, load_datasets
 from sslkd.train.loggers import open_loggers
-from sslkd.train.monitor import KnnMonitor
+from sslkd.train.monitor import Monitor
 from sslkd.train.optim import build_optimizers, clip_per_tensor, compile_networks, set_hparams
 from sslkd.train.resume import Checkpointing
 from sslkd.train.runlock import run_lock
@@ -76,7 +76,7 @@ class Trainer(Checkpointing):
             train_set, test_set = load_datasets(cfg, verbose=self.is_main)
         self.train_set = train_set
         self.out = Path(cfg.output_dir)
-        self.monitor = KnnMonitor(cfg, train_set, test_set, self.device)
+        self.monitor = Monitor(cfg, train_set, test_set, self.device)
         self.progress = progress and self.is_main
         t = cfg.train
         if t.batch_size % (t.accum_steps * self.world):
@@ -448,11 +448,9 @@ class Trainer(Checkpointing):
     def _end_of_epoch(self, epoch: int, log: RunLog, last: dict) -> None:
         if self.monitor.due(epoch):
             res = self.monitor(self.method.eval_backbone("teacher"))
-            last.update({"knn_top1": res["top1"], "knn_top5": res["top5"]})
-            log.record(
-                {"step": self.step, "epoch": epoch, "knn_top1": res["top1"], "knn_top5": res["top5"]},
-                {"eval/knn_top1": res["top1"]},
-            )
+            last.update(res)
+            top1 = {f"eval/{k}": v for k, v in res.items() if k.endswith("_top1")}
+            log.record({"step": self.step, "epoch": epoch, **res}, top1)
             self.method.train()
         if not self.cfg.train.ckpt_every_steps or self.step % self.cfg.train.ckpt_every_steps:
             self.save()

@@ -101,9 +101,9 @@ def load_datasets(cfg: Config, verbose: bool = False) -> tuple[ImageArrayDataset
             test = held_out(d.name, train, **data_kwargs(cfg))
         except NoHeldOutSplitError as e:
             if verbose:
-                print(f"kNN monitor off: {e}")
+                print(f"evaluation monitor off: {e}")
     elif cfg.eval.knn_every and verbose:
-        print(f"kNN monitor off: {train.name} has no labels")
+        print(f"evaluation monitor off: {train.name} has no labels")
     return train, test
 
 

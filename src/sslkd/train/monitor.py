@@ -1,21 +1,30 @@
-"""The kNN monitor of a training run: the teacher's weighted kNN accuracy every
-``eval.knn_every`` epochs and at the last, on the held-out split (loaded when first due; a dataset
-without labels or without a held-out split is not monitored, rather than scored on fitting)."""
+"""The evaluation monitor of a training run: the teacher's accuracy by each protocol of
+``eval.protocols`` (weighted kNN by default) every ``eval.knn_every`` epochs and at the last, on
+the held-out split (loaded when first due; a dataset without labels or without a held-out split is
+not monitored, rather than scored on fitting)."""
 
 from __future__ import annotations
 
 import torch
 
-from sslkd.config import Config
+from sslkd.config import Config, ConfigError
 from sslkd.data import NoHeldOutSplitError, held_out
-from sslkd.eval import evaluate
+from sslkd.eval import evaluate, get_protocol, options_of
 from sslkd.train.inputs import data_kwargs
 
 
-class KnnMonitor:
+class Monitor:
     def __init__(self, cfg: Config, train_set, test_set, device: torch.device) -> None:
         self.cfg, self.train_set, self.test_set, self.device = cfg, train_set, test_set, device
         self.possible = bool(train_set.num_classes)
+        e = cfg.eval
+        given = {"knn": {"k": [e.knn_k], "temperature": e.knn_t}}
+        self.protocols = {name: options_of(name, given.get(name)) for name in e.protocols}  # unknown: named
+        trained = [name for name in e.protocols if not get_protocol(name).frozen]
+        if trained:
+            raise ConfigError(
+                f"eval.protocols: {', '.join(trained)} trains the backbone; the monitor scores frozen features"
+            )
 
     def due(self, epoch: int) -> bool:
         """Whether epoch ``epoch`` (1-based, just finished) is monitored (the same on every process)."""
@@ -27,21 +36,13 @@ class KnnMonitor:
                 self.test_set = held_out(self.cfg.data.name, self.train_set, **data_kwargs(self.cfg))
             except NoHeldOutSplitError:
                 self.possible = False
-        return self.possible
+        return self.possible and bool(self.protocols)
 
     def __call__(self, backbone: torch.nn.Module) -> dict[str, float]:
-        """``{"top1", "top5"}`` of ``backbone`` (every process embeds)."""
+        """``{"<protocol>_top1", "<protocol>_top5"}`` of ``backbone`` (every process embeds)."""
         e = self.cfg.eval
         res = evaluate(
-            backbone,
-            self.train_set,
-            self.test_set,
-            ("knn",),
-            size=self.cfg.aug.global_crops_size,
-            device=self.device,
-            k=e.knn_k,
-            temperature=e.knn_t,
-            max_train=e.knn_max_train,
-            num_workers=self.cfg.data.num_workers,
-        )
-        return {"top1": res["knn"]["top1"], "top5": res["knn"]["top5"]}
+            backbone, self.train_set, self.test_set, self.protocols, size=self.cfg.aug.global_crops_size,
+            device=self.device, max_train=e.knn_max_train, num_workers=self.cfg.data.num_workers, seed=self.cfg.seed,
+        )  # fmt: skip
+        return {f"{name}_{m}": res[name][m] for name in self.protocols for m in ("top1", "top5")}
