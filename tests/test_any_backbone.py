@@ -4,14 +4,19 @@ import pytest
 import timm
 import torch
 
+import sslkd
+from sslkd.checkpoint import save_atomic
 from sslkd.cli import main
 from sslkd.config import load_config
 from sslkd.data import get_dataset
 from sslkd.errors import ConfigError, TeacherError
+from sslkd.export import export
 from sslkd.methods import build_method
 from sslkd.models import CNNBackbone, ViTBackbone, build_backbone, is_vit
 from sslkd.pretrained import load_pretrained
+from sslkd.teachers import load_teacher
 from sslkd.train import Trainer
+from sslkd.weights import resolve
 
 TINY = {
     "device": "cpu",
@@ -82,6 +87,16 @@ def test_a_student_starts_from_a_run_a_file_or_says_why_not(tmp_path, capsys):
     got = Trainer(cfg, data, progress=False).method.student.backbone.vit.state_dict()
     assert torch.equal(got["blocks.0.attn.qkv.weight"], vit.state_dict()["blocks.0.attn.qkv.weight"])
     assert got["pos_embed"].shape[1] == 1 + 16
+    # an sslkd export folder: the same weights as its run's, for a student, a teacher and load_backbone
+    export(tmp_path / "a", tmp_path / "exp")
+    cfg = load_config(None, [f"output_dir={tmp_path / 'e'}", f"model.pretrained={tmp_path / 'exp'}"], base=TINY)
+    got = Trainer(cfg, data, progress=False).method.student.backbone.vit.state_dict()
+    assert all(torch.equal(got[k], v) for k, v in source.items())
+    teacher, report = load_teacher(tmp_path / "exp", arch="vit_tiny", patch_size=4, img_size=16, depth=1)
+    x = torch.randn(2, 3, 16, 16)
+    assert torch.allclose(teacher(x), sslkd.load_backbone(tmp_path / "exp")(x), atol=1e-5)
+    with pytest.raises(TeacherError, match="writes the backbone of an sslkd run"):
+        export(tmp_path / "exp", tmp_path / "again")
     with pytest.raises(TeacherError, match="not found"):
         Trainer(load_config(None, [f"model.pretrained={tmp_path / 'nope'}"], base=TINY), data, progress=False)
     wrong = load_config(
@@ -116,3 +131,18 @@ def test_weights_of_another_architecture_are_refused_and_a_resume_needs_no_sourc
         None, [f"output_dir={tmp_path / 'r'}", f"model.pretrained={tmp_path / 'd.pth'}", "train.max_steps=3"], base=good
     )
     assert Trainer(cfg, data, progress=False).fit(resume="auto")["step"] == 3
+
+
+def test_one_reading_of_a_weight_source(tmp_path):
+    run, ckpt_file, other, exported = tmp_path / "run", tmp_path / "c.pt", tmp_path / "o.pth", tmp_path / "exp"
+    run.mkdir()
+    save_atomic({"format": 1, "step": 0}, ckpt_file)
+    torch.save({"state_dict": {"w": torch.zeros(1)}}, other)
+    exported.mkdir()
+    (exported / "config.json").write_text("{}")
+    (exported / "model.safetensors").write_bytes(b"")
+    kinds = {s: resolve(s).kind for s in ("timm:vit_tiny_patch16_224", run, ckpt_file, other, exported)}
+    assert list(kinds.values()) == ["timm", "sslkd", "sslkd", "file", "export"]
+    assert resolve("timm:resnet18.a1_in1k").timm_name == "resnet18.a1_in1k"
+    with pytest.raises(TeacherError, match=r"model.pretrained not found: .*nope \(expected an sslkd run folder"):
+        resolve(tmp_path / "nope", "model.pretrained")

@@ -10,6 +10,7 @@ PKG = SRC / "sslkd"
 # lower layers first; a module may import its own layer or those before it (tested below)
 LAYERS = [
     ["sslkd", "sslkd.errors", "sslkd.schema", "sslkd.lazy", "sslkd.device", "sslkd.distributed", "sslkd.checkpoint"],
+    ["sslkd.weights"],
     ["sslkd.data", "sslkd.models"],
     ["sslkd.losses", "sslkd.eval"],
     ["sslkd.methods"],

@@ -22,12 +22,14 @@ from torch import nn
 from sslkd.config import Config, load_config, to_dict
 from sslkd.data import get_dataset, held_out
 from sslkd.device import resolve_device
+from sslkd.errors import TeacherError
 from sslkd.eval import evaluate as evaluate_all
 from sslkd.eval import options_of
 from sslkd.export import load_export, timm_module
 from sslkd.models import build_backbone
 from sslkd.pretrained import load_pretrained
 from sslkd.train import Trainer
+from sslkd.weights import resolve
 
 
 @dataclass
@@ -81,10 +83,12 @@ def load_backbone(source: str | Path | Run, which: str = "teacher", model: int =
     """A plain timm model whose ``forward`` gives the features sslkd evaluates (the ViT's CLS
     token after the final norm, a CNN's average-pooled map), from a run folder, a checkpoint or
     an ``sslkd export`` folder (``model.safetensors`` + ``config.json``)."""
-    path = source.path if isinstance(source, Run) else Path(source)
-    if (path / "config.json").is_file() and (path / "model.safetensors").is_file():
-        return load_export(path)
-    return timm_module(load_pretrained(path, which, model).backbone).eval()
+    src = resolve(source.path if isinstance(source, Run) else source, "backbone")
+    if src.kind == "export":
+        return load_export(src.path)
+    if src.kind != "sslkd":
+        raise TeacherError(f"{src.spec}: load_backbone reads sslkd runs, checkpoints and export folders ({src.kind})")
+    return timm_module(load_pretrained(src.path, which, model).backbone).eval()
 
 
 def eval_datasets(dataset: str, root: str | None = None, img_size: int | None = None, **options) -> tuple:

@@ -128,8 +128,7 @@ class EvalConfig:
     knn_k: Positive = 20  # neighbours of the kNN monitor
     knn_t: PositiveFloat = 0.07  # temperature of the kNN vote
     knn_max_train: Positive | None = None  # cap the kNN bank during pretraining (speed)
-    # what the monitor scores on frozen features, logged as <protocol>_top1/_top5 (knn, linear, logreg)
-    protocols: tuple[str, ...] = ("knn",)
+    protocols: tuple[str, ...] = ("knn",)  # the monitor's protocols (knn, linear, logreg): <name>_top1/_top5
 
 
 def _method_class(data: Any) -> type:

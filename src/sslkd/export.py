@@ -28,8 +28,10 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from sslkd.errors import TeacherError
 from sslkd.models.backbone import CNNBackbone, ViTBackbone, apply_small_stem
 from sslkd.pretrained import load_pretrained
+from sslkd.weights import EXPORT_CONFIG, EXPORT_WEIGHTS, resolve
 
 FORMATS = ("safetensors", "timm", "onnx")
 SMALL_STEM_RECIPE = """\
@@ -85,13 +87,13 @@ def load_export(folder: str | Path) -> nn.Module:
     """The timm model of an ``export`` folder (``config.json`` + ``model.safetensors``), with
     sslkd's small-image stem where the export says so (:data:`SMALL_STEM_RECIPE`), in eval mode."""
     folder = Path(folder)
-    cfg = json.loads((folder / "config.json").read_text())
+    cfg = json.loads((folder / EXPORT_CONFIG).read_text())
     model = timm.create_model(cfg["architecture"], **cfg["model_args"])
     if cfg.get("sslkd", {}).get("stem") == "small":
         apply_small_stem(model)
     if "global_pool" not in cfg["model_args"] and hasattr(model, "reset_classifier"):
         model.reset_classifier(0, "avg")
-    model.load_state_dict(load_file(str(folder / "model.safetensors")))
+    model.load_state_dict(load_file(str(folder / EXPORT_WEIGHTS)))
     return model.eval()
 
 
@@ -109,10 +111,13 @@ def export(
     bad = [f for f in formats if f not in FORMATS]
     if bad:
         raise ValueError(f"unknown export format(s) {', '.join(bad)}; valid: {', '.join(FORMATS)}")
+    src = resolve(source, "export source")
+    if src.kind != "sslkd":  # an export re-exported, a timm name, another project's file: not a run
+        raise TeacherError(f"{src.spec}: sslkd export writes the backbone of an sslkd run or checkpoint ({src.kind})")
     out = Path(out)
     if out.is_dir() and any(out.iterdir()) and not force:
         raise FileExistsError(f"{out} holds files already (an earlier export?); choose another --out or pass --force")
-    pre = load_pretrained(source, weights, model)
+    pre = load_pretrained(src.path, weights, model)
     net, arch, args, stem = _describe(pre.backbone)
     net = net.eval().float()
     out.mkdir(parents=True, exist_ok=True)
@@ -122,8 +127,8 @@ def export(
     c = args["in_chans"]
     if {"safetensors", "timm"} & set(formats):
         state = {k: v.detach().contiguous().clone() for k, v in net.state_dict().items()}
-        save_file(state, str(out / "model.safetensors"), metadata={"format": "pt", "architecture": arch})
-        _usual_mode(out / "model.safetensors")  # safetensors writes 0600
+        save_file(state, str(out / EXPORT_WEIGHTS), metadata={"format": "pt", "architecture": arch})
+        _usual_mode(out / EXPORT_WEIGHTS)  # safetensors writes 0600
         cfg = {
             "architecture": arch,
             "num_classes": 0,
@@ -150,8 +155,8 @@ def export(
                 "channels": c,
             },
         }
-        (out / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
-        files.update(safetensors=out / "model.safetensors", config=out / "config.json")
+        (out / EXPORT_CONFIG).write_text(json.dumps(cfg, indent=2) + "\n")
+        files.update(safetensors=out / EXPORT_WEIGHTS, config=out / EXPORT_CONFIG)
     if "onnx" in formats:  # sslkd's own feature definition (MobileNetV3's timm forward adds a head)
         x = torch.randn(2, c, pre.img_size, pre.img_size)
         torch.onnx.export(

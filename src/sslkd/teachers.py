@@ -17,8 +17,7 @@ import timm
 import torch
 from torch import nn
 
-from sslkd import checkpoint as ckpt
-from sslkd.errors import CheckpointError, TeacherError
+from sslkd.errors import TeacherError
 from sslkd.models import DINOHead, ModelConfig, ViTBackbone
 from sslkd.models.teacher import (
     Bottleneck,
@@ -30,6 +29,7 @@ from sslkd.models.teacher import (
     read_weights_file,
 )
 from sslkd.pretrained import load_method
+from sslkd.weights import EXPORT_WEIGHTS, resolve
 
 
 def load_teacher(
@@ -59,10 +59,10 @@ def load_teacher(
         raise TeacherError(f"teacher weights must be 'teacher' or 'student', got '{which}'")
     if features not in ("backbone", "head", "auto"):
         raise TeacherError(f"teacher features must be 'backbone', 'head' or 'auto', got '{features}'")
-    path = Path(str(source))
-    if not str(source).startswith("timm:") and (path.is_dir() or _is_sslkd_checkpoint(path)):
-        return _from_sslkd(path, which, features, img_size)
-    return load_external(source, which, features, arch, patch_size, img_size, in_chans, small_stem, strict, depth)
+    src = resolve(source, "teacher")
+    if src.kind == "sslkd":
+        return _from_sslkd(src.path, which, features, img_size)
+    return load_external(src, which, features, arch, patch_size, img_size, in_chans, small_stem, strict, depth)
 
 
 def load_teachers(mcfg: TeacherConfig, in_chans: int) -> list[FrozenTeacher]:
@@ -85,16 +85,6 @@ def load_teachers(mcfg: TeacherConfig, in_chans: int) -> list[FrozenTeacher]:
         t.report = report
         teachers.append(t)
     return teachers
-
-
-def _is_sslkd_checkpoint(path: Path) -> bool:
-    if path.suffix == ".safetensors" or not path.is_file():
-        return False
-    try:
-        ckpt.load(path)
-    except CheckpointError:
-        return False
-    return True
 
 
 def _from_sslkd(path: Path, which: str, features: str, img_size: int | None) -> tuple[FrozenTeacher, LoadReport]:
@@ -148,8 +138,9 @@ def _model_sections(obj) -> list[ModelConfig]:
 
 
 def _read_weights(spec: str) -> Weights:
-    if spec.startswith("timm:"):
-        name = spec[5:]
+    src = resolve(spec, "model.pretrained")
+    if src.kind == "timm":
+        name = src.timm_name
         try:
             net = timm.create_model(name, pretrained=True)
         except Exception as e:  # no network, unknown name, missing file: all end here
@@ -158,13 +149,10 @@ def _read_weights(spec: str) -> Weights:
                 f"without a network, download them elsewhere and name the file instead"
             ) from e
         return Weights(spec, "timm", net.state_dict())
-    path = Path(spec)
-    if not path.exists():
-        raise TeacherError(
-            f"model.pretrained={spec}: not found (an sslkd run folder or checkpoint, a weight file, "
-            f"or timm:<model name>)"
-        )
-    if path.is_dir() or _is_sslkd_checkpoint(path):
+    path = src.path
+    if src.kind == "export":  # the timm model's own state dict
+        return Weights(spec, "sslkd export", read_weights_file(path / EXPORT_WEIGHTS))
+    if src.kind == "sslkd":
         method, _, ckpt_path = load_method(path)
         backbone = method.eval_backbone("teacher")
         inner = backbone.vit if isinstance(backbone, ViTBackbone) else backbone.net

@@ -60,7 +60,7 @@ class ModelConfig:
     small_stem: bool = True  # CNNs: 3x3 stride-1 stem without max-pool, for small images
     depth: Positive | None = None  # ViT depth override (None: the architecture's own)
     init_seed: int | None = None  # weights and drop-path seed (None: `seed`, which seeds data and masks)
-    pretrained: str | None = None  # start from these weights: an sslkd run / checkpoint, a weight file, timm:<name>
+    pretrained: str | None = None  # start from: an sslkd run / checkpoint / export, a weight file, timm:<name>
 
     def validate(self, prefix: str = "model.") -> None:
         if not is_backbone(self.backbone):

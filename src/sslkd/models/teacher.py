@@ -50,6 +50,7 @@ from sslkd.errors import TeacherError
 from sslkd.models.backbone import VITS, Backbone, CNNBackbone, ViTBackbone, build_backbone, is_vit
 from sslkd.models.heads import DINOHead, MoCoHead
 from sslkd.schema import Positive
+from sslkd.weights import EXPORT_WEIGHTS, WeightSource, resolve
 
 
 @dataclass
@@ -159,7 +160,7 @@ def backbone_in_chans(backbone: Backbone) -> int:
 
 
 def load_external(
-    source: str | Path,
+    source: str | Path | WeightSource,
     which: str = "teacher",
     features: str = "backbone",
     arch: str | None = None,
@@ -172,15 +173,12 @@ def load_external(
 ) -> tuple[FrozenTeacher, LoadReport]:
     """A frozen teacher from another project's file or ``timm:<model>`` (see the module doc); the
     arguments as :func:`sslkd.teachers.load_teacher`'s."""
-    source = str(source)
-    if source.startswith("timm:"):
-        return _from_timm(source[5:], img_size, in_chans)
-    path = Path(source)
-    if not path.exists():
-        raise TeacherError(
-            f"teacher not found: {path} (expected an sslkd run folder or checkpoint, a "
-            f".pth/.safetensors file, or timm:<model name>)"
-        )
+    src = source if isinstance(source, WeightSource) else resolve(source, "teacher")
+    if src.kind == "timm":
+        return _from_timm(src.timm_name, img_size, in_chans)
+    path = src.path
+    if src.kind == "export":  # its safetensors is the timm model's own state dict
+        path = path / EXPORT_WEIGHTS
     if path.is_file() and not _looks_like_weights(path):
         with open(path, "rb") as f:
             head = f.read(8)
