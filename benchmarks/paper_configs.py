@@ -83,7 +83,7 @@ def measure(name: str, root: Path, files: Path) -> dict:
     cfg.output_dir = str(files / name.replace("/", "_"))
     train, _ = load_datasets(cfg)
     trainer = Trainer(cfg, train, progress=False)
-    views = next(trainer._batches(0, 0))
+    views = next(trainer.batches(0, 0))
     params = {p.untyped_storage().data_ptr() for p in trainer.method.parameters()}
     cost = {}
     for b in (3, 6):  # per image: the difference (weights saved once a call are a step's constant)

@@ -8,7 +8,8 @@ import torch
 
 from sslkd.config import load_config
 from sslkd.data import get_dataset
-from sslkd.data.batch_augment import BatchMultiCrop, _rotate_hue
+from sslkd.data.batch_augment import BatchMultiCrop, rotate_hue
+from sslkd.data.recipe import CropRecipe
 from sslkd.train import Trainer
 
 MEAN, STD = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
@@ -29,7 +30,7 @@ def _aug(**kw):
         blur_p=(0.0, 0.0, 0.0),
         solarize_p=0.0,
     )
-    return BatchMultiCrop(**(base | kw))
+    return BatchMultiCrop(CropRecipe(**(base | kw)))
 
 
 def _images(n=6, size=16, seed=0):
@@ -51,7 +52,7 @@ def test_identity_settings_return_the_normalised_image():
 def test_flip_and_deterministic_by_key():
     x = _images()
     torch.testing.assert_close(_unnorm(_aug(flip_p=1.0)(x, 0)[0]), x.float().flip(-1) / 255, atol=1e-5, rtol=0)
-    a = BatchMultiCrop(3, MEAN, STD, 16, 8, local_number=4)
+    a = BatchMultiCrop(CropRecipe(3, MEAN, STD, 16, 8, local_number=4))
     v1, v2, v3 = a(x, 7), a(x, 7), a(x, 8)
     assert all(torch.equal(p, q) for p, q in zip(v1, v2))
     assert not torch.equal(v1[0], v3[0])
@@ -61,7 +62,7 @@ def test_flip_and_deterministic_by_key():
 def test_crop_boxes_inside_image_with_area_in_range():
     a = _aug()
     g = torch.Generator().manual_seed(0)
-    boxes = a._boxes(g, 2000, 32, 32, (0.1, 0.4))
+    boxes = a.crop_boxes(g, 2000, 32, 32, (0.1, 0.4))
     w, h = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
     assert (boxes[:, :2] >= 0).all() and (boxes[:, 2] <= 32).all() and (boxes[:, 3] <= 32).all()
     share = w * h / 1024
@@ -97,10 +98,10 @@ def test_grayscale_solarize_and_blur():
 
 def test_hue_rotation_keeps_luma_and_full_turn_is_identity():
     x = torch.rand(4, 3, 5, 5)
-    y = _rotate_hue(x, torch.tensor([0.3, 1.0, -0.5, 2.0]))
+    y = rotate_hue(x, torch.tensor([0.3, 1.0, -0.5, 2.0]))
     luma = torch.tensor([0.299, 0.587, 0.114])[None, :, None, None]
     torch.testing.assert_close((y * luma).sum(1), (x * luma).sum(1), atol=1e-5, rtol=0)
-    torch.testing.assert_close(_rotate_hue(x, torch.full((4,), 2 * np.pi)), x, atol=1e-5, rtol=0)
+    torch.testing.assert_close(rotate_hue(x, torch.full((4,), 2 * np.pi)), x, atol=1e-5, rtol=0)
 
 
 def test_trainer_with_device_augmentation_resumes_the_same_views_and_learns(tmp_path):
@@ -127,8 +128,8 @@ def test_trainer_with_device_augmentation_resumes_the_same_views_and_learns(tmp_
         ],
     )
     tr = Trainer(cfg, data, progress=False)
-    whole = list(tr._batches(1, 0))
-    later = list(tr._batches(1, 32))  # resuming at the third batch of epoch 1
+    whole = list(tr.batches(1, 0))
+    later = list(tr.batches(1, 32))  # resuming at the third batch of epoch 1
     assert len(whole) == 4 and len(later) == 2 and len(whole[0]) == 4
     for a, b in zip(whole[2:], later):
         assert all(torch.equal(p, q) for p, q in zip(a, b))

@@ -125,12 +125,12 @@ def test_experiment_table1_writes_table_curves_and_attention(tmp_path, capsys):
 
 
 def test_curves_keep_per_model_diagnostics_out_of_the_loss_panel():
-    from sslkd.eval.curves import _is_diagnostic
+    from sslkd.eval.curves import is_diagnostic
 
     assert all(
-        _is_diagnostic(k) for k in ("agreement", "agreement2", "teacher_entropy1", "effective_rank2", "cosine_to_fused")
+        is_diagnostic(k) for k in ("agreement", "agreement2", "teacher_entropy1", "effective_rank2", "cosine_to_fused")
     )
-    assert not any(_is_diagnostic(k) for k in ("loss", "sm1", "ct2", "rkd_cls", "patch", "tfd", "sfd"))
+    assert not any(is_diagnostic(k) for k in ("loss", "sm1", "ct2", "rkd_cls", "patch", "tfd", "sfd"))
 
 
 def test_compare_gives_configs_with_the_same_stem_their_own_run_folders():

@@ -7,7 +7,7 @@ import torch
 from sslkd.cli import main
 from sslkd.config import load_config
 from sslkd.data import get_dataset
-from sslkd.eval.finetune import _param_groups, finetune
+from sslkd.eval.finetune import finetune, layer_decay_groups
 from sslkd.models import build_backbone
 from sslkd.train import Trainer
 
@@ -15,7 +15,7 @@ from sslkd.train import Trainer
 def test_layer_decay_scales_rates_from_head_down_to_patch_embedding():
     bb = build_backbone("vit_tiny", 16, 4, depth=3)
     head = torch.nn.Linear(bb.embed_dim, 10)
-    groups = _param_groups(bb, head, 0.05, 0.5)
+    groups = layer_decay_groups(bb, head, 0.05, 0.5)
     scale = {id(p): g["lr_scale"] for g in groups for p in g["params"]}
     assert scale[id(head.weight)] == 1.0
     blocks = [scale[id(b.attn.qkv.weight)] for b in bb.vit.blocks]

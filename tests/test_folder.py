@@ -13,9 +13,10 @@ from sslkd.config import AugConfig
 from sslkd.data import DatasetError, get_dataset
 from sslkd.data import folder as folder_mod
 from sslkd.data.augment import MultiCropTransform
-from sslkd.data.batch_augment import _rotate_hue
+from sslkd.data.batch_augment import rotate_hue
 from sslkd.data.folder import CorruptImageError, EvalCrops, ImageFolderDataset, decode, scan_folder
-from sslkd.data.pil_augment import PILMultiCrop, _hue
+from sslkd.data.pil_augment import PILMultiCrop, shift_hue
+from sslkd.data.recipe import CropRecipe
 
 
 def _rgb(rng, w, h):
@@ -116,8 +117,8 @@ def test_labels_only_from_an_unambiguous_layout_and_the_index_cache(tmp_path, mo
     assert scan_folder(make_flat(tmp_path / "flat"), labels="auto").classes == []
     # the index is cached while no folder changes, rescanned when one does
     walks = []
-    real = folder_mod._walk
-    monkeypatch.setattr(folder_mod, "_walk", lambda root: walks.append(root) or real(root))
+    real = folder_mod.walk_images
+    monkeypatch.setattr(folder_mod, "walk_images", lambda root: walks.append(root) or real(root))
     scan_folder(tmp_path / "labelled")
     assert walks == []
     write_photo(tmp_path / "labelled" / "dog" / "new", "png", 30, 30, np.random.default_rng(2))
@@ -388,9 +389,9 @@ def test_streaming_features_equal_for_any_worker_count(tmp_path):
 def test_pil_hue_is_the_batch_paths_rotation_and_views_follow_the_seed():
     rng = np.random.default_rng(0)
     arr = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
-    got = np.asarray(_hue(Image.fromarray(arr), 0.07), dtype=np.float64)
+    got = np.asarray(shift_hue(Image.fromarray(arr), 0.07), dtype=np.float64)
     x = torch.from_numpy(arr).permute(2, 0, 1)[None].double() / 255
-    want = (_rotate_hue(x, torch.tensor([0.07 * 2 * np.pi], dtype=torch.float64)).clamp(0, 1) * 255)[0]
+    want = (rotate_hue(x, torch.tensor([0.07 * 2 * np.pi], dtype=torch.float64)).clamp(0, 1) * 255)[0]
     assert np.abs(got - want.permute(1, 2, 0).numpy()).max() <= 1.0  # PIL rounds to 8 bits
     t = MultiCropTransform.from_config(
         AugConfig(local_crops_number=2, local_crops_size=16), 32, 3, (0.5,) * 3, (0.25,) * 3
@@ -414,21 +415,23 @@ def test_photos_train_with_colour_on_the_device(tmp_path, capsys):
     crops = [torch.randint(0, 256, (4, 3, 16, 16), dtype=torch.uint8) for _ in range(3)]
     mean, std = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
     off = BatchMultiCrop(
-        3,
-        mean,
-        std,
-        16,
-        16,
-        local_number=1,
-        color_jitter_p=0.0,
-        grayscale_p=0.0,
-        blur_p=(0.0, 0.0, 0.0),
-        solarize_p=0.0,
+        CropRecipe(
+            3,
+            mean,
+            std,
+            16,
+            16,
+            local_number=1,
+            color_jitter_p=0.0,
+            grayscale_p=0.0,
+            blur_p=(0.0, 0.0, 0.0),
+            solarize_p=0.0,
+        )
     )
     m, sd = torch.tensor(mean)[None, :, None, None], torch.tensor(std)[None, :, None, None]
     for got, c in zip(off.colour(crops, 7), crops):
         torch.testing.assert_close(got, (c.float() / 255 - m) / sd)
-    on = BatchMultiCrop(3, mean, std, 16, 16, local_number=1, color_jitter_p=1.0)
+    on = BatchMultiCrop(CropRecipe(3, mean, std, 16, 16, local_number=1, color_jitter_p=1.0))
     a, b = on.colour(crops, 7), on.colour(crops, 7)
     assert all(torch.equal(x, y) for x, y in zip(a, b)) and not torch.allclose(a[0], off.colour(crops, 7)[0])
     make_tree(tmp_path / "photos", per_class=4)

@@ -92,7 +92,7 @@ def test_ibot_student_sees_masks_teacher_does_not(tmp_path):
         enc.backbone.forward_features = (lambda o, n: lambda x, mask=None: (calls.append((n, mask)), o(x, mask))[1])(
             orig, name
         )
-    views = next(iter(tr._loader(0, 0)))[0]
+    views = next(iter(tr.loader(0, 0)))[0]
     losses, metrics = method(views, StepInfo(0, 0.0, 8, 1))
     assert [n for n, _ in calls] == ["teacher", "student"]
     assert calls[0][1] is None and calls[1][1].any()
@@ -173,10 +173,10 @@ def test_ibot_masked_rows_path_equals_dense_path(tmp_path):
     )
     tr = Trainer(cfg, data, progress=False)
     method = tr.method
-    views = next(iter(tr._loader(0, 0)))[0]
+    views = next(iter(tr.loader(0, 0)))[0]
     results = []
     for dense in (False, True):
-        method.cfg.method.use_bn_in_head = dense  # only steers the path here: the head was built without BN
+        method.ctx.method.use_bn_in_head = dense  # only steers the path here: the head was built without BN
         method.zero_grad()
         losses, _ = method(views, StepInfo(0, 0.0, 8, 1))
         losses["loss"].backward()
@@ -214,7 +214,7 @@ def test_patch_center_masked_records_the_teachers_mean_over_masked_positions(tmp
         ],
     )
     method = Trainer(cfg, data, progress=False).method
-    views = next(iter(Trainer(cfg, data, progress=False)._loader(0, 0)))[0]
+    views = next(iter(Trainer(cfg, data, progress=False).loader(0, 0)))[0]
     info = StepInfo(0, 0.0, 8, 1)
     with torch.no_grad():
         masks = method.masks(2, 4, 4, info, 8)[0].flatten(0, 1)
@@ -222,11 +222,11 @@ def test_patch_center_masked_records_the_teachers_mean_over_masked_positions(tmp
     expected = out[masks.flatten(1)].mean(0)
     records, losses = {}, {}
     for center, dense in (("all", False), ("masked", False), ("masked", True)):
-        method.cfg.method.patch_center, method.cfg.method.use_bn_in_head = center, dense  # steer only
-        method.patch_loss._pending.clear()
+        method.ctx.method.patch_center, method.ctx.method.use_bn_in_head = center, dense  # steer only
+        method.patch_loss.pending.clear()
         with torch.no_grad():
             losses[center, dense] = method(views, info)[0]["patch"]
-        records[center, dense] = method.patch_loss._pending[0]
+        records[center, dense] = method.patch_loss.pending[0]
     torch.testing.assert_close(records["masked", False], expected, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(records["masked", True], expected, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(records["all", False], out.reshape(-1, out.shape[-1]).mean(0), rtol=1e-5, atol=1e-6)
@@ -284,10 +284,10 @@ def test_patch_rkd_relates_only_the_views_the_student_saw_masked(tmp_path):
         cfg = load_config(None, base + [f"method.distill.patch_images={which}"])
         tr = Trainer(cfg, data, progress=False)
         method = tr.method
-        views = next(iter(tr._loader(0, 0)))[0]
+        views = next(iter(tr.loader(0, 0)))[0]
         seen = []
-        real = method._relational
-        method._relational = lambda s, t, *a, seen=seen, real=real: seen.append(s.shape[0]) or real(s, t, *a)
+        real = method.relational
+        method.relational = lambda s, t, *a, seen=seen, real=real: seen.append(s.shape[0]) or real(s, t, *a)
         with torch.no_grad():
             losses, _ = method(views, info)
         vmasks, has = method.masks(2, 4, 4, info, 8)
@@ -328,7 +328,7 @@ def _fidelity_method(tmp_path, *extra):
     tr = Trainer(
         load_config(None, base), get_dataset("synthetic", "train", img_size=16, num_samples=32), progress=False
     )
-    return tr.method, next(iter(tr._loader(0, 0)))[0]
+    return tr.method, next(iter(tr.loader(0, 0)))[0]
 
 
 @pytest.mark.parametrize("pairs", ["cross", "all"])

@@ -1,5 +1,7 @@
 """The package's import graph has no cycle and points down the layers; sslkd modules import each
-other at the top of the file (an import hidden in a function is how a cycle hides)."""
+other at the top of the file (an import hidden in a function is how a cycle hides). Imports by
+name count too: ``lazy_import("sslkd.x")`` and ``importlib.import_module("sslkd.x")`` (an f-string
+``"sslkd.commands.{name}"`` imports every module under its constant prefix)."""
 
 import ast
 from pathlib import Path
@@ -7,9 +9,12 @@ from pathlib import Path
 SRC = Path(__file__).resolve().parents[1] / "src"
 PKG = SRC / "sslkd"
 
-# lower layers first; a module may import its own layer or those before it (tested below)
+# lower layers first; a module may import its own layer or those before it (tested below). The root
+# package "sslkd" names itself only (its API is sslkd.api's, loaded on first use); a prefix names a
+# module and everything under it.
 LAYERS = [
-    ["sslkd", "sslkd.errors", "sslkd.schema", "sslkd.lazy", "sslkd.device", "sslkd.distributed", "sslkd.checkpoint"],
+    ["sslkd.errors", "sslkd.schema", "sslkd.lazy", "sslkd.device", "sslkd.distributed", "sslkd.checkpoint"],
+    ["sslkd.schedules"],
     ["sslkd.weights"],
     ["sslkd.data", "sslkd.models"],
     ["sslkd.losses", "sslkd.eval"],
@@ -18,7 +23,7 @@ LAYERS = [
     ["sslkd.pretrained", "sslkd.teachers", "sslkd.estimate", "sslkd.autoconfig"],
     ["sslkd.train"],
     ["sslkd.experiments", "sslkd.report", "sslkd.export", "sslkd.bench", "sslkd.demo", "sslkd.docs", "sslkd.api"],
-    ["sslkd.commands", "sslkd.cli", "sslkd.__main__"],
+    ["sslkd.commands", "sslkd.cli", "sslkd.__main__", "sslkd"],
 ]
 
 
@@ -41,6 +46,11 @@ def _imports(name: str, path: Path, modules: dict) -> tuple[set[str], list[str]]
     top = set(id(n) for n in tree.body)
 
     def add(target: str) -> None:
+        if target.endswith("."):  # an f-string's constant prefix: every module under it
+            for m in modules:
+                if m.startswith(target):
+                    add(m)
+            return
         if target not in modules:
             return
         parts = target.split(".")
@@ -54,6 +64,9 @@ def _imports(name: str, path: Path, modules: dict) -> tuple[set[str], list[str]]
         if isinstance(call, ast.Call) and getattr(call.func, "id", "") == "lazy_import" and call.args:
             add(call.args[0].value)
     for node in ast.walk(tree):
+        named = _imported_by_name(node)
+        if named:
+            add(named)
         if isinstance(node, ast.Import):
             found = [a.name for a in node.names]
         elif isinstance(node, ast.ImportFrom):
@@ -76,6 +89,21 @@ def _imports(name: str, path: Path, modules: dict) -> tuple[set[str], list[str]]
     return targets, hidden
 
 
+def _imported_by_name(node: ast.AST) -> str | None:
+    """The module an ``import_module("sslkd...")`` call names (an f-string: its constant prefix)."""
+    if not (isinstance(node, ast.Call) and node.args):
+        return None
+    func = node.func
+    if (func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")) != "import_module":
+        return None
+    arg = node.args[0]
+    if isinstance(arg, ast.JoinedStr) and arg.values and isinstance(arg.values[0], ast.Constant):
+        arg = arg.values[0]
+    if isinstance(arg, ast.Constant) and isinstance(arg.value, str) and arg.value.startswith("sslkd"):
+        return arg.value
+    return None
+
+
 def _graph():
     modules = _modules()
     return modules, {m: _imports(m, p, modules) for m, p in modules.items()}
@@ -85,7 +113,8 @@ def _layer(module: str) -> int:
     best = -1, 0
     for i, layer in enumerate(LAYERS):
         for prefix in layer:
-            if (module == prefix or module.startswith(prefix + ".")) and len(prefix) > best[1]:
+            under = prefix != "sslkd" and module.startswith(prefix + ".")
+            if (module == prefix or under) and len(prefix) > best[1]:
                 best = i, len(prefix)
     return best[0]
 
@@ -115,6 +144,15 @@ def test_sslkd_imports_are_at_the_top_of_each_module():
     _, graph = _graph()
     hidden = [h for _, (_, hs) in sorted(graph.items()) for h in hs]
     assert not hidden, f"sslkd imported inside a function (a hidden cycle or layer breach): {hidden}"
+
+
+def test_the_checks_see_imports_by_name_and_unplaced_modules():
+    _, graph = _graph()
+    assert "sslkd.api" in graph["sslkd"][0]  # importlib.import_module("sslkd.api") in a function
+    assert "sslkd.commands.pretrain" in graph["sslkd.cli"][0]  # import_module(f"sslkd.commands.{name}")
+    assert "sslkd.api" in graph["sslkd.commands.pretrain"][0]  # lazy_import("sslkd.api")
+    assert _layer("sslkd.new_module") == -1 and _layer("sslkd") == len(LAYERS) - 1
+    assert _layer("sslkd.data.new_source") == _layer("sslkd.data")
 
 
 def test_every_module_imports_only_its_own_layer_or_lower_ones():

@@ -126,9 +126,9 @@ def test_mocov3_predictor_is_trained_and_teacher_is_ema(tmp_path):
     names = {n for n, _ in tr.method.trainable_parameters()}
     assert any(n.startswith("predictor.") for n in names) and not any(n.startswith("teacher.") for n in names)
     before = [p.clone() for p in tr.method.teacher.parameters()]
-    views = next(iter(tr._loader(0, 0)))[0]
+    views = next(iter(tr.loader(0, 0)))[0]
     tr.train_step([views])
-    m = float(tr.momentum[0])
+    m = float(tr.schedules.momentum[0])
     for b, t, s in zip(before, tr.method.teacher.parameters(), tr.method.student.parameters()):
         torch.testing.assert_close(t, m * b + (1 - m) * s, rtol=1e-5, atol=1e-6)
 
@@ -157,10 +157,10 @@ def test_mocov3_accumulation_contrasts_against_the_whole_batch(tmp_path):
         ],
     )  # `auto` is bf16 on a CPU with AVX512-BF16; `ref` runs fp32
     tr = Trainer(cfg, data, progress=False)
-    loader = iter(tr._loader(0, 0))
+    loader = iter(tr.loader(0, 0))
     micro = [next(loader)[0], next(loader)[0]]
     ref = copy.deepcopy(tr.method)
-    outs = [ref._encode(views) for views in micro]
+    outs = [ref.encode(views) for views in micro]
     whole = {k: torch.cat([o[k] for o in outs]) for k in ("q1", "q2", "k1", "k2")}
     expected = ref.loss_fn(whole["q1"], whole["q2"], whole["k1"], whole["k2"])
     expected.backward()

@@ -201,7 +201,7 @@ def test_checkpoint_holds_both_models_and_eval_picks_one(tmp_path):
     assert [type(o).__name__ for o in trainer.optimizers] == ["AdamW", "SGD"]
     trainer.fit()
     sgd = trainer.optimizers[1].param_groups[0]
-    assert sgd["lr"] == pytest.approx(float(trainer.lr[1]) * 0.1 / cfg.train.base_lr)
+    assert sgd["lr"] == pytest.approx(float(trainer.schedules.lr[1]) * 0.1 / cfg.train.base_lr)
     assert sgd["weight_decay"] == 1e-4
     state = torch.load(sorted(tmp_path.glob("checkpoint-*.pt"))[-1], weights_only=True)
     assert isinstance(state["optimizer"], list) and len(state["optimizer"]) == 2

@@ -84,7 +84,7 @@ def test_pack_resumes_where_it_was_interrupted(packed, tmp_path, monkeypatch):
     index = scan_folder(root / "train")
     order = list(np.random.default_rng(0).permutation(len(index.paths)))
     cut = order.index(index.paths.index("n01440764/broken.JPEG")) // 4 + 1
-    write = pack_mod._write_shard
+    write = pack_mod.write_shard
     calls = []
 
     def interrupted(*a, **k):
@@ -93,7 +93,7 @@ def test_pack_resumes_where_it_was_interrupted(packed, tmp_path, monkeypatch):
         calls.append(a[3])
         return write(*a, **k)
 
-    monkeypatch.setattr(pack_mod, "_write_shard", interrupted)
+    monkeypatch.setattr(pack_mod, "write_shard", interrupted)
     with pytest.raises(KeyboardInterrupt):
         pack_mod.pack_folder(root, out, shard_size=4, progress=False)
     for attempt in (lambda: get_dataset("shards", "train", root=out), lambda: auto_config("dino", str(out))):
@@ -101,7 +101,7 @@ def test_pack_resumes_where_it_was_interrupted(packed, tmp_path, monkeypatch):
             attempt()
     done = {p: p.stat().st_mtime_ns for p in calls}
     calls.clear()
-    monkeypatch.setattr(pack_mod, "_write_shard", lambda *a, **k: calls.append(a[3]) or write(*a, **k))
+    monkeypatch.setattr(pack_mod, "write_shard", lambda *a, **k: calls.append(a[3]) or write(*a, **k))
     pack_mod.pack_folder(root, out, shard_size=4, progress=False)
     assert len(calls) == 9 - cut and not set(calls) & set(done)  # the finished shards were kept, not rewritten
     assert all(p.stat().st_mtime_ns == t for p, t in done.items())

@@ -13,35 +13,21 @@ from sslkd.errors import DivergedError
 from sslkd.train import Trainer, TrainingError
 from sslkd.train.resume import check_compatible
 
-TINY = {
-    "device": "cpu",
-    "data": {"name": "synthetic", "img_size": 16},
-    "aug": {"local_crops_number": 2, "local_crops_size": 8},
-    "model": {"backbone": "vit_tiny", "patch_size": 4, "depth": 1, "drop_path_rate": 0.1},
-    "method": {"name": "dino", "out_dim": 64, "hidden_dim": 64, "bottleneck_dim": 32},
-    "train": {"epochs": 2, "batch_size": 16, "warmup_epochs": 1, "log_every": 2, "freeze_last_layer": 0},
-}
-
-
-@pytest.fixture(scope="module")
-def data():
-    return get_dataset("synthetic", "train", img_size=16, num_samples=64)
-
 
 def losses_of(out_dir):
     return [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines() if "loss" in line]
 
 
-def test_resume_continues_bit_for_bit(tmp_path, data):
-    full_cfg = load_config(None, [f"output_dir={tmp_path / 'full'}"], base=TINY)
-    Trainer(full_cfg, data, progress=False).fit()
+def test_resume_continues_bit_for_bit(tmp_path, tiny):
+    full_cfg = tiny.config("full")
+    Trainer(full_cfg, tiny.data, progress=False).fit()
     full = losses_of(tmp_path / "full")
     assert len(full) == 8
 
-    part_cfg = load_config(None, [f"output_dir={tmp_path / 'part'}", "train.max_steps=3"], base=TINY)
-    assert Trainer(part_cfg, data, progress=False).fit()["status"] == "max_steps"
-    resumed_cfg = load_config(None, [f"output_dir={tmp_path / 'part'}"], base=TINY)
-    trainer = Trainer(resumed_cfg, data, progress=False)
+    part_cfg = tiny.config("part", "train.max_steps=3")
+    assert Trainer(part_cfg, tiny.data, progress=False).fit()["status"] == "max_steps"
+    resumed_cfg = tiny.config("part")
+    trainer = Trainer(resumed_cfg, tiny.data, progress=False)
     assert trainer.fit(resume="auto")["status"] == "finished"
     part = losses_of(tmp_path / "part")
     assert [r["step"] for r in part] == list(range(1, 9))
@@ -53,25 +39,25 @@ def test_resume_continues_bit_for_bit(tmp_path, data):
         assert torch.equal(v, again["method"][k]), k
 
 
-def test_accumulation_steps_ema_and_centre_once_per_optimiser_step(tmp_path, data):
-    cfg = load_config(None, [f"output_dir={tmp_path}", "train.accum_steps=2"], base=TINY)
-    tr = Trainer(cfg, data, progress=False)
+def test_accumulation_steps_ema_and_centre_once_per_optimiser_step(tmp_path, tiny):
+    cfg = tiny.config(".", "train.accum_steps=2")
+    tr = Trainer(cfg, tiny.data, progress=False)
     calls = []
     orig = tr.method.on_optimizer_step
     tr.method.on_optimizer_step = lambda m: (calls.append(m), orig(m))
-    batch = next(iter(tr._loader(0, 0)))[0]
+    batch = next(iter(tr.loader(0, 0)))[0]
     c0 = tr.method.loss_fn.center.clone()
     tr.train_step([batch, batch])
     assert len(calls) == 1 and tr.step == 1
     assert not torch.equal(tr.method.loss_fn.center, c0)
     # same data twice with accumulation == the batch once without: same centre, same teacher
-    cfg1 = load_config(None, [f"output_dir={tmp_path}/b"], base=TINY)
-    tr1 = Trainer(cfg1, data, progress=False)
+    cfg1 = tiny.config("b")
+    tr1 = Trainer(cfg1, tiny.data, progress=False)
     tr1.train_step([batch])
     torch.testing.assert_close(tr1.method.loss_fn.center, tr.method.loss_fn.center)
 
 
-def test_gradient_caching_replays_drop_path_and_leaves_no_trace(tmp_path, data, monkeypatch):
+def test_gradient_caching_replays_drop_path_and_leaves_no_trace(tmp_path, tiny, monkeypatch):
     """iBOT & RKD-D under accumulation: pass 1 (no gradients) must not move BatchNorm statistics or
     centres, pass 2 must replay pass 1's drop path (else the method warns), and only the batch-level
     term differs from plain per-micro-batch accumulation."""
@@ -93,11 +79,8 @@ def test_gradient_caching_replays_drop_path_and_leaves_no_trace(tmp_path, data, 
         "model.drop_path_rate=0.5",  # timm: block 2 drops 0.5
         "method=" + json.dumps(method),
     ]
-    trainers = [
-        Trainer(load_config(None, [f"output_dir={tmp_path / str(i)}", *over], base=TINY), data, progress=False)
-        for i in range(2)
-    ]
-    loader = iter(trainers[0]._loader(0, 0))  # micro-batches of batch_size / accum_steps = 8 images
+    trainers = [Trainer(tiny.config(str(i), *over), tiny.data, progress=False) for i in range(2)]
+    loader = iter(trainers[0].loader(0, 0))  # micro-batches of batch_size / accum_steps = 8 images
     half = [next(loader)[0], next(loader)[0]]
     with warnings.catch_warnings():
         warnings.simplefilter("error")
@@ -118,9 +101,9 @@ def test_gradient_caching_replays_drop_path_and_leaves_no_trace(tmp_path, data, 
         trainers[0].train_step(half)
 
 
-def test_checkpoints_atomic_pruned_and_corrupt_newest_skipped(tmp_path, data):
-    cfg = load_config(None, [f"output_dir={tmp_path}", "train.ckpt_every_steps=1", "train.keep_last=2"], base=TINY)
-    Trainer(cfg, data, progress=False).fit()
+def test_checkpoints_atomic_pruned_and_corrupt_newest_skipped(tmp_path, tiny):
+    cfg = tiny.config(".", "train.ckpt_every_steps=1", "train.keep_last=2")
+    Trainer(cfg, tiny.data, progress=False).fit()
     found = ckpt.list_checkpoints(tmp_path)
     assert [p.name for p in found] == ["checkpoint-8.pt", "checkpoint-7.pt"]
     assert not [p for p in tmp_path.iterdir() if ".tmp" in p.name]
@@ -143,9 +126,9 @@ def test_checkpoint_refuses_pickled_code(tmp_path):
         ckpt.load(tmp_path / "config.yaml")
 
 
-def test_sigterm_writes_checkpoint_and_resumes(tmp_path, data):
-    cfg = load_config(None, [f"output_dir={tmp_path}"], base=TINY)
-    tr = Trainer(cfg, data, progress=False)
+def test_sigterm_writes_checkpoint_and_resumes(tmp_path, tiny):
+    cfg = tiny.config(".")
+    tr = Trainer(cfg, tiny.data, progress=False)
     orig = tr.train_step
 
     def step_then_signal(micro):
@@ -159,10 +142,10 @@ def test_sigterm_writes_checkpoint_and_resumes(tmp_path, data):
     summary = tr.fit()
     assert summary["status"] == "interrupted" and summary["step"] == 2
     assert ckpt.list_checkpoints(tmp_path)[0].name == "checkpoint-2.pt"
-    tr2 = Trainer(cfg, data, progress=False)
+    tr2 = Trainer(cfg, tiny.data, progress=False)
     assert tr2.fit(resume="auto")["step"] == 8
-    full_cfg = load_config(None, [f"output_dir={tmp_path / 'full'}"], base=TINY)
-    Trainer(full_cfg, data, progress=False).fit()
+    full_cfg = tiny.config("full")
+    Trainer(full_cfg, tiny.data, progress=False).fit()
     assert [r["loss"] for r in losses_of(tmp_path)] == [r["loss"] for r in losses_of(tmp_path / "full")]
 
 
@@ -183,16 +166,18 @@ Trainer(cfg, get_dataset("synthetic", "train", img_size=16, num_samples=64), pro
 """
 
 
-def test_kill_9_during_checkpoint_write_leaves_a_resumable_run(tmp_path, data):
+def test_kill_9_during_checkpoint_write_leaves_a_resumable_run(tmp_path, tiny):
     import subprocess
     import sys
 
-    r = subprocess.run([sys.executable, "-c", KILL_MID_WRITE % TINY, str(tmp_path)], capture_output=True, timeout=300)
+    r = subprocess.run(
+        [sys.executable, "-c", KILL_MID_WRITE % tiny.base, str(tmp_path)], capture_output=True, timeout=300
+    )
     assert r.returncode == -signal.SIGKILL
     assert [p.name for p in ckpt.list_checkpoints(tmp_path)] == ["checkpoint-2.pt", "checkpoint-1.pt"]
     assert [p for p in tmp_path.iterdir() if ".tmp" in p.name]  # the torn write never took a real name
-    cfg = load_config(None, [f"output_dir={tmp_path}", "train.ckpt_every_steps=1"], base=TINY)
-    assert Trainer(cfg, data, progress=False).fit(resume="auto")["step"] == 8
+    cfg = tiny.config(".", "train.ckpt_every_steps=1")
+    assert Trainer(cfg, tiny.data, progress=False).fit(resume="auto")["step"] == 8
     assert not [p for p in tmp_path.iterdir() if ".tmp" in p.name]  # torn temp files are cleaned up
 
 
@@ -248,11 +233,11 @@ def test_sigterm_to_the_process_group_with_loader_workers_checkpoints(tmp_path):
 
 
 @pytest.mark.parametrize("where", ["head", "backbone"])
-def test_non_finite_loss_names_step_and_term(tmp_path, data, where):
+def test_non_finite_loss_names_step_and_term(tmp_path, tiny, where):
     """A NaN in the head, or in the backbone (whose features the collapse metric's SVD reads: it
     must not raise first), stops the run naming the loss term and the step."""
-    cfg = load_config(None, [f"output_dir={tmp_path}", "train.log_every=1", "train.ckpt_every_steps=1"], base=TINY)
-    tr = Trainer(cfg, data, progress=False)
+    cfg = tiny.config(".", "train.log_every=1", "train.ckpt_every_steps=1")
+    tr = Trainer(cfg, tiny.data, progress=False)
     orig = tr.train_step
 
     def poisoned(micro):
@@ -272,7 +257,7 @@ def test_non_finite_loss_names_step_and_term(tmp_path, data, where):
     assert all(torch.isfinite(v).all() for v in state["method"].values() if v.is_floating_point())
 
 
-def test_last_layer_frozen_during_first_epoch(tmp_path, data):
+def test_last_layer_frozen_during_first_epoch(tmp_path, tiny):
     cfg = load_config(
         None,
         [
@@ -281,21 +266,21 @@ def test_last_layer_frozen_during_first_epoch(tmp_path, data):
             "train.warmup_epochs=0",
             "method.norm_last_layer=false",
         ],
-        base=TINY,
+        base=tiny.base,
     )
-    tr = Trainer(cfg, data, progress=False)
+    tr = Trainer(cfg, tiny.data, progress=False)
     last = tr.method.student.head.last_layer.weight_v.clone()
     first = tr.method.student.head.mlp[0].weight.clone()
-    batch = next(iter(tr._loader(0, 0)))[0]
+    batch = next(iter(tr.loader(0, 0)))[0]
     tr.train_step([batch])
     assert torch.equal(tr.method.student.head.last_layer.weight_v, last)
     assert not torch.equal(tr.method.student.head.mlp[0].weight, first)
-    tr.step = tr.steps_per_epoch  # second epoch: trained
+    tr.state.step = tr.steps_per_epoch  # second epoch: trained
     tr.train_step([batch])
     assert not torch.equal(tr.method.student.head.last_layer.weight_v, last)
 
 
-def test_one_epoch_run_trains_the_last_layer_after_the_default_freeze(tmp_path, data):
+def test_one_epoch_run_trains_the_last_layer_after_the_default_freeze(tmp_path, tiny):
     """The default freeze is 1% of the run (DINO/iBOT: 1 of 100+ epochs), not one epoch: a run of
     one epoch (Table 1's) trains its last layer once the freeze ends."""
     cfg = load_config(
@@ -307,27 +292,27 @@ def test_one_epoch_run_trains_the_last_layer_after_the_default_freeze(tmp_path, 
             "train.freeze_last_layer=null",
             "method.norm_last_layer=false",
         ],
-        base=TINY,
+        base=tiny.base,
     )
-    tr = Trainer(cfg, data, progress=False)
+    tr = Trainer(cfg, tiny.data, progress=False)
     assert tr.freeze_steps == 1  # ceil(1% of the run's steps)
     last = tr.method.student.head.last_layer.weight_v.clone()
-    batch = next(iter(tr._loader(0, 0)))[0]
+    batch = next(iter(tr.loader(0, 0)))[0]
     tr.train_step([batch])
     assert torch.equal(tr.method.student.head.last_layer.weight_v, last)
     tr.train_step([batch])  # step 2, still epoch 0
     assert not torch.equal(tr.method.student.head.last_layer.weight_v, last)
     # a freeze that covers the whole run is refused, naming the key
-    cfg = load_config(None, [f"output_dir={tmp_path}", "train.epochs=1", "train.freeze_last_layer=1"], base=TINY)
+    cfg = tiny.config(".", "train.epochs=1", "train.freeze_last_layer=1")
     with pytest.raises(TrainingError, match="train.freeze_last_layer=1 epochs .* covers the whole run"):
-        Trainer(cfg, data, progress=False)
-    cfg = load_config(None, [f"output_dir={tmp_path}", "train.epochs=1", "train.freeze_last_layer=0.5"], base=TINY)
-    assert Trainer(cfg, data, progress=False).freeze_steps == round(0.5 * tr.steps_per_epoch)
+        Trainer(cfg, tiny.data, progress=False)
+    cfg = tiny.config(".", "train.epochs=1", "train.freeze_last_layer=0.5")
+    assert Trainer(cfg, tiny.data, progress=False).freeze_steps == round(0.5 * tr.steps_per_epoch)
 
 
-def test_per_param_clipping_bounds_each_tensor(tmp_path, data):
-    cfg = load_config(None, [f"output_dir={tmp_path}", "train.clip_mode=per_param", "train.clip_grad=1e-3"], base=TINY)
-    tr = Trainer(cfg, data, progress=False)
+def test_per_param_clipping_bounds_each_tensor(tmp_path, tiny):
+    cfg = tiny.config(".", "train.clip_mode=per_param", "train.clip_grad=1e-3")
+    tr = Trainer(cfg, tiny.data, progress=False)
     seen = []
     orig = tr.optimizers[0].step
 
@@ -338,28 +323,28 @@ def test_per_param_clipping_bounds_each_tensor(tmp_path, data):
         return orig(*a, **k)
 
     tr.optimizers[0].step = record
-    tr.train_step([next(iter(tr._loader(0, 0)))[0]])
+    tr.train_step([next(iter(tr.loader(0, 0)))[0]])
     assert seen and max(seen) <= 1e-3 * 1.0001 and sum(n > 0.9e-3 for n in seen) > 1
 
 
-def test_resume_refuses_changed_settings_and_fresh_start_over_old_run(tmp_path, data):
-    cfg = load_config(None, [f"output_dir={tmp_path}", "train.max_steps=2"], base=TINY)
-    Trainer(cfg, data, progress=False).fit()
-    changed = load_config(None, [f"output_dir={tmp_path}", "train.batch_size=8"], base=TINY)
+def test_resume_refuses_changed_settings_and_fresh_start_over_old_run(tmp_path, tiny):
+    cfg = tiny.config(".", "train.max_steps=2")
+    Trainer(cfg, tiny.data, progress=False).fit()
+    changed = tiny.config(".", "train.batch_size=8")
     with pytest.raises(ckpt.CheckpointError, match=r"different train.batch_size; .*train.batch_size: 16 -> 8"):
-        Trainer(changed, data, progress=False).fit(resume="auto")
-    reseeded = load_config(None, [f"output_dir={tmp_path}", "seed=1", "method.out_dim=32"], base=TINY)
+        Trainer(changed, tiny.data, progress=False).fit(resume="auto")
+    reseeded = tiny.config(".", "seed=1", "method.out_dim=32")
     with pytest.raises(ckpt.CheckpointError, match=r"different seed, method; .*seed: 0 -> 1; method.out_dim: 64 -> 32"):
-        Trainer(reseeded, data, progress=False).fit(resume="auto")
+        Trainer(reseeded, tiny.data, progress=False).fit(resume="auto")
     assert len(ckpt.list_checkpoints(tmp_path)) == 1  # the refused resumptions left the run as it was
     assert (
         load_config(tmp_path / "config.yaml").seed == 0 and load_config(tmp_path / "config.yaml").train.batch_size == 16
     )
     with pytest.raises(TrainingError, match="already holds checkpoints"):
-        Trainer(cfg, data, progress=False).fit(resume=None)
+        Trainer(cfg, tiny.data, progress=False).fit(resume=None)
 
 
-def test_local_crop_default_fits_the_patch_grid(tmp_path):
+def test_local_crop_default_fits_the_patch_grid(tmp_path, tiny):
     digits = get_dataset("digits", "train")
     cfg = load_config(
         None,
@@ -371,7 +356,7 @@ def test_local_crop_default_fits_the_patch_grid(tmp_path):
             "train.batch_size=16",
             "aug.local_crops_size=null",
         ],
-        base=TINY,
+        base=tiny.base,
     )
     assert cfg.aug.local_crops_size is None
     tr = Trainer(cfg, digits, progress=False)
@@ -379,13 +364,13 @@ def test_local_crop_default_fits_the_patch_grid(tmp_path):
     assert tr.fit()["step"] == 1
 
 
-def test_time_budget_stops_with_a_checkpoint_and_is_kept_across_resumes(tmp_path, data):
-    cfg = load_config(None, [f"output_dir={tmp_path}", "train.time_budget_minutes=1e-5"], base=TINY)
-    summary = Trainer(cfg, data, progress=False).fit()
+def test_time_budget_stops_with_a_checkpoint_and_is_kept_across_resumes(tmp_path, tiny):
+    cfg = tiny.config(".", "train.time_budget_minutes=1e-5")
+    summary = Trainer(cfg, tiny.data, progress=False).fit()
     assert summary["status"] == "time_budget" and summary["step"] == 1
     state = ckpt.load(ckpt.list_checkpoints(tmp_path)[0])
     assert state["step"] == 1 and state["train_seconds"] > 0
-    again = Trainer(cfg, data, progress=False).fit(resume="auto")  # budget already spent: nothing more
+    again = Trainer(cfg, tiny.data, progress=False).fit(resume="auto")  # budget already spent: nothing more
     spent = round(state["train_seconds"], 1)
     assert (again["status"], again["step"], again["train_seconds"]) == ("time_budget", 1, spent)
 
@@ -406,10 +391,10 @@ def test_per_tensor_clipping_matches_clip_grad_norm_per_tensor():
     assert params[0].grad.norm() <= 3.0 + 1e-5 and params[1].grad.norm() < 3.0
 
 
-def test_compatibility_check_reads_keys_added_since_as_their_defaults(tmp_path):
+def test_compatibility_check_reads_keys_added_since_as_their_defaults(tmp_path, tiny):
     from sslkd.config import to_dict
 
-    now = to_dict(load_config(None, ["method.name=ibot"], base=TINY))
+    now = to_dict(load_config(None, ["method.name=ibot"], base=tiny.base))
     old = json.loads(json.dumps(now))
     del old["model"]["init_seed"], old["method"]["shared_head_teacher"]  # a checkpoint from before these keys
     check_compatible(old, now, tmp_path / "c.pt")
@@ -418,29 +403,31 @@ def test_compatibility_check_reads_keys_added_since_as_their_defaults(tmp_path):
         check_compatible(old, changed, tmp_path / "c.pt")
 
 
-def test_a_run_stored_before_a_behaviour_changing_default_keeps_its_behaviour(tmp_path):
+def test_a_run_stored_before_a_behaviour_changing_default_keeps_its_behaviour(tmp_path, tiny):
     """Keys added with a new default that changes what a run does (2026-12-07) read, in a stored
     config that lacks them, as the behaviour the run was trained with: resuming such a run with
     today's defaults is refused naming them; evaluating it rebuilds the network it trained."""
     from sslkd.config import Config, from_dict, stored_config, to_dict
 
-    now = to_dict(load_config(None, ["method.name=ibot", "method.distill.mode=rkd-d"], base=TINY))
+    now = to_dict(load_config(None, ["method.name=ibot", "method.distill.mode=rkd-d"], base=tiny.base))
     old = json.loads(json.dumps(now))
     for key in ("distance_rank", "teacher_temp", "student_temp"):
         del old["method"]["distill"][key]
     del old["method"]["patch_norm"]
     with pytest.raises(ckpt.CheckpointError, match=r"method.distill.distance_rank: 'far' -> 'near'"):
         check_compatible(old, now, tmp_path / "c.pt")
-    mokd = to_dict(load_config(None, ["method.name=mokd"], base=TINY))
+    mokd = to_dict(load_config(None, ["method.name=mokd"], base=tiny.base))
     del mokd["method"]["vit_pool"]
     assert from_dict(Config, stored_config(mokd)).method.vit_pool == "cls"
     assert (
-        from_dict(Config, stored_config(to_dict(load_config(None, ["method.name=mokd"], base=TINY)))).method.vit_pool
+        from_dict(
+            Config, stored_config(to_dict(load_config(None, ["method.name=mokd"], base=tiny.base)))
+        ).method.vit_pool
         == "mean"
     )
 
 
-def test_time_budget_plans_every_schedule_to_end_at_the_budget_and_resume_keeps_the_plan(tmp_path, data, monkeypatch):
+def test_time_budget_plans_every_schedule_to_end_at_the_budget_and_resume_keeps_the_plan(tmp_path, tiny, monkeypatch):
     """A step costs 1 s on a fake clock: the rate measured over steps 3-8 plans 29 steps for the
     97% of the 22 s left (8 + 21), the learning-rate cosine ends at step 29 (not at train.epochs'
     40) after a warm-up of 10% of the plan (warmup_epochs / epochs), plan.json says so, and a run
@@ -457,21 +444,19 @@ def test_time_budget_plans_every_schedule_to_end_at_the_budget_and_resume_keeps_
 
     monkeypatch.setattr(Trainer, "train_step", one_second_step)
     base = ["train.epochs=10", "train.time_budget_minutes=0.5", "train.log_every=1", "train.min_lr=0"]
-    whole = Trainer(load_config(None, [f"output_dir={tmp_path / 'whole'}", *base], base=TINY), data, progress=False)
+    whole = tiny.trainer("whole", *base)
     summary = whole.fit()
     assert (summary["status"], summary["step"], summary["planned_steps"]) == ("finished", 29, 29)
-    assert len(whole.lr) == 29 and whole.lr[-1] < 0.01 * whole.lr.max()  # the cosine reached its end
-    assert whole.lr.argmax() == 3  # warm-up: 1 of 10 configured epochs = 10% of 29 planned steps
+    lr = whole.schedules.lr
+    assert len(lr) == 29 and lr[-1] < 0.01 * lr.max()  # the cosine reached its end
+    assert lr.argmax() == 3  # warm-up: 1 of 10 configured epochs = 10% of 29 planned steps
     plan = json.loads((tmp_path / "whole" / "plan.json").read_text())
     assert plan["planned_steps"] == 29 and plan["bound_steps"] == 40 and plan["seconds_per_step"] == 1.0
     assert plan["steps_done"] == 29 and plan["train_seconds"] == 29.0
     lrs = {r["step"]: r["lr"] for r in losses_of(tmp_path / "whole")}
 
-    part_dir = tmp_path / "part"
-    cut = Trainer(
-        load_config(None, [f"output_dir={part_dir}", *base, "train.max_steps=12"], base=TINY), data, progress=False
-    )
+    cut = tiny.trainer("part", *base, "train.max_steps=12")
     assert cut.fit()["step"] == 12 and cut.plan.planned_steps == 29
-    resumed = Trainer(load_config(None, [f"output_dir={part_dir}", *base], base=TINY), data, progress=False)
+    resumed = tiny.trainer("part", *base)
     assert resumed.fit(resume="auto")["step"] == 29 and resumed.plan == cut.plan  # not measured again
-    assert {r["step"]: r["lr"] for r in losses_of(part_dir)} == lrs
+    assert {r["step"]: r["lr"] for r in losses_of(tmp_path / "part")} == lrs

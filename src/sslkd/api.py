@@ -69,12 +69,16 @@ def pretrain(
     overrides: list[str] | None = None,
     resume: str | None = "auto",
     progress: bool = True,
+    datasets: tuple | None = None,
     **values: Any,
 ) -> Run:
     """Pretrain (or resume: ``resume="auto"`` continues a run found in ``output_dir``) the config
-    :func:`config` builds from the arguments; under ``torchrun`` every process calls this."""
+    :func:`config` builds from the arguments; under ``torchrun`` every process calls this.
+    ``datasets``: ``(train, test)`` already loaded (``test`` for the training monitor, or None)
+    instead of the config's ``data``."""
     cfg = config(source, overrides, **values)
-    trainer = Trainer(cfg, progress=progress)  # joins torchrun's process group, if any
+    train, test = datasets if datasets is not None else (None, None)
+    trainer = Trainer(cfg, train, test, progress=progress)  # joins torchrun's process group, if any
     summary = trainer.fit(resume=None if resume in (None, "none") else resume)
     return Run(Path(cfg.output_dir), cfg, summary)
 

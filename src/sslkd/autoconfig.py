@@ -3,7 +3,8 @@
 ``sslkd pretrain --method dino --data ~/photos`` builds its config here: the image size from a
 sample of the images (headers only), the crops, patch size and backbone from that size, the batch
 size and loader processes from the machine and the number of images, and each method's own needs
-(a ViT for iBOT/MAE/DMT, a second model for MOKD, teachers for SEED/DMT). The result is an
+(``needs_vit``, ``local_crops``, ``teacher_overrides`` and ``first_run`` of its class: a ViT for
+iBOT/MAE/DMT, a second model for MOKD, teachers for SEED/DMT). The result is an
 ordinary config mapping: ``--set`` overrides any key, and the run folder keeps the resolved
 ``config.yaml``, which ``--config`` takes as an experiment from then on.
 """
@@ -27,12 +28,11 @@ from sslkd.data.shards import is_shards, load_shards
 from sslkd.device import resolve_device
 from sslkd.errors import ConfigError, DatasetError
 from sslkd.estimate import estimate
-from sslkd.methods import METHODS
-from sslkd.models import BACKBONES, is_backbone, is_vit
+from sslkd.methods import method_class
+from sslkd.models import BACKBONES, is_backbone
 
 NATIVE_SIZE = {"cifar10": 32, "cifar100": 32, "fashion-mnist": 28, "imagenet32": 32, "digits": 16, "synthetic": 32}
 TRAIN_IMAGES = {"cifar10": 50_000, "cifar100": 50_000, "fashion-mnist": 60_000, "imagenet32": 1_281_167, "digits": 1438}
-NEEDS_VIT = ("ibot", "mae", "dmt")
 CPU_PHOTO_SIZE = 64  # photos on a CPU: the images of the CIFAR recipes' cost per token, at 8 px patches
 LONG_RUN_HOURS = 3.0  # a planned run longer than this on the device found is said, with a trial that fits
 SAMPLE = 64  # image headers read to pick the size
@@ -71,8 +71,7 @@ def auto_config(
     """The config mapping of a first run of ``method`` on ``data`` (a folder of images, or a
     dataset name from ``sslkd info``); see the module doc. Arguments given win over the defaults;
     a choice made for the device found is explained in ``notes``."""
-    if method not in METHODS:
-        raise ConfigError(f"--method: unknown method '{method}'; available: {', '.join(METHODS)}")
+    cls = method_class(method)
     folder = Path(data).expanduser()
     if folder.is_dir():
         side, count = image_size_of(folder)
@@ -99,8 +98,7 @@ def auto_config(
             f"--model: unknown backbone '{model}': an alias ({', '.join(BACKBONES)}) or a timm "
             f"model name (sslkd info --models PATTERN)"
         )
-    if method in NEEDS_VIT and not is_vit(model):
-        raise ConfigError(f"--method {method} trains a ViT (patch tokens); choose --model vit_tiny/vit_small/vit_base")
+    cls.check_backbone(model)
     patch = 16 if size >= 128 else 8 if size >= 48 else 4
     global_size = 224 if size >= 224 else max(2 * patch, size // patch * patch)
     local_size = max(patch, round(global_size * 3 / 7 / patch) * patch)  # DINO: 96 for 224
@@ -112,7 +110,7 @@ def auto_config(
         "aug": {
             "global_crops_size": global_size,
             "local_crops_size": local_size,
-            "local_crops_number": 0 if method in ("mocov3", "mae", "seed", "dmt") else (6 if photos else 2),
+            "local_crops_number": (6 if photos else 2) if cls.local_crops else 0,
         },
         "model": {"backbone": model, "patch_size": patch, "small_stem": not photos},
         "method": {"name": method},
@@ -120,17 +118,8 @@ def auto_config(
     }
     if img_size:  # resized to the patch grid (a ViT cuts images into whole patches)
         cfg["data"]["img_size"] = max(patch, img_size // patch * patch)
-    if method == "mokd":  # a second model of the other family (the paper: ResNet-50 + ViT-S/16)
-        other = "resnet18" if is_vit(model) else "vit_tiny"
-        cfg["method"]["model2"] = {"backbone": other, "patch_size": patch, "small_stem": not photos}
-    if method in ("seed", "dmt"):
-        if not teachers:
-            flag = "--teacher RUN|FILE|timm:<model>" if method == "seed" else "--teacher A --teacher B ..."
-            raise ConfigError(f"--method {method} distils frozen teachers: name them with {flag}")
-        if method == "seed" and len(teachers) > 1:
-            raise ConfigError("--teacher: SEED distils one teacher; DMT takes several")
-        cfg["method"].update({"teacher": teachers[0]} if method == "seed" else {"teachers": list(teachers)})
-    for section, values in METHODS[method].first_run(cfg["train"]["epochs"]).items():
+    cfg["method"].update(cls.teacher_overrides(list(teachers or [])))
+    for section, values in cls.first_run(cfg["train"]["epochs"], cfg["model"]).items():
         cfg.setdefault(section, {}).update(values)
     return cfg
 

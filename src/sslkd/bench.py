@@ -174,7 +174,7 @@ def _split(trainer, views: list[torch.Tensor], steps: int) -> dict[str, float]:
     acc = dict.fromkeys(("forward", "backward", "optimizer", "ema"), 0.0)
     for _ in range(steps):
         info = StepInfo(trainer.step, trainer.step / trainer.steps_per_epoch, trainer.total_steps, t.epochs)
-        trainer._set_hparams(trainer.step)
+        trainer.set_hparams(trainer.step)
         sync(dev)
         t0 = time.perf_counter()
         with torch.autocast(dev.type, dtype=trainer.dtype, enabled=trainer.dtype is not None):
@@ -184,16 +184,16 @@ def _split(trainer, views: list[torch.Tensor], steps: int) -> dict[str, float]:
         losses["loss"].backward()
         sync(dev)
         t2 = time.perf_counter()
-        trainer._clip()
+        trainer.clip_gradients()
         for opt in trainer.optimizers:
             opt.step()
             opt.zero_grad(set_to_none=True)
         sync(dev)
         t3 = time.perf_counter()
-        trainer.method.on_optimizer_step(float(trainer.momentum[trainer.step]))
+        trainer.method.on_optimizer_step(float(trainer.schedules.momentum[trainer.step]))
         sync(dev)
         t4 = time.perf_counter()
-        trainer.step += 1
+        trainer.state.step += 1
         for k, v in zip(acc, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
             acc[k] += v / steps
     return acc
@@ -206,7 +206,7 @@ def _data_rate(trainer, batches: int) -> float:
     sync(trainer.device)
     t0 = time.perf_counter()
     n = 0
-    for i, views in enumerate(trainer._batches(0, 0)):
+    for i, views in enumerate(trainer.batches(0, 0)):
         n += views[0].shape[0]
         if i + 1 >= batches:
             break

@@ -7,11 +7,11 @@ import time
 
 import torch
 
+from sslkd.api import load_backbone, pretrain
 from sslkd.config import load_config
 from sslkd.data import get_dataset
 from sslkd.eval import evaluate, knn_classify
 from sslkd.methods import build_method
-from sslkd.train import Trainer
 
 # The embedded default: a 4-block ViT-Tiny/4 on 16x16 digits, about 90 s on 2 CPU cores. Tuned
 # for a ~270-step run (kNN top-1 81-85% over four seeds vs ~52% at random init): a BN head keeps
@@ -80,9 +80,9 @@ def run_demo(output_dir: str = "runs/demo", overrides: list[str] | None = None, 
     )
     torch.manual_seed(cfg.init_seed)
     random_init = knn_of(build_method(cfg, train.num_channels, train.img_size).eval_backbone("teacher"))
-    trainer = Trainer(cfg, train, test, progress=progress)
-    summary = trainer.fit(resume="auto")
-    pretrained = knn_of(trainer.method.eval_backbone("teacher"))
+    run = pretrain(cfg, progress=progress, datasets=(train, test))
+    summary = run.summary
+    pretrained = knn_of(load_backbone(run))
     rows = [("raw pixels", raw), ("random init", random_init), ("DINO pretrained", pretrained)]
     print(
         f"\nkNN (k={k}, T={t}) on digits test ({len(test)} images), after {summary['step']} steps "

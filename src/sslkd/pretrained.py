@@ -23,13 +23,18 @@ class Pretrained:
     path: Path | None
 
 
+def config_of(state: dict) -> Config:
+    """The run config a checkpoint's state was trained with."""
+    return from_dict(Config, stored_config(state["config"]))
+
+
 def load_method(path: str | Path) -> tuple[Method, dict, Path]:
     """The whole method (networks, heads, buffers) of an ``sslkd pretrain`` checkpoint or run folder,
     with the checkpoint's state and path; built for evaluation (a distillation method does not
     reload its frozen source teacher)."""
     path = ckpt.resolve_checkpoint(path)
     state = ckpt.load(path)
-    cfg = from_dict(Config, stored_config(state["config"]))
+    cfg = config_of(state)
     data = state["data"]
     img_size = cfg.aug.global_crops_size or data["img_size"]
     method = build_method(cfg, data["num_channels"], img_size, eval_only=True)
@@ -46,7 +51,7 @@ def load_pretrained(path: str | Path, which: str = "teacher", model: int = 1) ->
     data = state["data"]
     return Pretrained(
         method.eval_backbone(which, model).eval(),
-        method.cfg,
+        config_of(state),
         data["num_channels"],
         method.img_size,
         tuple(data["mean"]),

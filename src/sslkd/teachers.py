@@ -96,13 +96,13 @@ def _from_sslkd(path: Path, which: str, features: str, img_size: int | None) -> 
     if features in ("head", "auto"):
         head = getattr(net, "head", None)
         if head is None and features == "head":
-            raise TeacherError(f"{ckpt_path}: the {method.cfg.method.name} network has no projection head")
+            raise TeacherError(f"{ckpt_path}: the {method.method_name} network has no projection head")
         if isinstance(head, DINOHead):
             head = Bottleneck(head)
     backbone = net.backbone
     report = LoadReport(
         str(ckpt_path),
-        f"sslkd {method.cfg.method.name}",
+        f"sslkd {method.method_name}",
         loaded=len(backbone.state_dict()) + (len(head.state_dict()) if head else 0),
         features="backbone"
         if head is None
@@ -156,6 +156,6 @@ def _read_weights(spec: str) -> Weights:
         method, _, ckpt_path = load_method(path)
         backbone = method.eval_backbone("teacher")
         inner = backbone.vit if isinstance(backbone, ViTBackbone) else backbone.net
-        return Weights(str(ckpt_path), f"sslkd {method.cfg.method.name}", inner.state_dict())
+        return Weights(str(ckpt_path), f"sslkd {method.method_name}", inner.state_dict())
     layout, state = extract_state(read_weights_file(path), "teacher", path)
     return Weights(str(path), layout, state)

@@ -9,6 +9,7 @@ from sslkd.lazy import lazy_import
 
 attention = lazy_import("sslkd.eval.attention")
 datasets = lazy_import("sslkd.data")
+methods = lazy_import("sslkd.methods")
 pretrained = lazy_import("sslkd.pretrained")
 
 
@@ -30,7 +31,9 @@ def run(args: argparse.Namespace) -> int:
         pre = pretrained.load_pretrained(path, args.weights, model)
     if not getattr(pre.backbone, "is_vit", False):
         other = (
-            " (a MOKD run: RUN@2 selects its second model)" if pre.config.method.name == "mokd" and model == 1 else ""
+            " (this run trains more models: RUN@2 selects the second)"
+            if methods.method_class(pre.config.method.name).num_models > 1 and model == 1
+            else ""
         )
         raise ValueError(f"{args.checkpoint}: attention maps need a ViT backbone, this model is a CNN{other}")
     size = pre.img_size

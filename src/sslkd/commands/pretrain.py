@@ -20,13 +20,26 @@ api = lazy_import("sslkd.api")
 autoconfig = lazy_import("sslkd.autoconfig")
 config = lazy_import("sslkd.config")
 distributed = lazy_import("sslkd.distributed")
+methods = lazy_import("sslkd.methods")
 models = lazy_import("sslkd.models")
-METHOD_NAMES = ("dino", "ibot", "mocov3", "mae", "mokd", "seed", "dmt")  # sslkd.methods.METHODS (a test checks)
+
+
+def method_name(value: str) -> str:
+    """``--method``: a name in the method registry, read when a value is checked (argparse's
+    ``choices`` would be listed by ``--help``, which then imports PyTorch)."""
+    if value not in methods.METHODS:
+        raise argparse.ArgumentTypeError(f"unknown method '{value}'; available: {', '.join(sorted(methods.METHODS))}")
+    return value
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     add_train_args(p, config_required=False)
-    p.add_argument("--method", choices=METHOD_NAMES, help="without --config: the method (defaults from the data)")
+    p.add_argument(
+        "--method",
+        type=method_name,
+        metavar="NAME",
+        help="without --config: the method, defaults from the data (sslkd info lists the methods)",
+    )
     p.add_argument("--data", help="without --config: a folder of images, or a dataset name (sslkd info)")
     p.add_argument("--model", help="backbone (default: vit_small for photos, vit_tiny for small images)")
     p.add_argument(
@@ -76,16 +89,10 @@ def resolve(args: argparse.Namespace, notes: list[str] | None = None):
         folder = Path(args.data).expanduser().is_dir()
         flags.update({"data.name": "imagefolder", "data.root": args.data} if folder else {"data.name": args.data})
     values = {k.replace(".", "__"): v for k, v in flags.items() if v is not None}
-    if args.teachers:  # SEED's one teacher or DMT's list, as the config's method takes them
+    if args.teachers:  # the keys the config's method names its teachers with (SEED: one, DMT: a list)
         raw = config.apply_overrides(config.read_yaml(config.config_path(args.config)), list(args.overrides))
-        method = (raw.get("method") or {}).get("name", "dino")
-        if method not in ("seed", "dmt"):
-            raise ConfigError(f"--teacher: the config's method ({method}) takes no teacher")
-        if method == "seed" and len(args.teachers) > 1:
-            raise ConfigError("--teacher: SEED distils one teacher; DMT takes several")
-        values["method__" + ("teacher" if method == "seed" else "teachers")] = (
-            args.teachers[0] if method == "seed" else list(args.teachers)
-        )
+        cls = methods.method_class((raw.get("method") or {}).get("name", "dino"))
+        values.update({f"method__{k}": v for k, v in cls.teacher_overrides(args.teachers).items()})
     cfg = api.config(args.config, args.overrides, **values)
     if args.img_size and not any(o.strip().startswith("aug.") for o in args.overrides):
         values.update(_crops_within(cfg, args.img_size, notes))

@@ -13,7 +13,7 @@ resumed run sees exactly the views the uninterrupted run would have seen.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -24,6 +24,7 @@ from torchvision.transforms import InterpolationMode, v2
 from sslkd.data.base import DatasetError
 from sslkd.data.folder import CorruptImageError
 from sslkd.data.pil_augment import PILMultiCrop
+from sslkd.data.recipe import CropRecipe
 
 
 def _blur(size: int, p: float) -> v2.Transform:
@@ -35,108 +36,40 @@ def _blur(size: int, p: float) -> v2.Transform:
 class MultiCropTransform:
     """uint8 ``[C, H, W]`` -> list of float crops (globals first, then locals), normalised."""
 
-    def __init__(
-        self,
-        img_size: int,
-        channels: int,
-        mean: Sequence[float],
-        std: Sequence[float],
-        global_size: int | None = None,
-        global_scale: tuple[float, float] = (0.4, 1.0),
-        local_number: int = 0,
-        local_size: int | None = None,
-        local_scale: tuple[float, float] = (0.05, 0.4),
-        flip_p: float = 0.5,
-        color_jitter_p: float = 0.8,
-        brightness: float = 0.4,
-        contrast: float = 0.4,
-        saturation: float = 0.2,
-        hue: float = 0.1,
-        grayscale_p: float = 0.2,
-        blur_p: tuple[float, float, float] = (1.0, 0.1, 0.5),
-        solarize_p: float = 0.2,
-        multiple: int = 1,
-        paired: bool = False,
-    ) -> None:
-        self.global_size = global_size or img_size
-        # default: DINO's 96/224 of the image, rounded to a multiple of the ViT patch size
-        self.local_size = local_size or max(multiple, int(round(img_size * 96 / 224 / multiple)) * multiple)
-        self.local_number = local_number
-        self.params = dict(
-            channels=channels,
-            mean=tuple(mean),
-            std=tuple(std),
-            global_size=self.global_size,
-            local_size=self.local_size,
-            global_scale=global_scale,
-            local_number=local_number,
-            local_scale=local_scale,
-            flip_p=flip_p,
-            color_jitter_p=color_jitter_p,
-            brightness=brightness,
-            contrast=contrast,
-            saturation=saturation,
-            hue=hue,
-            grayscale_p=grayscale_p,
-            blur_p=blur_p,
-            solarize_p=solarize_p,
-            paired=paired,
-        )
-        if channels == 3:
-            jitter = v2.ColorJitter(brightness, contrast, saturation, hue)
-            colour = [v2.RandomApply([jitter], p=color_jitter_p), v2.RandomGrayscale(p=grayscale_p)]
+    def __init__(self, recipe: CropRecipe) -> None:
+        r = self.recipe = recipe
+        self.global_size, self.local_size, self.local_number = r.global_size, r.local_size, r.local_number
+        if r.channels == 3:
+            jitter = v2.ColorJitter(r.brightness, r.contrast, r.saturation, r.hue)
+            colour = [v2.RandomApply([jitter], p=r.color_jitter_p), v2.RandomGrayscale(p=r.grayscale_p)]
         else:
-            colour = [v2.RandomApply([v2.ColorJitter(brightness, contrast)], p=color_jitter_p)]
-        finish = [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))]
+            colour = [v2.RandomApply([v2.ColorJitter(r.brightness, r.contrast)], p=r.color_jitter_p)]
+        finish = [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(r.mean), list(r.std))]
 
         def crop(size: int, scale: tuple[float, float]) -> list[v2.Transform]:
             return [
                 v2.RandomResizedCrop(size, scale=scale, interpolation=InterpolationMode.BICUBIC, antialias=True),
-                v2.RandomHorizontalFlip(flip_p),
+                v2.RandomHorizontalFlip(r.flip_p),
             ]
 
-        self.global1 = v2.Compose(
-            crop(self.global_size, global_scale) + colour + [_blur(self.global_size, blur_p[0])] + finish
-        )
+        g, blur_p = self.global_size, r.blur_p
+        self.global1 = v2.Compose(crop(g, r.global_scale) + colour + [_blur(g, blur_p[0])] + finish)
         self.global2 = v2.Compose(
-            crop(self.global_size, global_scale)
-            + colour
-            + [_blur(self.global_size, blur_p[1]), v2.RandomSolarize(128, p=solarize_p)]
-            + finish
+            crop(g, r.global_scale) + colour + [_blur(g, blur_p[1]), v2.RandomSolarize(128, p=r.solarize_p)] + finish
         )
         self.local = v2.Compose(
-            crop(self.local_size, local_scale) + colour + [_blur(self.local_size, blur_p[2])] + finish
+            crop(self.local_size, r.local_scale) + colour + [_blur(self.local_size, blur_p[2])] + finish
         )
         # paired (DMT): one crop, given plain (for frozen teachers) and colour-jittered (for the student)
-        self.paired = paired
-        self.pair_crop = v2.Compose(crop(self.global_size, global_scale))
+        self.paired = r.paired
+        self.pair_crop = v2.Compose(crop(g, r.global_scale))
         # DMT: "color jitter is only applied to the students" (no grayscale, blur or solarize)
         self.pair_colour, self.pair_finish = v2.Compose(colour[:1]), v2.Compose(finish)
 
     @classmethod
     def from_config(cls, aug, img_size: int, channels: int, mean, std, multiple: int = 1) -> MultiCropTransform:
-        return cls(
-            img_size,
-            channels,
-            mean,
-            std,
-            aug.global_crops_size,
-            tuple(aug.global_crops_scale),
-            aug.local_crops_number,
-            aug.local_crops_size,
-            tuple(aug.local_crops_scale),
-            aug.flip_p,
-            aug.color_jitter_p,
-            aug.brightness,
-            aug.contrast,
-            aug.saturation,
-            aug.hue,
-            aug.grayscale_p,
-            tuple(aug.blur_p),
-            aug.solarize_p,
-            multiple,
-            aug.paired,
-        )
+        """The transform of an ``aug`` config section (:meth:`CropRecipe.from_config`)."""
+        return cls(CropRecipe.from_config(aug, img_size, channels, mean, std, multiple))
 
     def __call__(self, img: torch.Tensor) -> list[torch.Tensor]:
         if self.paired:

@@ -20,11 +20,12 @@ sees the views the uninterrupted run would have seen.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torchvision.ops import roi_align
+
+from sslkd.data.recipe import CropRecipe
 
 _GRAY = (0.299, 0.587, 0.114)  # ITU-R 601-2 luma, as torchvision's rgb_to_grayscale
 
@@ -33,46 +34,27 @@ class BatchMultiCrop:
     """``__call__(images uint8 [B, C, H, W], key: int) -> list of float [B, C, s, s]`` crops
     (two globals, then the locals; or ``[plain, jittered]`` of one crop when ``paired``)."""
 
-    def __init__(
-        self,
-        channels: int,
-        mean: Sequence[float],
-        std: Sequence[float],
-        global_size: int,
-        local_size: int,
-        global_scale: tuple[float, float] = (0.4, 1.0),
-        local_number: int = 0,
-        local_scale: tuple[float, float] = (0.05, 0.4),
-        flip_p: float = 0.5,
-        color_jitter_p: float = 0.8,
-        brightness: float = 0.4,
-        contrast: float = 0.4,
-        saturation: float = 0.2,
-        hue: float = 0.1,
-        grayscale_p: float = 0.2,
-        blur_p: tuple[float, float, float] = (1.0, 0.1, 0.5),
-        solarize_p: float = 0.2,
-        paired: bool = False,
-    ) -> None:
-        self.channels, self.mean, self.std = channels, tuple(mean), tuple(std)
-        self.global_size, self.local_size, self.local_number = global_size, local_size, local_number
-        self.global_scale, self.local_scale = global_scale, local_scale
-        self.flip_p, self.jitter_p, self.gray_p = flip_p, color_jitter_p, grayscale_p
-        self.brightness, self.contrast, self.saturation, self.hue = brightness, contrast, saturation, hue
-        self.blur_p, self.solarize_p, self.paired = blur_p, solarize_p, paired
-        if paired:  # DMT: the student's view is colour-jittered only, never turned gray
+    def __init__(self, recipe: CropRecipe) -> None:
+        r = self.recipe = recipe
+        self.channels, self.mean, self.std = r.channels, r.mean, r.std
+        self.global_size, self.local_size, self.local_number = r.global_size, r.local_size, r.local_number
+        self.global_scale, self.local_scale = r.global_scale, r.local_scale
+        self.flip_p, self.jitter_p, self.gray_p = r.flip_p, r.color_jitter_p, r.grayscale_p
+        self.brightness, self.contrast, self.saturation, self.hue = r.brightness, r.contrast, r.saturation, r.hue
+        self.blur_p, self.solarize_p, self.paired = r.blur_p, r.solarize_p, r.paired
+        if r.paired:  # DMT: the student's view is colour-jittered only, never turned gray
             self.gray_p = 0.0
 
     @classmethod
     def from_transform(cls, t) -> BatchMultiCrop:
-        """The batch twin of a :class:`~sslkd.data.augment.MultiCropTransform` (same parameters)."""
-        return cls(**t.params)
+        """The batch twin of a :class:`~sslkd.data.augment.MultiCropTransform` (same recipe)."""
+        return cls(t.recipe)
 
     # ------------------------------------------------------------------ draws
     def _u(self, g: torch.Generator, n: int, lo: float = 0.0, hi: float = 1.0) -> torch.Tensor:
         return lo + (hi - lo) * torch.rand(n, generator=g, device=g.device)
 
-    def _boxes(self, g: torch.Generator, n: int, h: int, w: int, scale: tuple[float, float]) -> torch.Tensor:
+    def crop_boxes(self, g: torch.Generator, n: int, h: int, w: int, scale: tuple[float, float]) -> torch.Tensor:
         """RandomResizedCrop boxes ``[n, 4]`` (x1, y1, x2, y2): area share ~ U(scale), log aspect
         ~ U(log 3/4, log 4/3), first of 10 draws that fits, else the whole image."""
         tries = 10
@@ -113,7 +95,7 @@ class BatchMultiCrop:
         if x.shape[1] == 3:
             gray = self._gray(y)
             y = ((y - gray) * s + gray).clamp(0, 1)
-            y = _rotate_hue(y, hue * 2 * math.pi).clamp(0, 1)
+            y = rotate_hue(y, hue * 2 * math.pi).clamp(0, 1)
             y = torch.where(on, y, x)
             to_gray = (self._u(g, n) < self.gray_p)[:, None, None, None]
             return torch.where(to_gray, self._gray(y).expand_as(y), y)
@@ -151,13 +133,13 @@ class BatchMultiCrop:
         x = images.float() / 255
         n, _, h, w = x.shape
         if self.paired:
-            crop = self._crop(x, self._boxes(g, n, h, w, self.global_scale), self.global_size, g)
+            crop = self._crop(x, self.crop_boxes(g, n, h, w, self.global_scale), self.global_size, g)
             return [self._finish(crop), self._finish(self._jitter(crop, g))]
         views = []
         for i, (size, scale) in enumerate(
             [(self.global_size, self.global_scale)] * 2 + [(self.local_size, self.local_scale)] * self.local_number
         ):
-            views.append(self._colour(self._crop(x, self._boxes(g, n, h, w, scale), size, g), i, g))
+            views.append(self._colour(self._crop(x, self.crop_boxes(g, n, h, w, scale), size, g), i, g))
         return views
 
     def _colour(self, v: torch.Tensor, i: int, g: torch.Generator) -> torch.Tensor:
@@ -175,7 +157,7 @@ class BatchMultiCrop:
         return [self._colour(c.float() / 255, i, g) for i, c in enumerate(crops)]
 
 
-def _rotate_hue(x: torch.Tensor, angle: torch.Tensor) -> torch.Tensor:
+def rotate_hue(x: torch.Tensor, angle: torch.Tensor) -> torch.Tensor:
     """Rotate the chroma of RGB ``x [B, 3, H, W]`` by ``angle [B]`` radians in YIQ space."""
     to_yiq = torch.tensor(
         [[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]], device=x.device, dtype=x.dtype

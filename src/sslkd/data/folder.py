@@ -74,7 +74,7 @@ class FolderIndex:
     ignored_example: str = ""
 
 
-def _walk(root: Path) -> tuple[list[str], list[tuple[str, int]], int, str]:
+def walk_images(root: Path) -> tuple[list[str], list[tuple[str, int]], int, str]:
     """Image paths below ``root``, every folder's mtime, the count of entries not indexed (other
     files, a folder seen before through a link: a loop, an unreadable folder) and an example."""
     paths, dirs, ignored, example = [], [], 0, ""
@@ -162,7 +162,7 @@ def scan_folder(
         except (OSError, ValueError, KeyError):
             paths = None  # a folder vanished or the cache is unreadable: scan again
     if paths is None:
-        paths, dirs_m, ignored, example = _walk(root)
+        paths, dirs_m, ignored, example = walk_images(root)
         if use_cache:
             try:
                 cached.parent.mkdir(parents=True, exist_ok=True)

@@ -54,7 +54,7 @@ def _plan(index: FolderIndex, seed: int, shard_size: int | None, shard_mb: float
     return {"root": root, "images": len(order), "shard_size": shard_size, "files": digest.hexdigest()}
 
 
-def _write_shard(index: FolderIndex, rows: np.ndarray, keys: np.ndarray, path: Path, labelled: bool) -> list[str]:
+def write_shard(index: FolderIndex, rows: np.ndarray, keys: np.ndarray, path: Path, labelled: bool) -> list[str]:
     """Write the images ``rows`` of ``index`` (named ``keys``) as one tar at ``path``, then its
     index ``path.idx.npy``; returns the files left out (unreadable)."""
     skipped = []
@@ -145,7 +145,7 @@ def pack_folder(
                 skipped[split] += json.loads(path.with_name(path.name + ".skipped.json").read_text())
             else:
                 keys = np.arange(start, start + len(rows))
-                for bad in _write_shard(index, rows, keys, path, labelled):
+                for bad in write_shard(index, rows, keys, path, labelled):
                     skipped[split].append(bad)
                     tqdm.write(f"data pack: left out {bad}")
             part = np.load(path.with_name(path.name + ".idx.npy"))

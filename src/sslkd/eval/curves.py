@@ -18,7 +18,7 @@ SKIP = {"step", "epoch", "lr", "wd", "momentum", "img_per_s", "teacher_temp", "s
 DIAGNOSTICS = ("agreement", "teacher_entropy", "feature_std", "mask_ratio", "effective_rank", "cosine_to_fused")
 
 
-def _is_diagnostic(key: str) -> bool:
+def is_diagnostic(key: str) -> bool:
     return key.rstrip("0123456789") in DIAGNOSTICS
 
 
@@ -81,7 +81,7 @@ def plot_curves(
         label = labels[i] if labels else Path(group[0]).name
         seeds = f" ({len(group)} seeds)" if len(group) > 1 else ""
         color, last = f"C{i % 10}", records[0][-1]
-        for key in [k for k in last if k not in SKIP and not _is_diagnostic(k) and not _is_accuracy(k)]:
+        for key in [k for k in last if k not in SKIP and not is_diagnostic(k) and not _is_accuracy(k)]:
             steps, mean, lo, hi = _band(records, key, smooth)
             main = key == "loss"
             ax_l.plot(

@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader
 from sslkd.data.base import ImageArrayDataset, balanced_subset
 from sslkd.data.batch_augment import BatchMultiCrop
 from sslkd.data.folder import EvalCrops, TrainCrops
+from sslkd.data.recipe import CropRecipe
 from sslkd.device import autocast_dtype
 from sslkd.eval.features import normalize_batch
 from sslkd.eval.metrics import TopK
@@ -35,7 +36,7 @@ from sslkd.schedules import cosine_schedule
 from sslkd.schema import Fraction, NonNegativeFloat, Positive, PositiveFloat
 
 
-def _param_groups(backbone: Backbone, head: nn.Linear, weight_decay: float, layer_decay: float) -> list[dict]:
+def layer_decay_groups(backbone: Backbone, head: nn.Linear, weight_decay: float, layer_decay: float) -> list[dict]:
     net = getattr(backbone, "vit", None) or getattr(backbone, "net", None) or backbone
     groups = param_groups_layer_decay(
         net,
@@ -93,24 +94,14 @@ def finetune(
     nn.init.trunc_normal_(head.weight, std=2e-5)
     nn.init.zeros_(head.bias)
     backbone.to(device).train()
-    groups = _param_groups(backbone, head, weight_decay, layer_decay)
+    groups = layer_decay_groups(backbone, head, weight_decay, layer_decay)
     base = lr * batch_size / 256
     opt = torch.optim.AdamW(groups, lr=base, fused=device.type == "cuda")
     steps_per_epoch = max(1, len(labels) // batch_size)
     total, warm = epochs * steps_per_epoch, int(warmup_epochs * steps_per_epoch)
     scales = cosine_schedule(1.0, 0.0, total, warm, warmup_from_first=True)  # x base lr per step
-    aug = BatchMultiCrop(
-        train.num_channels,
-        mean,
-        std,
-        size,
-        size,
-        global_scale=crop_scale,
-        color_jitter_p=0.0,
-        grayscale_p=0.0,
-        blur_p=(0.0, 0.0, 0.0),
-        solarize_p=0.0,
-    )
+    crops = CropRecipe(train.num_channels, mean, std, size, size, global_scale=crop_scale, color_jitter_p=0.0)
+    aug = BatchMultiCrop(crops.replace(grayscale_p=0.0, blur_p=(0.0, 0.0, 0.0), solarize_p=0.0))
     dtype = autocast_dtype(precision, device)
     g = torch.Generator().manual_seed(seed)
 

@@ -14,19 +14,20 @@ from pathlib import Path
 
 import torch
 
+from sslkd.api import pretrain
 from sslkd.config import Config, ConfigError, load_config, to_dict
 from sslkd.data import get_dataset, held_out, view_tensors
 from sslkd.device import environment, resolve_device
+from sslkd.distributed import rank
 from sslkd.eval import evaluate, get_protocol, options_of
 from sslkd.eval.attention import cls_attention, plot_attention
 from sslkd.eval.curves import plot_curves
 from sslkd.eval.knn import DEFAULT_KS
 from sslkd.experiments.seeds import summarize, summary_markdown
-from sslkd.methods import build_method
-from sslkd.train import Trainer, TrainingError
-
-LABELS = {"kd": "iBOT & KD", "rkd-d": "iBOT & RKD-D", "rkd-a": "iBOT & RKD-A", "rkd-da": "iBOT & RKD-DA"}
-
+from sslkd.methods import build_method, method_class
+from sslkd.pretrained import load_pretrained
+from sslkd.train import TrainingError
+from sslkd.train.inputs import load_datasets
 
 BUDGET_UNITS = {
     "epochs": "train.epochs",
@@ -60,11 +61,11 @@ def budget_overrides(spec: str) -> list[str]:
 
 
 def label_of(cfg: Config) -> str:
-    """A row's name: the distillation mode of iBOT runs, else the config's ``name`` when it was
-    set, else the method and backbone."""
-    distill = getattr(cfg.method, "distill", None)
-    if distill is not None:
-        return LABELS.get(distill.mode, distill.mode)
+    """A row's name: what the method calls it (:meth:`~sslkd.methods.Method.row_label`: iBOT's
+    distillation mode), else the config's ``name`` when it was set, else the method and backbone."""
+    own = method_class(cfg.method.name).row_label(cfg.method)
+    if own is not None:
+        return own
     if cfg.name != "run":
         return cfg.name
     return f"{cfg.method.name.upper()} {cfg.model.backbone}"
@@ -96,8 +97,7 @@ def run_names(configs: list[str]) -> list[str]:
 
 def models_of(cfg: Config) -> list[tuple[int, str]]:
     """``(model index, backbone name)`` of every model a run trains (MOKD trains two)."""
-    second = getattr(cfg.method, "model2", None)
-    return [(1, cfg.model.backbone)] + ([(2, second.backbone)] if second is not None else [])
+    return list(enumerate(method_class(cfg.method.name).backbones(cfg), start=1))
 
 
 def run_comparison(
@@ -269,16 +269,16 @@ class _Scorer:
 def _train_and_score(
     run_name: str, cfg: Config, label: str, scorer: _Scorer, out: Path, progress: bool, first_seed: bool
 ) -> list[dict]:
-    """Train (or resume, or find finished) one run and score each model it trains; attention maps
-    of the first seed's ViTs."""
-    trainer = Trainer(cfg, progress=progress)
+    """Train (or resume, or find finished) one run through the Python API and score each model it
+    trains, read back from its checkpoint; attention maps of the first seed's ViTs."""
     ev_train, ev_test = scorer.ev_train, scorer.ev_test
-    if trainer.train_set.num_channels != ev_train.num_channels:
+    train_set, test_set = load_datasets(cfg, verbose=rank() == 0)  # what the run trains on, checked first
+    if train_set.num_channels != ev_train.num_channels:
         raise ValueError(
-            f"{run_name}: pretrained on {trainer.train_set.num_channels}-channel images, "
+            f"{run_name}: pretrained on {train_set.num_channels}-channel images, "
             f"the evaluation set has {ev_train.num_channels}"
         )
-    summary = trainer.fit(resume="auto")
+    summary = pretrain(cfg, progress=progress, datasets=(train_set, test_set)).summary
     if summary["status"] == "interrupted":  # Ctrl-C / SIGTERM stop the experiment, not just this run
         raise TrainingError(
             f"{run_name}: interrupted at step {summary['step']} (checkpoint written); "
@@ -286,7 +286,8 @@ def _train_and_score(
         )
     rows, models = [], models_of(cfg)
     for model, arch in models:
-        backbone = trainer.method.eval_backbone("teacher", model)
+        pre = load_pretrained(cfg.output_dir, "teacher", model)
+        backbone = pre.backbone
         row_label = label if len(models) == 1 else f"{label}: {arch} (model {model})"
         scores = scorer.cached(Path(cfg.output_dir), summary["step"], model, lambda b=backbone: b)
         rows.append(
@@ -294,8 +295,8 @@ def _train_and_score(
              "minutes": summary["train_seconds"] / 60, **scores}
         )  # fmt: skip
         spread = torch.linspace(0, len(ev_test) - 1, 6).long().tolist()  # over the classes
-        images = view_tensors(ev_test, spread, trainer.method.img_size)
-        if first_seed and getattr(backbone, "is_vit", False) and images.shape[-1] == trainer.method.img_size:
+        images = view_tensors(ev_test, spread, pre.img_size)
+        if first_seed and getattr(backbone, "is_vit", False) and images.shape[-1] == pre.img_size:
             maps = cls_attention(backbone.cpu(), images, ev_train.mean, ev_train.std)
             suffix = "" if len(models) == 1 else f"_model{model}"
             plot_attention(images, maps, out / f"attention_{run_name}{suffix}.png", row_label)

@@ -18,22 +18,22 @@ class CenteredTeacherLoss(nn.Module):
         super().__init__()
         self.student_temp, self.center_momentum = student_temp, center_momentum
         self.register_buffer("center", torch.zeros(1, out_dim))
-        self._pending: list[torch.Tensor] = []
+        self.pending: list[torch.Tensor] = []
 
     def teacher_probs(self, teacher: torch.Tensor, teacher_temp: float) -> torch.Tensor:
         return F.softmax((teacher.float() - self.center) / teacher_temp, dim=-1)
 
     def record(self, teacher: torch.Tensor) -> None:
         """Remember the mean teacher output over all leading dims of ``teacher [..., K]``."""
-        self._pending.append(teacher.detach().float().reshape(-1, teacher.shape[-1]).mean(0))
+        self.pending.append(teacher.detach().float().reshape(-1, teacher.shape[-1]).mean(0))
 
     @torch.no_grad()
     def update_center(self) -> None:
         """Apply the EMA (all-reduced across processes when distributed); no-op without records."""
-        if not self._pending:
+        if not self.pending:
             return
-        batch_center = torch.stack(self._pending).mean(0, keepdim=True)
-        self._pending.clear()
+        batch_center = torch.stack(self.pending).mean(0, keepdim=True)
+        self.pending.clear()
         if dist.is_available() and dist.is_initialized():
             dist.all_reduce(batch_center)
             batch_center /= dist.get_world_size()

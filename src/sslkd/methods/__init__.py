@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from sslkd.methods.base import Method, StepInfo
+from sslkd.methods.base import Method, MethodContext, StepInfo
 from sslkd.methods.dino import DINO, DINOConfig
 from sslkd.methods.dmt import DMT, DMTConfig
 from sslkd.methods.ibot import IBOT, IBOTConfig
 from sslkd.methods.mae import MAE, MAEConfig
 from sslkd.methods.mocov3 import MoCoV3, MoCoV3Config
 from sslkd.methods.mokd import MOKD, MOKDConfig
-from sslkd.methods.registry import METHODS, method_config_class
+from sslkd.methods.registry import METHODS, method_class, method_config_class
 from sslkd.methods.seed import SEED, SEEDConfig
 from sslkd.models.teacher import FrozenTeacher
 
@@ -27,7 +27,8 @@ def build_method(
     ``teachers``: a distillation method's frozen teachers (:func:`sslkd.teachers.load_teachers`);
     ``weights``: the ``model.pretrained`` weights (:func:`sslkd.teachers.load_weights`)."""
     kwargs = {} if teachers is None else {"teachers": teachers}
-    return METHODS[cfg.method.name](cfg, in_chans, img_size, eval_only=eval_only, weights=weights, **kwargs)
+    cls = method_class(cfg.method.name)
+    return cls(MethodContext.of(cfg), in_chans, img_size, eval_only=eval_only, weights=weights, **kwargs)
 
 
 __all__ = [
@@ -44,10 +45,12 @@ __all__ = [
     "MAEConfig",
     "MOKDConfig",
     "Method",
+    "MethodContext",
     "MoCoV3",
     "MoCoV3Config",
     "SEEDConfig",
     "StepInfo",
     "build_method",
+    "method_class",
     "method_config_class",
 ]

@@ -11,12 +11,13 @@ import copy
 import math
 import warnings
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 
-from sslkd.errors import NoSuchModelError, TeacherError
-from sslkd.models import Backbone, ModelConfig, ViTBackbone, build_backbone
+from sslkd.errors import ConfigError, NoSuchModelError, TeacherError
+from sslkd.models import Backbone, ModelConfig, ViTBackbone, build_backbone, is_vit
 from sslkd.models.teacher import load_into
 
 
@@ -46,28 +47,56 @@ class StepInfo:
         return self.rank + self.world_size * (self.micro * b + torch.arange(b))
 
 
+@dataclass(frozen=True)
+class MethodContext:
+    """What a method is built from: its own config section and the few run-wide settings it
+    reads (:func:`sslkd.methods.build_method` makes it from a run's config)."""
+
+    method: Any  # the method's own section, an instance of its ``config_class``
+    model: ModelConfig  # the (first) backbone it trains
+    seed: int = 0  # the run's seed (iBOT's masks are drawn from it)
+    init_seed: int = 0  # the seed the networks are initialised from
+    optimizer: str = "adamw"  # train.optimizer: what the default optimiser spec asks for
+
+    @classmethod
+    def of(cls, cfg) -> MethodContext:
+        """The context of a run's :class:`~sslkd.config.Config`."""
+        return cls(cfg.method, cfg.model, cfg.seed, cfg.init_seed, cfg.train.optimizer)
+
+
 class Method(nn.Module, abc.ABC):
     """Base class. Subclasses set ``student`` (trained) and usually ``teacher`` (EMA copy), and
     declare what the engine must know about them as class attributes (the engine never asks
     for a method by name):
 
     - ``config_class``: the typed dataclass of the ``method`` config section;
+    - ``method_name``: its name in configs and on the CLI (set by ``@register``);
     - ``paired_views``: the views are one crop twice, plain and colour-jittered (DMT);
     - ``num_models``: how many models it trains (``eval_backbone(model=...)``);
     - ``needs_teachers``: training needs frozen teachers, loaded by the engine from the config
-      (a :class:`~sslkd.models.teacher.TeacherConfig`) and passed as ``teachers``.
+      (a :class:`~sslkd.models.teacher.TeacherConfig`) and passed as ``teachers``;
+    - ``needs_vit``: why it trains ViTs only (empty: any backbone);
+    - ``local_crops``: whether it learns from local crops (a run without a YAML file gets some).
+
+    Class methods give what a run without a YAML file takes (:meth:`first_run`,
+    :meth:`teacher_overrides`) and how results name a run (:meth:`row_label`, :meth:`backbones`).
     """
 
     config_class: type
+    method_name: str = ""
     paired_views: bool = False
     needs_teachers: bool = False
     num_models: int = 1  # models trained side by side, each evaluable (MOKD: 2)
+    needs_vit: str = ""  # e.g. "masks patches": the reason said when a CNN is configured
+    local_crops: bool = True
 
-    def __init__(self, cfg, in_chans: int, img_size: int, eval_only: bool = False, weights: dict | None = None) -> None:
+    def __init__(
+        self, ctx: MethodContext, in_chans: int, img_size: int, eval_only: bool = False, weights: dict | None = None
+    ) -> None:
         """``weights``: ``{model.pretrained spec: Weights}``, resolved by :func:`sslkd.teachers.load_weights`
         (the engine does it): the backbones whose ``pretrained`` names them start from those weights."""
         super().__init__()
-        self.cfg, self.in_chans, self.img_size, self.eval_only = cfg, in_chans, img_size, eval_only
+        self.ctx, self.in_chans, self.img_size, self.eval_only = ctx, in_chans, img_size, eval_only
         self.weights = weights or {}
         self.weight_reports: list = []  # how each pretrained backbone was loaded (the engine prints them)
 
@@ -99,16 +128,46 @@ class Method(nn.Module, abc.ABC):
         return {}
 
     @classmethod
-    def first_run(cls, epochs: int) -> dict:
+    def first_run(cls, epochs: int, model: dict) -> dict:
         """Config overrides (a nested mapping) that a run without a YAML file of ``epochs`` epochs
-        takes for this method, beyond the config classes' defaults (the paper's recipe where it
-        differs from the general one)."""
+        training ``model`` (its ``model`` section: backbone, patch_size, small_stem) takes for this
+        method, beyond the config classes' defaults (the paper's recipe where it differs from the
+        general one)."""
         return {}
 
+    @classmethod
+    def check_backbone(cls, backbone: str) -> None:
+        """Refuse a backbone the method cannot train, naming why (:attr:`needs_vit`)."""
+        if cls.needs_vit and not is_vit(backbone):
+            raise ConfigError(
+                f"{cls.method_name} {cls.needs_vit} and needs a ViT backbone, got '{backbone}' "
+                f"(vit_tiny, vit_small, vit_base or a timm ViT)"
+            )
+
+    @classmethod
+    def teacher_overrides(cls, sources: list[str]) -> dict:
+        """The ``method`` keys that name ``sources`` (``--teacher``, given in order) as this method's
+        teachers; a method without teachers refuses any."""
+        if sources:
+            raise ConfigError(f"--teacher: {cls.method_name} takes no teacher")
+        return {}
+
+    @classmethod
+    def row_label(cls, method_cfg) -> str | None:
+        """What a results table calls a run of this method when the config's section says more than
+        its name (iBOT: its distillation mode), else ``None``."""
+        return None
+
+    @classmethod
+    def backbones(cls, cfg) -> list[str]:
+        """The backbone of every model a run of ``cfg`` trains, in model order (MOKD: two)."""
+        return [cfg.model.backbone]
+
     def build_backbone(self, mc: ModelConfig | None = None) -> Backbone:
-        """The backbone ``mc`` (default ``cfg.model``) describes, for this method's images, starting
+        """The backbone ``mc`` (default ``ctx.model``) describes, for this method's images, starting
         from ``mc.pretrained``'s weights when it names some (not for evaluation: the checkpoint has them)."""
-        mc = mc or self.cfg.model
+        mc = mc or self.ctx.model
+        self.check_backbone(mc.backbone)
         bb = build_backbone(
             mc.backbone, self.img_size, mc.patch_size, self.in_chans, mc.drop_path_rate, mc.small_stem, mc.depth
         )
@@ -144,7 +203,7 @@ class Method(nn.Module, abc.ABC):
         """How the engine optimises: a list of ``{"params": [(name, param)], "kind": "adamw" | "sgd",
         "lr": base lr or None (train.base_lr), "weight_decay": constant or None (the schedule)}``,
         one optimiser each; learning rates follow the engine's warmup + cosine shape."""
-        return [{"params": self.trainable_parameters(), "kind": self.cfg.train.optimizer}]
+        return [{"params": self.trainable_parameters(), "kind": self.ctx.optimizer}]
 
     def clip_groups(self) -> list[list[nn.Parameter]]:
         """Parameter sets whose gradients are clipped by norm separately (one per trained model)."""

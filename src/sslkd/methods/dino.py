@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from sslkd.losses import DINOLoss
-from sslkd.methods.base import Method, StepInfo, ema_teacher, ema_update
+from sslkd.methods.base import Method, MethodContext, StepInfo, ema_teacher, ema_update
 from sslkd.methods.collapse import collapse_metrics
 from sslkd.methods.registry import register
 from sslkd.models import DINOHead, Encoder, forward_views
@@ -35,9 +35,9 @@ class DINOConfig:
 class DINO(Method):
     config_class = DINOConfig
 
-    def __init__(self, cfg, in_chans: int, img_size: int, eval_only: bool = False, **kwargs) -> None:
-        super().__init__(cfg, in_chans, img_size, eval_only, **kwargs)
-        m = cfg.method
+    def __init__(self, ctx: MethodContext, in_chans: int, img_size: int, eval_only: bool = False, **kwargs) -> None:
+        super().__init__(ctx, in_chans, img_size, eval_only, **kwargs)
+        m = ctx.method
         backbone = self.build_backbone()
         head = DINOHead(
             backbone.embed_dim,
@@ -56,7 +56,7 @@ class DINO(Method):
         with torch.no_grad():
             _, t_out = forward_views(self.teacher, views[:n_global])
         s_feats, s_out = forward_views(self.student, views)
-        m = self.cfg.method
+        m = self.ctx.method
         temp = warmup_temp(m.warmup_teacher_temp, m.teacher_temp, m.warmup_teacher_temp_epochs, info.epoch)
         loss = self.loss_fn(s_out, t_out, temp)
         metrics = collapse_metrics(self.loss_fn.teacher_probs(t_out, temp), s_feats[:n_global], s_out, t_out)

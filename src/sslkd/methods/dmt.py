@@ -20,7 +20,7 @@ from torch import nn
 
 from sslkd.errors import ConfigError, TeacherError
 from sslkd.losses.dmt import SpatialFusionLoss, TokenFusionLoss
-from sslkd.methods.base import Method, StepInfo
+from sslkd.methods.base import Method, MethodContext, StepInfo
 from sslkd.methods.registry import register
 from sslkd.models import Backbone
 from sslkd.models.teacher import FrozenTeacher, TeacherConfig
@@ -50,21 +50,21 @@ class DMT(Method):
     config_class = DMTConfig
     paired_views = True  # the engine's augmentation gives [plain crop, colour-jittered crop]
     needs_teachers = True
+    needs_vit = "distils token sequences into a ViT student"
+    local_crops = False
 
     def __init__(
         self,
-        cfg,
+        ctx: MethodContext,
         in_chans: int,
         img_size: int,
         eval_only: bool = False,
         teachers: list[FrozenTeacher] | None = None,
         **kwargs,
     ) -> None:
-        super().__init__(cfg, in_chans, img_size, eval_only, **kwargs)
-        m = cfg.method
+        super().__init__(ctx, in_chans, img_size, eval_only, **kwargs)
+        m = ctx.method
         self.student = self.build_backbone()
-        if not self.student.is_vit:
-            raise TeacherError(f"DMT distils tokens into a ViT student, got '{cfg.model.backbone}'")
         if eval_only:
             return
         if not teachers:
@@ -83,6 +83,12 @@ class DMT(Method):
         self.tfd = TokenFusionLoss(m.loss, m.resample)
         self.sfd = SpatialFusionLoss(m.loss, m.resample)
 
+    @classmethod
+    def teacher_overrides(cls, sources: list[str]) -> dict:
+        if not sources:
+            raise ConfigError("--method dmt distils frozen teachers: name them with --teacher A --teacher B ...")
+        return {"teachers": list(sources)}
+
     def trainable_parameters(self) -> list[tuple[str, nn.Parameter]]:
         return [(n, p) for n, p in self.named_parameters() if p.requires_grad and not n.startswith("teachers.")]
 
@@ -92,9 +98,9 @@ class DMT(Method):
         cls, tokens = self.student.forward_features(jittered)
         z = self.adapter(torch.cat([cls[:, None], tokens], 1))
         terms = {}
-        if self.cfg.method.tfd:
+        if self.ctx.method.tfd:
             terms["tfd"] = self.tfd(z, targets)
-        if self.cfg.method.sfd:
+        if self.ctx.method.sfd:
             terms["sfd"] = self.sfd(z, targets)
         with torch.no_grad():
             fused = torch.stack([t.float() for t in targets]).sum(0)

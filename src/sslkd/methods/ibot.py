@@ -34,7 +34,7 @@ from sslkd.data.masking import MaskGenerator
 from sslkd.distributed import gather_batch
 from sslkd.errors import ConfigError
 from sslkd.losses import DINOLoss, IBOTPatchLoss, RKDAngleLoss, RKDDistanceLoss
-from sslkd.methods.base import Method, StepInfo, cached_gradient_term, ema_teacher, ema_update
+from sslkd.methods.base import Method, MethodContext, StepInfo, cached_gradient_term, ema_teacher, ema_update
 from sslkd.methods.collapse import collapse_metrics
 from sslkd.methods.dino import DINOConfig
 from sslkd.methods.registry import register
@@ -170,13 +170,18 @@ class IBOTEncoder(nn.Module):
 @register("ibot")
 class IBOT(Method):
     config_class = IBOTConfig
+    needs_vit = "masks patches"
+    LABELS = {"kd": "iBOT & KD", "rkd-d": "iBOT & RKD-D", "rkd-a": "iBOT & RKD-A", "rkd-da": "iBOT & RKD-DA"}
 
-    def __init__(self, cfg, in_chans: int, img_size: int, eval_only: bool = False, **kwargs) -> None:
-        super().__init__(cfg, in_chans, img_size, eval_only, **kwargs)
-        m = cfg.method
+    @classmethod
+    def row_label(cls, method_cfg) -> str:
+        """Its distillation mode, as the masked-relational paper's Table 1 names its rows."""
+        return cls.LABELS[method_cfg.distill.mode]
+
+    def __init__(self, ctx: MethodContext, in_chans: int, img_size: int, eval_only: bool = False, **kwargs) -> None:
+        super().__init__(ctx, in_chans, img_size, eval_only, **kwargs)
+        m = ctx.method
         backbone = self.build_backbone()
-        if not isinstance(backbone, ViTBackbone):
-            raise ValueError(f"iBOT masks patches and needs a ViT backbone, got '{cfg.model.backbone}'")
         head = IBOTHead(
             backbone.embed_dim,
             m.out_dim,
@@ -213,7 +218,7 @@ class IBOT(Method):
         whole."""
         key = (info.step, n_views, h, w, info.shards * b)
         if self._mask_cache is None or self._mask_cache[0] != key:  # once per step, not per micro-batch
-            g = torch.Generator(device).manual_seed((self.cfg.seed * 1_000_003 + info.step) * 64)
+            g = torch.Generator(device).manual_seed((self.ctx.seed * 1_000_003 + info.step) * 64)
             full = self.masker(n_views * info.shards * b, h, w, g).reshape(n_views, info.shards * b, h, w)
             self._mask_cache = (key, full, full.flatten(2).any(-1).sum(-1).float())
         _, full, has = self._mask_cache
@@ -225,21 +230,21 @@ class IBOT(Method):
         rows = patch_out if keep is not None else patch_out[masks.flatten(1)]
         return rows.float().mean(0) if len(rows) else self.patch_loss.center[0]
 
-    def _relational(
+    def relational(
         self, s: torch.Tensor, t: torch.Tensor, temp: float, rows: torch.Tensor | None = None
     ) -> torch.Tensor:
         """The RKD terms' sum; ``temp``: the teacher temperature of this level and step, unless
         ``distill.teacher_temp`` fixes it."""
-        temp = self.cfg.method.distill.teacher_temp or temp
+        temp = self.ctx.method.distill.teacher_temp or temp
         return sum(fn(s, t, temp, rows) for fn in self.rkd)
 
     def _rkd_levels(self) -> tuple[bool, bool]:
-        d = self.cfg.method.distill
+        d = self.ctx.method.distill
         return d.mode != "kd" and d.levels in ("cls", "both"), d.mode != "kd" and d.levels in ("patch", "both")
 
     def _encode(self, views: list[torch.Tensor], info: StepInfo) -> dict:
         """Masks, teacher and student outputs of one (micro-)batch; ``*_cls_out`` by view ``[V, b, K]``."""
-        m = self.cfg.method
+        m = self.ctx.method
         n_global, batch = 2, views[0].shape[0]
         p = self.student.backbone.patch_size
         h, w = views[0].shape[-2] // p, views[0].shape[-1] // p
@@ -278,7 +283,7 @@ class IBOT(Method):
 
     def _cls_relation_inputs(self, enc: dict) -> tuple[torch.Tensor, torch.Tensor]:
         """What enters the CLS-level relations: student ``[V, b, K]``, teacher ``[2, b, K]``."""
-        if self.cfg.method.distill.features == "head":
+        if self.ctx.method.distill.features == "head":
             return enc["s_cls_out"], enc["t_cls_out"]
         return enc["s_cls_z"], enc["by_view"](enc["t"]["cls_z"])
 
@@ -288,13 +293,13 @@ class IBOT(Method):
         (``distill.cls_pairs: all`` adds the same-view pairs)."""
         s_rel = gather_batch(s_rel.transpose(0, 1)).transpose(0, 1)
         t_rel = gather_batch(t_rel.transpose(0, 1), differentiable=False).transpose(0, 1)
-        same = self.cfg.method.distill.cls_pairs == "all"
+        same = self.ctx.method.distill.cls_pairs == "all"
         pairs = [(tv, sv) for tv in range(len(t_rel)) for sv in range(len(s_rel)) if same or sv != tv]
-        return sum(self._relational(s_rel[sv], t_rel[tv], temp) for tv, sv in pairs) / len(pairs)
+        return sum(self.relational(s_rel[sv], t_rel[tv], temp) for tv, sv in pairs) / len(pairs)
 
     def _temps(self, epoch: float) -> tuple[float, float]:
         """The teacher temperatures of this step: (CLS, patch), each after its warmup."""
-        m = self.cfg.method
+        m = self.ctx.method
         return (
             warmup_temp(m.warmup_teacher_temp, m.teacher_temp, m.warmup_teacher_temp_epochs, epoch),
             warmup_temp(m.warmup_teacher_patch_temp, m.teacher_patch_temp, m.warmup_teacher_temp_epochs, epoch),
@@ -314,7 +319,7 @@ class IBOT(Method):
         return {"rkd_cls": self._rkd_cls(s_rel, t_rel, self._temps(info.epoch)[0])}
 
     def forward(self, views, info: StepInfo, cached: dict | None = None):
-        m, d = self.cfg.method, self.cfg.method.distill
+        m, d = self.ctx.method, self.ctx.method.distill
         rkd_cls, rkd_patch = self._rkd_levels()
         enc = self._encode(views, info)
         t, s, by_view, keep, masks = enc["t"], enc["s"], enc["by_view"], enc["keep"], enc["masks"]
@@ -355,14 +360,14 @@ class IBOT(Method):
             s_rel, t_rel = s_rel.flatten(0, 1), t_rel.flatten(0, 1)
             rows = masks.flatten(1) if d.patch_tokens == "masked" else None  # [2b, N]: masked tokens
             if d.patch_images == "all":
-                losses["rkd_patch"] = self._relational(s_rel, t_rel, temp2, rows)
+                losses["rkd_patch"] = self.relational(s_rel, t_rel, temp2, rows)
             else:  # masked views only; sum / (masked views per shard of the step): exact when split
                 sel = vmask.any(-1).flatten()
                 n = int(sel.sum())
                 per_shard = (enc["has_masked"].sum() / info.shards).clamp_min(1).to(s_rel.device)
                 rows = None if rows is None else rows[sel]
                 losses["rkd_patch"] = (
-                    self._relational(s_rel[sel], t_rel[sel], temp2, rows) * n / per_shard if n else s_rel.sum() * 0.0
+                    self.relational(s_rel[sel], t_rel[sel], temp2, rows) * n / per_shard if n else s_rel.sum() * 0.0
                 )
             total = total + rkd_weight * m.lambda2 * losses["rkd_patch"]
         metrics = collapse_metrics(

@@ -19,9 +19,8 @@ from torch import nn
 
 from sslkd.errors import ConfigError
 from sslkd.losses.mae import MAELoss, patchify
-from sslkd.methods.base import Method, StepInfo
+from sslkd.methods.base import Method, MethodContext, StepInfo
 from sslkd.methods.registry import register
-from sslkd.models import ViTBackbone
 from sslkd.schema import Positive, Range
 
 
@@ -44,16 +43,16 @@ class MAEConfig:
 @register("mae")
 class MAE(Method):
     config_class = MAEConfig
+    needs_vit = "encodes the visible patches"
+    local_crops = False
 
-    def __init__(self, cfg, in_chans: int, img_size: int, eval_only: bool = False, **kwargs) -> None:
-        super().__init__(cfg, in_chans, img_size, eval_only, **kwargs)
-        m = cfg.method
+    def __init__(self, ctx: MethodContext, in_chans: int, img_size: int, eval_only: bool = False, **kwargs) -> None:
+        super().__init__(ctx, in_chans, img_size, eval_only, **kwargs)
+        m = ctx.method
         backbone = self.build_backbone()
-        if not isinstance(backbone, ViTBackbone):
-            raise ValueError(f"MAE encodes visible patches and needs a ViT backbone, got '{cfg.model.backbone}'")
         if backbone.num_prefix_tokens != 1:
             raise ValueError(
-                f"MAE's decoder takes one class token; '{cfg.model.backbone}' has "
+                f"MAE's decoder takes one class token; '{ctx.model.backbone}' has "
                 f"{backbone.num_prefix_tokens} prefix tokens (registers, distillation token)"
             )
         p = backbone.patch_size
@@ -78,7 +77,7 @@ class MAE(Method):
 
     def random_mask(self, b: int, n: int, device) -> tuple[torch.Tensor, torch.Tensor]:
         """(indices of the kept patches [B, n_keep] in ascending order, mask [B, N] with 1 = masked)."""
-        keep = int(round(n * (1 - self.cfg.method.mask_ratio)))
+        keep = int(round(n * (1 - self.ctx.method.mask_ratio)))
         ids = torch.rand(b, n, device=device).argsort(1)[:, :keep].sort(1).values
         mask = torch.ones(b, n, device=device)
         mask.scatter_(1, ids, 0.0)

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from sslkd.losses.mocov3 import MoCoV3Loss
-from sslkd.methods.base import Method, StepInfo, cached_gradient_term, ema_teacher, ema_update
+from sslkd.methods.base import Method, MethodContext, StepInfo, cached_gradient_term, ema_teacher, ema_update
 from sslkd.methods.registry import register
 from sslkd.models import Encoder, moco_mlp
 from sslkd.schema import NonNegative, Positive, PositiveFloat
@@ -38,10 +38,11 @@ class MoCoV3Config:
 @register("mocov3")
 class MoCoV3(Method):
     config_class = MoCoV3Config
+    local_crops = False
 
-    def __init__(self, cfg, in_chans: int, img_size: int, eval_only: bool = False, **kwargs) -> None:
-        super().__init__(cfg, in_chans, img_size, eval_only, **kwargs)
-        m = cfg.method
+    def __init__(self, ctx: MethodContext, in_chans: int, img_size: int, eval_only: bool = False, **kwargs) -> None:
+        super().__init__(ctx, in_chans, img_size, eval_only, **kwargs)
+        m = ctx.method
         backbone = self.build_backbone()
         layers = m.proj_layers or (3 if backbone.is_vit else 2)
         self.student = Encoder(backbone, moco_mlp(backbone.embed_dim, m.hidden_dim, m.out_dim, layers))
@@ -52,7 +53,7 @@ class MoCoV3(Method):
     def trainable_parameters(self) -> list[tuple[str, nn.Parameter]]:
         return super().trainable_parameters() + [(f"predictor.{n}", p) for n, p in self.predictor.named_parameters()]
 
-    def _encode(self, views) -> dict[str, torch.Tensor]:
+    def encode(self, views) -> dict[str, torch.Tensor]:
         x1, x2 = views[0], views[1]
         f1, z1 = self.student(x1)
         _, z2 = self.student(x2)
@@ -65,14 +66,14 @@ class MoCoV3(Method):
         return True
 
     def batch_features(self, views, info: StepInfo) -> dict[str, torch.Tensor]:
-        e = self._encode(views)
+        e = self.encode(views)
         return {k: e[k] for k in ("q1", "q2", "k1", "k2")}
 
     def batch_losses(self, features: dict[str, torch.Tensor], info: StepInfo) -> dict[str, torch.Tensor]:
         return {"mocov3": self.loss_fn(features["q1"], features["q2"], features["k1"], features["k2"])}
 
     def forward(self, views, info: StepInfo, cached: dict | None = None):
-        e = self._encode(views)
+        e = self.encode(views)
         q1, q2, k2 = e["q1"], e["q2"], e["k2"]
         if cached is None:
             loss = self.loss_fn(q1, q2, e["k1"], k2)

@@ -43,11 +43,11 @@ from torch import nn
 
 from sslkd.errors import ConfigError
 from sslkd.losses import DINOLoss
-from sslkd.methods.base import Method, StepInfo, ema_teacher, ema_update
+from sslkd.methods.base import Method, MethodContext, StepInfo, ema_teacher, ema_update
 from sslkd.methods.collapse import collapse_metrics
 from sslkd.methods.dino import DINOConfig
 from sslkd.methods.registry import register
-from sslkd.models import Backbone, DINOHead, ModelConfig, THead
+from sslkd.models import Backbone, DINOHead, ModelConfig, THead, is_vit
 from sslkd.schedules import warmup_temp
 from sslkd.schema import NonNegative, NonNegativeFloat, PositiveFloat
 
@@ -110,11 +110,11 @@ class MOKD(Method):
     config_class = MOKDConfig
     num_models = 2
 
-    def __init__(self, cfg, in_chans: int, img_size: int, eval_only: bool = False, **kwargs) -> None:
-        super().__init__(cfg, in_chans, img_size, eval_only, **kwargs)
-        m = cfg.method
-        mc, m2 = cfg.model, m.model2
-        seed1 = cfg.init_seed
+    def __init__(self, ctx: MethodContext, in_chans: int, img_size: int, eval_only: bool = False, **kwargs) -> None:
+        super().__init__(ctx, in_chans, img_size, eval_only, **kwargs)
+        m = ctx.method
+        mc, m2 = ctx.model, m.model2
+        seed1 = ctx.init_seed
         seeds = (seed1, seed1 + 1 if m2.init_seed is None else m2.init_seed)
         backbones, heads = [], []
         # each model initialised as a DINO run with that model.init_seed would be; two models of the
@@ -153,21 +153,30 @@ class MOKD(Method):
         self.thead_loss = nn.ModuleList(DINOLoss(m.out_dim, m.student_temp, m.center_momentum) for _ in range(2))
 
     @classmethod
-    def first_run(cls, epochs: int) -> dict:
-        """Suppl. A.1's recipe for a run without a YAML file: the ViT's AdamW base lr 3e-4 (the
-        CNN's SGD lr 0.1 is ``sgd_lr``), tau' warmed up over the first 30% of the run, DINO's
-        per-tensor clipping, and A.1's augmentations (crop, flip, blur, colour jitter: no grayscale,
-        no solarize)."""
+    def first_run(cls, epochs: int, model: dict) -> dict:
+        """Suppl. A.1's recipe for a run without a YAML file: a second model of the other family
+        (the paper: ResNet-50 + ViT-S/16; here ResNet-18 beside a ViT, ViT-Tiny beside a CNN), the
+        ViT's AdamW base lr 3e-4 (the CNN's SGD lr 0.1 is ``sgd_lr``), tau' warmed up over the first
+        30% of the run, DINO's per-tensor clipping, and A.1's augmentations (crop, flip, blur, colour
+        jitter: no grayscale, no solarize)."""
+        other = "resnet18" if is_vit(model["backbone"]) else "vit_tiny"
         return {
             "train": {"base_lr": 3e-4, "clip_mode": "per_param"},
-            "method": {"warmup_teacher_temp_epochs": 0.3 * epochs},
+            "method": {
+                "warmup_teacher_temp_epochs": 0.3 * epochs,
+                "model2": {**{k: model[k] for k in ("patch_size", "small_stem") if k in model}, "backbone": other},
+            },
             "aug": {"grayscale_p": 0.0, "solarize_p": 0.0},
         }
+
+    @classmethod
+    def backbones(cls, cfg) -> list[str]:
+        return [cfg.model.backbone, cfg.method.model2.backbone]
 
     def optimizer_specs(self) -> list[dict]:
         """One optimiser per model: SGD (momentum 0.9, ``sgd_lr``, constant ``sgd_weight_decay``) for a
         CNN and AdamW (the engine's lr and weight-decay schedule) for a ViT, unless forced."""
-        m = self.cfg.method
+        m = self.ctx.method
         specs = []
         for i, (student, choice) in enumerate(zip(self.student, (m.optimizer1, m.optimizer2))):
             kind = choice if choice != "auto" else ("adamw" if student.backbone.is_vit else "sgd")
@@ -193,7 +202,7 @@ class MOKD(Method):
         self, views: list[torch.Tensor], info: StepInfo
     ) -> tuple[list[torch.Tensor], dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         """``([L_1, L_2] with gradients, detached named terms, metrics)``."""
-        m = self.cfg.method
+        m = self.ctx.method
         n_global = 2
         use_t = m.self_thead or m.cross_thead
         temp = warmup_temp(m.warmup_teacher_temp, m.teacher_temp, m.warmup_teacher_temp_epochs, info.epoch)

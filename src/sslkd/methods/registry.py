@@ -15,13 +15,19 @@ def register(name: str):
         if name in METHODS:
             raise ValueError(f"method '{name}' is registered twice")
         METHODS[name] = cls
+        cls.method_name = name
         return cls
 
     return add
 
 
-def method_config_class(name: str) -> type:
-    """The config dataclass of method ``name``."""
+def method_class(name: str) -> type:
+    """The class registered as ``name`` (an unknown name is a one-line error naming the valid ones)."""
     if not isinstance(name, str) or name not in METHODS:
         raise ConfigError(f"method.name: unknown method '{name}'; available: {', '.join(sorted(METHODS))}")
-    return METHODS[name].config_class
+    return METHODS[name]
+
+
+def method_config_class(name: str) -> type:
+    """The config dataclass of method ``name``."""
+    return method_class(name).config_class

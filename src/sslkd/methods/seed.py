@@ -22,7 +22,7 @@ from torch import nn
 
 from sslkd.errors import ConfigError, TeacherError
 from sslkd.losses.seed import EmbeddingRegressionLoss, FeatureQueue, InfoNCELoss, SEEDLoss
-from sslkd.methods.base import Method, StepInfo
+from sslkd.methods.base import Method, MethodContext, StepInfo
 from sslkd.methods.registry import register
 from sslkd.models import Backbone, Encoder, projection_mlp
 from sslkd.models.teacher import FrozenTeacher, TeacherConfig
@@ -61,18 +61,19 @@ class SEED(Method):
     config_class = SEEDConfig
 
     needs_teachers = True
+    local_crops = False
 
     def __init__(
         self,
-        cfg,
+        ctx: MethodContext,
         in_chans: int,
         img_size: int,
         eval_only: bool = False,
         teachers: list[FrozenTeacher] | None = None,
         **kwargs,
     ) -> None:
-        super().__init__(cfg, in_chans, img_size, eval_only, **kwargs)
-        m = cfg.method
+        super().__init__(ctx, in_chans, img_size, eval_only, **kwargs)
+        m = ctx.method
         backbone = self.build_backbone()
         if eval_only:  # evaluation reads only the student's backbone: no teacher file needed
             self.student = Encoder(backbone, nn.Identity())
@@ -99,10 +100,10 @@ class SEED(Method):
         if self.regression is None:
             terms["seed"] = self.seed_loss(s, t, self.queue.queue)
         else:
-            terms[self.cfg.method.loss] = self.regression(s, t)
-        if self.cfg.method.ssl_weight > 0:
+            terms[self.ctx.method.loss] = self.regression(s, t)
+        if self.ctx.method.ssl_weight > 0:
             _, s2 = self.student(views[1])
-            terms["ssl"] = self.cfg.method.ssl_weight * self.ssl_loss(s, s2)
+            terms["ssl"] = self.ctx.method.ssl_weight * self.ssl_loss(s, s2)
         loss = sum(terms.values())
         with torch.no_grad():
             sn = nn.functional.normalize(s.float(), dim=-1)
@@ -116,6 +117,16 @@ class SEED(Method):
             }
         self.queue.enqueue(t)  # after the loss: the current batch is not its own negative
         return {"loss": loss, **{k: v.detach() for k, v in terms.items()}}, metrics
+
+    @classmethod
+    def teacher_overrides(cls, sources: list[str]) -> dict:
+        if len(sources) != 1:
+            raise ConfigError(
+                "--teacher: SEED distils one teacher (a run folder, checkpoint, weight file or timm:<model>)"
+                if sources
+                else "--method seed distils a frozen teacher: name it with --teacher RUN|FILE|timm:<model>"
+            )
+        return {"teacher": sources[0]}
 
     def load_for_eval(self, state: dict[str, torch.Tensor]) -> None:
         prefix = "student.backbone."

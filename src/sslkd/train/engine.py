@@ -22,40 +22,35 @@ from typing import Any
 
 import torch
 import yaml
-from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from sslkd.checkpoint import list_checkpoints
 from sslkd.config import Config, to_dict
 from sslkd.data import ImageArrayDataset
-from sslkd.data.augment import MultiCropDataset, RawDataset
-from sslkd.device import autocast_dtype, environment, resolve_device, tune_cpu_malloc
-from sslkd.distributed import (
-    all_reduce_mean,
-    any_process,
-    from_main_process,
-    init_from_env,
-)
-from sslkd.errors import Aborted, DivergedError, TrainingError
-from sslkd.eval import normalize_batch
-from sslkd.methods import METHODS, Method, StepInfo, build_method
-from sslkd.schedules import cosine_schedule, freeze_steps
-from sslkd.teachers import load_teachers, load_weights
+from sslkd.device import autocast_dtype, environment
+from sslkd.distributed import all_reduce_mean, any_process, from_main_process
+from sslkd.errors import Aborted, DivergedError
+from sslkd.methods import StepInfo
+from sslkd.schedules import freeze_steps
 from sslkd.train import fsdp
 from sslkd.train.budget import PROBE_STEPS, BudgetPlanner, Plan, write_plan
+from sslkd.train.build import join_processes, networks, plan_schedules, steps_per_epoch, wrap
 from sslkd.train.gradcache import cache_batch_gradients, set_rng_state
-from sslkd.train.inputs import build_views, count_bad_files, epoch_loader, load_datasets
+from sslkd.train.inputs import ViewStream, build_views, count_bad_files, load_datasets
 from sslkd.train.loggers import open_loggers
 from sslkd.train.monitor import Monitor
-from sslkd.train.optim import build_optimizers, clip_per_tensor, compile_networks, set_hparams
-from sslkd.train.resume import Checkpointing
+from sslkd.train.optim import build_optimizers, clip_per_tensor, set_hparams
+from sslkd.train.resume import Checkpointer
 from sslkd.train.runlock import run_lock
 from sslkd.train.runlog import RunLog
+from sslkd.train.state import TrainState
 
 
-class Trainer(Checkpointing):
-    """Pretrain ``cfg.method`` on ``cfg.data``; ``fit()`` runs (or resumes) to the end."""
+class Trainer:
+    """Pretrain ``cfg.method`` on ``cfg.data``; ``fit()`` runs (or resumes) to the end. Assembled
+    from :mod:`sslkd.train.build`'s pieces; what changes as it trains is ``state``
+    (:class:`~sslkd.train.state.TrainState`), written and restored by ``checkpointer``."""
 
     def __init__(
         self,
@@ -64,162 +59,101 @@ class Trainer(Checkpointing):
         test_set: ImageArrayDataset | None = None,
         progress: bool = True,
     ) -> None:
-        self.cfg = cfg
-        self.rank, self.world, local_rank = init_from_env(cfg.device)
-        self.is_main = self.rank == 0
-        self.device = resolve_device(cfg.device)
-        if self.device.type == "cpu" and cfg.train.tune_malloc:
-            tune_cpu_malloc()
-        if self.world > 1 and self.device.type == "cuda":
-            self.device = torch.device("cuda", local_rank)
+        self.cfg, self.out = cfg, Path(cfg.output_dir)
+        self.procs = join_processes(cfg)
+        self.rank, self.world, self.is_main, self.device = (
+            self.procs.rank,
+            self.procs.world,
+            self.procs.is_main,
+            self.procs.device,
+        )
         if train_set is None:
             train_set, test_set = load_datasets(cfg, verbose=self.is_main)
         self.train_set = train_set
-        self.out = Path(cfg.output_dir)
         self.monitor = Monitor(cfg, train_set, test_set, self.device)
         self.progress = progress and self.is_main
         t = cfg.train
-        if t.batch_size % (t.accum_steps * self.world):
-            raise TrainingError(
-                f"train.batch_size={t.batch_size} (the global batch of an optimiser step) is not "
-                f"divisible by train.accum_steps={t.accum_steps} x {self.world} processes"
-            )
-        self.steps_per_epoch = len(train_set) // t.batch_size
-        if self.steps_per_epoch == 0:
-            raise TrainingError(f"train.batch_size={t.batch_size} exceeds the {len(train_set)} training images")
-        self.total_steps = t.epochs * self.steps_per_epoch
-
-        torch.manual_seed(cfg.init_seed)
+        self.steps_per_epoch = steps_per_epoch(t, len(train_set), self.world)
         img_size = cfg.aug.global_crops_size or train_set.img_size
-        teachers = None
-        if METHODS[cfg.method.name].needs_teachers:
-            with torch.random.fork_rng(devices=[]):  # the student's initialisation does not depend on the teachers
-                teachers = load_teachers(cfg.method, train_set.num_channels)
-            if self.is_main:
-                for teacher in teachers:
-                    print(teacher.report)
-        with torch.random.fork_rng(devices=[]):  # pretrained weights leave the initialisation stream alone
-            # a run that resumes takes every weight from its checkpoint: the source may be gone
-            weights = load_weights(cfg, read=not list_checkpoints(self.out))
-        self.method: Method = build_method(cfg, train_set.num_channels, img_size, teachers=teachers, weights=weights)
-        self.method.to(self.device)
-        if self.is_main:
-            for report in self.method.weight_reports:
-                print(f"model.pretrained: {report}".replace("teacher ", "", 1))
-        if t.compile:
-            compile_networks(self.method)
-        self.model: torch.nn.Module = self.method  # what the step calls: the method, or its DDP wrapper
-        self.sharded = self.world > 1 and t.parallel == "fsdp"
-        if self.world > 1:
-            if self.device.type == "cuda":  # SyncBatchNorm needs GPUs; CPU runs keep per-process statistics
-                self.method = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.method)
-            if self.sharded:  # every process built the same weights (same seed) and keeps its shard
-                self.model = fsdp.shard_method(self.method)
-            else:  # find_unused_parameters: the mask token, a frozen last layer, ... get no gradient some steps
-                self.model = DDP(
-                    self.method,
-                    device_ids=[local_rank] if self.device.type == "cuda" else None,
-                    find_unused_parameters=True,
-                )
-            torch.manual_seed(cfg.seed + 1000 * self.rank)  # own drop-path streams; weights come from rank 0
-        self.transform, self.batch_aug, self.worker_aug = build_views(
-            cfg, train_set, self.method.crop_multiple(), self.method.paired_views
-        )
-        self.lazy = getattr(train_set, "lazy", False)
-        self.skipped_files = 0  # files that could not be decoded, replaced (data.on_corrupt=skip)
-        self.freeze_steps = freeze_steps(
-            t.freeze_last_layer,
-            self.steps_per_epoch,
-            self.total_steps,
-            t.max_steps,
-            any(True for _ in self.method.last_layer_parameters()),
-        )
-        self.optimizers = self._build_optimizers()
-        self.plan: Plan | None = None  # a time budget's plan (train.time_budget_minutes), once measured
-        self._plan_schedules(self.total_steps)
+        method = networks(cfg, train_set.num_channels, img_size, self.out, self.procs)
+        self.method, self.model, self.sharded = wrap(method, cfg, self.procs)
+        views = build_views(cfg, train_set, self.method.crop_multiple(), self.method.paired_views)
+        self.views = ViewStream(cfg, train_set, views, self.rank, self.world, self.device)
+        self.transform = self.views.transform
         self.dtype = autocast_dtype(t.precision, self.device)
         if self.device.type == "cuda":  # fp32 runs: TF32 tensor cores (10-bit mantissa products, fp32 sums)
             torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
-        self.step = 0
-        self.resumed_world = self.world  # processes of the run a checkpoint came from
-        self.train_seconds = 0.0  # wall-clock training time, kept across resumptions
-        self._saved_step = -1
+        self.state = TrainState(
+            build_optimizers(self.method.optimizer_specs(), t.base_lr, self.device.type == "cuda"),
+            torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16),
+            resumed_world=self.world,
+        )
+        self.schedules = plan_schedules(t, t.epochs * self.steps_per_epoch, self.steps_per_epoch)
+        has_last_layer = any(True for _ in self.method.last_layer_parameters())
+        self.freeze_steps = freeze_steps(
+            t.freeze_last_layer, self.steps_per_epoch, self.total_steps, t.max_steps, has_last_layer
+        )
+        data = {
+            "num_channels": train_set.num_channels,
+            "img_size": train_set.img_size,
+            "mean": list(train_set.mean),
+            "std": list(train_set.std),
+            "dataset": cfg.data.name,
+        }
+        self.checkpointer = Checkpointer(self.out, cfg, self.method, self.procs, self.sharded, data)
         self._stop_signal: int | None = None
 
+    # ------------------------------------------------------------------ state, for readers
+    @property
+    def step(self) -> int:
+        return self.state.step
+
+    @property
+    def optimizers(self) -> list[torch.optim.Optimizer]:
+        return self.state.optimizers
+
+    @property
+    def total_steps(self) -> int:
+        return self.schedules.total
+
+    @property
+    def plan(self) -> Plan | None:
+        return self.state.plan
+
+    def save(self) -> Path:
+        """Write a checkpoint of the run as it is now (:meth:`Checkpointer.save`)."""
+        return self.checkpointer.save(self.state)
+
     # ------------------------------------------------------------------ training
-    def _loader(self, epoch: int, start: int) -> DataLoader:
-        whole = self.batch_aug is not None and not self.lazy  # whole uint8 images to the device
-        data = RawDataset(self.train_set) if whole else MultiCropDataset(self.train_set, self.worker_aug)
-        # the processes that read this epoch's first `start` images (a checkpoint's, when resuming)
-        read_by = self.resumed_world if start else self.world
-        return epoch_loader(data, self.cfg, epoch, start, self.rank, self.world, self.device.type == "cuda", read_by)
+    def loader(self, epoch: int, start: int) -> DataLoader:
+        """Epoch ``epoch``'s loader from image ``start`` on (:meth:`ViewStream.loader`)."""
+        return self.views.loader(epoch, start, self.state.resumed_world if start else self.world)
 
-    def _batches(self, epoch: int, start: int):
-        """The epoch's batches of views from image ``start`` on: augmented per image by the loader's
-        workers, or as a whole batch on the training device (``data.augment_on: device``), keyed by
-        the first image's seed so that a resumed run draws the same views. The loader's workers are
-        stopped on the way out, an error included: they ignore SIGTERM (a stop signal is the main
-        process's), so a worker left to exit-time cleanup would block the interpreter's exit."""
-        batches = iter(self._loader(epoch, start))
-        try:
-            yield from self._views(batches)
-        finally:
-            stop = getattr(batches, "_shutdown_workers", None)  # DataLoader's own clean shutdown
-            if stop is not None:
-                stop()
-
-    def _views(self, batches):
-        for item in batches:
-            if self.lazy:  # only files decoded while training can fail (the check is collective)
-                self._count_bad_files(item[-1])
-            if self.batch_aug is None:
-                views = item[0]
-                if views[0].dtype == torch.uint8:  # the workers' PIL crops: normalised here, on the device
-                    views = [
-                        normalize_batch(v.to(self.device, non_blocking=True), self.train_set.mean, self.train_set.std)
-                        for v in views
-                    ]
-                yield views
-            elif self.lazy:  # cropped per photo by the workers, coloured as a batch here
-                crops = [v.to(self.device, non_blocking=True) for v in item[0]]
-                yield self.batch_aug.colour(crops, int(item[2][0]) % 2**62)
-            else:
-                images, _, seeds, _ = item
-                yield self.batch_aug(images.to(self.device, non_blocking=True), int(seeds[0]) % 2**62)
+    def batches(self, epoch: int, start: int):
+        """Epoch ``epoch``'s views from image ``start`` on, undecodable files counted."""
+        read_by = self.state.resumed_world if start else self.world
+        return self.views.batches(epoch, start, read_by, self._count_bad_files)
 
     def _count_bad_files(self, bad: list[str]) -> None:
         """Files the workers could not decode (and replaced): stop, or count them and say so."""
-        self.skipped_files += count_bad_files(bad, self.cfg.data.on_corrupt, tqdm.write, self.device)
-
-    def _build_optimizers(self) -> list[torch.optim.Optimizer]:
-        return build_optimizers(self.method.optimizer_specs(), self.cfg.train.base_lr, self.device.type == "cuda")
-
-    def _plan_schedules(self, total: int, planned: bool = False) -> None:
-        """Learning rate, weight decay and EMA momentum per step over a run of ``total`` steps; a
-        time budget's plan (``planned``) keeps the warm-up's share of the configured run."""
-        t = self.cfg.train
-        share = t.warmup_epochs / t.epochs if planned else None
-        warm = round(share * total) if planned else round(t.warmup_epochs * self.steps_per_epoch)
-        self.total_steps = total
-        self.lr = cosine_schedule(t.base_lr * t.batch_size / 256, t.min_lr, total, warm)
-        self.wd = cosine_schedule(t.weight_decay, t.weight_decay_end, total)
-        self.momentum = cosine_schedule(t.momentum_teacher, t.momentum_teacher_end, total)
+        self.state.skipped_files += count_bad_files(bad, self.cfg.data.on_corrupt, tqdm.write, self.device)
 
     def _apply_plan(self, plan: Plan, log: RunLog | None = None) -> None:
         """Every schedule spans ``plan.planned_steps`` from now on (the steps before the plan ran the
         provisional one: the same warm-up, a cosine a few steps in)."""
-        self.plan = plan
-        self._plan_schedules(plan.planned_steps, planned=True)
+        self.state.plan = plan
+        self.schedules = plan_schedules(self.cfg.train, plan.planned_steps, self.steps_per_epoch, planned=True)
         if log is not None:
-            log.schedules = {"lr": self.lr, "wd": self.wd, "momentum": self.momentum}
+            log.schedules = self.schedules.as_dict()
         if self.cfg.train.freeze_last_layer is None:  # the default: 1% of the run
             self.freeze_steps = math.ceil(0.01 * plan.planned_steps)
 
-    def _set_hparams(self, step: int) -> None:
-        set_hparams(self.optimizers, float(self.lr[step]), float(self.wd[step]))
+    def set_hparams(self, step: int) -> None:
+        """The learning rate and weight decay of step ``step`` into every optimiser."""
+        set_hparams(self.optimizers, float(self.schedules.lr[step]), float(self.schedules.wd[step]))
 
-    def _clip(self) -> None:
+    def clip_gradients(self) -> None:
+        """Clip by ``train.clip_grad``: each trained model's global norm, or each tensor's."""
         t = self.cfg.train
         if t.clip_grad <= 0:
             return
@@ -243,7 +177,7 @@ class Trainer(Checkpointing):
             rank=self.rank,
             world_size=self.world,
         )
-        self._set_hparams(self.step)
+        self.set_hparams(self.step)
         losses_sum: dict[str, torch.Tensor] = {}
         metrics_sum: dict[str, torch.Tensor] = {}
 
@@ -270,7 +204,7 @@ class Trainer(Checkpointing):
                     else:  # replay the micro-batch's random state: the forward of pass 1 again
                         set_rng_state(cached[micro]["rng"], self.device)
                         losses, metrics = self.model(views, info, cached[micro])
-                self.scaler.scale(losses["loss"] / len(micro_batches)).backward()
+                self.state.scaler.scale(losses["loss"] / len(micro_batches)).backward()
             for k, v in losses.items():
                 losses_sum[k] = losses_sum.get(k, 0) + v.detach().float() / len(micro_batches)
             for k, v in metrics.items():
@@ -279,15 +213,15 @@ class Trainer(Checkpointing):
             for p in self.method.last_layer_parameters():
                 p.grad = None
         for opt in self.optimizers:
-            self.scaler.unscale_(opt)
-        self._clip()
+            self.state.scaler.unscale_(opt)
+        self.clip_gradients()
         for opt in self.optimizers:
-            self.scaler.step(opt)
-        self.scaler.update()
+            self.state.scaler.step(opt)
+        self.state.scaler.update()
         for opt in self.optimizers:
             opt.zero_grad(set_to_none=True)
-        self.method.on_optimizer_step(float(self.momentum[self.step]))
-        self.step += 1
+        self.method.on_optimizer_step(float(self.schedules.momentum[self.step]))
+        self.state.step += 1
         # the whole batch's losses on every process (the same non-finite check and logs everywhere)
         return all_reduce_mean(losses_sum), all_reduce_mean(metrics_sum)
 
@@ -322,14 +256,16 @@ class Trainer(Checkpointing):
 
     def _fit(self, resume: str | None) -> dict[str, Any]:
         t = self.cfg.train
-        resumed = self.resume(resume)  # first: a refused resumption must leave the folder's files alone
+        resumed = self.checkpointer.resume(resume, self.state)  # first: a refused one leaves the files alone
+        if self.plan is not None:  # the checkpoint's time-budget plan, kept
+            self._apply_plan(self.plan)
         self._write_run_files()
         loop = _Loop(self, self._open_log())
         if resumed:
             loop.bar.write(f"resumed from {resumed} at step {self.step}")
         if t.time_budget_minutes and self.plan is None:  # measure the step rate, then plan the schedules
             loop.planner = BudgetPlanner(loop.budget, t.epochs * self.steps_per_epoch, self.step)
-        if any_process(self.train_seconds >= loop.budget):  # resumed with its budget spent: not one more step
+        if any_process(self.state.train_seconds >= loop.budget):  # resumed with its budget spent: not one more step
             loop.status = "time_budget"
         old_handlers = {s: signal.signal(s, self._handle_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         try:
@@ -344,14 +280,15 @@ class Trainer(Checkpointing):
             loop.bar.close()
             loop.log.close()
         if self.plan is not None and self.is_main:
-            write_plan(self.out, self.plan, status=loop.status, steps_done=self.step, train_seconds=self.train_seconds)
+            seconds = self.state.train_seconds
+            write_plan(self.out, self.plan, status=loop.status, steps_done=self.step, train_seconds=seconds)
         return {
             **loop.last,
             "status": loop.status,
             "step": self.step,
             "planned_steps": self.total_steps,
-            "train_seconds": round(self.train_seconds, 1),
-            "skipped_files": self.skipped_files,
+            "train_seconds": round(self.state.train_seconds, 1),
+            "skipped_files": self.state.skipped_files,
             **({"signal": self._stop_signal} if loop.status == "interrupted" else {}),
         }
 
@@ -369,7 +306,7 @@ class Trainer(Checkpointing):
             self.out,
             self.is_main,
             self.steps_per_epoch,
-            {"lr": self.lr, "wd": self.wd, "momentum": self.momentum},
+            self.schedules.as_dict(),
             self._check_finite,
             open_loggers(cfg.train.loggers, self.out, to_dict(cfg), cfg.name) if self.is_main else [],
             start_step=self.step,
@@ -380,7 +317,7 @@ class Trainer(Checkpointing):
         t = self.cfg.train
         epoch, start = divmod(self.step, self.steps_per_epoch)
         micro: list[list[torch.Tensor]] = []
-        for views in self._batches(epoch, start * t.batch_size):
+        for views in self.batches(epoch, start * t.batch_size):
             micro.append(views)
             if len(micro) < t.accum_steps:
                 continue
@@ -396,17 +333,17 @@ class Trainer(Checkpointing):
         """Clock, budget plan, logs, checkpoint after a step; False when the loop stops here."""
         t = self.cfg.train
         now = time.perf_counter()  # wall clock, data loading and saving included
-        self.train_seconds, loop.mark = self.train_seconds + now - loop.mark, now
+        self.state.train_seconds, loop.mark = self.state.train_seconds + now - loop.mark, now
         if loop.planner is not None and self.step == loop.planner.probe_from + PROBE_STEPS:
-            self._apply_plan(from_main_process(loop.planner.observe(self.step, self.train_seconds)), loop.log)
-            loop.end, loop.planner = self._end(), None
+            self._apply_plan(from_main_process(loop.planner.observe(self.step, self.state.train_seconds)), loop.log)
+            loop.end, loop.planner = self.last_step(), None
             loop.bar.total = loop.end
             if self.is_main:
                 loop.bar.write(self.plan.describe())
         elif loop.planner is not None:
-            loop.planner.observe(self.step, self.train_seconds)
+            loop.planner.observe(self.step, self.state.train_seconds)
         loop.seen += t.batch_size
-        loop.log.add(self.step - 1, losses, {**metrics, "skipped_files": torch.tensor(self.skipped_files)})
+        loop.log.add(self.step - 1, losses, {**metrics, "skipped_files": torch.tensor(self.state.skipped_files)})
         loop.bar.update(1)
         if self.step % t.log_every == 0 or self.step == loop.end:
             rate = loop.seen / max(time.perf_counter() - loop.tic, 1e-9)
@@ -418,7 +355,7 @@ class Trainer(Checkpointing):
             self.save()
         if self.step >= loop.end:
             return False
-        if any_process(self.train_seconds >= loop.budget):
+        if any_process(self.state.train_seconds >= loop.budget):
             loop.status = "time_budget"
         elif any_process(self._stop_signal is not None):  # torchrun signals every rank, not at once
             loop.status = "interrupted"
@@ -429,7 +366,7 @@ class Trainer(Checkpointing):
         t = self.cfg.train
         loop.log.flush()
         if loop.status == "time_budget":
-            path = self.save() if self._saved_step != self.step else self.out / f"checkpoint-{self.step}.pt"
+            path = self.save() if self.state.saved_step != self.step else self.out / f"checkpoint-{self.step}.pt"
             loop.bar.write(f"time budget of {t.time_budget_minutes} min reached at step {self.step}: wrote {path}")
         if loop.status == "interrupted":
             path = self.save()
@@ -437,10 +374,10 @@ class Trainer(Checkpointing):
         elif self.step >= loop.end:
             if t.max_steps is not None and loop.end < self.total_steps:
                 loop.status = "max_steps"
-            if self._saved_step != self.step:  # the same on every process: save() is collective
+            if self.state.saved_step != self.step:  # the same on every process: save() is collective
                 self.save()
 
-    def _end(self) -> int:
+    def last_step(self) -> int:
         """The last step of this run: the plan's, cut by ``train.max_steps``."""
         t = self.cfg.train
         return self.total_steps if t.max_steps is None else min(self.total_steps, t.max_steps)
@@ -461,7 +398,7 @@ class _Loop:
 
     def __init__(self, trainer: Trainer, log: RunLog) -> None:
         t = trainer.cfg.train
-        self.log, self.end = log, trainer._end()
+        self.log, self.end = log, trainer.last_step()
         self.status, self.last = "finished", {}
         self.budget = t.time_budget_minutes * 60 if t.time_budget_minutes else float("inf")
         self.planner: BudgetPlanner | None = None

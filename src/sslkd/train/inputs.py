@@ -17,12 +17,13 @@ from torch.utils.data import DataLoader, Dataset
 
 from sslkd.config import Config
 from sslkd.data import DatasetError, ImageArrayDataset, NoHeldOutSplitError, get_dataset, held_out
-from sslkd.data.augment import MultiCropTransform, SeededEpochSampler
+from sslkd.data.augment import MultiCropDataset, MultiCropTransform, RawDataset, SeededEpochSampler
 from sslkd.data.batch_augment import BatchMultiCrop
 from sslkd.data.pil_augment import PILMultiCrop
 from sslkd.device import reset_cpu_malloc
 from sslkd.distributed import is_distributed
 from sslkd.errors import TrainingError
+from sslkd.eval import normalize_batch
 
 
 def ignore_stop_signals(worker_id: int) -> None:  # noqa: ARG001
@@ -158,3 +159,52 @@ def build_views(cfg: Config, train_set, multiple: int, paired: bool) -> tuple:
             need.append(transform.local_size / math.sqrt(min(aug.local_crops_scale)))
         train_set.draft = math.ceil(max(need) / math.sqrt(3 / 4))
     return transform, batch_aug, worker_aug
+
+
+class ViewStream:
+    """The training views of each epoch, as batches of normalised crops on ``device``: augmented
+    per image by the loader's workers, or as a whole batch on the device (``batch_aug``), keyed by
+    the first image's seed so that a resumed run draws the same views. Photos read lazily report
+    the files they could not decode (``on_bad``, with the batch's messages)."""
+
+    def __init__(self, cfg: Config, train_set, views: tuple, rank: int, world: int, device: torch.device) -> None:
+        """``views``: :func:`build_views`' ``(transform, batch_aug, worker_aug)``."""
+        self.cfg, self.train_set, self.rank, self.world, self.device = cfg, train_set, rank, world, device
+        self.transform, self.batch_aug, self.worker_aug = views
+        self.lazy = getattr(train_set, "lazy", False)
+
+    def loader(self, epoch: int, start: int, read_by: int | None = None) -> DataLoader:
+        """Epoch ``epoch``'s loader from image ``start`` on; ``read_by``: the processes that read the
+        first ``start`` images (a checkpoint's, when resuming)."""
+        whole = self.batch_aug is not None and not self.lazy  # whole uint8 images to the device
+        data = RawDataset(self.train_set) if whole else MultiCropDataset(self.train_set, self.worker_aug)
+        cuda = self.device.type == "cuda"
+        return epoch_loader(data, self.cfg, epoch, start, self.rank, self.world, cuda, read_by or self.world)
+
+    def batches(self, epoch: int, start: int, read_by: int | None = None, on_bad: Callable | None = None):
+        """The views of epoch ``epoch`` from image ``start`` on. The loader's workers are stopped on
+        the way out, an error included: they ignore SIGTERM (a stop signal is the main process's),
+        so a worker left to exit-time cleanup would block the interpreter's exit."""
+        batches = iter(self.loader(epoch, start, read_by))
+        try:
+            for item in batches:
+                if self.lazy and on_bad is not None:  # only files decoded while training can fail
+                    on_bad(item[-1])
+                yield self._views(item)
+        finally:
+            stop = getattr(batches, "_shutdown_workers", None)  # DataLoader's own clean shutdown
+            if stop is not None:
+                stop()
+
+    def _views(self, item) -> list[torch.Tensor]:
+        if self.batch_aug is None:
+            views = item[0]
+            if views[0].dtype == torch.uint8:  # the workers' PIL crops: normalised here, on the device
+                mean, std = self.train_set.mean, self.train_set.std
+                views = [normalize_batch(v.to(self.device, non_blocking=True), mean, std) for v in views]
+            return views
+        if self.lazy:  # cropped per photo by the workers, coloured as a batch here
+            crops = [v.to(self.device, non_blocking=True) for v in item[0]]
+            return self.batch_aug.colour(crops, int(item[2][0]) % 2**62)
+        images, _, seeds, _ = item
+        return self.batch_aug(images.to(self.device, non_blocking=True), int(seeds[0]) % 2**62)
