@@ -13,6 +13,8 @@
 #
 #   bash benchmarks/cpu_effects.sh                  # all three (~7 h of training, ~1 h of evaluation)
 #   PARTS="seed" bash benchmarks/cpu_effects.sh     # one of them
+#   SMOKE=1 DATA=tiny_tree TEACHERS=tiny_teachers bash benchmarks/cpu_effects.sh  # two steps a run
+#                                                   # (tests/test_cpu_effects.py)
 set -euo pipefail
 DATA=${DATA:-../shared/data/cifar10}
 TEACHERS=${TEACHERS:-runs/teachers}
@@ -21,23 +23,31 @@ SEEDS=${SEEDS:-2}
 STUDENT_MIN=${STUDENT_MIN:-20}  # minutes a SEED / DMT student run
 MOKD_MIN=${MOKD_MIN:-30}        # minutes a MOKD run (both models)
 EVAL_TRAIN=${EVAL_TRAIN:-10000}
+EVAL_TEST=10000
 PARTS=${PARTS:-seed dmt mokd}
+SSLKD=${SSLKD:-sslkd}
 part() { [[ " $PARTS " == *" $1 "* ]]; }
+if [ "${SMOKE:-0}" = 1 ]; then  # the test: two steps a run, tiny evaluations, small batches
+  STUDENT=(--max-steps 2); MOKD=(--max-steps 2); EVAL_TRAIN=40; EVAL_TEST=20
+  EXTRA=(--linear-epochs 2 --set train.batch_size=8 --set data.num_workers=0 --set device=cpu)
+else
+  STUDENT=(--minutes "$STUDENT_MIN"); MOKD=(--minutes "$MOKD_MIN"); EXTRA=(--linear-epochs 100)
+fi
 KD="$TEACHERS/cifar10_vit_tiny_kd"
 RKD_D="$TEACHERS/cifar10_vit_tiny_rkd_d"
 need() { [ -f "$1/config.yaml" ] || { echo "cpu_effects: no teacher run at $1 (run benchmarks/teachers.sh first)" >&2; exit 2; }; }
 COMMON=(--seeds "$SEEDS" --no-progress --set data.root="$DATA" --set data.subset_fraction=1.0
-  --eval-train-samples "$EVAL_TRAIN" --eval-test-samples 10000 --linear-epochs 100 --protocols linear,knn,logreg)
+  --eval-train-samples "$EVAL_TRAIN" --eval-test-samples "$EVAL_TEST" --protocols linear,knn,logreg "${EXTRA[@]}")
 
 if part seed; then
   need "$KD"
   for student in resnet18 mobilenetv3; do
-    sslkd experiment compare --name seed --out "$OUT/seed_$student" --minutes "$STUDENT_MIN" "${COMMON[@]}" \
+    "$SSLKD" experiment compare --name seed --out "$OUT/seed_$student" "${STUDENT[@]}" "${COMMON[@]}" \
       --configs "configs/seed/cifar10_${student}_from_ibot_vit_tiny.yaml" --set method.teacher="$KD" --random-init
   done
-  sslkd experiment compare --name alone --out "$OUT/alone_resnet18" --minutes "$STUDENT_MIN" "${COMMON[@]}" \
+  "$SSLKD" experiment compare --name alone --out "$OUT/alone_resnet18" "${STUDENT[@]}" "${COMMON[@]}" \
     --configs configs/dino/cifar10_resnet18.yaml configs/mocov3/cifar10_resnet18.yaml
-  sslkd experiment compare --name alone --out "$OUT/alone_mobilenetv3" --minutes "$STUDENT_MIN" "${COMMON[@]}" \
+  "$SSLKD" experiment compare --name alone --out "$OUT/alone_mobilenetv3" "${STUDENT[@]}" "${COMMON[@]}" \
     --configs configs/dino/cifar10_mobilenetv3.yaml
 fi
 
@@ -50,16 +60,16 @@ rows = {r["pretrain"]: r["knn_top1"] for r in json.load(open(sys.argv[1]))["rows
 print(sys.argv[2] if rows["iBOT & KD"] >= rows["iBOT & RKD-D"] else sys.argv[3])
 PY
   )
-  sslkd experiment compare --name two_teachers --out "$OUT/dmt_two" --minutes "$STUDENT_MIN" "${COMMON[@]}" \
+  "$SSLKD" experiment compare --name two_teachers --out "$OUT/dmt_two" "${STUDENT[@]}" "${COMMON[@]}" \
     --configs configs/dmt/cifar10_vit_tiny_from_table1.yaml --set "method.teachers=[$KD,$RKD_D]"
-  sslkd experiment compare --name best_teacher --out "$OUT/dmt_one" --minutes "$STUDENT_MIN" "${COMMON[@]}" \
+  "$SSLKD" experiment compare --name best_teacher --out "$OUT/dmt_one" "${STUDENT[@]}" "${COMMON[@]}" \
     --configs configs/dmt/cifar10_vit_tiny_from_table1.yaml --set "method.teachers=[$BEST]"
 fi
 
 if part mokd; then
-  sslkd experiment compare --name table7 --out "$OUT/mokd" --minutes "$MOKD_MIN" "${COMMON[@]}" \
+  "$SSLKD" experiment compare --name table7 --out "$OUT/mokd" "${MOKD[@]}" "${COMMON[@]}" \
     --configs configs/mokd/table7/1_sm.yaml configs/mokd/table7/4_all.yaml
-  sslkd analyze attention-distance "$OUT/mokd/1_sm/seed0@2" "$OUT/mokd/4_all/seed0@2" --device cpu \
+  "$SSLKD" analyze attention-distance "$OUT/mokd/1_sm/seed0@2" "$OUT/mokd/4_all/seed0@2" --device cpu \
     --root "$DATA" --out "$OUT/mokd/attention_distance.png"
 fi
 

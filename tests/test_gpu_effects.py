@@ -13,7 +13,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _tree(root: Path) -> Path:
+def class_tree(root: Path) -> Path:
     rng = np.random.default_rng(0)
     for split, n in (("train", 12), ("test", 6)):
         for c in ("cat", "dog"):
@@ -26,7 +26,7 @@ def _tree(root: Path) -> Path:
 @pytest.mark.slow
 def test_gpu_effects_script_runs_every_experiment_with_two_seeds(tmp_path):
     out = tmp_path / "out"
-    env = {**os.environ, "SMOKE": "1", "DATA": str(_tree(tmp_path / "data")), "OUT": str(out)}
+    env = {**os.environ, "SMOKE": "1", "DATA": str(class_tree(tmp_path / "data")), "OUT": str(out)}
     env["SSLKD"] = str(Path(sys.executable).parent / "sslkd")
     run = subprocess.run(["bash", "benchmarks/gpu_effects.sh"], cwd=ROOT, env=env, capture_output=True, text=True)
     assert run.returncode == 0, run.stderr[-3000:]
