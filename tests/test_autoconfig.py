@@ -71,7 +71,7 @@ def test_defaults_follow_the_images_and_the_method(photos):
         auto_config("seed", "digits")
     with pytest.raises(ConfigError, match="mae encodes the visible patches and needs a ViT backbone"):
         auto_config("mae", "digits", model="resnet18")
-    with pytest.raises(ConfigError, match="not a folder, nor a dataset name"):
+    with pytest.raises(ConfigError, match="not a folder, nor hf:user/name, nor a dataset name"):
         auto_config("dino", "/no/such/folder")
 
 

@@ -8,6 +8,7 @@ import gzip
 import shlex
 import struct
 
+import datasets as hfd
 import numpy as np
 import torch
 from PIL import Image
@@ -76,6 +77,18 @@ def _idx(path, array: np.ndarray) -> None:
     path.write_bytes(gzip.compress(header + array.astype(np.uint8).tobytes()))
 
 
+def hf_tiny_cifar(tree, out) -> None:
+    """data.md's Hugging Face dataset: the tiny CIFAR-10 tree as a ``save_to_disk`` DatasetDict."""
+    classes = sorted(p.name for p in (tree / "train").iterdir())
+    feats = hfd.Features({"img": hfd.Image(), "label": hfd.ClassLabel(names=classes)})
+    splits = {}
+    for split in ("train", "test"):
+        files = [(f, c) for c, name in enumerate(classes) for f in sorted((tree / split / name).iterdir())]
+        cells = [{"bytes": f.read_bytes(), "path": None} for f, _ in files]
+        splits[split] = hfd.Dataset.from_dict({"img": cells, "label": [c for _, c in files]}, features=feats)
+    hfd.DatasetDict(splits).save_to_disk(str(out))
+
+
 def _sandbox(root, monkeypatch):
     rng = np.random.default_rng(0)
     work = root / "work"
@@ -110,6 +123,7 @@ def _sandbox(root, monkeypatch):
             for i in range(n):
                 w, h = (int(v) for v in rng.integers(60, 200, 2))
                 Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(folder / f"{i}.JPEG")
+    hf_tiny_cifar(root / "shared" / "data" / "cifar10", root / "home" / "cifar10-hf")
     monkeypatch.setenv("HOME", str(root / "home"))
     monkeypatch.setattr("sslkd.data.idx.DEBIAN_ROOT", root / "no-debian-copy")
     # the how-to's external teacher: a ViT-S/8 in DINO's own checkpoint layout

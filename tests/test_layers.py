@@ -163,3 +163,18 @@ def test_every_module_imports_only_its_own_layer_or_lower_ones():
         f"{m} -> {t}" for m, (targets, _) in sorted(graph.items()) for t in sorted(targets) if _layer(t) > _layer(m)
     ]
     assert not upward, "imports pointing up the layers:\n" + "\n".join(upward)
+
+
+def test_only_the_data_layer_tells_in_memory_sets_from_sources_read_per_image():
+    """The engine, evaluations and commands take their views from sslkd.data.views; none of them
+    reads a dataset's ``lazy`` flag (issue 30: one image-source contract)."""
+    readers = []
+    for name, path in sorted(_modules().items()):
+        if name.startswith("sslkd.data"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            flag = isinstance(node, ast.Attribute) and node.attr == "lazy"
+            flag = flag or isinstance(node, ast.Constant) and node.value == "lazy"
+            if flag:
+                readers.append(f"{name}:{node.lineno}")
+    assert not readers, f"reads a dataset's lazy flag outside sslkd.data: {readers}"

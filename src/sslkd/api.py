@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from sslkd.config import Config, load_config, to_dict
-from sslkd.data import get_dataset, held_out
+from sslkd.data.registry import labelled_splits
 from sslkd.device import resolve_device
 from sslkd.errors import TeacherError
 from sslkd.eval import evaluate as evaluate_all
@@ -98,14 +98,8 @@ def load_backbone(source: str | Path | Run, which: str = "teacher", model: int =
 def eval_datasets(dataset: str, root: str | None = None, img_size: int | None = None, **options) -> tuple:
     """``(train, test)`` of a labelled dataset: its training split and its held-out split
     labelled by the training classes; a dataset without labels is an error. ``options``: data keys
-    (``on_corrupt``, ``max_pixels``, ``labels``, ``in_memory``, ``download``)."""
-    train = get_dataset(dataset, "train", root=root, img_size=img_size, **options)
-    if not train.num_classes:
-        raise ValueError(
-            f"{train.name} has no labels (no unambiguous class folders): kNN, linear and "
-            f"fine-tuning need root/train/<class>/<image> and root/val/<class>/<image>"
-        )
-    return train, held_out(dataset, train, root=root, img_size=img_size, **options)
+    (``on_corrupt``, ``max_pixels``, ``labels``, ``in_memory``, ``download``, a source's ``options``)."""
+    return labelled_splits(dataset, root=root, img_size=img_size, **options)
 
 
 def evaluate(
@@ -122,11 +116,13 @@ def evaluate(
     workers: int = 0,
     seed: int = 0,
     progress: bool = False,
+    data: dict | None = None,
     **options: Any,
 ) -> dict:
     """Accuracy (%) of a backbone on ``dataset``'s held-out split, learnt from its training split
-    (``dataset``: a name, with ``root`` for folders, or a ``(train, test)`` pair of datasets; for a
-    run, by default the run's own dataset).
+    (``dataset``: a name, with ``root`` for folders and ``data`` for its data keys, or a
+    ``(train, test)`` pair of datasets; for a run, by default the run's own dataset, read with the
+    run's ``data.options`` unless ``data`` gives some).
 
     ``source``: a run folder or checkpoint (its ``which`` weights, ``model`` 2 for MOKD's second
     model), a :class:`Run`, or a backbone (``nn.Module`` mapping images to features; normalised
@@ -142,7 +138,10 @@ def evaluate(
         if pre is None:
             raise ValueError("evaluate(backbone, dataset): name the dataset to evaluate a backbone on")
         dataset, root = pre.config.data.name, root or pre.config.data.root
-    train, test = dataset if isinstance(dataset, tuple) else eval_datasets(dataset, root, img_size)
+    data = dict(data or {})
+    if pre is not None and dataset == pre.config.data.name and "options" not in data:
+        data["options"] = pre.config.data.options  # the source's own options (hf's columns, splits)
+    train, test = dataset if isinstance(dataset, tuple) else eval_datasets(dataset, root, img_size, **data)
     dataset = train.name if isinstance(dataset, tuple) else dataset
     if pre is None:
         backbone, mean, std, size, label = source, train.mean, train.std, img_size or train.img_size, "a backbone"

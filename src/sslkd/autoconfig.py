@@ -22,8 +22,9 @@ import torch
 
 from sslkd.config import Config
 from sslkd.data.folder import CorruptImageError, scan_folder
+from sslkd.data.hf import header_sides, is_hf
 from sslkd.data.imagefolder import header_sizes, split_root
-from sslkd.data.registry import DATASETS
+from sslkd.data.registry import DATASETS, source_options
 from sslkd.data.shards import is_shards, load_shards
 from sslkd.device import resolve_device
 from sslkd.errors import ConfigError, DatasetError
@@ -38,10 +39,14 @@ LONG_RUN_HOURS = 3.0  # a planned run longer than this on the device found is sa
 SAMPLE = 64  # image headers read to pick the size
 
 
-def image_size_of(root: Path) -> tuple[int, int]:
-    """(median shorter side of up to ``SAMPLE`` evenly spaced images, number of images) of a
-    folder of images or of shards."""
-    if is_shards(root):
+def image_size_of(name: str, where: str, options=None) -> tuple[int, int]:
+    """(median shorter side of up to ``SAMPLE`` evenly spaced training images, number of training
+    images) of source ``name`` (imagefolder, shards, hf) at ``where`` (its ``data.root``), read
+    with the source's ``options`` (``data.options``)."""
+    root = Path(where).expanduser()
+    if name == "hf":
+        sides, count = header_sides(where, source_options(name, options), sample=SAMPLE)
+    elif name == "shards":
         shards = load_shards(root)  # an interrupted packing: says so
         sides = []
         for i in np.linspace(0, len(shards) - 1, min(SAMPLE, len(shards))).astype(int):
@@ -53,8 +58,22 @@ def image_size_of(root: Path) -> tuple[int, int]:
         index = scan_folder(split_root(root, "train"), "none")
         sides, count = [min(size) for size in header_sizes(index.root, index.paths, SAMPLE)], len(index.paths)
     if not sides:
-        raise ConfigError(f"--data {root}: none of the sampled images can be read")
+        raise ConfigError(f"--data {where}: none of the sampled images can be read")
     return int(statistics.median(sides)), count
+
+
+def data_source(data: str) -> dict:
+    """The ``data`` section ``--data`` names: a folder (of images, of shards, of a Hugging Face
+    dataset), ``hf:user/name`` (a Hub dataset) or a dataset name from ``sslkd info``."""
+    folder = Path(data).expanduser()
+    if folder.is_dir():
+        name = "hf" if is_hf(folder) else "shards" if is_shards(folder) else "imagefolder"
+        return {"name": name, "root": str(folder)}
+    if data.startswith("hf:"):
+        return {"name": "hf", "root": data[3:]}
+    if data in DATASETS:
+        return {"name": data}
+    raise ConfigError(f"--data {data}: not a folder, nor hf:user/name, nor a dataset name ({', '.join(DATASETS)})")
 
 
 def auto_config(
@@ -67,21 +86,22 @@ def auto_config(
     batch_size: int | None = None,
     epochs: int | None = None,
     notes: list[str] | None = None,
+    data_options: dict | None = None,
 ) -> dict:
     """The config mapping of a first run of ``method`` on ``data`` (a folder of images, or a
     dataset name from ``sslkd info``); see the module doc. Arguments given win over the defaults;
-    a choice made for the device found is explained in ``notes``."""
+    a choice made for the device found is explained in ``notes``; ``data_options``: the source's
+    own options (``data.options``), for reading its images."""
     cls = method_class(method)
-    folder = Path(data).expanduser()
-    if folder.is_dir():
-        side, count = image_size_of(folder)
-        data_cfg: dict = {"name": "shards" if is_shards(folder) else "imagefolder", "root": str(folder)}
-        data_name = folder.resolve().name
-    elif data in DATASETS:
-        side, count = NATIVE_SIZE.get(data, 32), TRAIN_IMAGES.get(data, 10_000)
-        data_cfg, data_name = {"name": data}, data
+    data_cfg = data_source(data)
+    if "root" in data_cfg:
+        side, count = image_size_of(data_cfg["name"], data_cfg["root"], data_options)
+        data_name = (
+            Path(data_cfg["root"]).resolve().name if data_cfg["name"] != "hf" else data_cfg["root"].split("/")[-1]
+        )
     else:
-        raise ConfigError(f"--data {data}: not a folder, nor a dataset name ({', '.join(DATASETS)})")
+        side, count = NATIVE_SIZE.get(data, 32), TRAIN_IMAGES.get(data, 10_000)
+        data_name = data
     gpu = torch.cuda.is_available()
     if not gpu and img_size is None and model is None and side >= 128:  # ViT-S/16 at 224 px: weeks here
         img_size = CPU_PHOTO_SIZE
@@ -130,9 +150,9 @@ def train_data(cfg: Config) -> tuple[int, int] | None:
     shards: 224; small images in memory: their own)."""
     d = cfg.data
     try:
-        if d.name in ("imagefolder", "shards") and d.root:
-            side, n = image_size_of(Path(d.root).expanduser())
-            side = side if side < 128 and d.name == "imagefolder" else 224
+        if d.name in ("imagefolder", "shards", "hf") and d.root:
+            side, n = image_size_of(d.name, d.root, d.options)
+            side = side if side < 128 and d.name in ("imagefolder", "hf") else 224
         elif d.name in TRAIN_IMAGES:
             n, side = TRAIN_IMAGES[d.name], NATIVE_SIZE[d.name]
         else:

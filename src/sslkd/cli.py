@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     except DivergedError as e:
         print(f"sslkd: diverged: {e}", file=sys.stderr)
         return DIVERGED_EXIT
-    except (*USER_ERRORS, ValueError, OSError) as e:  # OSError: names the file
+    except (*USER_ERRORS, ValueError, OSError, ImportError) as e:  # OSError: names the file; ImportError: an extra
         print(f"sslkd: error: {one_line(e)}", file=sys.stderr)
         return 1
 

@@ -18,7 +18,7 @@ from typing import Annotated, Any, Literal
 
 import yaml
 
-from sslkd.data.registry import DATASETS
+from sslkd.data.registry import DATASETS, OPTIONS
 from sslkd.errors import ConfigError
 from sslkd.methods import method_config_class
 from sslkd.models import ModelConfig, is_vit
@@ -56,19 +56,27 @@ Scale = tuple[Fraction, Fraction]
 LoggerName = Literal["tensorboard", "wandb", "mlflow"]  # sslkd.train.loggers.LOGGERS
 
 
+def _source_options(_options: Any, data: dict) -> type:
+    name = data.get("name", DataConfig.name)
+    if name not in OPTIONS:
+        raise ConfigError(f"data.options: dataset '{name}' takes no options (those that do: {', '.join(OPTIONS)})")
+    return OPTIONS[name]
+
+
 @dataclass
 class DataConfig:
     name: str = "digits"  # a dataset (sslkd info lists them); imagefolder: any folder; shards: sslkd data pack's
-    root: str | None = None  # where the dataset lives (imagefolder: the folder; shards: the packed folder)
+    root: str | None = None  # the data's folder (imagefolder, shards: sslkd data pack's, hf) or a Hub id (hf)
     download: bool = False  # fetch the dataset when it is not under root (needs a network)
     img_size: Positive | None = None  # resize images to this size; None keeps the dataset's size
     subset_fraction: Fraction = 1.0  # train on this share of the images (class-balanced)
     num_workers: NonNegative = 0  # loader processes (0: in the training process)
     on_corrupt: Literal["fail", "skip"] = "fail"  # undecodable file: fail (stop, naming it) | skip (replace, count)
     max_pixels: Positive = 800_000_000  # an image declaring more pixels is a corrupt file (a decompression bomb)
-    in_memory: bool | None = None  # imagefolder: decode all images into memory (None: when small and one size)
+    in_memory: bool | None = None  # imagefolder, hf: decode all images into memory (None: when small and one size)
     labels: Literal["auto", "folders", "none"] = "auto"  # class folders: auto (when unambiguous) | folders | none
     augment_on: Literal["loader", "device"] = "loader"  # loader: per image in workers | device: batched on the device
+    options: Any = field(default=None, metadata={"type_of": _source_options})  # the source's own section (hf)
 
 
 @dataclass
@@ -131,7 +139,7 @@ class EvalConfig:
     protocols: tuple[str, ...] = ("knn",)  # the monitor's protocols (knn, linear, logreg): <name>_top1/_top5
 
 
-def _method_class(data: Any) -> type:
+def _method_class(data: Any, _config: dict) -> type:
     if not isinstance(data, dict) or "name" not in data:
         raise ConfigError("method: expected a mapping with a 'name' key (e.g. name: dino)")
     return method_config_class(data["name"])
@@ -187,6 +195,11 @@ class Config:
                 "must be auto, cpu, cuda or cuda:N",
             ),
             ("data.name", self.data.name in DATASETS, f"must be one of {', '.join(DATASETS)}"),
+            (
+                "data.options",
+                self.data.options is None or isinstance(self.data.options, OPTIONS.get(self.data.name, ())),
+                f"does not belong to data.name={self.data.name}",
+            ),
         ]
         for key, ok, why in rules:
             if not ok:

@@ -10,6 +10,7 @@ import re
 import typing
 
 from sslkd.config import AugConfig, DataConfig, EvalConfig, ModelConfig, TrainConfig
+from sslkd.data.registry import OPTIONS
 from sslkd.methods import METHODS
 from sslkd.schema import describe
 
@@ -59,23 +60,14 @@ def config_keys_markdown() -> str:
         "impossible value is rejected before any work, naming the key.",
         "",
     ]
-    for section, cls in (
-        ("data", DataConfig),
-        ("aug", AugConfig),
-        ("model", ModelConfig),
-        ("train", TrainConfig),
-        ("eval", EvalConfig),
-    ):
-        lines += [f"## `{section}`", "", "| key | type | default | note |", "| --- | --- | --- | --- |"]
-        lines += _rows(f"{section}.", cls) + [""]
-    for name, method in METHODS.items():
-        lines += [
-            f"## `method` when `method.name: {name}`",
-            "",
-            "| key | type | default | note |",
-            "| --- | --- | --- | --- |",
-        ]
-        lines += _rows("method.", method.config_class) + [""]
+    sections = [(f"`{name}`", f"{name}.", cls) for name, cls in (
+        ("data", DataConfig), ("aug", AugConfig), ("model", ModelConfig), ("train", TrainConfig), ("eval", EvalConfig)
+    )]  # fmt: skip
+    sections += [(f"`data.options` when `data.name: {n}`", "data.options.", c) for n, c in OPTIONS.items()]
+    sections += [(f"`method` when `method.name: {n}`", "method.", m.config_class) for n, m in METHODS.items()]
+    for title, prefix, cls in sections:
+        lines += [f"## {title}", "", "| key | type | default | note |", "| --- | --- | --- | --- |"]
+        lines += _rows(prefix, cls) + [""]
     return "\n".join(lines)
 
 

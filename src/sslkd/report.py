@@ -18,7 +18,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
-from sslkd.data import get_dataset, held_out, view_tensors  # noqa: E402
+from sslkd.data import view_tensors  # noqa: E402
+from sslkd.data.registry import labelled_splits  # noqa: E402
 from sslkd.device import environment, resolve_device  # noqa: E402
 from sslkd.eval import evaluate  # noqa: E402
 from sslkd.eval.analysis import plot_tsne  # noqa: E402
@@ -146,8 +147,9 @@ def build_report(
         d = pre.config.data
         name = dataset or d.name
         kw = {"root": root or d.root} if (root or d.root) else {}
-        train = get_dataset(name, "train", img_size=pre.img_size if name == "synthetic" else None, **kw)
-        test = held_out(name, train, img_size=pre.img_size if name == "synthetic" else None, **kw)
+        if name == d.name:
+            kw["options"] = d.options  # the source's own options (hf)
+        train, test = labelled_splits(name, img_size=pre.img_size if name == "synthetic" else None, **kw)
         asked = {
             "knn": {"k": pre.config.eval.knn_k, "temperature": pre.config.eval.knn_t},
             "linear": {"epochs": linear_epochs},

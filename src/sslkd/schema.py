@@ -8,8 +8,9 @@ input with an error that names the key:
 - ``Annotated[float, Range(gt=0)]`` (aliases :data:`Positive`, :data:`Probability`, ...): bounds.
 
 :func:`check` re-checks a built (possibly edited) instance; cross-field rules stay in the
-section's ``validate()``. ``field(metadata={"type_of": f})`` types a section by its content
-(``f(mapping) -> dataclass``, as ``method`` is typed by ``method.name``).
+section's ``validate()``. ``field(metadata={"type_of": f})`` types a section by its content or
+its neighbours' (``f(mapping, parent mapping) -> dataclass``: ``method`` is typed by
+``method.name``, ``data.options`` by ``data.name``).
 """
 
 from __future__ import annotations
@@ -184,7 +185,10 @@ def from_dict(cls: type, data: Any, prefix: str = "") -> Any:
             hint = f"; did you mean {', '.join(close)}?" if close else ""
             raise ConfigError(f"unknown config key '{full}'{hint} (valid: {', '.join(fields)})")
         type_of = fields[key].metadata.get("type_of")
-        kwargs[key] = from_dict(type_of(value), value, full) if type_of else coerce(value, hints[key], full)
+        if type_of:  # a section typed by its content; none given (null) stays None
+            kwargs[key] = None if value is None else from_dict(type_of(value, data), value, full)
+        else:
+            kwargs[key] = coerce(value, hints[key], full)
     return cls(**kwargs)
 
 

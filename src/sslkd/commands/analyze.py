@@ -45,7 +45,8 @@ def run(args: argparse.Namespace) -> int:
     first = pres[0][1]
     name = args.dataset or first.config.data.name
     root = args.root or (first.config.data.root if not args.dataset else None)
-    test = datasets.get_dataset(name, "test", root=root, img_size=first.img_size)
+    own = first.config.data.options if name == first.config.data.name else None  # the source's options (hf)
+    test = datasets.get_dataset(name, "test", root=root, img_size=first.img_size, options=own)
     for spec, pre in pres:
         if pre.num_channels != test.num_channels:
             raise ValueError(
@@ -70,7 +71,7 @@ def run(args: argparse.Namespace) -> int:
             )
         )
         return 0
-    train = datasets.get_dataset(name, "train", root=root, img_size=first.img_size)
+    train = datasets.get_dataset(name, "train", root=root, img_size=first.img_size, options=own)
     tr = [
         features.extract_features(pre.backbone.to(device), train, pre.mean, pre.std, device=device) for _, pre in pres
     ]

@@ -99,7 +99,7 @@ def add_eval_args(p: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="data.KEY=VALUE",
-        help=f"a data key, e.g. --set data.on_corrupt=skip (repeatable; {', '.join(EVAL_DATA_KEYS)})",
+        help=f"a data key, e.g. --set data.on_corrupt=skip (repeatable; {', '.join(EVAL_DATA_KEYS)}, data.options.KEY)",
     )
 
 
@@ -107,13 +107,20 @@ EVAL_DATA_KEYS = ("data.on_corrupt", "data.max_pixels", "data.labels", "data.in_
 
 
 def eval_data_options(args: argparse.Namespace) -> dict:
-    """The data keys of an evaluation command's ``--set`` (those ``get_dataset`` takes), checked."""
-    options = {}
+    """The data keys of an evaluation command's ``--set`` (those ``get_dataset`` takes; a source's
+    own ``data.options.KEY`` gathered into ``options``), checked."""
+    options: dict = {}
     for text in args.overrides:
         key, _, value = text.partition("=")
-        if key.strip() not in EVAL_DATA_KEYS or not _:
-            raise ConfigError(f"--set {text}: evaluation takes {', '.join(k + '=...' for k in EVAL_DATA_KEYS)}")
-        options[key.strip()[5:]] = yaml.safe_load(value) if value.strip() else None
+        key, value = key.strip(), yaml.safe_load(value) if value.strip() else None
+        if key.startswith("data.options.") and _:
+            options.setdefault("options", {})[key[len("data.options.") :]] = value
+            continue
+        if key not in EVAL_DATA_KEYS or not _:
+            raise ConfigError(
+                f"--set {text}: evaluation takes {', '.join(k + '=...' for k in EVAL_DATA_KEYS)}, data.options.KEY=..."
+            )
+        options[key[5:]] = value
     sources = [x for x in (args.source, args.checkpoint) if x] + (["--random-init"] if args.random_init else [])
     if len(sources) != 1:
         raise ConfigError("name one source: RUN (or --checkpoint RUN), or --random-init")

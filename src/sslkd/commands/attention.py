@@ -41,7 +41,8 @@ def run(args: argparse.Namespace) -> int:
         images = attention.images_from_files(args.images, size, pre.num_channels)
     else:
         name = args.dataset or pre.config.data.name
-        ds = datasets.get_dataset(name, "test", root=args.root or pre.config.data.root, img_size=size)
+        own = pre.config.data.options if name == pre.config.data.name else None  # the source's options (hf)
+        ds = datasets.get_dataset(name, "test", root=args.root or pre.config.data.root, img_size=size, options=own)
         if ds.num_channels != pre.num_channels:
             raise ValueError(f"{name} has {ds.num_channels} channels, the checkpoint expects {pre.num_channels}")
         bad = [i for i in args.indices if not 0 <= i < len(ds)]

@@ -71,19 +71,19 @@ def _text(value) -> str:
 
 def run(args: argparse.Namespace) -> int:
     options = eval_data_options(args)
-    data = api.eval_datasets(args.dataset, args.root, args.img_size, **options)
     protocol = PROTOCOLS[args.protocol]
     chosen = {f.name: getattr(args, f"option_{f.name}") for f in dataclasses.fields(protocol.Options)}
     chosen = {k: v for k, v in chosen.items() if v is not None}
-    if args.checkpoint:
-        source = args.checkpoint
+    if args.checkpoint:  # the datasets are read with the run's data.options unless --set gives some
+        source, data = args.checkpoint, args.dataset
     else:
+        data = api.eval_datasets(args.dataset, args.root, args.img_size, **options)
         source = api.random_backbone(args.backbone, data[0].img_size, args.patch_size, data[0].num_channels, args.seed)
     with model_flag(f"--model {args.model}"):
         res = api.evaluate(
             source, data, args.protocol, root=args.root, which=args.weights, model=args.model, img_size=args.img_size,
             device=args.device, batch_size=args.batch_size, workers=args.workers, seed=args.seed, progress=True,
-            **chosen,
+            data=options, **chosen,
         )  # fmt: skip
     res["dataset"] = args.dataset
     if not args.checkpoint:

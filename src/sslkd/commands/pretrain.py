@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import os
 import signal
-from pathlib import Path
 
 import yaml
 
@@ -40,7 +39,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         metavar="NAME",
         help="without --config: the method, defaults from the data (sslkd info lists the methods)",
     )
-    p.add_argument("--data", help="without --config: a folder of images, or a dataset name (sslkd info)")
+    p.add_argument(
+        "--data",
+        help="a folder (of images, of shards, of a Hugging Face dataset), hf:user/name, or a dataset name (sslkd info)",
+    )
     p.add_argument("--model", help="backbone (default: vit_small for photos, vit_tiny for small images)")
     p.add_argument(
         "--teacher",
@@ -72,11 +74,15 @@ def resolve(args: argparse.Namespace, notes: list[str] | None = None):
     if not args.config:
         if not (args.method and args.data):
             raise ConfigError("give --config FILE|NAME, or --method and --data (a folder of images or a dataset name)")
-        set_size = {k.strip(): v.strip() for k, _, v in (o.partition("=") for o in args.overrides)}.get("data.img_size")
+        split = [o.partition("=") for o in args.overrides]
+        set_size = {k.strip(): v.strip() for k, _, v in split}.get("data.img_size")
         img_size = args.img_size or (int(set_size) if set_size and set_size.isdigit() else None)  # sizes the recipe
+        prefix = "data.options."
+        source = {k.strip()[len(prefix) :]: yaml.safe_load(v) for k, _, v in split if k.strip().startswith(prefix)}
         base = autoconfig.auto_config(
-            args.method, args.data, args.model, args.out, args.teachers, img_size, args.batch_size, args.epochs, notes
-        )
+            args.method, args.data, args.model, args.out, args.teachers, img_size, args.batch_size, args.epochs, notes,
+            source or None,
+        )  # fmt: skip
         return api.config(base, args.overrides), True
     flags = {
         "output_dir": args.out,
@@ -86,8 +92,7 @@ def resolve(args: argparse.Namespace, notes: list[str] | None = None):
         "data.img_size": args.img_size,
     }
     if args.data:
-        folder = Path(args.data).expanduser().is_dir()
-        flags.update({"data.name": "imagefolder", "data.root": args.data} if folder else {"data.name": args.data})
+        flags.update({f"data.{k}": v for k, v in autoconfig.data_source(args.data).items()})
     values = {k.replace(".", "__"): v for k, v in flags.items() if v is not None}
     if args.teachers:  # the keys the config's method names its teachers with (SEED: one, DMT: a list)
         raw = config.apply_overrides(config.read_yaml(config.config_path(args.config)), list(args.overrides))

@@ -1,8 +1,11 @@
-"""In-memory uint8 image datasets: the common currency of every loader in :mod:`sslkd.data`."""
+"""The contract every image source keeps (:class:`ImageSource`) and its in-memory form, uint8
+arrays (:class:`ImageArrayDataset`); sources read per image are
+:class:`~sslkd.data.folder.LazyImages`."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from typing import Protocol
 
 import numpy as np
 import torch
@@ -14,6 +17,40 @@ from sslkd.errors import DatasetError
 
 class NoHeldOutSplitError(DatasetError):
     """The data has no test split (only training images): accuracy cannot be measured on it."""
+
+
+class ImageSource(Protocol):
+    """What the engine, the evaluations and the commands may ask of any source: its length, items
+    ``(uint8 [C, H, W], label)``, labels (``-1``: unlabelled), class names, channels, nominal
+    size, normalisation, the files skipped while loading and a subset by indices. How its images
+    become views is :mod:`sslkd.data.views`' business, not theirs."""
+
+    labels: np.ndarray
+    classes: list[str]
+    name: str
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    skipped: int
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]: ...
+
+    @property
+    def num_channels(self) -> int: ...
+
+    @property
+    def img_size(self) -> int: ...
+
+    @property
+    def num_classes(self) -> int: ...
+
+    def subset(self, indices: np.ndarray) -> ImageSource: ...
+
+    def tensors(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Every image as one uint8 ``[N, C, H, W]`` tensor and the labels: in-memory sources only
+        (a source read per image raises :class:`DatasetError`)."""
+        ...
 
 
 @dataclass

@@ -402,15 +402,3 @@ class TrainCrops(Dataset):
             except CorruptImageError as e:
                 warnings.warn(f"fine-tuning: skipped {e}", stacklevel=2)
         raise DatasetError(f"{self.base.name}: no image could be decoded")
-
-
-def view_tensors(dataset, indices, size: int) -> torch.Tensor:
-    """uint8 ``[n, C, size, size]`` of the images at ``indices``: slices of an in-memory set, or
-    the evaluation view of a lazily read folder (for attention maps and other per-image figures)."""
-    if not getattr(dataset, "lazy", False):
-        return dataset.tensors()[0][list(indices)]
-    items = [EvalCrops(dataset, size)[int(i)] for i in indices]
-    for _, _, error in items:
-        if error:
-            raise CorruptImageError(error)
-    return torch.stack([x for x, _, _ in items])

@@ -1,21 +1,27 @@
-"""Datasets by name: ``get_dataset(name, split, root, ...)`` -> :class:`ImageArrayDataset`."""
+"""Datasets by name: ``get_dataset(name, split, root, ...)`` -> :class:`ImageArrayDataset` (in
+memory) or a :class:`~sslkd.data.folder.LazyImages` (decoded per item). A source with options of
+its own registers their dataclass in :data:`OPTIONS` (``data.options``, typed by ``data.name``)."""
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from sslkd.data.base import DatasetError, ImageArrayDataset, balanced_subset, resize_images
+from sslkd.data.base import DatasetError, ImageArrayDataset, ImageSource, balanced_subset, resize_images
 from sslkd.data.cifar import load_cifar
-from sslkd.data.folder import ImageFolderDataset, set_max_pixels
+from sslkd.data.folder import set_max_pixels
+from sslkd.data.hf import HFOptions, load_hf
 from sslkd.data.idx import load_fashion_mnist
 from sslkd.data.imagefolder import load_imagefolder
 from sslkd.data.imagenet32 import load_imagenet32
 from sslkd.data.shards import load_shards
 from sslkd.data.toy import load_digits, make_synthetic
+from sslkd.errors import ConfigError
+from sslkd.schema import from_dict
 
 
 def _cifar(name: str) -> Callable[..., ImageArrayDataset]:
@@ -53,6 +59,21 @@ def _shards(split, root, img_size=None, **kw):
     return load_shards(root, split, img_size, kw.get("verbose", False))
 
 
+def _hf(split, root, img_size=None, on_corrupt="fail", **kw):
+    return load_hf(
+        root,
+        split,
+        kw.get("options"),
+        img_size,
+        on_corrupt,
+        kw.get("in_memory"),
+        kw.get("classes"),
+        kw.get("channels"),
+        kw.get("verbose", False),
+        kw.get("labels", "auto"),
+    )
+
+
 def _imagenet32(split, root, subset_fraction=1.0, seed=0, **_):
     return load_imagenet32(split, root, subset_fraction, seed)
 
@@ -67,18 +88,20 @@ def _synthetic(split, root=None, img_size=None, seed=0, **kw):
     )
 
 
-DATASETS: dict[str, Callable[..., ImageArrayDataset]] = {
+DATASETS: dict[str, Callable[..., ImageSource]] = {
     "cifar10": _cifar("cifar10"),
     "cifar100": _cifar("cifar100"),
     "fashion-mnist": _fashion,
     "imagefolder": _imagefolder,
     "shards": _shards,
+    "hf": _hf,
     "imagenet32": _imagenet32,
     "digits": _digits,
     "synthetic": _synthetic,
 }
+OPTIONS: dict[str, type] = {"hf": HFOptions}  # data.options of the sources that take some
 # loaders that resize or subsample by themselves
-_SELF_RESIZING = {"imagefolder", "shards", "digits", "synthetic"}
+_SELF_RESIZING = {"imagefolder", "shards", "hf", "digits", "synthetic"}
 _SELF_SUBSETTING = {"imagenet32"}
 
 
@@ -92,8 +115,9 @@ def get_dataset(
     seed: int = 0,
     on_corrupt: str = "fail",
     max_pixels: int | None = None,
+    options: Any = None,
     **kwargs: Any,
-) -> ImageArrayDataset | ImageFolderDataset:
+) -> ImageSource:
     """Load dataset ``name`` (see :data:`DATASETS`) as uint8 images and integer labels.
 
     ``img_size`` resizes every image (a lazily read folder keeps each file's own size and takes
@@ -101,7 +125,8 @@ def get_dataset(
     ``imagefolder`` also takes ``in_memory`` (None: automatic), ``labels`` (auto/folders/none)
     and, for a held-out split, ``classes`` and ``channels`` of the training split (:func:`held_out`).
     ``max_pixels``: images declaring more pixels are corrupt files (the process-wide limit, kept
-    for the loader's workers; default :data:`~sslkd.data.folder.MAX_PIXELS`).
+    for the loader's workers; default :data:`~sslkd.data.folder.MAX_PIXELS`). ``options``: the
+    source's own options (:data:`OPTIONS`; a dataclass, or a mapping checked against it).
     Errors (missing root, wrong checksum, truncated file, empty folder) raise
     :class:`DatasetError` naming the path; nothing falls back to another dataset.
     """
@@ -114,6 +139,7 @@ def get_dataset(
     ds = DATASETS[name](
         split,
         root,
+        options=source_options(name, options),
         download=download,
         img_size=img_size,
         seed=seed,
@@ -137,9 +163,42 @@ def get_dataset(
     return ds
 
 
-def held_out(name: str, train: ImageArrayDataset | ImageFolderDataset, **kwargs: Any):
+def held_out(name: str, train: ImageSource, **kwargs: Any) -> ImageSource:
     """The test split of dataset ``name``, read as ``train`` was: its classes (a folder's labels are
     looked up by class name), channels and way of reading."""
-    if name == "imagefolder":
-        kwargs.update(classes=train.classes, channels=train.num_channels, in_memory=not getattr(train, "lazy", False))
+    kwargs.update(classes=train.classes, channels=train.num_channels, in_memory=not getattr(train, "lazy", False))
     return get_dataset(name, "test", **kwargs)
+
+
+def labelled_splits(name: str, **kwargs: Any) -> tuple[ImageSource, ImageSource]:
+    """``(train, test)`` for an evaluation: the training split and the held-out split read as it
+    was (:func:`held_out`); a dataset without labels is an error."""
+    train = get_dataset(name, "train", **kwargs)
+    if not train.num_classes:
+        raise DatasetError(
+            f"{train.name} has no labels (no unambiguous class folders, no label column): kNN, linear and "
+            f"fine-tuning need labelled images, e.g. root/train/<class>/<image> and root/val/<class>/<image>"
+        )
+    return labelled(train), labelled(held_out(name, train, **kwargs))
+
+
+def labelled(ds: ImageSource) -> ImageSource:
+    """``ds`` without its unlabelled images (label ``-1``: rows of a table without a class), said."""
+    keep = np.flatnonzero(np.asarray(ds.labels) >= 0)
+    if len(keep) == len(ds):
+        return ds
+    if not len(keep):
+        raise DatasetError(f"{ds.name}: no image has a label")
+    warnings.warn(f"{ds.name}: {len(ds) - len(keep)} unlabelled image(s) left out of the evaluation", stacklevel=2)
+    return ds.subset(keep)
+
+
+def source_options(name: str, options: Any) -> Any:
+    """``data.options`` of source ``name`` as its dataclass (None: none given); a mapping is
+    checked key by key, and a source without options refuses any."""
+    cls = OPTIONS.get(name)
+    if options is None or cls is None and not options:
+        return options
+    if cls is None:
+        raise ConfigError(f"data.options: dataset '{name}' takes no options (those that do: {', '.join(OPTIONS)})")
+    return options if isinstance(options, cls) else from_dict(cls, dict(options), "data.options")

@@ -6,33 +6,19 @@ import warnings
 from collections.abc import Iterator, Sequence
 
 import torch
-import torch.nn.functional as F
-from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from sslkd.data.base import ImageArrayDataset
-from sslkd.data.folder import EvalCrops
+from sslkd.data.base import ImageSource
+from sslkd.data.views import eval_batches, normalize_batch
 from sslkd.device import native_bf16
 from sslkd.distributed import gather_batch, world_size
 from sslkd.distributed import rank as dist_rank
 
 
-def normalize_batch(
-    x: torch.Tensor, mean: Sequence[float], std: Sequence[float], size: int | None = None
-) -> torch.Tensor:
-    """uint8 ``[B, C, H, W]`` -> float normalised (and resized to ``size``)."""
-    x = x.float().div_(255)
-    if size is not None and x.shape[-1] != size:
-        x = F.interpolate(x, size=(size, size), mode="bicubic", antialias=True, align_corners=False)
-    m = torch.tensor(mean, device=x.device).view(1, -1, 1, 1)
-    s = torch.tensor(std, device=x.device).view(1, -1, 1, 1)
-    return (x - m) / s
-
-
 @torch.no_grad()
 def extract_features(
     backbone: torch.nn.Module,
-    dataset: ImageArrayDataset,
+    dataset: ImageSource,
     mean: Sequence[float],
     std: Sequence[float],
     device: torch.device | str = "cpu",
@@ -114,22 +100,12 @@ def extract_features(
 
 def _batches(
     dataset, mine: torch.Tensor, per: int, batch_size: int, size: int | None, num_workers: int
-) -> Iterator[tuple[torch.Tensor, int]]:
-    """``(uint8 batch, images that count)`` for ``ceil(per / batch_size)`` batches: slices of an
-    in-memory set, or a streaming pass of the evaluation view over a lazily read folder (memory
-    holds one batch of images, never the set)."""
-    if getattr(dataset, "lazy", False):
-        view = EvalCrops(dataset, size or dataset.img_size, mine.numpy())
-        loader = DataLoader(
-            view, batch_size=batch_size, num_workers=num_workers, prefetch_factor=2 if num_workers else None
-        )
-        for x, _, errors in loader:
-            yield x, len(x), list(errors)
-        for _ in range(-(-per // batch_size) - -(-len(mine) // batch_size)):
-            yield torch.zeros(1, dataset.num_channels, view.size, view.size, dtype=torch.uint8), 0, []
-        return
-    images = dataset.tensors()[0]
-    for i in range(0, per, batch_size):
-        idx = mine[i : i + batch_size]
-        take = idx if len(idx) else torch.zeros(1, dtype=torch.long)
-        yield images[take], len(idx), [""] * len(idx)
+) -> Iterator[tuple[torch.Tensor, int, list[str]]]:
+    """``(uint8 batch, images that count, errors)`` for ``ceil(per / batch_size)`` batches: this
+    process's images (:func:`~sslkd.data.views.eval_batches`), then batches of one black image
+    that count for nothing, so that every process runs as many batches as the others."""
+    size = size or dataset.img_size
+    for x, _, errors in eval_batches(dataset, size, mine.numpy(), batch_size, num_workers):
+        yield x, len(x), errors
+    for _ in range(-(-per // batch_size) - -(-len(mine) // batch_size)):
+        yield torch.zeros(1, dataset.num_channels, size, size, dtype=torch.uint8), 0, []

@@ -20,12 +20,11 @@ import torch
 import torch.nn.functional as F
 from timm.optim import param_groups_layer_decay
 from torch import nn
-from torch.utils.data import DataLoader
 
-from sslkd.data.base import ImageArrayDataset, balanced_subset
+from sslkd.data.base import ImageSource, balanced_subset
 from sslkd.data.batch_augment import BatchMultiCrop
-from sslkd.data.folder import EvalCrops, TrainCrops
 from sslkd.data.recipe import CropRecipe
+from sslkd.data.views import eval_batches, supervised_batches
 from sslkd.device import autocast_dtype
 from sslkd.eval.features import normalize_batch
 from sslkd.eval.metrics import TopK
@@ -56,8 +55,8 @@ def layer_decay_groups(backbone: Backbone, head: nn.Linear, weight_decay: float,
 
 def finetune(
     backbone: Backbone,
-    train: ImageArrayDataset,
-    test: ImageArrayDataset,
+    train: ImageSource,
+    test: ImageSource,
     mean,
     std,
     img_size: int | None = None,
@@ -81,13 +80,11 @@ def finetune(
         raise ValueError(f"label fraction must be in (0, 1], got {label_fraction}")
     device = torch.device(device)
     torch.manual_seed(seed)
-    lazy = getattr(train, "lazy", False)  # a folder read from files: crops cut per image by loader workers
-    images, labels = (None, torch.as_tensor(train.labels)) if lazy else train.tensors()
+    labels = torch.as_tensor(train.labels)
     keep = torch.arange(len(labels))
     if label_fraction < 1:
         keep = torch.from_numpy(balanced_subset(np.asarray(labels), label_fraction, seed))
         labels = labels[keep]
-        images = None if lazy else images[keep]
     size = img_size or train.img_size
     batch_size = min(batch_size, len(labels))  # a small label fraction: one batch of them all
     head = nn.Linear(backbone.embed_dim, train.num_classes).to(device)
@@ -106,15 +103,9 @@ def finetune(
     g = torch.Generator().manual_seed(seed)
 
     def batches(epoch: int):
-        perm = torch.randperm(len(labels), generator=g)
-        if lazy:
-            view = TrainCrops(train, size, crop_scale, keep[perm].numpy())
-            for x, y in DataLoader(view, batch_size, drop_last=True, num_workers=num_workers):
-                yield normalize_batch(x.to(device), mean, std), y.to(device)
-            return
-        for i in range(steps_per_epoch):
-            idx = perm[i * batch_size : (i + 1) * batch_size]
-            yield aug(images[idx].to(device), seed * 1_000_003 + epoch * steps_per_epoch + i)[0], labels[idx].to(device)
+        order = keep[torch.randperm(len(labels), generator=g)]
+        key = seed * 1_000_003 + epoch * steps_per_epoch
+        yield from supervised_batches(train, order, batch_size, aug, key, device, num_workers)
 
     def loss_of(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
@@ -140,16 +131,11 @@ def finetune(
 
 
 def _test_batches(test, size: int, num_workers: int, batch_size: int = 256):
-    """uint8 test batches and labels: slices in memory, or the streamed evaluation view of a folder
-    (files that cannot be decoded dropped, with a warning)."""
-    if not getattr(test, "lazy", False):
-        images, labels = test.tensors()
-        for i in range(0, len(images), batch_size):
-            yield images[i : i + batch_size], labels[i : i + batch_size]
-        return
+    """uint8 test batches and labels (:func:`~sslkd.data.views.eval_batches`); images that cannot
+    be decoded are dropped, with a warning."""
     skipped = []
-    for x, y, errors in DataLoader(EvalCrops(test, size), batch_size, num_workers=num_workers):
-        ok = torch.tensor([not e for e in errors])
+    for x, y, errors in eval_batches(test, size, batch_size=batch_size, workers=num_workers):
+        ok = torch.tensor([not e for e in errors], dtype=torch.bool)
         skipped += [e for e in errors if e]
         if ok.any():
             yield x[ok], y[ok]

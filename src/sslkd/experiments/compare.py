@@ -16,7 +16,8 @@ import torch
 
 from sslkd.api import pretrain
 from sslkd.config import Config, ConfigError, load_config, to_dict
-from sslkd.data import get_dataset, held_out, view_tensors
+from sslkd.data import view_tensors
+from sslkd.data.registry import labelled_splits
 from sslkd.device import environment, resolve_device
 from sslkd.distributed import rank
 from sslkd.eval import evaluate, get_protocol, options_of
@@ -139,8 +140,8 @@ def run_comparison(
     dataset = eval_dataset or first.data.name
     root = eval_root if eval_dataset else (eval_root or first.data.root)
     size = first.aug.global_crops_size or first.data.img_size
-    ev_train = get_dataset(dataset, "train", root=root, img_size=size)
-    ev_test = held_out(dataset, ev_train, root=root, img_size=size)
+    options = None if eval_dataset else first.data.options  # the training source's own options (hf)
+    ev_train, ev_test = labelled_splits(dataset, root=root, img_size=size, options=options)
     settings = eval_settings(dataset, root, size, asked, eval_train_samples, eval_test_samples)
     scorer = _Scorer(ev_train, ev_test, first, settings, asked, progress)
     rows = []

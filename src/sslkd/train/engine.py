@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from sslkd.checkpoint import list_checkpoints
 from sslkd.config import Config, to_dict
-from sslkd.data import ImageArrayDataset
+from sslkd.data.base import ImageSource
 from sslkd.device import autocast_dtype, environment
 from sslkd.distributed import all_reduce_mean, any_process, from_main_process
 from sslkd.errors import Aborted, DivergedError
@@ -55,8 +55,8 @@ class Trainer:
     def __init__(
         self,
         cfg: Config,
-        train_set: ImageArrayDataset | None = None,
-        test_set: ImageArrayDataset | None = None,
+        train_set: ImageSource | None = None,
+        test_set: ImageSource | None = None,
         progress: bool = True,
     ) -> None:
         self.cfg, self.out = cfg, Path(cfg.output_dir)
@@ -78,7 +78,7 @@ class Trainer:
         method = networks(cfg, train_set.num_channels, img_size, self.out, self.procs)
         self.method, self.model, self.sharded = wrap(method, cfg, self.procs)
         views = build_views(cfg, train_set, self.method.crop_multiple(), self.method.paired_views)
-        self.views = ViewStream(cfg, train_set, views, self.rank, self.world, self.device)
+        self.views = ViewStream(cfg, views, self.rank, self.world, self.device)
         self.transform = self.views.transform
         self.dtype = autocast_dtype(t.precision, self.device)
         if self.device.type == "cuda":  # fp32 runs: TF32 tensor cores (10-bit mantissa products, fp32 sums)

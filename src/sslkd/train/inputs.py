@@ -7,7 +7,6 @@ what a bad file means (``data.on_corrupt``), so the decision and the count live 
 from __future__ import annotations
 
 import dataclasses
-import math
 import signal
 from collections.abc import Callable
 from typing import Any
@@ -16,14 +15,13 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from sslkd.config import Config
-from sslkd.data import DatasetError, ImageArrayDataset, NoHeldOutSplitError, get_dataset, held_out
-from sslkd.data.augment import MultiCropDataset, MultiCropTransform, RawDataset, SeededEpochSampler
-from sslkd.data.batch_augment import BatchMultiCrop
-from sslkd.data.pil_augment import PILMultiCrop
+from sslkd.data import DatasetError, NoHeldOutSplitError, get_dataset, held_out
+from sslkd.data.augment import MultiCropTransform, SeededEpochSampler
+from sslkd.data.base import ImageSource
+from sslkd.data.views import TrainViews
 from sslkd.device import reset_cpu_malloc
 from sslkd.distributed import is_distributed
 from sslkd.errors import TrainingError
-from sslkd.eval import normalize_batch
 
 
 def ignore_stop_signals(worker_id: int) -> None:  # noqa: ARG001
@@ -88,10 +86,11 @@ def data_kwargs(cfg: Config) -> dict[str, Any]:
         max_pixels=d.max_pixels,
         in_memory=d.in_memory,
         labels=d.labels,
+        options=d.options,
     )
 
 
-def load_datasets(cfg: Config, verbose: bool = False) -> tuple[ImageArrayDataset, ImageArrayDataset | None]:
+def load_datasets(cfg: Config, verbose: bool = False) -> tuple[ImageSource, ImageSource | None]:
     """The training set and, when kNN is monitored, the test set (None if the data has no labels
     or no held-out split: the monitor is then skipped, said once, rather than scored on fitting)."""
     d = cfg.data
@@ -129,11 +128,11 @@ def count_bad_files(
     return total
 
 
-def build_views(cfg: Config, train_set, multiple: int, paired: bool) -> tuple:
-    """``(transform, batch_aug, worker_aug)``: the multi-crop recipe (crop sizes a multiple of
-    ``multiple``, the method's patch grid; ``paired``: one crop plain + jittered, DMT), the batched
-    colour on the device (``data.augment_on: device``, else None) and what the loader workers apply
-    to each image (photos read lazily: PIL's C code, uint8 crops; then JPEGs decode at reduced size)."""
+def build_views(cfg: Config, train_set, multiple: int, paired: bool) -> TrainViews:
+    """The run's training views (:class:`~sslkd.data.views.TrainViews`): the multi-crop recipe
+    (crop sizes a multiple of ``multiple``, the method's patch grid; ``paired``: one crop plain +
+    jittered, DMT), made per image in the loader workers or as batches on the device
+    (``data.augment_on``)."""
     if cfg.data.img_size is None and cfg.aug.global_crops_size is None and train_set.img_size % multiple:
         raise TrainingError(
             f"{cfg.data.name} images are {train_set.img_size}px, not divisible by the patch size "
@@ -143,43 +142,28 @@ def build_views(cfg: Config, train_set, multiple: int, paired: bool) -> tuple:
     transform = MultiCropTransform.from_config(
         aug, train_set.img_size, train_set.num_channels, train_set.mean, train_set.std, multiple=multiple
     )
-    batch_aug = BatchMultiCrop.from_transform(transform) if cfg.data.augment_on == "device" else None
-    worker_aug = transform
-    if getattr(train_set, "lazy", False):
-        if aug.paired and batch_aug is not None:
-            raise TrainingError(
-                "paired views (DMT) of a folder read lazily are made in the loader workers: set data.augment_on=loader"
-            )
-        if not aug.paired:
-            worker_aug = PILMultiCrop.from_transform(transform, crop_only=batch_aug is not None)
-        # JPEGs decode at 1/2-1/8 scale while the smallest crop (global or local, at the narrowest
-        # aspect ratio 3:4) keeps at least its output pixels
-        need = [transform.global_size / math.sqrt(min(aug.global_crops_scale))]
-        if aug.local_crops_number:
-            need.append(transform.local_size / math.sqrt(min(aug.local_crops_scale)))
-        train_set.draft = math.ceil(max(need) / math.sqrt(3 / 4))
-    return transform, batch_aug, worker_aug
+    try:
+        return TrainViews(train_set, transform, on_device=cfg.data.augment_on == "device")
+    except DatasetError as e:
+        raise TrainingError(str(e)) from None
 
 
 class ViewStream:
-    """The training views of each epoch, as batches of normalised crops on ``device``: augmented
-    per image by the loader's workers, or as a whole batch on the device (``batch_aug``), keyed by
-    the first image's seed so that a resumed run draws the same views. Photos read lazily report
-    the files they could not decode (``on_bad``, with the batch's messages)."""
+    """The training views of each epoch, as batches of normalised crops on ``device`` (see
+    :class:`~sslkd.data.views.TrainViews`), keyed by the first image's seed so that a resumed run
+    draws the same views. Images decoded while training report those they could not decode
+    (``on_bad``, with the batch's messages)."""
 
-    def __init__(self, cfg: Config, train_set, views: tuple, rank: int, world: int, device: torch.device) -> None:
-        """``views``: :func:`build_views`' ``(transform, batch_aug, worker_aug)``."""
-        self.cfg, self.train_set, self.rank, self.world, self.device = cfg, train_set, rank, world, device
-        self.transform, self.batch_aug, self.worker_aug = views
-        self.lazy = getattr(train_set, "lazy", False)
+    def __init__(self, cfg: Config, views: TrainViews, rank: int, world: int, device: torch.device) -> None:
+        self.cfg, self.views, self.rank, self.world, self.device = cfg, views, rank, world, device
+        self.transform = views.transform
 
     def loader(self, epoch: int, start: int, read_by: int | None = None) -> DataLoader:
         """Epoch ``epoch``'s loader from image ``start`` on; ``read_by``: the processes that read the
         first ``start`` images (a checkpoint's, when resuming)."""
-        whole = self.batch_aug is not None and not self.lazy  # whole uint8 images to the device
-        data = RawDataset(self.train_set) if whole else MultiCropDataset(self.train_set, self.worker_aug)
         cuda = self.device.type == "cuda"
-        return epoch_loader(data, self.cfg, epoch, start, self.rank, self.world, cuda, read_by or self.world)
+        items = self.views.items()
+        return epoch_loader(items, self.cfg, epoch, start, self.rank, self.world, cuda, read_by or self.world)
 
     def batches(self, epoch: int, start: int, read_by: int | None = None, on_bad: Callable | None = None):
         """The views of epoch ``epoch`` from image ``start`` on. The loader's workers are stopped on
@@ -188,23 +172,10 @@ class ViewStream:
         batches = iter(self.loader(epoch, start, read_by))
         try:
             for item in batches:
-                if self.lazy and on_bad is not None:  # only files decoded while training can fail
+                if self.views.reports_bad and on_bad is not None:
                     on_bad(item[-1])
-                yield self._views(item)
+                yield self.views.to_device(item, self.device)
         finally:
             stop = getattr(batches, "_shutdown_workers", None)  # DataLoader's own clean shutdown
             if stop is not None:
                 stop()
-
-    def _views(self, item) -> list[torch.Tensor]:
-        if self.batch_aug is None:
-            views = item[0]
-            if views[0].dtype == torch.uint8:  # the workers' PIL crops: normalised here, on the device
-                mean, std = self.train_set.mean, self.train_set.std
-                views = [normalize_batch(v.to(self.device, non_blocking=True), mean, std) for v in views]
-            return views
-        if self.lazy:  # cropped per photo by the workers, coloured as a batch here
-            crops = [v.to(self.device, non_blocking=True) for v in item[0]]
-            return self.batch_aug.colour(crops, int(item[2][0]) % 2**62)
-        images, _, seeds, _ = item
-        return self.batch_aug(images.to(self.device, non_blocking=True), int(seeds[0]) % 2**62)
