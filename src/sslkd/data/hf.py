@@ -191,10 +191,9 @@ class HFImages(LazyImages):
 
     def subset(self, indices: np.ndarray) -> HFImages:
         indices = np.asarray(indices)
-        out = HFImages(
-            self.table, self.key, self.labels[indices], self.classes, self.channels, self.img_size, self.name
-        )
-        out.rows, out.draft = self.rows[indices], self.draft
+        labels, rows = self.labels[indices], self.rows[indices]
+        out = HFImages(self.table, self.key, labels, self.classes, self.channels, self.img_size, self.name, rows)
+        out.draft = self.draft
         return out
 
 
