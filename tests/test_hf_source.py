@@ -7,6 +7,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from sslkd.cli import main
@@ -18,6 +19,7 @@ from sslkd.data.registry import labelled_splits
 from sslkd.errors import ConfigError, DatasetError
 from sslkd.lazy import optional_import
 from sslkd.schema import to_dict
+from sslkd.train.monitor import Monitor
 
 hfd = pytest.importorskip("datasets")
 
@@ -110,6 +112,13 @@ def test_unlabelled_rows_stay_unlabelled_and_evaluations_leave_them_out(tmp_path
         with pytest.warns(UserWarning, match="4 unlabelled image"):
             train, test = labelled_splits("hf", root=str(root))
         assert len(train) == len(test) == 8 and (train.labels >= 0).all() and (test.labels >= 0).all()
+    # the training run's monitor scores without them too (a -1 neighbour would be a wrong vote)
+    keys = [f"data.root={root}", "data.name=hf", "model.depth=1", "train.epochs=1", "eval.knn_every=1"]
+    cfg = load_config(None, keys)
+    monitor = Monitor(cfg, get_dataset("hf", "train", root=str(root)), None, torch.device("cpu"))
+    with pytest.warns(UserWarning, match="unlabelled image"):
+        assert monitor.due(1)
+    assert [len(s) for s in monitor.scored] == [8, 8] and all((s.labels >= 0).all() for s in monitor.scored)
 
 
 def test_clear_errors(tmp_path):

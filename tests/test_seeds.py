@@ -74,7 +74,7 @@ def test_compare_with_seeds_tabulates_spread_and_resumes_without_redoing(tmp_pat
     def refuse(*a, **k):
         raise AssertionError("evaluated again")
 
-    monkeypatch.setattr(compare._Scorer, "scores", refuse)
+    monkeypatch.setattr(compare.Scorer, "scores", refuse)
     before = (out / "kd" / "seed1" / "metrics.jsonl").read_text()
     assert main(argv) == 0
     assert (out / "kd" / "seed1" / "metrics.jsonl").read_text() == before

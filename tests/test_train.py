@@ -427,24 +427,32 @@ def test_a_run_stored_before_a_behaviour_changing_default_keeps_its_behaviour(tm
     )
 
 
-def test_time_budget_plans_every_schedule_to_end_at_the_budget_and_resume_keeps_the_plan(tmp_path, tiny, monkeypatch):
-    """A step costs 1 s on a fake clock: the rate measured over steps 3-8 plans 29 steps for the
-    97% of the 22 s left (8 + 21), the learning-rate cosine ends at step 29 (not at train.epochs'
-    40) after a warm-up of 10% of the plan (warmup_epochs / epochs), plan.json says so, and a run
-    stopped at step 12 resumes with the same plan and the same schedule."""
+def _fake_clock(monkeypatch, seconds_per_step):
+    """Training seconds on a fake clock: step ``n`` (1-based) costs ``seconds_per_step(n)``."""
     from sslkd.train import engine
 
     clock = [0.0]
     monkeypatch.setattr(engine.time, "perf_counter", lambda: clock[0])
     real_step = Trainer.train_step
 
-    def one_second_step(self, micro):
-        clock[0] += 1.0
+    def timed_step(self, micro):
+        clock[0] += seconds_per_step(self.step + 1)
         return real_step(self, micro)
 
-    monkeypatch.setattr(Trainer, "train_step", one_second_step)
+    monkeypatch.setattr(Trainer, "train_step", timed_step)
+
+
+def test_time_budget_plans_every_schedule_to_end_at_the_budget_and_resume_keeps_the_plan(tmp_path, tiny, monkeypatch):
+    """A step costs 1 s on a fake clock: the rate measured over steps 3-8 plans 29 steps for the
+    97% of the 22 s left (8 + 21), measured again over steps 8-13 (a tenth of the plan, at least
+    5 steps) it stays 29; the learning-rate cosine ends at step 29 (not at train.epochs' 40) after
+    a warm-up of 10% of the plan (warmup_epochs / epochs), the teacher temperature's warm-up (5 of
+    10 epochs) takes half of it, plan.json says so, and a run stopped at step 12, before the second
+    measurement, takes it after resuming and keeps the same schedule."""
+    _fake_clock(monkeypatch, lambda step: 1.0)
     base = ["train.epochs=10", "train.time_budget_minutes=0.5", "train.log_every=1", "train.min_lr=0"]
-    whole = tiny.trainer("whole", *base)
+    temps = ["method.warmup_teacher_temp=0.02", "method.teacher_temp=0.06", "method.warmup_teacher_temp_epochs=5"]
+    whole = tiny.trainer("whole", *base, *temps)
     summary = whole.fit()
     assert (summary["status"], summary["step"], summary["planned_steps"]) == ("finished", 29, 29)
     lr = whole.schedules.lr
@@ -453,10 +461,41 @@ def test_time_budget_plans_every_schedule_to_end_at_the_budget_and_resume_keeps_
     plan = json.loads((tmp_path / "whole" / "plan.json").read_text())
     assert plan["planned_steps"] == 29 and plan["bound_steps"] == 40 and plan["seconds_per_step"] == 1.0
     assert plan["steps_done"] == 29 and plan["train_seconds"] == 29.0
-    lrs = {r["step"]: r["lr"] for r in losses_of(tmp_path / "whole")}
+    assert (plan["refitted"], plan["refit_from"], plan["refit_step"], plan["first_planned_steps"]) == (True, 8, 13, 29)
+    temp = {r["step"]: r["teacher_temp"] for r in losses_of(tmp_path / "whole")}
+    # DINO's per-epoch warm-up: epoch 4 of 10 (of the plan's 2.9 steps each) reaches the end
+    assert temp[12] < 0.06 and temp[13] == pytest.approx(0.06) and temp[1] == pytest.approx(0.02)
 
     cut = tiny.trainer("part", *base, "train.max_steps=12")
-    assert cut.fit()["step"] == 12 and cut.plan.planned_steps == 29
+    assert cut.fit()["step"] == 12 and cut.plan.planned_steps == 29 and cut.plan.refit_pending
     resumed = tiny.trainer("part", *base)
-    assert resumed.fit(resume="auto")["step"] == 29 and resumed.plan == cut.plan  # not measured again
+    assert resumed.fit(resume="auto")["step"] == 29 and resumed.plan.planned_steps == 29
+    assert (resumed.plan.refit_from, resumed.plan.refit_step) == (15, 20)  # measured anew after the restart
+    lrs = {r["step"]: r["lr"] for r in losses_of(tmp_path / "whole")}
     assert {r["step"]: r["lr"] for r in losses_of(tmp_path / "part")} == lrs
+
+
+def test_time_budget_measured_again_when_the_first_steps_were_fast(tmp_path, tiny, monkeypatch):
+    """Steps 1-8 cost 1 s, the rest 2 s: the first plan (29 steps for 30 s) would be cut by the clock
+    at step 19 with its schedules unfinished; measured again over steps 8-13 (2 s/step) it plans
+    13 + 0.97 * 12 / 2 = 18 steps, which end inside the budget with every schedule finished."""
+    _fake_clock(monkeypatch, lambda step: 1.0 if step <= 8 else 2.0)
+    run = tiny.trainer("run", "train.epochs=10", "train.time_budget_minutes=0.5", "train.min_lr=0")
+    summary = run.fit()
+    assert (summary["status"], summary["step"], summary["train_seconds"]) == ("finished", 18, 28.0)
+    assert len(run.schedules.lr) == 18 and run.schedules.lr[-1] < 0.01 * run.schedules.lr.max()
+    plan = json.loads((tmp_path / "run" / "plan.json").read_text())
+    assert (plan["first_planned_steps"], plan["planned_steps"], plan["seconds_per_step"]) == (29, 18, 2.0)
+
+
+def test_a_stored_plan_keeps_its_run_as_it_was_and_a_late_second_measurement_is_not_taken():
+    """A plan stored before the second measurement and the warm-ups' share existed reads back
+    without either (its run goes on as it started); a resumed run too close to its end to measure
+    again over 8 steps keeps its plan rather than restart finished schedules."""
+    from sslkd.train.budget import Plan
+
+    old = Plan(**{"budget_seconds": 30.0, "seconds_per_step": 1.0, "probe_from": 3, "fitted_steps": 29,
+                  "bound_steps": 40, "planned_steps": 29})  # fmt: skip
+    assert not old.epochs_share and not old.refit_pending and not old.refit_fits(0)
+    new = Plan(30.0, 1.0, 3, 29, 40, 29, refit_step=13, epochs_share=True)
+    assert new.refit_fits(20) and not new.refit_fits(21)  # 21 + 3 warm + 5 timed = 29: the last step

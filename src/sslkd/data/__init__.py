@@ -2,7 +2,7 @@
 
 from sslkd.data.base import DatasetError, ImageArrayDataset, ImageSource, NoHeldOutSplitError
 from sslkd.data.folder import ImageFolderDataset
-from sslkd.data.registry import DATASETS, get_dataset, held_out
+from sslkd.data.registry import DATASETS, get_dataset, held_out, labelled
 from sslkd.data.views import view_tensors
 
 __all__ = [
@@ -14,5 +14,6 @@ __all__ = [
     "NoHeldOutSplitError",
     "get_dataset",
     "held_out",
+    "labelled",
     "view_tensors",
 ]

@@ -143,7 +143,7 @@ def run_comparison(
     options = None if eval_dataset else first.data.options  # the training source's own options (hf)
     ev_train, ev_test = labelled_splits(dataset, root=root, img_size=size, options=options)
     settings = eval_settings(dataset, root, size, asked, eval_train_samples, eval_test_samples)
-    scorer = _Scorer(ev_train, ev_test, first, settings, asked, progress)
+    scorer = Scorer(ev_train, ev_test, first, settings, asked, progress)
     rows = []
     if random_init:
         for seed in seeds or [None]:
@@ -230,9 +230,10 @@ def score_key(settings: dict, step: int, model: int) -> str:
     return json.dumps({**settings, "step": step, "model": model}, sort_keys=True)
 
 
-class _Scorer:
+class Scorer:
     """The protocols' scores of a backbone on the evaluation split, and a cache of each run's
-    scores in its folder."""
+    scores in its folder (also used by benchmarks that train elsewhere, so that every engine is
+    scored by the same code)."""
 
     def __init__(self, ev_train, ev_test, first: Config, settings: dict, protocols: dict, progress: bool):
         self.ev_train, self.ev_test, self.first, self.size = ev_train, ev_test, first, settings["size"]
@@ -268,7 +269,7 @@ class _Scorer:
 
 
 def _train_and_score(
-    run_name: str, cfg: Config, label: str, scorer: _Scorer, out: Path, progress: bool, first_seed: bool
+    run_name: str, cfg: Config, label: str, scorer: Scorer, out: Path, progress: bool, first_seed: bool
 ) -> list[dict]:
     """Train (or resume, or find finished) one run through the Python API and score each model it
     trains, read back from its checkpoint; attention maps of the first seed's ViTs."""

@@ -23,7 +23,9 @@ from sslkd.models.teacher import load_into
 
 @dataclass
 class StepInfo:
-    """Where training is: ``epoch`` is fractional (step / steps_per_epoch). The global batch of a
+    """Where training is: ``epoch`` is fractional (step / steps_per_epoch; under a time budget's
+    plan, the share of ``epochs`` done, so that warm-ups counted in epochs keep their share of the
+    run, :meth:`sslkd.train.Trainer.progress_epochs`). The global batch of a
     step is split over ``world_size`` processes and ``accum_steps`` micro-batches: this process's
     micro-batch ``micro`` holds the images at global positions ``rank + world_size * (micro * b + k)``
     (``b`` the micro-batch size), see :meth:`global_positions`."""

@@ -3,18 +3,20 @@
 A run given ``train.time_budget_minutes`` does not plan ``train.epochs`` and get cut by the clock
 (its cosine schedules would never finish): it measures its own step rate over a few steps once
 the machine is warm, then plans the number of steps that fits the rest of the budget, and every
-schedule (learning rate, weight decay, EMA momentum) spans exactly that many steps. ``train.epochs``
-stays an upper bound, and the learning-rate warm-up keeps its share of it (``warmup_epochs /
-epochs`` of the planned steps); a method's own warm-ups counted in epochs (the teacher
-temperature's) stay in epochs. The plan is kept in the checkpoints (a resumed run keeps it) and written to
-``plan.json`` in the run folder, with how close the run came to it once it ends.
+schedule (learning rate, weight decay, EMA momentum) spans exactly that many steps. It measures
+again over the next tenth of the plan and plans anew (start-up steps can run faster than the
+steady rate), so that the schedules end at the budget. ``train.epochs`` stays an upper bound; the
+learning-rate warm-up keeps its share of it (``warmup_epochs / epochs`` of the planned steps), and
+so do a method's own warm-ups counted in epochs (the teacher temperature's: ``StepInfo.epoch`` is
+the run's progress in ``train.epochs``). The plan is kept in the checkpoints (a resumed run keeps
+it) and written to ``plan.json`` in the run folder, with how close the run came to it once it ends.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 WARM_STEPS = 3  # steps not timed: first-call allocations, caches, loader start-up
@@ -22,12 +24,17 @@ PROBE_STEPS = 5  # steps timed to measure the rate
 # the share of the remaining budget planned: the probe misses per-epoch costs (loader restarts,
 # checkpoints, kNN), and a run that overshoots is cut by the clock before its schedules end
 MARGIN = 0.97
+# the second measurement spans this share of the first plan's steps: a few steps just after
+# start-up can run faster than the steady rate (a ResNet-18 probed 5.7 s/step and ran at 7)
+REFIT_SHARE = 0.1
 
 
 @dataclass
 class Plan:
     """A budget's plan: ``planned_steps`` fit ``budget_seconds`` at ``seconds_per_step``, measured
-    over steps ``probe_from`` to ``probe_from + PROBE_STEPS``; ``bound_steps`` is ``train.epochs``'s."""
+    over steps ``probe_from`` to ``probe_from + PROBE_STEPS``; ``bound_steps`` is ``train.epochs``'s.
+    The plan is measured again over steps ``refit_from`` to ``refit_step``: before that second
+    measurement ``refitted`` is False; after it ``first_planned_steps`` keeps the first plan's steps."""
 
     budget_seconds: float
     seconds_per_step: float
@@ -35,9 +42,31 @@ class Plan:
     fitted_steps: int
     bound_steps: int
     planned_steps: int
+    refit_step: int = 0  # 0: no second measurement (the run is too short for one)
+    refit_from: int = 0
+    refitted: bool = False
+    first_planned_steps: int = 0
+    # warm-ups counted in epochs keep their share of the plan (False: a plan stored before 2026-12-07,
+    # whose run counted them in epochs of data and goes on doing so when resumed)
+    epochs_share: bool = False
+
+    @property
+    def refit_pending(self) -> bool:
+        return not self.refitted and 0 < self.refit_step < self.planned_steps
+
+    def refit_fits(self, start_step: int) -> bool:
+        """Whether a run resumed at ``start_step`` can still take its pending second measurement
+        before its last step (a re-plan at the end would restart schedules that have ended)."""
+        return self.refit_pending and start_step + WARM_STEPS + PROBE_STEPS < self.planned_steps
 
     def describe(self) -> str:
         bound = f" (train.epochs bounds it at {self.bound_steps})" if self.fitted_steps > self.bound_steps else ""
+        if self.refitted:
+            return (
+                f"time budget {self.budget_seconds / 60:g} min measured again: {self.seconds_per_step:.3g} s/step over "
+                f"steps {self.refit_from}-{self.refit_step}; every schedule now planned for {self.planned_steps} "
+                f"steps (first plan: {self.first_planned_steps}){bound}"
+            )
         return (
             f"time budget {self.budget_seconds / 60:g} min: {self.seconds_per_step:.3g} s/step over steps "
             f"{self.probe_from}-{self.probe_from + PROBE_STEPS}, {self.fitted_steps} steps fit; "
@@ -46,26 +75,53 @@ class Plan:
 
 
 class BudgetPlanner:
-    """Watches the first steps of a budgeted run and returns its :class:`Plan` once measured.
+    """Times a budgeted run's steps and returns its :class:`Plan`: first over ``PROBE_STEPS``
+    steps once the machine is warm, then again over the next ``REFIT_SHARE`` of the planned steps.
 
     ``observe(step, train_seconds)`` is called after every optimiser step with the steps done and
-    the training seconds spent (summed over resumptions); it returns the plan at the step that
-    completes the measurement, else None."""
+    the training seconds spent (summed over resumptions); at ``target`` it returns the plan, which
+    the caller adopts (``adopt``: every process then waits for the same next measurement). Given
+    the ``plan`` of a resumed run whose second measurement is pending, it takes that one anew."""
 
-    def __init__(self, budget_seconds: float, bound_steps: int, start_step: int) -> None:
-        self.budget, self.bound = budget_seconds, bound_steps
-        self.probe_from = start_step + WARM_STEPS
-        self.mark: float | None = None
+    def __init__(self, budget_seconds: float, bound_steps: int, start_step: int, plan: Plan | None = None) -> None:
+        self.budget, self.bound, self.plan = budget_seconds, bound_steps, plan
+        self.mark_step, self.mark = start_step + WARM_STEPS, None
+        self.target = self.mark_step + PROBE_STEPS
+        if plan is not None:
+            self.target = max(plan.refit_step, self.target)
+
+    @property
+    def done(self) -> bool:
+        return self.plan is not None and not self.plan.refit_pending
 
     def observe(self, step: int, train_seconds: float) -> Plan | None:
-        if step == self.probe_from:
+        if step == self.mark_step:
             self.mark = train_seconds
-        if self.mark is None or step != self.probe_from + PROBE_STEPS:
+        if self.mark is None or step != self.target:
             return None
-        rate = max((train_seconds - self.mark) / PROBE_STEPS, 1e-9)
+        rate = max((train_seconds - self.mark) / (step - self.mark_step), 1e-9)
         fitted = step + max(0, math.floor(MARGIN * (self.budget - train_seconds) / rate))
         planned = max(step + 1, min(fitted, self.bound))
-        return Plan(self.budget, rate, self.probe_from, fitted, self.bound, planned)
+        if self.plan is None:
+            refit = step + max(PROBE_STEPS, math.ceil(REFIT_SHARE * (planned - step)))
+            plan = Plan(self.budget, rate, self.mark_step, fitted, self.bound, planned, refit_step=refit)
+            return replace(plan, epochs_share=True)
+        return replace(
+            self.plan,
+            seconds_per_step=rate,
+            fitted_steps=fitted,
+            planned_steps=planned,
+            refit_from=self.mark_step,
+            refit_step=step,
+            refitted=True,
+            first_planned_steps=self.plan.planned_steps,
+        )
+
+    def adopt(self, plan: Plan, step: int, train_seconds: float) -> None:
+        """The plan in force from ``step`` on; a pending second measurement starts here."""
+        self.plan = plan
+        if plan.refit_pending:
+            self.mark_step, self.mark, self.target = step, train_seconds, plan.refit_step
 
 
 def write_plan(out: Path, plan: Plan, **outcome) -> None:

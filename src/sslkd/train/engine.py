@@ -34,7 +34,7 @@ from sslkd.errors import Aborted, DivergedError
 from sslkd.methods import StepInfo
 from sslkd.schedules import freeze_steps
 from sslkd.train import fsdp
-from sslkd.train.budget import PROBE_STEPS, BudgetPlanner, Plan, write_plan
+from sslkd.train.budget import BudgetPlanner, Plan, write_plan
 from sslkd.train.build import join_processes, networks, plan_schedules, steps_per_epoch, wrap
 from sslkd.train.gradcache import cache_batch_gradients, set_rng_state
 from sslkd.train.inputs import ViewStream, build_views, count_bad_files, load_datasets
@@ -148,6 +148,13 @@ class Trainer:
         if self.cfg.train.freeze_last_layer is None:  # the default: 1% of the run
             self.freeze_steps = math.ceil(0.01 * plan.planned_steps)
 
+    def progress_epochs(self) -> float:
+        """Where the run is, in epochs of its schedules: the epochs of data seen, or under a time
+        budget's plan the share of ``train.epochs`` done (a method's warm-ups keep their share)."""
+        if self.plan is None or not self.plan.epochs_share:
+            return self.step / self.steps_per_epoch
+        return self.step * self.cfg.train.epochs / self.total_steps
+
     def set_hparams(self, step: int) -> None:
         """The learning rate and weight decay of step ``step`` into every optimiser."""
         set_hparams(self.optimizers, float(self.schedules.lr[step]), float(self.schedules.wd[step]))
@@ -170,7 +177,7 @@ class Trainer:
         t = self.cfg.train
         info = StepInfo(
             self.step,
-            self.step / self.steps_per_epoch,
+            self.progress_epochs(),
             self.total_steps,
             t.epochs,
             accum_steps=len(micro_batches),
@@ -263,8 +270,8 @@ class Trainer:
         loop = _Loop(self, self._open_log())
         if resumed:
             loop.bar.write(f"resumed from {resumed} at step {self.step}")
-        if t.time_budget_minutes and self.plan is None:  # measure the step rate, then plan the schedules
-            loop.planner = BudgetPlanner(loop.budget, t.epochs * self.steps_per_epoch, self.step)
+        if t.time_budget_minutes and (self.plan is None or self.plan.refit_fits(self.step)):  # measure, then plan
+            loop.planner = BudgetPlanner(loop.budget, t.epochs * self.steps_per_epoch, self.step, self.plan)
         if any_process(self.state.train_seconds >= loop.budget):  # resumed with its budget spent: not one more step
             loop.status = "time_budget"
         old_handlers = {s: signal.signal(s, self._handle_signal) for s in (signal.SIGINT, signal.SIGTERM)}
@@ -334,14 +341,8 @@ class Trainer:
         t = self.cfg.train
         now = time.perf_counter()  # wall clock, data loading and saving included
         self.state.train_seconds, loop.mark = self.state.train_seconds + now - loop.mark, now
-        if loop.planner is not None and self.step == loop.planner.probe_from + PROBE_STEPS:
-            self._apply_plan(from_main_process(loop.planner.observe(self.step, self.state.train_seconds)), loop.log)
-            loop.end, loop.planner = self.last_step(), None
-            loop.bar.total = loop.end
-            if self.is_main:
-                loop.bar.write(self.plan.describe())
-        elif loop.planner is not None:
-            loop.planner.observe(self.step, self.state.train_seconds)
+        if loop.planner is not None:
+            self._measure(loop)
         loop.seen += t.batch_size
         loop.log.add(self.step - 1, losses, {**metrics, "skipped_files": torch.tensor(self.state.skipped_files)})
         loop.bar.update(1)
@@ -360,6 +361,21 @@ class Trainer:
         elif any_process(self._stop_signal is not None):  # torchrun signals every rank, not at once
             loop.status = "interrupted"
         return loop.status == "finished"
+
+    def _measure(self, loop: _Loop) -> None:
+        """The time budget's step rate measured; at the end of a measurement, the plan in force."""
+        planner, seconds = loop.planner, self.state.train_seconds
+        plan = planner.observe(self.step, seconds)
+        if self.step != planner.target:
+            return
+        plan = from_main_process(plan)  # every process follows the main one's clock
+        self._apply_plan(plan, loop.log)
+        planner.adopt(plan, self.step, seconds)
+        loop.end = loop.bar.total = self.last_step()
+        if planner.done:
+            loop.planner = None
+        if self.is_main:
+            loop.bar.write(plan.describe())
 
     def _close(self, loop: _Loop) -> None:
         """The last records and checkpoint of a run that stopped (``loop.status``) or ended."""
