@@ -54,6 +54,15 @@ from pathlib import Path
 import numpy as np
 import timm
 import torch
+from lightly.loss import DINOLoss, IBOTPatchLoss
+from lightly.models.modules import DINOProjectionHead, MaskedVisionTransformerTIMM
+from lightly.models.utils import (
+    get_weight_decay_parameters,
+    random_block_mask,
+    update_drop_path_rate,
+    update_momentum,
+)
+from lightly.utils.scheduler import cosine_schedule, linear_warmup_schedule
 from torch import nn
 
 from sslkd.api import pretrain
@@ -106,12 +115,6 @@ def run_config(recipe: str, lr_scale: float, seed: int, minutes: float, out: Pat
     )  # fmt: skip
 
 
-def cosine(step: int, total: int, start: float, end: float) -> float:
-    from lightly.utils.scheduler import cosine_schedule
-
-    return cosine_schedule(step, total, start, end)
-
-
 def lightly_lr(step: int, total: int, cfg: Config) -> float:
     """lightly's ``CosineWarmupScheduler`` factor times the peak: ``(step + 1) / warm`` over the
     warm-up's share of the run, then a cosine to ``min_lr``."""
@@ -120,7 +123,7 @@ def lightly_lr(step: int, total: int, cfg: Config) -> float:
     warm = round(t.warmup_epochs / t.epochs * total)
     if step < warm:
         return peak * (step + 1) / warm
-    return cosine(step - warm, total - warm, peak, t.min_lr)
+    return cosine_schedule(step - warm, total - warm, peak, t.min_lr)
 
 
 class CLS(nn.Module):
@@ -139,10 +142,6 @@ class LightlyIBOT:
     numbers of ``cfg`` and the choices of ``style`` (``LIGHTLY_STYLE``)."""
 
     def __init__(self, cfg: Config, style: dict, size: int, device: torch.device) -> None:
-        from lightly.loss import DINOLoss, IBOTPatchLoss
-        from lightly.models.modules import DINOProjectionHead, MaskedVisionTransformerTIMM
-        from lightly.models.utils import get_weight_decay_parameters, update_drop_path_rate
-
         m, patch, rate = cfg.method, cfg.model.patch_size, cfg.model.drop_path_rate
         torch.manual_seed(cfg.init_seed)
         linear = style["drop_path"] == "linear"  # timm's ramp 0 -> rate over the blocks (the teacher: eval)
@@ -182,8 +181,6 @@ class LightlyIBOT:
         self.dtype = autocast_dtype(cfg.train.precision, device)
 
     def step(self, views: list[torch.Tensor], lr: float, wd: float, momentum: float, temps, freeze: bool) -> float:
-        from lightly.models.utils import random_block_mask, update_momentum
-
         m, t = self.cfg.method, self.cfg.train
         glob, loc = torch.cat(views[:2]), views[2:]
         b, h = len(glob), self.grid
@@ -228,8 +225,6 @@ class LightlyIBOT:
 
 def train_lightly(cfg: Config, recipe: str, progress: bool) -> tuple[nn.Module, dict]:
     """Train lightly's iBOT for ``cfg.train.time_budget_minutes``; its teacher's CLS and a summary."""
-    from lightly.utils.scheduler import linear_warmup_schedule
-
     device = resolve_device(cfg.device)
     if device.type == "cpu" and cfg.train.tune_malloc:
         tune_cpu_malloc()
@@ -256,8 +251,8 @@ def train_lightly(cfg: Config, recipe: str, progress: bool) -> tuple[nn.Module, 
             loss = model.step(
                 batch,
                 lightly_lr(step, total, cfg),
-                cosine(step, total, t.weight_decay, t.weight_decay_end),
-                cosine(step, total, t.momentum_teacher, t.momentum_teacher_end),
+                cosine_schedule(step, total, t.weight_decay, t.weight_decay_end),
+                cosine_schedule(step, total, t.momentum_teacher, t.momentum_teacher_end),
                 temps,
                 step < freeze_steps,
             )
