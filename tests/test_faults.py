@@ -65,12 +65,22 @@ def _steps(out: Path) -> list[int]:
     return [json.loads(line)["step"] for line in (out / "metrics.jsonl").read_text().splitlines() if "loss" in line]
 
 
-def _start(tmp_path: Path, out: Path, *sets: str) -> subprocess.Popen:
+# A checkpoint write that takes 60 s (torch.save sleeps first, inside the open temp file): a
+# signal can then be sent while a write is known to run, on a machine of any speed.
+SLOW_SAVE = (
+    "import sys, time, torch; save = torch.save; "
+    "torch.save = lambda *a, **k: (time.sleep(60), save(*a, **k)); "
+    "from sslkd.cli import main; sys.exit(main(sys.argv[1:]))"
+)
+
+
+def _start(tmp_path: Path, out: Path, *sets: str, slow_save: bool = False) -> subprocess.Popen:
     """A real ``sslkd pretrain`` process (its own session: signals reach it alone), long enough to
     be signalled mid-run."""
     args = _pretrain(tmp_path, out, "train.max_steps=400", *sets, epochs=100)
+    entry = ["-c", SLOW_SAVE] if slow_save else ["-m", "sslkd"]
     return subprocess.Popen(
-        [sys.executable, "-m", "sslkd", *args],
+        [sys.executable, *entry, *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -202,12 +212,26 @@ def sigterm(tmp_path, capsys, monkeypatch):  # noqa: ARG001
 
 
 def ctrl_c_twice(tmp_path, capsys, monkeypatch):  # noqa: ARG001
-    """The second Ctrl-C, 0.3 s after the first, lands while the step or its checkpoint runs (steps
-    of a deeper model on larger images: the tiny ones end, checkpoint and exit within 0.3 s)."""
-    rc, text, out = _signalled(tmp_path, [signal.SIGINT, signal.SIGINT], "model.depth=6", "data.img_size=32")
+    """The second Ctrl-C lands while the checkpoint the first one asked for is being written (a
+    slowed writer, its temp file open: timing a second signal against a real write lost the race
+    on a fast machine, where step, checkpoint and exit took under 0.3 s)."""
+    out = tmp_path / "run"
+    proc = _start(tmp_path, out, slow_save=True)
+    try:
+        _wait_steps(proc, out, 2)
+        os.killpg(proc.pid, signal.SIGINT)
+        deadline = time.time() + 60
+        while not [p for p in out.iterdir() if ".tmp" in p.name]:
+            assert proc.poll() is None and time.time() < deadline, proc.communicate()[1][-2000:]
+            time.sleep(0.05)
+        os.killpg(proc.pid, signal.SIGINT)
+    finally:
+        rc, text = _finish(proc)
+    assert "Traceback" not in text, text[-3000:]
     err = [line for line in text.splitlines() if line.startswith("sslkd:")]
     assert len(err) == 1, text[-2000:]
     assert not [p for p in out.iterdir() if ".tmp" in p.name]
+    assert not ckpt.list_checkpoints(out)  # the write it aborted is not there, torn or whole
     return rc, text
 
 
