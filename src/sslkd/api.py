@@ -12,7 +12,7 @@ Config keys are keyword arguments: a top-level key (``output_dir="runs/x"``), a 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, is_dataclass
 from pathlib import Path
 from typing import Any
 
@@ -122,7 +122,7 @@ def evaluate(
     """Accuracy (%) of a backbone on ``dataset``'s held-out split, learnt from its training split
     (``dataset``: a name, with ``root`` for folders and ``data`` for its data keys, or a
     ``(train, test)`` pair of datasets; for a run, by default the run's own dataset, read with the
-    run's ``data.options`` unless ``data`` gives some).
+    run's ``data.options``, those ``data`` gives replacing theirs).
 
     ``source``: a run folder or checkpoint (its ``which`` weights, ``model`` 2 for MOKD's second
     model), a :class:`Run`, or a backbone (``nn.Module`` mapping images to features; normalised
@@ -139,8 +139,11 @@ def evaluate(
             raise ValueError("evaluate(backbone, dataset): name the dataset to evaluate a backbone on")
         dataset, root = pre.config.data.name, root or pre.config.data.root
     data = dict(data or {})
-    if pre is not None and dataset == pre.config.data.name and "options" not in data:
-        data["options"] = pre.config.data.options  # the source's own options (hf's columns, splits)
+    own = pre.config.data.options if pre is not None and dataset == pre.config.data.name else None
+    if own is not None:  # the source's own options (hf's columns, splits, streaming), key by key under data's
+        given = data.get("options") or {}
+        as_dict = [asdict(o) if is_dataclass(o) else dict(o) for o in (own, given)]
+        data["options"] = {**as_dict[0], **as_dict[1]}
     train, test = dataset if isinstance(dataset, tuple) else eval_datasets(dataset, root, img_size, **data)
     dataset = train.name if isinstance(dataset, tuple) else dataset
     if pre is None:

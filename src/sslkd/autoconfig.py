@@ -23,6 +23,7 @@ import torch
 from sslkd.config import Config
 from sslkd.data.folder import CorruptImageError, scan_folder
 from sslkd.data.hf import header_sides, is_hf
+from sslkd.data.hf_stream import stream_header_sides
 from sslkd.data.imagefolder import header_sizes, split_root
 from sslkd.data.registry import DATASETS, source_options
 from sslkd.data.shards import is_shards, load_shards
@@ -45,7 +46,9 @@ def image_size_of(name: str, where: str, options=None) -> tuple[int, int]:
     with the source's ``options`` (``data.options``)."""
     root = Path(where).expanduser()
     if name == "hf":
-        sides, count = header_sides(where, source_options(name, options), sample=SAMPLE)
+        opts = source_options(name, options)
+        read = stream_header_sides if opts is not None and opts.streaming else header_sides
+        sides, count = read(where, opts, sample=SAMPLE)
     elif name == "shards":
         shards = load_shards(root)  # an interrupted packing: says so
         sides = []

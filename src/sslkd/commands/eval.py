@@ -74,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
     protocol = PROTOCOLS[args.protocol]
     chosen = {f.name: getattr(args, f"option_{f.name}") for f in dataclasses.fields(protocol.Options)}
     chosen = {k: v for k, v in chosen.items() if v is not None}
-    if args.checkpoint:  # the datasets are read with the run's data.options unless --set gives some
+    if args.checkpoint:  # the datasets are read with the run's data.options, --set data.options.KEY over them
         source, data = args.checkpoint, args.dataset
     else:
         data = api.eval_datasets(args.dataset, args.root, args.img_size, **options)

@@ -30,11 +30,13 @@ from PIL import Image
 from sslkd.data.base import DatasetError, ImageArrayDataset, NoHeldOutSplitError
 from sslkd.data.folder import UNREADABLE, CorruptImageError, LazyImages, decode
 from sslkd.lazy import optional_import
+from sslkd.schema import Positive
 
 hfd = optional_import("datasets", extra="hf", feature="data.name=hf")
 
 HELD_OUT = ("validation", "valid", "val", "test")  # the held-out split, when test_split is not set
 IN_MEMORY_MAX_BYTES = 2 << 30  # decoded bytes up to which `auto` decodes a one-size set into memory
+STREAM_SHARDS = 64  # shards a save_to_disk split is cut into when streamed (for processes x workers)
 
 
 @dataclass
@@ -46,6 +48,10 @@ class HFOptions:
     config: str | None = None  # a Hub dataset's configuration (load_dataset's name)
     revision: str | None = None  # a Hub dataset's branch, tag or commit
     channels: Literal[1, 3] | None = None  # 3: RGB, 1: grayscale (None: RGB unless sampled images are all gray)
+    streaming: bool = False  # pretrain on the training split as a stream (a Hub set larger than the disk)
+    num_examples: Positive | None = None  # a streamed split's rows (None: from the card or Parquet footers)
+    shuffle_buffer: Positive = 10_000  # rows a stream mixes in its shuffle buffer (shards are shuffled too)
+    eval_rows: Positive = 10_000  # rows of each split evaluations read from a stream (into memory)
 
 
 def is_hf(root: Path) -> bool:
@@ -55,25 +61,31 @@ def is_hf(root: Path) -> bool:
     return any(p.suffix in (".parquet", ".arrow") for d in (root, root / "data") if d.is_dir() for p in d.iterdir())
 
 
-def open_splits(root: str, options: HFOptions) -> dict:
-    """The splits of ``root`` (see the module docstring) as ``{name: datasets.Dataset}``."""
+def open_splits(root: str, options: HFOptions, streaming: bool = False) -> dict:
+    """The splits of ``root`` (see the module docstring) as ``{name: datasets.Dataset}``, or with
+    ``streaming`` as ``{name: datasets.IterableDataset}`` (nothing downloaded or copied)."""
     root = root.removeprefix("hf:")
     path = Path(root).expanduser()
     hub = not path.exists() and not root.startswith((".", "/", "~")) and root.count("/") <= 1
     try:
         if path.is_dir() and any((path / f).is_file() for f in ("dataset_dict.json", "state.json")):
             loaded = hfd.load_from_disk(str(path))
+            if streaming:
+                one = isinstance(loaded, hfd.Dataset)
+                parts = {options.train_split: loaded} if one else dict(loaded)
+                return {k: v.to_iterable_dataset(min(STREAM_SHARDS, max(1, len(v)))) for k, v in parts.items()}
         elif path.is_dir():
-            loaded = hfd.load_dataset(str(path))
+            loaded = hfd.load_dataset(str(path), streaming=streaming)
         elif hub:
-            loaded = hfd.load_dataset(root, options.config, revision=options.revision)
+            loaded = hfd.load_dataset(root, options.config, revision=options.revision, streaming=streaming)
         else:
             raise DatasetError(f"hf: {root} is not a dataset folder (save_to_disk, Parquet or Arrow files)")
     except (OSError, ValueError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         where = f"no folder {root} and no Hub dataset {root}" if hub else f"cannot load {root}"
         raise DatasetError(f"hf: {where}: {first}") from None
-    return {options.train_split: loaded} if isinstance(loaded, hfd.Dataset) else dict(loaded)
+    one = isinstance(loaded, hfd.Dataset | hfd.IterableDataset)
+    return {options.train_split: loaded} if one else dict(loaded)
 
 
 def pick_split(splits: dict, root: str, split: str, options: HFOptions):
@@ -261,6 +273,22 @@ def load_hf(
     options = options or HFOptions()
     name, split_table = pick_split(open_splits(str(root), options), str(root), split, options)
     where = f"hf:{str(root).removeprefix('hf:')}[{name}]"
+    return read_split(split_table, where, options, img_size, on_corrupt, in_memory, classes, channels, verbose, labels)
+
+
+def read_split(
+    split_table,
+    where: str,
+    options: HFOptions,
+    img_size: int | None,
+    on_corrupt: str,
+    in_memory: bool | None,
+    classes: list[str] | None,
+    channels: int | None,
+    verbose: bool,
+    labels: str,
+) -> HFImages | ImageArrayDataset:
+    """One split's table as a source (see :func:`load_hf`); ``where`` names it in messages."""
     if len(split_table) == 0:
         raise DatasetError(f"{where} has no rows")
     key = image_column(split_table, options.image_key, where)

@@ -15,6 +15,7 @@ from sslkd.data.base import DatasetError, ImageArrayDataset, ImageSource, balanc
 from sslkd.data.cifar import load_cifar
 from sslkd.data.folder import set_max_pixels
 from sslkd.data.hf import HFOptions, load_hf
+from sslkd.data.hf_stream import load_hf_stream
 from sslkd.data.idx import load_fashion_mnist
 from sslkd.data.imagefolder import load_imagefolder
 from sslkd.data.imagenet32 import load_imagenet32
@@ -60,18 +61,21 @@ def _shards(split, root, img_size=None, **kw):
 
 
 def _hf(split, root, img_size=None, on_corrupt="fail", **kw):
-    return load_hf(
-        root,
-        split,
-        kw.get("options"),
-        img_size,
-        on_corrupt,
-        kw.get("in_memory"),
-        kw.get("classes"),
-        kw.get("channels"),
-        kw.get("verbose", False),
-        kw.get("labels", "auto"),
+    options = kw.get("options") or HFOptions()
+    read = dict(
+        img_size=img_size,
+        on_corrupt=on_corrupt,
+        in_memory=kw.get("in_memory"),
+        classes=kw.get("classes"),
+        channels=kw.get("channels"),
+        verbose=kw.get("verbose", False),
+        labels=kw.get("labels", "auto"),
     )
+    if not options.streaming:
+        return load_hf(root, split, options, **read)
+    if kw.get("stream") and kw.get("subset_fraction", 1.0) < 1:
+        raise DatasetError(f"hf:{root}: a stream has no subsets (data.subset_fraction); set train.epochs or max_steps")
+    return load_hf_stream(root, split, options, kw.get("stream", False), kw.get("seed", 0), **read)
 
 
 def _imagenet32(split, root, subset_fraction=1.0, seed=0, **_):
@@ -124,6 +128,9 @@ def get_dataset(
     it as its nominal training size); ``subset_fraction`` keeps a class-balanced seeded fraction.
     ``imagefolder`` also takes ``in_memory`` (None: automatic), ``labels`` (auto/folders/none)
     and, for a held-out split, ``classes`` and ``channels`` of the training split (:func:`held_out`).
+    ``stream=True``: the caller (the training engine) reads a source that can only be read in
+    order, an :class:`~sslkd.data.stream.ImageStream`, where the source is one (a streamed
+    ``hf`` set); other callers get an indexed source.
     ``max_pixels``: images declaring more pixels are corrupt files (the process-wide limit, kept
     for the loader's workers; default :data:`~sslkd.data.folder.MAX_PIXELS`). ``options``: the
     source's own options (:data:`OPTIONS`; a dataclass, or a mapping checked against it).

@@ -7,6 +7,9 @@ extraction and fine-tuning never ask which kind of source they read.
   Face datasets): each image is decoded and cropped in a loader worker at its own size (crops keep
   the photo's aspect ratio); an undecodable image is replaced and reported (training), dropped and
   reported (evaluation) or replaced by the next (fine-tuning).
+- **Read in order** (:class:`~sslkd.data.stream.ImageStream`: a streamed Hugging Face dataset):
+  as read from files, one epoch of the stream at a time (training only; an undecodable row is
+  passed over and reported).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from sslkd.data.base import DatasetError
 from sslkd.data.batch_augment import BatchMultiCrop
 from sslkd.data.folder import CorruptImageError, EvalCrops, LazyImages, TrainCrops
 from sslkd.data.pil_augment import PILMultiCrop
+from sslkd.data.stream import ImageStream, StreamEpoch
 
 
 def reads_files(dataset) -> bool:
@@ -128,6 +132,19 @@ class TrainViews:
     def items(self) -> Dataset:
         """The loader's dataset: item ``(index, seed)`` -> ``(views or image, label, seed, bad)``."""
         return RawDataset(self.dataset) if self.whole else MultiCropDataset(self.dataset, self.worker_aug)
+
+    def stream_items(
+        self, seed: int, epoch: int, rank: int, world: int, batch: int, start: int, workers: int
+    ) -> StreamEpoch | None:
+        """A stream's items of one epoch for process ``rank`` from its batch ``start`` on, with at most
+        ``workers`` loader workers: the most that share its parts out evenly (the loader takes a
+        batch from each worker in turn, so a worker with fewer rows repeats some, one with more
+        leaves some to the next epoch); None for an indexed source (:meth:`items`, drawn by a sampler)."""
+        if not isinstance(self.dataset, ImageStream):
+            return None
+        parts = self.dataset.shards(world)
+        workers = max(w for w in range(1, max(1, min(workers, parts)) + 1) if parts % w == 0)
+        return StreamEpoch(self.dataset, self.worker_aug, seed, epoch, rank, world, batch, start, workers)
 
     def to_device(self, item, device: torch.device) -> list[torch.Tensor]:
         """A loader batch -> the normalised views on ``device``, keyed by its first image's seed

@@ -8,16 +8,19 @@ from __future__ import annotations
 
 import dataclasses
 import signal
+import warnings
 from collections.abc import Callable
+from itertools import islice
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, IterableDataset
 
 from sslkd.config import Config
 from sslkd.data import DatasetError, NoHeldOutSplitError, get_dataset, held_out
 from sslkd.data.augment import MultiCropTransform, SeededEpochSampler
 from sslkd.data.base import ImageSource
+from sslkd.data.stream import StreamEpoch
 from sslkd.data.views import TrainViews
 from sslkd.device import reset_cpu_malloc
 from sslkd.distributed import is_distributed
@@ -48,6 +51,17 @@ def epoch_loader(
     world)``, shard by shard when the data are shards (``shard_of``). ``start_world``: the number
     of processes that read the first ``start`` images (a run resumed with another number)."""
     t, nw = cfg.train, cfg.data.num_workers
+    if isinstance(data, IterableDataset):  # a stream's epoch (StreamEpoch): in its own order, its own workers
+        return DataLoader(
+            data,
+            batch_size=t.batch_size // (t.accum_steps * world),
+            drop_last=True,
+            num_workers=data.workers if nw else 0,
+            pin_memory=pin_memory,
+            prefetch_factor=4 if nw else None,
+            worker_init_fn=ignore_stop_signals if nw else None,
+            generator=torch.Generator().manual_seed(cfg.seed + epoch),  # the global RNG left untouched
+        )
     groups = getattr(getattr(data, "base", data), "shard_of", None)
     moved = start and groups is not None and start_world not in (None, world)
     sampler = SeededEpochSampler(
@@ -94,16 +108,17 @@ def load_datasets(cfg: Config, verbose: bool = False) -> tuple[ImageSource, Imag
     """The training set and, when kNN is monitored, the test set (None if the data has no labels
     or no held-out split: the monitor is then skipped, said once, rather than scored on fitting)."""
     d = cfg.data
-    train = get_dataset(d.name, "train", subset_fraction=d.subset_fraction, verbose=verbose, **data_kwargs(cfg))
+    kw = data_kwargs(cfg)
+    train = get_dataset(d.name, "train", subset_fraction=d.subset_fraction, verbose=verbose, stream=True, **kw)
     test = None
     if cfg.eval.knn_every and train.num_classes:
         try:
-            test = held_out(d.name, train, **data_kwargs(cfg))
+            test = held_out(d.name, train, **kw)
         except NoHeldOutSplitError as e:
             if verbose:
                 print(f"evaluation monitor off: {e}")
     elif cfg.eval.knn_every and verbose:
-        print(f"evaluation monitor off: {train.name} has no labels")
+        print(f"evaluation monitor off: {train.name} has no labels to score with")
     return train, test
 
 
@@ -160,18 +175,34 @@ class ViewStream:
 
     def loader(self, epoch: int, start: int, read_by: int | None = None) -> DataLoader:
         """Epoch ``epoch``'s loader from image ``start`` on; ``read_by``: the processes that read the
-        first ``start`` images (a checkpoint's, when resuming)."""
-        cuda = self.device.type == "cuda"
-        items = self.views.items()
+        first ``start`` images (a checkpoint's, when resuming). A stream's loader does not end and
+        starts with batches to drop: read it through :meth:`batches`."""
+        cuda, t = self.device.type == "cuda", self.cfg.train
+        batch = t.batch_size // (t.accum_steps * self.world)
+        items = self.views.stream_items(
+            self.cfg.seed, epoch, self.rank, self.world, batch, start // (self.world * batch), self.cfg.data.num_workers
+        )
+        if items is None:
+            items = self.views.items()
+        elif read_by not in (None, self.world) and start:
+            warnings.warn(
+                f"a stream's epoch resumed by {self.world} processes, read by {read_by}: the rest of the "
+                f"epoch is read approximately (rows may repeat or be missed until it ends)",
+                stacklevel=2,
+            )
         return epoch_loader(items, self.cfg, epoch, start, self.rank, self.world, cuda, read_by or self.world)
 
     def batches(self, epoch: int, start: int, read_by: int | None = None, on_bad: Callable | None = None):
-        """The views of epoch ``epoch`` from image ``start`` on. The loader's workers are stopped on
-        the way out, an error included: they ignore SIGTERM (a stop signal is the main process's),
-        so a worker left to exit-time cleanup would block the interpreter's exit."""
-        batches = iter(self.loader(epoch, start, read_by))
+        """The views of epoch ``epoch`` from image ``start`` on: the loader's first
+        ``dropped_batches`` (a resumed stream's) dropped, then ``len(loader)`` batches (a stream
+        gives no end of its own). The loader's workers are stopped on the way out, an error
+        included: they ignore SIGTERM (a stop signal is the main process's), so a worker left to
+        exit-time cleanup would block the interpreter's exit."""
+        loader = self.loader(epoch, start, read_by)
+        drop = loader.dataset.dropped_batches() if isinstance(loader.dataset, StreamEpoch) else 0
+        batches = iter(loader)
         try:
-            for item in batches:
+            for item in islice(batches, drop, len(loader)):
                 if self.views.reports_bad and on_bad is not None:
                     on_bad(item[-1])
                 yield self.views.to_device(item, self.device)
