@@ -499,3 +499,35 @@ def test_a_stored_plan_keeps_its_run_as_it_was_and_a_late_second_measurement_is_
     assert not old.epochs_share and not old.refit_pending and not old.refit_fits(0)
     new = Plan(30.0, 1.0, 3, 29, 40, 29, refit_step=13, epochs_share=True)
     assert new.refit_fits(20) and not new.refit_fits(21)  # 21 + 3 warm + 5 timed = 29: the last step
+
+
+def _planned_run(seconds_per_step, budget=100.0):
+    """A loop driven by a BudgetPlanner on a fake clock, as the engine and the peer harness drive it:
+    (steps done, training seconds, every plan adopted)."""
+    from sslkd.train.budget import BudgetPlanner
+
+    planner, total, step, seconds, plans = BudgetPlanner(budget, 10_000, 0), 10**9, 0, 0.0, []
+    while step < total and seconds < budget:
+        step, seconds = step + 1, seconds + seconds_per_step(step + 1)
+        found = planner.observe(step, seconds)
+        if step == planner.target:
+            planner.adopt(found, step, seconds)
+            total = found.planned_steps
+            plans.append(found)
+    return step, seconds, plans
+
+
+def test_a_rate_that_drifts_later_re_plans_the_rest_and_a_steady_one_does_not():
+    """1 s a step, then 1.2 s from step 30 on: the plan measured twice (97 steps) would take 110.6 s
+    of a 100-s budget and be cut at step 89 with its schedules unfinished; the stretch of steps
+    27-37 (a tenth of the plan) runs at 1.16 s/step, 16% off, and re-plans 37 + 0.97 * 61.4 / 1.16
+    = 88 steps, which end inside the budget (99.8 s). A steady rate keeps its plan (no re-plan from
+    the watched stretches)."""
+    steps, seconds, plans = _planned_run(lambda step: 1.0 if step < 30 else 1.2)
+    last = plans[-1]
+    assert (last.replans, last.replan_from, last.replan_step, last.first_planned_steps) == (1, 27, 37, 97)
+    assert last.seconds_per_step == pytest.approx(1.16) and "re-planned for 88 steps" in last.describe()
+    assert steps == last.planned_steps == 88 and seconds <= 100.0  # finished, not cut
+    steps, seconds, plans = _planned_run(lambda step: 1.0)
+    assert {p.planned_steps for p in plans} == {97} and not plans[-1].replans and steps == 97
+    assert len(plans) > 5  # the stretches were timed all along

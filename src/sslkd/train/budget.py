@@ -5,7 +5,10 @@ A run given ``train.time_budget_minutes`` does not plan ``train.epochs`` and get
 the machine is warm, then plans the number of steps that fits the rest of the budget, and every
 schedule (learning rate, weight decay, EMA momentum) spans exactly that many steps. It measures
 again over the next tenth of the plan and plans anew (start-up steps can run faster than the
-steady rate), so that the schedules end at the budget. ``train.epochs`` stays an upper bound; the
+steady rate), and then keeps timing every tenth of the plan: a rate that drifts more than
+``DRIFT`` from the plan's re-plans the remaining steps (a run that slowed by 15% a quarter of the
+way in would otherwise be cut by the clock at 90% of its schedules), so that the schedules end at
+the budget. ``train.epochs`` stays an upper bound; the
 learning-rate warm-up keeps its share of it (``warmup_epochs / epochs`` of the planned steps), and
 so do a method's own warm-ups counted in epochs (the teacher temperature's: ``StepInfo.epoch`` is
 the run's progress in ``train.epochs``). The plan is kept in the checkpoints (a resumed run keeps
@@ -27,6 +30,8 @@ MARGIN = 0.97
 # the second measurement spans this share of the first plan's steps: a few steps just after
 # start-up can run faster than the steady rate (a MOKD run probed 1.31 s/step and ran at 1.44)
 REFIT_SHARE = 0.1
+# after it, every REFIT_SHARE of the plan is timed too; a rate this far from the plan's re-plans
+DRIFT = 0.05
 
 
 @dataclass
@@ -49,10 +54,26 @@ class Plan:
     # warm-ups counted in epochs keep their share of the plan (False: a plan stored before 2026-12-07,
     # whose run counted them in epochs of data and goes on doing so when resumed)
     epochs_share: bool = False
+    # timed every tenth of the plan after the second measurement (False: a plan stored before
+    # 2026-12-08); replans: how often a drift re-planned it, the last time over steps replan_from-replan_step
+    watch: bool = False
+    replans: int = 0
+    replan_from: int = 0
+    replan_step: int = 0
 
     @property
     def refit_pending(self) -> bool:
         return not self.refitted and 0 < self.refit_step < self.planned_steps
+
+    def window(self) -> int:
+        """Steps a watched stretch of the run spans (a tenth of the plan, at least ``PROBE_STEPS``)."""
+        return max(PROBE_STEPS, math.ceil(REFIT_SHARE * self.planned_steps))
+
+    def watches_after(self, start_step: int) -> bool:
+        """Whether a run resumed at ``start_step`` times a stretch of its steps before its end."""
+        if self.refit_pending:
+            return self.refit_fits(start_step)
+        return self.watch and start_step + WARM_STEPS + self.window() < self.planned_steps
 
     def refit_fits(self, start_step: int) -> bool:
         """Whether a run resumed at ``start_step`` can still take its pending second measurement
@@ -61,6 +82,12 @@ class Plan:
 
     def describe(self) -> str:
         bound = f" (train.epochs bounds it at {self.bound_steps})" if self.fitted_steps > self.bound_steps else ""
+        if self.replans:
+            return (
+                f"time budget {self.budget_seconds / 60:g} min: the step rate drifted to {self.seconds_per_step:.3g} "
+                f"s/step over steps {self.replan_from}-{self.replan_step}; every schedule re-planned for "
+                f"{self.planned_steps} steps (re-plan {self.replans}; first plan: {self.first_planned_steps}){bound}"
+            )
         if self.refitted:
             return (
                 f"time budget {self.budget_seconds / 60:g} min measured again: {self.seconds_per_step:.3g} s/step over "
@@ -86,13 +113,15 @@ class BudgetPlanner:
     def __init__(self, budget_seconds: float, bound_steps: int, start_step: int, plan: Plan | None = None) -> None:
         self.budget, self.bound, self.plan = budget_seconds, bound_steps, plan
         self.mark_step, self.mark = start_step + WARM_STEPS, None
-        self.target = self.mark_step + PROBE_STEPS
-        if plan is not None:
+        self.target: int | None = self.mark_step + PROBE_STEPS
+        if plan is not None and plan.refit_pending:
             self.target = max(plan.refit_step, self.target)
+        elif plan is not None:  # resumed after its second measurement: watched from the next stretch on
+            self.target = self.mark_step + plan.window()
 
     @property
     def done(self) -> bool:
-        return self.plan is not None and not self.plan.refit_pending
+        return self.plan is not None and self.target is None
 
     def observe(self, step: int, train_seconds: float) -> Plan | None:
         if step == self.mark_step:
@@ -105,7 +134,21 @@ class BudgetPlanner:
         if self.plan is None:
             refit = step + max(PROBE_STEPS, math.ceil(REFIT_SHARE * (planned - step)))
             plan = Plan(self.budget, rate, self.mark_step, fitted, self.bound, planned, refit_step=refit)
-            return replace(plan, epochs_share=True)
+            return replace(plan, epochs_share=True, watch=True)
+        if not self.plan.refit_pending:  # a watched stretch
+            if abs(rate / self.plan.seconds_per_step - 1) <= DRIFT:
+                return self.plan
+            first = self.plan.first_planned_steps or self.plan.planned_steps
+            return replace(
+                self.plan,
+                seconds_per_step=rate,
+                fitted_steps=fitted,
+                planned_steps=planned,
+                first_planned_steps=first,
+                replans=self.plan.replans + 1,
+                replan_from=self.mark_step,
+                replan_step=step,
+            )
         return replace(
             self.plan,
             seconds_per_step=rate,
@@ -118,10 +161,14 @@ class BudgetPlanner:
         )
 
     def adopt(self, plan: Plan, step: int, train_seconds: float) -> None:
-        """The plan in force from ``step`` on; a pending second measurement starts here."""
+        """The plan in force from ``step`` on; a pending second measurement, or the next watched
+        stretch (one that ends before the plan does), starts here."""
         self.plan = plan
+        self.mark_step, self.mark, self.target = step, train_seconds, None
         if plan.refit_pending:
-            self.mark_step, self.mark, self.target = step, train_seconds, plan.refit_step
+            self.target = plan.refit_step
+        elif plan.watch and step + plan.window() < plan.planned_steps:
+            self.target = step + plan.window()
 
 
 def write_plan(out: Path, plan: Plan, **outcome) -> None:

@@ -270,7 +270,7 @@ class Trainer:
         loop = _Loop(self, self._open_log())
         if resumed:
             loop.bar.write(f"resumed from {resumed} at step {self.step}")
-        if t.time_budget_minutes and (self.plan is None or self.plan.refit_fits(self.step)):  # measure, then plan
+        if t.time_budget_minutes and (self.plan is None or self.plan.watches_after(self.step)):  # measure, then plan
             loop.planner = BudgetPlanner(loop.budget, t.epochs * self.steps_per_epoch, self.step, self.plan)
         if any_process(self.state.train_seconds >= loop.budget):  # resumed with its budget spent: not one more step
             loop.status = "time_budget"
@@ -369,12 +369,14 @@ class Trainer:
         if self.step != planner.target:
             return
         plan = from_main_process(plan)  # every process follows the main one's clock
-        self._apply_plan(plan, loop.log)
+        changed = plan != self.plan
+        if changed:
+            self._apply_plan(plan, loop.log)
         planner.adopt(plan, self.step, seconds)
         loop.end = loop.bar.total = self.last_step()
         if planner.done:
             loop.planner = None
-        if self.is_main:
+        if self.is_main and changed:
             loop.bar.write(plan.describe())
 
     def _close(self, loop: _Loop) -> None:
