@@ -180,7 +180,9 @@ class LightlyIBOT:
         self.cfg, self.device, self.grid = cfg, device, size // patch
         self.dtype = autocast_dtype(cfg.train.precision, device)
 
-    def step(self, views: list[torch.Tensor], lr: float, wd: float, momentum: float, temps, freeze: bool) -> float:
+    def step(self, views: list[torch.Tensor], lr: float, wd: float, momentum: float, temps, freeze: bool):
+        """One optimiser step; returns the loss and the teacher's CLS entropy (nats, after centring and
+        sharpening: ln out_dim = a teacher collapsed to uniform, as sslkd's ``teacher_entropy``)."""
         m, t = self.cfg.method, self.cfg.train
         glob, loc = torch.cat(views[:2]), views[2:]
         b, h = len(glob), self.grid
@@ -203,6 +205,9 @@ class LightlyIBOT:
             s_cls, s_masked = self.student_head(s_tokens[:, 0]), self.student_head(s_tokens[mask])
             s_loc = [self.student_head(self.student.encode(x)[:, 0]) for x in loc]
         student = torch.cat([s_cls, *s_loc]).float().chunk(2 + len(loc))
+        with torch.no_grad():
+            target = torch.softmax((t_cls.float() - self.dino.center) / temps[0], dim=-1)
+            entropy = float(-(target * target.clamp_min(1e-12).log()).sum(-1).mean())
         loss = m.lambda1 * self.dino(t_cls.float().chunk(2), list(student), teacher_temp=temps[0])
         loss = loss + m.lambda2 * self.ibot(t_masked.float(), s_masked.float(), block, teacher_temp=temps[1])
         loss.backward()
@@ -220,7 +225,7 @@ class LightlyIBOT:
         self.opt.zero_grad(set_to_none=True)
         update_momentum(self.student, self.teacher, momentum)
         update_momentum(self.student_head, self.teacher_head, momentum)
-        return float(loss)
+        return float(loss.detach()), entropy
 
 
 def train_lightly(cfg: Config, recipe: str, progress: bool) -> tuple[nn.Module, dict]:
@@ -238,7 +243,7 @@ def train_lightly(cfg: Config, recipe: str, progress: bool) -> tuple[nn.Module, 
     total = t.epochs * per_epoch  # until the budget's plan
     budget = t.time_budget_minutes * 60
     planner, plan = BudgetPlanner(budget, total, 0), None
-    step, seconds, epoch, loss = 0, 0.0, 0, float("nan")
+    step, seconds, epoch, loss, entropy = 0, 0.0, 0, float("nan"), float("nan")
     mark = time.perf_counter()
     while step < total and seconds < budget:
         for batch in views.batches(epoch, 0):
@@ -248,7 +253,7 @@ def train_lightly(cfg: Config, recipe: str, progress: bool) -> tuple[nn.Module, 
                 linear_warmup_schedule(step, temp_warm, m.warmup_teacher_patch_temp, m.teacher_patch_temp),
             )
             freeze_steps = math.ceil(0.01 * total) if t.freeze_last_layer is None else t.freeze_last_layer * per_epoch
-            loss = model.step(
+            loss, entropy = model.step(
                 batch,
                 lightly_lr(step, total, cfg),
                 cosine_schedule(step, total, t.weight_decay, t.weight_decay_end),
@@ -261,17 +266,19 @@ def train_lightly(cfg: Config, recipe: str, progress: bool) -> tuple[nn.Module, 
             seconds, mark = seconds + now - mark, now
             found = planner.observe(step, seconds)
             if step == planner.target:
-                plan = found
+                changed, plan = found != plan, found
                 planner.adopt(plan, step, seconds)
                 total = plan.planned_steps
-                print(plan.describe(), flush=True)
+                if changed:
+                    print(plan.describe(), flush=True)
             if progress and step % t.log_every == 0:
                 print(json.dumps({"step": step, "of": total, "loss": round(loss, 4),
                                   "minutes": round(seconds / 60, 2)}), flush=True)  # fmt: skip
             if step >= total or seconds >= budget:
                 break
         epoch += 1
-    summary = {"steps": step, "planned_steps": total, "train_seconds": round(seconds, 1), "last_loss": loss}
+    summary = {"steps": step, "planned_steps": total, "train_seconds": round(seconds, 1), "last_loss": loss,
+               "teacher_entropy": entropy}  # fmt: skip
     return CLS(model.teacher).eval(), {**summary, "plan": None if plan is None else asdict(plan)}
 
 
@@ -284,7 +291,7 @@ def train_sslkd(cfg: Config, progress: bool) -> tuple[nn.Module, dict]:
     plan_file = Path(cfg.output_dir) / "plan.json"
     plan = json.loads(plan_file.read_text()) if plan_file.is_file() else None
     summary = {"steps": s["step"], "planned_steps": s["planned_steps"], "train_seconds": s["train_seconds"],
-               "last_loss": s.get("loss"), "plan": plan}  # fmt: skip
+               "last_loss": s.get("loss"), "teacher_entropy": s.get("teacher_entropy"), "plan": plan}  # fmt: skip
     return load_pretrained(cfg.output_dir, "teacher").backbone, summary
 
 

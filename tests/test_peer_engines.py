@@ -34,6 +34,7 @@ def test_peer_engines_matrix_runs_resumes_and_tabulates(tmp_path):
     for name, r in records.items():
         assert r["steps"] > 8 and r["plan"]["planned_steps"] == r["planned_steps"], name  # planned, not cut
         assert 0 <= r["knn_top1"] <= 100 and r["environment"]["lightly"] and r["commit"], name
+        assert 0 < r["teacher_entropy"] < 10, name  # both engines say how collapsed the teacher is
     assert records["lightly_lightly_lr1_seed0"]["peak_lr"] == pytest.approx(1e-3)  # lightly's example
     assert records["sslkd_sslkd_lr1_seed0"]["peak_lr"] == pytest.approx(2e-3 * 64 / 256)
     table = (tmp_path / "results.md").read_text()
